@@ -1,0 +1,26 @@
+"""fd: federated distillation for open foundation models.
+
+Institutions train specialists on private data, emit compressed logits on a shared proxy set
+as *logit bundles*, and a coordinator aggregates them and distills a student. This package is
+the library; ``fd`` (``fdcli.cli``) is a thin command line over it.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("fdcli")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+from .bundle import (BundleManifest, BundleReader, BundleWriter, DenseCodec, LogitBlock,
+                     LowRankCodec, SampleCodec, SparseRows, TopKCodec, VerifyReport,
+                     codec_from_spec, fingerprint_labels, read_bundle, read_manifest,
+                     verify_bundle, write_bundle)
+from .errors import BundleError, FdError, IncompatibleBundlesError
+
+__all__ = [
+    "__version__", "FdError", "BundleError", "IncompatibleBundlesError", "BundleManifest",
+    "BundleReader", "BundleWriter", "LogitBlock", "VerifyReport", "SparseRows", "DenseCodec",
+    "TopKCodec", "SampleCodec", "LowRankCodec", "codec_from_spec", "fingerprint_labels",
+    "read_bundle", "read_manifest", "verify_bundle", "write_bundle",
+]

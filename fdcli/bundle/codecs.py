@@ -1,0 +1,497 @@
+"""Encodings of a row of logits: dense, topk, sample and lowrank.
+
+A codec turns raw logits ``[R, V]`` into a few named tensors and back into distributions.
+It knows the shapes and dtypes it writes, so a reader can check a shard before trusting it,
+and it computes the fidelity of what it stored. No I/O and no training code lives here.
+
+Every reconstruction returns log-probabilities. The sparse view is a :class:`SparseRows`:
+kept ids, their log-probs and the log-mass of everything else (the tail). Tempering follows
+one rule for every encoding (docs/bundle-format.md, "Temperature"): kept ids are exact at any
+temperature; the tail is spread evenly over the ids that were not kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import BundleError
+
+#: log-probabilities are clamped here before they are rounded, so fp16 never overflows.
+FP16_FLOOR = -60000.0
+
+
+@dataclass
+class SparseRows:
+    """Sparse distributions over ``num_classes`` ids, one per row.
+
+    ``ids``/``logp`` are ``[R, K]``; entries whose ``logp`` is ``-inf`` carry no mass and their
+    id is meaningless (padding). ``tail_logp`` ``[R]`` is the log-mass of every id not listed
+    (``-inf`` when the listed ids carry all of it). Together they sum to one.
+    """
+
+    ids: torch.Tensor
+    logp: torch.Tensor
+    tail_logp: torch.Tensor
+    num_classes: int
+
+    def to_dense(self) -> torch.Tensor:
+        """Log-probs ``[R, V]``: the kept ids, with the tail spread evenly over the others."""
+        return _fill_dense(self.ids, self.logp, self.tail_logp, self.num_classes)
+
+
+def index_dtype(num_classes: int) -> torch.dtype:
+    """The narrowest unsigned integer type that holds every id below ``num_classes``."""
+    if num_classes <= 1 << 8:
+        return torch.uint8
+    if num_classes <= 1 << 16:
+        return torch.uint16
+    if num_classes <= 1 << 32:
+        return torch.uint32
+    raise ValueError(f"a label space of {num_classes} ids does not fit in 32 bits")
+
+
+def _log_softmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    return logits - lse[:, None], lse
+
+
+def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row for log-prob tensors of one shape; 0 * log 0 counts as 0."""
+    p = p_log.exp()
+    diff = torch.where(p > 0, p_log - q_log, torch.zeros_like(p_log))
+    return (p * diff).sum(-1)
+
+
+def _fill_dense(ids, logp, tail_logp, num_classes) -> torch.Tensor:
+    rows, k = ids.shape
+    live = torch.isfinite(logp)
+    kept_count = live.sum(-1)
+    others = (num_classes - kept_count).clamp(min=1).to(torch.float32)
+    fill = torch.where(kept_count < num_classes, tail_logp - others.log(),
+                       torch.full_like(tail_logp, -math.inf))
+    out = fill[:, None].expand(rows, num_classes).clone()
+    r, c = live.nonzero(as_tuple=True)
+    out[r, ids[r, c].long()] = logp[r, c]
+    return out
+
+
+def temper_sparse(rows: SparseRows, temperature: float) -> SparseRows:
+    """``rows`` at temperature T: kept ids exactly (p_i^(1/T)), the tail spread evenly over the
+    unkept ids and tempered as those ids, then everything renormalised."""
+    if temperature <= 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a positive number, got {temperature}")
+    live = torch.isfinite(rows.logp)
+    others = (rows.num_classes - live.sum(-1)).clamp(min=1).to(torch.float32)
+    kept = rows.logp / temperature
+    bucket = others.log() + (rows.tail_logp - others.log()) / temperature
+    bucket = torch.where(torch.isfinite(rows.tail_logp), bucket, rows.tail_logp)
+    z = torch.logsumexp(torch.cat([kept, bucket[:, None]], dim=-1), dim=-1)
+    return SparseRows(rows.ids, kept - z[:, None], bucket - z, rows.num_classes)
+
+
+class Codec:
+    """One encoding. Subclasses set ``name`` and implement the abstract methods."""
+
+    name: ClassVar[str]
+    #: row-wise codecs encode each batch as it arrives; others encode a whole shard at once.
+    row_wise: ClassVar[bool] = True
+    #: tensors that belong to the whole shard rather than to rows.
+    shared_tensors: ClassVar[tuple[str, ...]] = ()
+
+    def params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def encode(self, logits: torch.Tensor, num_classes: int,
+               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def expected(self, rows: int, num_classes: int,
+                 widths: dict[str, int]) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """The dtype and shape of every tensor in a shard of ``rows`` rows. ``widths`` holds the
+        free dimensions read from the shard itself (checked separately by :meth:`check_widths`)."""
+        raise NotImplementedError
+
+    def widths(self, header: dict[str, dict]) -> dict[str, int]:
+        return {}
+
+    def check_widths(self, widths: dict[str, int]) -> list[str]:
+        return []
+
+    def sparse(self, tensors: dict[str, torch.Tensor], num_classes: int) -> SparseRows:
+        raise NotImplementedError
+
+    def check_values(self, tensors: dict[str, torch.Tensor], num_classes: int) -> list[str]:
+        """Problems with the values (not the shapes) of a decoded shard."""
+        raise NotImplementedError
+
+    def fidelity(self, logits: torch.Tensor, tensors: dict[str, torch.Tensor],
+                 num_classes: int) -> dict[str, torch.Tensor]:
+        """Per-row ``tail_mass``, ``kl`` and, where it applies, ``truncation_kl``."""
+        raise NotImplementedError
+
+    # shared ------------------------------------------------------------------------------
+    def dense(self, tensors: dict[str, torch.Tensor], num_classes: int) -> torch.Tensor:
+        return self.sparse(tensors, num_classes).to_dense()
+
+    def sparse_at(self, tensors, num_classes: int, temperature: float) -> SparseRows:
+        rows = self.sparse(tensors, num_classes)
+        return rows if temperature == 1.0 else temper_sparse(rows, temperature)
+
+    def dense_at(self, tensors, num_classes: int, temperature: float) -> torch.Tensor:
+        if temperature == 1.0:
+            return self.dense(tensors, num_classes)
+        return self.sparse_at(tensors, num_classes, temperature).to_dense()
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _nonfinite(name: str, t: torch.Tensor, allow_neg_inf: bool = False) -> list[str]:
+    bad = torch.isnan(t) | (t == math.inf)
+    if not allow_neg_inf:
+        bad |= t == -math.inf
+    n = int(bad.sum())
+    if n:
+        what = "NaN or +Inf" if allow_neg_inf else "NaN or Inf"
+        return [f"tensor '{name}': {n} value(s) are {what}; expected finite log-probabilities"]
+    return []
+
+
+def _ids_in_range(name: str, ids: torch.Tensor, num_classes: int) -> list[str]:
+    top = int(ids.to(torch.int64).max()) if ids.numel() else 0
+    if top >= num_classes:
+        return [f"tensor '{name}': id {top} is out of range; "
+                f"expected ids below num_classes={num_classes}"]
+    return []
+
+
+def _normalised(name: str, total_log: torch.Tensor, tol: float) -> list[str]:
+    finite = torch.isfinite(total_log)
+    if not bool(finite.all()):
+        return [f"tensor '{name}': {int((~finite).sum())} row(s) sum to a non-finite mass"]
+    worst = float(total_log.abs().max()) if total_log.numel() else 0.0
+    if worst > tol:
+        return [f"tensor '{name}': rows are not normalised (|log of total mass| up to {worst:.3g},"
+                f" expected at most {tol:.3g})"]
+    return []
+
+
+class DenseCodec(Codec):
+    """Full log-probabilities in fp16: exact to fp16 rounding, for small label spaces."""
+
+    name = "dense"
+
+    def params(self):
+        return {}
+
+    def encode(self, logits, num_classes, generator=None):
+        logp, _ = _log_softmax(logits)
+        return {"logp": logp.clamp(min=FP16_FLOOR).half()}
+
+    def expected(self, rows, num_classes, widths):
+        return {"logp": (torch.float16, (rows, num_classes))}
+
+    def sparse(self, tensors, num_classes):
+        logp = torch.log_softmax(tensors["logp"].float(), dim=-1)
+        rows = logp.shape[0]
+        ids = torch.arange(num_classes).expand(rows, num_classes)
+        return SparseRows(ids, logp, torch.full((rows,), -math.inf), num_classes)
+
+    def dense(self, tensors, num_classes):
+        return torch.log_softmax(tensors["logp"].float(), dim=-1)
+
+    def dense_at(self, tensors, num_classes, temperature):
+        return torch.log_softmax(self.dense(tensors, num_classes) / temperature, dim=-1)
+
+    def check_values(self, tensors, num_classes):
+        logp = tensors["logp"].float()
+        problems = _nonfinite("logp", logp, allow_neg_inf=True)
+        if not problems:
+            problems += _normalised("logp", torch.logsumexp(logp, -1), 0.02)
+        return problems
+
+    def fidelity(self, logits, tensors, num_classes):
+        exact, _ = _log_softmax(logits)
+        rows = exact.shape[0]
+        return {"tail_mass": torch.zeros(rows), "kl": _kl(exact, self.dense(tensors, num_classes))}
+
+
+class TopKCodec(Codec):
+    """The k most likely ids, their T=1 log-probs over the full vocabulary, the tail log-mass
+    and the raw-logit log-sum-exp.
+
+    Entries are sorted by probability, most likely first. ``value_dtype`` is ``"fp16"`` (tensor
+    ``logp``) or ``"int8"``: 8-bit codes in tensor ``logp_codes`` (dtype U8, since log-probs are
+    never positive), delta-coded along k: ``cumsum(codes) * -scale`` is the log-prob. Codes are
+    clamped at 255, so log-probs below ``-255 * scale`` are stored as ``-255 * scale``.
+    """
+
+    name = "topk"
+    DEFAULT_SCALE = 1.0 / 16.0
+
+    def __init__(self, k: int = 16, value_dtype: str = "int8", scale: float | None = None):
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"topk: k must be a positive integer, got {k!r}")
+        if value_dtype not in ("fp16", "int8"):
+            raise ValueError(f"topk: value_dtype must be 'fp16' or 'int8', got {value_dtype!r}")
+        if value_dtype == "fp16" and scale is not None:
+            raise ValueError("topk: scale applies to value_dtype 'int8' only")
+        scale = self.DEFAULT_SCALE if (value_dtype == "int8" and scale is None) else scale
+        if scale is not None and not (isinstance(scale, (int, float)) and 0 < scale <= 1):
+            raise ValueError(f"topk: scale must be a number in (0, 1], got {scale!r}")
+        self.k, self.value_dtype, self.scale = k, value_dtype, scale
+
+    def params(self):
+        p: dict[str, Any] = {"k": self.k, "value_dtype": self.value_dtype}
+        if self.scale is not None:
+            p["scale"] = self.scale
+        return p
+
+    def width(self, num_classes: int) -> int:
+        return min(self.k, num_classes)
+
+    def encode(self, logits, num_classes, generator=None):
+        logp, lse = _log_softmax(logits)
+        k = self.width(num_classes)
+        vals, ids = logp.topk(k, dim=-1, sorted=True)
+        if k < num_classes:
+            tail = torch.logsumexp(logp.scatter(1, ids, -math.inf), dim=-1)
+        else:
+            tail = torch.full_like(lse, -math.inf)
+        out = {"ids": ids.to(index_dtype(num_classes)), "tail_logp": tail, "lse": lse}
+        if self.value_dtype == "fp16":
+            out["logp"] = vals.clamp(min=FP16_FLOOR).half()
+        else:
+            codes = torch.round(-vals / self.scale).clamp(0, 255).to(torch.int16)
+            deltas = torch.diff(codes, dim=-1, prepend=torch.zeros_like(codes[:, :1]))
+            out["logp_codes"] = deltas.to(torch.uint8)
+        return out
+
+    def expected(self, rows, num_classes, widths):
+        k = self.width(num_classes)
+        spec = {"ids": (index_dtype(num_classes), (rows, k)),
+                "tail_logp": (torch.float32, (rows,)), "lse": (torch.float32, (rows,))}
+        if self.value_dtype == "fp16":
+            spec["logp"] = (torch.float16, (rows, k))
+        else:
+            spec["logp_codes"] = (torch.uint8, (rows, k))
+        return spec
+
+    def _values(self, tensors) -> torch.Tensor:
+        if self.value_dtype == "fp16":
+            return tensors["logp"].float()
+        return tensors["logp_codes"].to(torch.int32).cumsum(-1).float() * -self.scale
+
+    def sparse(self, tensors, num_classes):
+        vals = self._values(tensors)
+        tail = tensors["tail_logp"]
+        z = torch.logsumexp(torch.cat([vals, tail[:, None]], dim=-1), dim=-1)
+        return SparseRows(tensors["ids"].to(torch.int64), vals - z[:, None], tail - z, num_classes)
+
+    def check_values(self, tensors, num_classes):
+        problems = _ids_in_range("ids", tensors["ids"], num_classes)
+        problems += _nonfinite("tail_logp", tensors["tail_logp"], allow_neg_inf=True)
+        problems += _nonfinite("lse", tensors["lse"])
+        if self.value_dtype == "fp16":
+            problems += _nonfinite("logp", tensors["logp"])
+            name, tol = "logp", 0.02
+        else:
+            codes = tensors["logp_codes"].to(torch.int32).sum(-1)
+            if codes.numel() and int(codes.max()) > 255:
+                problems.append(f"tensor 'logp_codes': delta codes add up to {int(codes.max())};"
+                                " expected at most 255")
+            name = "logp_codes"
+            tol = self.scale / 2 + self.width(num_classes) * math.exp(-255 * self.scale) + 1e-3
+        if problems:
+            return problems
+        vals = self._values(tensors)
+        if vals.numel() and float(vals.max()) > tol:
+            problems.append(f"tensor '{name}': a log-probability of {float(vals.max()):.4g} is "
+                            "positive; expected values at most 0")
+        if self.value_dtype == "fp16" and bool((vals[:, 1:] > vals[:, :-1]).any()):
+            problems.append("tensor 'logp': entries are not sorted most likely first")
+        total = torch.logsumexp(torch.cat([vals, tensors["tail_logp"][:, None]], -1), -1)
+        return problems + _normalised(name, total, tol)
+
+    def fidelity(self, logits, tensors, num_classes):
+        logp, _ = _log_softmax(logits)
+        ids = tensors["ids"].to(torch.int64)
+        exact_kept = logp.gather(1, ids)
+        tail = tensors["tail_logp"]
+        exact = torch.cat([exact_kept, tail[:, None]], -1)
+        stored = self.sparse(tensors, num_classes)
+        quant_kl = _kl(exact, torch.cat([stored.logp, stored.tail_logp[:, None]], -1))
+        filled = _fill_dense(ids, exact_kept, tail, num_classes)
+        return {"tail_mass": tail.exp(), "kl": quant_kl, "truncation_kl": _kl(logp, filled)}
+
+
+class SampleCodec(Codec):
+    """Importance-sampled ids with counts (Sparse Logit Sampling / RS-KD).
+
+    Each row draws ``draws`` ids with replacement from the teacher at ``temperature`` and keeps
+    the unique ids (``ids``) with their counts (``counts``, U8), most frequent first, padded
+    with count 0. ``counts / draws`` is an unbiased estimate of the tempered distribution.
+    """
+
+    name = "sample"
+
+    def __init__(self, draws: int = 24, temperature: float = 1.0):
+        if not isinstance(draws, int) or not 1 <= draws <= 255:
+            raise ValueError(f"sample: draws must be an integer in [1, 255], got {draws!r}")
+        if not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
+            raise ValueError(f"sample: temperature must be positive, got {temperature!r}")
+        self.draws, self.temperature = draws, float(temperature)
+
+    def params(self):
+        return {"draws": self.draws, "temperature": self.temperature}
+
+    def encode(self, logits, num_classes, generator=None):
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        drawn = torch.multinomial(probs, self.draws, replacement=True, generator=generator)
+        full = torch.zeros(probs.shape, dtype=torch.int16).scatter_add_(
+            1, drawn, torch.ones_like(drawn, dtype=torch.int16))
+        width = int((full > 0).sum(-1).max()) if len(full) else 1
+        counts, ids = full.topk(width, dim=-1, sorted=True)
+        ids = torch.where(counts > 0, ids, torch.zeros_like(ids))
+        return {"ids": ids.to(index_dtype(num_classes)), "counts": counts.to(torch.uint8)}
+
+    def widths(self, header):
+        shape = header.get("ids", {}).get("shape", [0, 0])
+        return {"unique": int(shape[1]) if len(shape) == 2 else -1}
+
+    def check_widths(self, widths):
+        u = widths["unique"]
+        if not 1 <= u <= self.draws:
+            return [f"tensor 'ids': width {u} is impossible; expected between 1 and "
+                    f"draws={self.draws}"]
+        return []
+
+    def expected(self, rows, num_classes, widths):
+        u = widths["unique"]
+        return {"ids": (index_dtype(num_classes), (rows, u)), "counts": (torch.uint8, (rows, u))}
+
+    def sparse_at(self, tensors, num_classes, temperature):
+        if temperature != self.temperature:
+            raise BundleError(f"this 'sample' bundle estimates the teacher at temperature "
+                              f"{self.temperature}, the temperature it was drawn at; it cannot be"
+                              f" read at {temperature}. Read it at {self.temperature}, or re-emit"
+                              f" it with a sampling temperature of {temperature}.")
+        return self.sparse(tensors, num_classes)
+
+    def dense_at(self, tensors, num_classes, temperature):
+        return self.sparse_at(tensors, num_classes, temperature).to_dense()
+
+    def sparse(self, tensors, num_classes):
+        counts = tensors["counts"].float()
+        logp = (counts / self.draws).log()
+        rows = counts.shape[0]
+        return SparseRows(tensors["ids"].to(torch.int64), logp, torch.full((rows,), -math.inf),
+                          num_classes)
+
+    def check_values(self, tensors, num_classes):
+        problems = _ids_in_range("ids", tensors["ids"], num_classes)
+        sums = tensors["counts"].to(torch.int32).sum(-1)
+        bad = int((sums != self.draws).sum())
+        if bad:
+            problems.append(f"tensor 'counts': {bad} row(s) do not add up to draws={self.draws}")
+        return problems
+
+    def fidelity(self, logits, tensors, num_classes):
+        p_log, _ = _log_softmax(logits.float() / self.temperature)
+        ids = tensors["ids"].to(torch.int64)
+        est = self.sparse(tensors, num_classes).logp
+        at_ids = p_log.gather(1, ids)
+        live = torch.isfinite(est)
+        # KL(estimate || p): the estimate is zero on unsampled ids, so this direction is finite
+        kl = torch.where(live, est.exp() * (est - at_ids), torch.zeros_like(est)).sum(-1)
+        covered = torch.where(live, at_ids.exp(), torch.zeros_like(est)).sum(-1)
+        return {"tail_mass": (1 - covered).clamp(min=0), "kl": kl}
+
+
+class LowRankCodec(Codec):
+    """Log-probs of a whole shard approximated as ``u @ v + bias`` in fp16 and renormalised on
+    read. ``u`` is ``[R, r]``, ``v`` is ``[r, V]``, ``bias`` is ``[V]``, with ``r <= rank``."""
+
+    name = "lowrank"
+    row_wise = False
+    shared_tensors = ("v", "bias")
+    FLOOR = -80.0
+
+    def __init__(self, rank: int = 8):
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"lowrank: rank must be a positive integer, got {rank!r}")
+        self.rank = rank
+
+    def params(self):
+        return {"rank": self.rank}
+
+    def encode(self, logits, num_classes, generator=None):
+        logp, _ = _log_softmax(logits)
+        logp = logp.clamp(min=self.FLOOR)
+        bias = logp.mean(0)
+        u_full, s, vh = torch.linalg.svd(logp - bias, full_matrices=False)
+        r = max(1, min(self.rank, s.numel()))
+        return {"u": (u_full[:, :r] * s[:r]).half(), "v": vh[:r].half(), "bias": bias.half()}
+
+    def widths(self, header):
+        shape = header.get("u", {}).get("shape", [0, 0])
+        return {"rank": int(shape[1]) if len(shape) == 2 else -1}
+
+    def check_widths(self, widths):
+        if not 1 <= widths["rank"] <= self.rank:
+            return [f"tensor 'u': rank {widths['rank']} is impossible; expected between 1 and "
+                    f"rank={self.rank}"]
+        return []
+
+    def expected(self, rows, num_classes, widths):
+        r = widths["rank"]
+        return {"u": (torch.float16, (rows, r)), "v": (torch.float16, (r, num_classes)),
+                "bias": (torch.float16, (num_classes,))}
+
+    def dense(self, tensors, num_classes):
+        approx = tensors["u"].float() @ tensors["v"].float() + tensors["bias"].float()
+        return torch.log_softmax(approx, dim=-1)
+
+    dense_at = DenseCodec.dense_at
+
+    def sparse(self, tensors, num_classes):
+        logp = self.dense(tensors, num_classes)
+        ids = torch.arange(num_classes).expand_as(logp)
+        return SparseRows(ids, logp, torch.full((logp.shape[0],), -math.inf), num_classes)
+
+    def check_values(self, tensors, num_classes):
+        problems = []
+        for name in ("u", "v", "bias"):
+            problems += _nonfinite(name, tensors[name].float())
+        return problems
+
+    def fidelity(self, logits, tensors, num_classes):
+        exact, _ = _log_softmax(logits)
+        return {"tail_mass": torch.zeros(exact.shape[0]),
+                "kl": _kl(exact, self.dense(tensors, num_classes))}
+
+
+CODECS: dict[str, type[Codec]] = {c.name: c for c in (DenseCodec, TopKCodec, SampleCodec,
+                                                      LowRankCodec)}
+
+
+def codec_from_spec(spec: Any, where: str = "encoding") -> Codec:
+    """Build a codec from a manifest's ``encoding`` object (``{"name": ..., **params}``)."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise BundleError(f"{where}: expected an object with a 'name' string, found {spec!r}")
+    params = {k: v for k, v in spec.items() if k != "name"}
+    cls = CODECS.get(spec["name"])
+    if cls is None:
+        raise BundleError(f"{where}.name: unknown encoding {spec['name']!r}; expected one of "
+                          f"{sorted(CODECS)}")
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{where}: invalid parameters {params} for encoding "
+                          f"{spec['name']!r}: {exc}") from None

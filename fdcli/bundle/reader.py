@@ -1,0 +1,238 @@
+"""Reading and verifying bundles.
+
+:class:`BundleReader` checks each shard fully before it yields anything from it: file size,
+sha256, bounded decompression, the safetensors header against the manifest, then the values.
+:func:`verify_bundle` runs every check over a whole bundle and collects every problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from ..errors import BundleError
+from .codecs import Codec, SparseRows
+from .manifest import MANIFEST, SHARD_RE, BundleManifest, ShardInfo
+from .shards import (MAX_SHARD_BYTES, check_header, decompress_bounded, load_tensors,
+                     parse_header, sha256_bytes)
+
+
+@dataclass
+class LogitBlock:
+    """Decoded rows of whole examples: one shard, or a slice of one.
+
+    ``example_ids[i]`` owns rows ``row_offsets[i]:row_offsets[i + 1]`` of every row tensor.
+    """
+
+    example_ids: torch.Tensor
+    row_offsets: torch.Tensor
+    tensors: dict[str, torch.Tensor]
+    codec: Codec
+    num_classes: int
+
+    @property
+    def rows(self) -> int:
+        return int(self.row_offsets[-1])
+
+    def sparse(self, temperature: float = 1.0) -> SparseRows:
+        """Sparse distributions of every row at ``temperature`` (see docs/bundle-format.md)."""
+        return self.codec.sparse_at(self.tensors, self.num_classes, temperature)
+
+    def dense(self, temperature: float = 1.0) -> torch.Tensor:
+        """Log-probabilities ``[rows, num_classes]`` at ``temperature``."""
+        return self.codec.dense_at(self.tensors, self.num_classes, temperature)
+
+    def example(self, i: int) -> "LogitBlock":
+        """The rows of the ``i``-th example in this block."""
+        a, b = int(self.row_offsets[i]), int(self.row_offsets[i + 1])
+        shared = self.codec.shared_tensors
+        return LogitBlock(self.example_ids[i:i + 1], torch.tensor([0, b - a]),
+                          {k: (v if k in shared else v[a:b]) for k, v in self.tensors.items()},
+                          self.codec, self.num_classes)
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_bundle` found. ``ok`` is true when ``problems`` is empty."""
+
+    path: Path
+    problems: list[str] = field(default_factory=list)
+    manifest: BundleManifest | None = None
+    shards_checked: int = 0
+    rows_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def read_manifest(path: str | os.PathLike) -> BundleManifest:
+    """The checked manifest of the bundle at ``path``."""
+    path = Path(path)
+    where = path / MANIFEST
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a folder; a bundle is a folder holding {MANIFEST} and "
+                          "shard-NNNNN.safetensors.zst files")
+    if not where.is_file():
+        raise BundleError(f"{where}: missing; the bundle is incomplete or not a bundle")
+    try:
+        data = json.loads(where.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{where}: not valid JSON ({exc})") from None
+    return BundleManifest.from_dict(data, str(where))
+
+
+class BundleReader:
+    """Read a bundle shard by shard. Every shard is checked before anything is yielded.
+
+    >>> reader = read_bundle("clients/a/bundle")
+    >>> for block in reader.iter_blocks():
+    ...     sparse = block.sparse(temperature=2.0)   # ids, logp, tail_logp, all [rows, ...]
+    """
+
+    def __init__(self, path: str | os.PathLike, max_shard_bytes: int = MAX_SHARD_BYTES):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        self.codec = self.manifest.codec
+        self.max_shard_bytes = max_shard_bytes
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"BundleReader({str(self.path)!r}, task={m.task!r}, encoding={m.encoding}, "
+                f"rows={m.rows}, examples={m.examples})")
+
+    def load_shard(self, info: ShardInfo) -> LogitBlock:
+        where = f"{self.path / info.file}"
+        file = self.path / info.file
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            raise BundleError(f"{where}: listed in {MANIFEST} but missing") from None
+        except OSError as exc:
+            raise BundleError(f"{where}: cannot be read ({exc})") from None
+        if len(data) != info.bytes:
+            raise BundleError(f"{where}: {len(data)} bytes on disk, the manifest declares "
+                              f"{info.bytes}; the file is truncated or was replaced")
+        digest = sha256_bytes(data)
+        if digest != info.sha256:
+            raise BundleError(f"{where}: sha256 is {digest}, the manifest declares {info.sha256};"
+                              " the file is corrupt or was changed")
+        raw = decompress_bounded(data, info.raw_bytes, where, self.max_shard_bytes)
+        header, meta = parse_header(raw, where)
+        m = self.manifest
+        problems = []
+        expect_meta = {"format": m.format, "version": str(m.version), "task": m.task,
+                       "num_classes": str(m.num_classes), "label_fingerprint": m.label_fingerprint,
+                       "proxy_fingerprint": m.proxy_fingerprint, "rows": str(info.rows),
+                       "examples": str(info.examples)}
+        for key, want in expect_meta.items():
+            if meta.get(key) != want:
+                problems.append(f"{where}: metadata '{key}' is {meta.get(key)!r}, the manifest "
+                                f"says {want!r}")
+        try:
+            if json.loads(meta.get("encoding", "null")) != m.encoding:
+                problems.append(f"{where}: metadata 'encoding' is {meta.get('encoding')!r}, the "
+                                f"manifest says {m.encoding}")
+        except json.JSONDecodeError:
+            problems.append(f"{where}: metadata 'encoding' is not JSON")
+        widths = self.codec.widths(header)
+        problems += [f"{where}: {p}" for p in self.codec.check_widths(widths)]
+        if problems:
+            raise BundleError.collected(where, problems)
+        expected = {"example_ids": (torch.int64, (info.examples,))}
+        if m.task == "token":
+            expected["row_offsets"] = (torch.int64, (info.examples + 1,))
+        expected.update(self.codec.expected(info.rows, m.num_classes, widths))
+        problems = check_header(header, expected, where)
+        if problems:
+            raise BundleError.collected(where, problems)
+        try:
+            tensors = load_tensors(raw)
+        except Exception as exc:  # safetensors raises its own error types
+            raise BundleError(f"{where}: safetensors could not load the shard ({exc})") from None
+        ids = tensors.pop("example_ids")
+        offsets = tensors.pop("row_offsets", None)
+        if offsets is None:
+            offsets = torch.arange(info.examples + 1, dtype=torch.int64)
+        else:
+            if int(offsets[0]) != 0 or int(offsets[-1]) != info.rows:
+                problems.append(f"tensor 'row_offsets': expected to run from 0 to {info.rows}, "
+                                f"found {int(offsets[0])} to {int(offsets[-1])}")
+            elif bool((offsets[1:] < offsets[:-1]).any()):
+                problems.append("tensor 'row_offsets': offsets decrease")
+        if bool((ids < 0).any()):
+            problems.append("tensor 'example_ids': negative example ids")
+        elif len(torch.unique(ids)) != len(ids):
+            problems.append("tensor 'example_ids': an example id appears twice")
+        problems += self.codec.check_values(tensors, m.num_classes)
+        if problems:
+            raise BundleError.collected(where, [f"{where}: {p}" for p in problems])
+        return LogitBlock(ids, offsets, tensors, self.codec, m.num_classes)
+
+    def iter_blocks(self) -> Iterator[LogitBlock]:
+        """One checked :class:`LogitBlock` per shard, in order."""
+        for info in self.manifest.shards:
+            yield self.load_shard(info)
+
+    def iter_examples(self) -> Iterator[LogitBlock]:
+        """One :class:`LogitBlock` per example (its ``example_ids`` has one entry)."""
+        for block in self.iter_blocks():
+            for i in range(len(block.example_ids)):
+                yield block.example(i)
+
+    def read_all(self) -> LogitBlock:
+        """Every shard in one block (only for bundles that fit in memory)."""
+        blocks = list(self.iter_blocks())
+        if self.codec.shared_tensors and len(blocks) > 1:
+            raise BundleError(f"{self.path}: a '{self.codec.name}' bundle with {len(blocks)} "
+                              "shards has per-shard factors; read it with iter_blocks()")
+        offsets = [blocks[0].row_offsets]
+        for b in blocks[1:]:
+            offsets.append(b.row_offsets[1:] + offsets[-1][-1])
+        from .writer import _cat_rows
+
+        tensors = _cat_rows([b.tensors for b in blocks]) if len(blocks) > 1 else blocks[0].tensors
+        return LogitBlock(torch.cat([b.example_ids for b in blocks]), torch.cat(offsets),
+                          tensors, self.codec, self.manifest.num_classes)
+
+
+def read_bundle(path: str | os.PathLike, max_shard_bytes: int = MAX_SHARD_BYTES) -> BundleReader:
+    """Open the bundle at ``path`` (its manifest is checked now, each shard when read)."""
+    return BundleReader(path, max_shard_bytes=max_shard_bytes)
+
+
+def verify_bundle(path: str | os.PathLike,
+                  max_shard_bytes: int = MAX_SHARD_BYTES) -> VerifyReport:
+    """Check everything in a bundle and collect every problem; never raises BundleError."""
+    report = VerifyReport(Path(path))
+    try:
+        reader = read_bundle(path, max_shard_bytes)
+    except BundleError as exc:
+        report.problems.extend(exc.problems)
+        return report
+    report.manifest = reader.manifest
+    listed = {s.file for s in reader.manifest.shards}
+    for entry in sorted(os.listdir(reader.path)):
+        if entry != MANIFEST and entry not in listed:
+            hint = " (a leftover of an interrupted write?)" if not SHARD_RE.match(entry) else ""
+            report.problems.append(f"{reader.path / entry}: not listed in {MANIFEST}{hint}")
+    seen: list[torch.Tensor] = []
+    for info in reader.manifest.shards:
+        try:
+            block = reader.load_shard(info)
+        except BundleError as exc:
+            report.problems.extend(exc.problems)
+            continue
+        seen.append(block.example_ids)
+        report.shards_checked += 1
+        report.rows_checked += block.rows
+    if len(seen) > 1:
+        ids = torch.cat(seen)
+        if len(torch.unique(ids)) != len(ids):
+            report.problems.append(f"{reader.path}: an example id appears in more than one shard")
+    return report

@@ -1,0 +1,270 @@
+"""Streaming, atomic bundle writer.
+
+Rows are encoded as they arrive and written to shards of bounded size; an example's rows never
+span two shards. Everything is written into a hidden temporary folder next to the target,
+each file fsynced, the manifest last, and the folder is renamed into place only on
+:meth:`BundleWriter.close`. A bundle that is not complete never appears under its name.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import FdError
+from .codecs import Codec
+from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, TASKS, BundleManifest, Producer,
+                       ShardInfo, fingerprint_labels)
+from .shards import ZSTD_LEVEL, encode_shard, sha256_bytes, write_file_atomic
+
+DEFAULT_SHARD_BYTES = 64 << 20
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _cat_rows(blocks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate row tensors; 2-D tensors of different widths are zero-padded (padding)."""
+    out = {}
+    for name in blocks[0]:
+        parts = [b[name] for b in blocks]
+        if parts[0].dim() == 2:
+            width = max(p.shape[1] for p in parts)
+            parts = [torch.nn.functional.pad(p, (0, width - p.shape[1])) if p.shape[1] < width
+                     else p for p in parts]
+        out[name] = torch.cat(parts) if len(parts) > 1 else parts[0]
+    return out
+
+
+def _check_path_free(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FdError(f"{path}: output already exists; choose another path or pass "
+                      "overwrite=True (--overwrite) to replace it")
+    if path.exists() and not path.is_dir():
+        raise FdError(f"{path}: exists and is not a folder; a bundle is a folder")
+
+
+class BundleWriter:
+    """Write a logit bundle, one batch of examples at a time.
+
+    >>> with BundleWriter("out/bundle", codec=TopKCodec(k=16), task="token", num_classes=50257,
+    ...                   label_fingerprint=vocab_fp, proxy_fingerprint=proxy_fp,
+    ...                   client_id="hospital-a", model_fingerprint=model_fp) as w:
+    ...     w.add(example_ids, logits, row_counts=tokens_per_example)
+    >>> w.manifest.rows
+
+    ``logits`` are raw model outputs ``[rows, num_classes]``. ``row_counts`` (token tasks only)
+    gives how many of those rows belong to each example, in order. Leaving the ``with`` block
+    by an exception discards everything written.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, codec: Codec, task: str, num_classes: int,
+                 proxy_fingerprint: str, client_id: str, model_fingerprint: str,
+                 label_names: Sequence[str] | None = None, label_fingerprint: str | None = None,
+                 config: dict[str, Any] | None = None, provenance: list[dict] | None = None,
+                 seed: int = 0, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+                 max_shard_rows: int | None = None, overwrite: bool = False,
+                 zstd_level: int = ZSTD_LEVEL, created: str | None = None,
+                 fd_version: str | None = None):
+        from .. import __version__
+
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if label_names is not None:
+            label_names = [str(n) for n in label_names]
+            if len(label_names) != num_classes:
+                raise ValueError(f"{len(label_names)} label names for {num_classes} classes")
+            label_fingerprint = label_fingerprint or fingerprint_labels(label_names)
+        if label_fingerprint is None:
+            raise ValueError("give label_names or label_fingerprint")
+        self.path = Path(path)
+        _check_path_free(self.path, overwrite)
+        self.overwrite = overwrite
+        self.codec, self.task, self.num_classes = codec, task, int(num_classes)
+        self.max_shard_bytes, self.max_shard_rows = max_shard_bytes, max_shard_rows
+        self.zstd_level = zstd_level
+        self.generator = torch.Generator().manual_seed(seed)
+        label_space: dict[str, Any] = {"fingerprint": label_fingerprint}
+        if label_names is not None:
+            label_space["names"] = label_names
+        self._manifest = BundleManifest(
+            task=task, encoding={"name": codec.name, **codec.params()},
+            num_classes=self.num_classes, label_space=label_space,
+            proxy={"fingerprint": proxy_fingerprint},
+            producer=Producer(
+                client_id=client_id, model_fingerprint=model_fingerprint,
+                fd_version=fd_version or __version__,
+                created=created or _dt.datetime.now(_dt.timezone.utc).isoformat(
+                    timespec="seconds"),
+                config={"seed": seed, **(config or {})}),
+            rows=0, examples=0, shards=[], fidelity={}, provenance=list(provenance or []))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self._tmp.mkdir()
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
+        self._pending_rows = 0
+        self._row_bytes: float | None = None
+        self._sums = {"tail_mass": 0.0, "kl": 0.0, "truncation_kl": 0.0}
+        self._has_truncation = False
+        self.manifest: BundleManifest | None = None
+
+    # -- adding rows ---------------------------------------------------------------------
+    def add(self, example_ids, logits: torch.Tensor, row_counts=None) -> None:
+        """Encode and buffer a batch of whole examples; full shards are written at once."""
+        if self.manifest is not None:
+            raise RuntimeError("this BundleWriter is closed")
+        ids = torch.as_tensor(example_ids, dtype=torch.int64).reshape(-1)
+        logits = torch.as_tensor(logits).detach().cpu()
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must be [rows, {self.num_classes}], got "
+                             f"{list(logits.shape)}")
+        if self.task == "classification":
+            if row_counts is not None and any(int(c) != 1 for c in row_counts):
+                raise ValueError("classification bundles hold exactly one row per example")
+            counts = torch.ones(len(ids), dtype=torch.int64)
+        else:
+            if row_counts is None:
+                raise ValueError("token bundles need row_counts: how many rows each example has")
+            counts = torch.as_tensor(row_counts, dtype=torch.int64).reshape(-1)
+        if len(counts) != len(ids) or int(counts.sum()) != logits.shape[0]:
+            raise ValueError(f"{len(ids)} example ids with {int(counts.sum())} rows in row_counts"
+                             f" do not match {logits.shape[0]} rows of logits")
+        if bool((counts < 0).any()) or bool((ids < 0).any()):
+            raise ValueError("example ids and row counts must be non-negative")
+        if not bool(torch.isfinite(logits).any(-1).all()) or bool(torch.isnan(logits).any()):
+            raise FdError(f"{self.path}: the model produced NaN logits or rows with no finite "
+                          "logit; refusing to write them")
+        if self.codec.row_wise:
+            tensors = self.codec.encode(logits, self.num_classes, self.generator)
+            self._account(logits, tensors)
+            if self._row_bytes is None and len(logits):
+                self._row_bytes = sum(t.numel() * t.element_size()
+                                      for t in tensors.values()) / len(logits)
+        else:
+            tensors = {"logits": logits.float()}
+            self._row_bytes = 4.0 * self.num_classes
+        self._pending.append((ids, counts, tensors))
+        self._pending_rows += logits.shape[0]
+        while self._pending_rows >= self._shard_rows():
+            self._flush(full_only=True)
+
+    def _shard_rows(self) -> int:
+        by_bytes = max(1, int(self.max_shard_bytes // max(self._row_bytes or 1.0, 1.0)))
+        return min(by_bytes, self.max_shard_rows or by_bytes)
+
+    def _account(self, logits, tensors) -> None:
+        fid = self.codec.fidelity(logits, tensors, self.num_classes)
+        for key, val in fid.items():
+            self._sums[key] += float(val.double().sum())
+        self._has_truncation |= "truncation_kl" in fid
+
+    def _flush(self, full_only: bool) -> None:
+        ids = torch.cat([p[0] for p in self._pending])
+        counts = torch.cat([p[1] for p in self._pending])
+        tensors = _cat_rows([p[2] for p in self._pending])
+        ends = counts.cumsum(0)
+        limit = self._shard_rows()
+        # cut after the last example that still fits (at least one example per shard)
+        n_ex = max(1, int((ends <= limit).sum())) if full_only else len(ids)
+        n_rows = int(ends[n_ex - 1]) if n_ex else 0
+        self._write_shard(ids[:n_ex], counts[:n_ex], {k: v[:n_rows] for k, v in tensors.items()})
+        self._pending = []
+        if n_ex < len(ids):
+            self._pending = [(ids[n_ex:], counts[n_ex:],
+                              {k: v[n_rows:] for k, v in tensors.items()})]
+        self._pending_rows = int(counts[n_ex:].sum())
+
+    def _write_shard(self, ids, counts, tensors) -> None:
+        if not self.codec.row_wise:
+            logits = tensors["logits"]
+            tensors = self.codec.encode(logits, self.num_classes, self.generator)
+            self._account(logits, tensors)
+        rows = int(counts.sum())
+        out = {"example_ids": ids.contiguous()}
+        if self.task == "token":
+            out["row_offsets"] = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+        out.update(tensors)
+        index = len(self._manifest.shards)
+        name = f"shard-{index:05d}.safetensors.zst"
+        m = self._manifest
+        meta = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "task": m.task,
+                "encoding": json.dumps(m.encoding, sort_keys=True),
+                "num_classes": str(m.num_classes), "label_fingerprint": m.label_fingerprint,
+                "proxy_fingerprint": m.proxy_fingerprint, "client_id": m.producer.client_id,
+                "shard_index": str(index), "rows": str(rows), "examples": str(len(ids))}
+        data, raw_size = encode_shard(out, meta, self.zstd_level)
+        write_file_atomic(self._tmp / name, data)
+        m.shards.append(ShardInfo(file=name, sha256=sha256_bytes(data), rows=rows,
+                                  examples=len(ids), bytes=len(data), raw_bytes=raw_size))
+        m.rows += rows
+        m.examples += len(ids)
+
+    # -- finishing -----------------------------------------------------------------------
+    def close(self) -> BundleManifest:
+        """Write the last shard and the manifest, then move the bundle into place."""
+        if self.manifest is not None:
+            return self.manifest
+        if self._pending:
+            self._flush(full_only=False)
+        m = self._manifest
+        if m.examples == 0:
+            self.abort()
+            raise FdError(f"{self.path}: no examples were written; a bundle needs at least one")
+        rows = max(m.rows, 1)
+        m.fidelity = {
+            "mean_tail_mass": round(self._sums["tail_mass"] / rows, 8),
+            "mean_kl_nats": round(self._sums["kl"] / rows, 8),
+            "mean_truncation_kl_nats": (round(self._sums["truncation_kl"] / rows, 8)
+                                        if self._has_truncation else None),
+        }
+        for key, val in m.fidelity.items():
+            if val is not None and not math.isfinite(val):
+                m.fidelity[key] = None
+        write_file_atomic(self._tmp / MANIFEST, m.to_json().encode())
+        _fsync_dir(self._tmp)
+        old = None
+        if self.path.exists():
+            _check_path_free(self.path, self.overwrite)
+            old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.path, old)
+        os.replace(self._tmp, self.path)
+        _fsync_dir(self.path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self.manifest = m
+        return m
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._pending = []
+
+    def __enter__(self) -> "BundleWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_bundle(path, example_ids, logits, *, codec: Codec, row_counts=None,
+                 **kwargs) -> BundleManifest:
+    """Write one bundle from in-memory logits in a single call (see :class:`BundleWriter`)."""
+    with BundleWriter(path, codec=codec, **kwargs) as writer:
+        writer.add(example_ids, logits, row_counts=row_counts)
+    return writer.manifest

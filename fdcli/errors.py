@@ -1,0 +1,28 @@
+"""The exceptions fd raises. The CLI prints any FdError and exits 1, without a traceback."""
+
+from __future__ import annotations
+
+
+class FdError(Exception):
+    """A problem the user can fix: the message names the file, the field, what was expected,
+    what was found and what to do."""
+
+
+class BundleError(FdError):
+    """A logit bundle is malformed, corrupt, unsafe to load or of an unknown format version.
+
+    ``problems`` lists every problem found, when a check collected more than one.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        self.problems = list(problems) if problems else [message]
+        super().__init__(message)
+
+    @classmethod
+    def collected(cls, where: str, problems: list[str]) -> "BundleError":
+        head = f"{where}: {len(problems)} problem(s) found:"
+        return cls("\n".join([head, *(f"  - {p}" for p in problems)]), problems)
+
+
+class IncompatibleBundlesError(BundleError):
+    """Bundles that cannot be combined: their proxy set, label space, task or encoding differ."""
