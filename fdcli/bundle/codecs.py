@@ -226,14 +226,15 @@ class TopKCodec(Codec):
     """The k most likely ids, their T=1 log-probs over the full vocabulary, the tail log-mass
     and the raw-logit log-sum-exp.
 
-    Entries are sorted by probability, most likely first. ``value_dtype`` is ``"fp16"`` (tensor
-    ``logp``) or ``"int8"``: 8-bit codes in tensor ``logp_codes`` (dtype U8, since log-probs are
-    never positive), delta-coded along k: ``cumsum(codes) * -scale`` is the log-prob. Codes are
-    clamped at 255, so log-probs below ``-255 * scale`` are stored as ``-255 * scale``.
+    Entries are sorted by id, ascending: a row's kept set then reads the same bytes whenever it
+    recurs, which zstd exploits (see benchmarks/codec.py). ``value_dtype`` is ``"fp16"``
+    (tensor ``logp``) or ``"int8"``: 8-bit codes in tensor ``logp_codes`` (dtype U8, since
+    log-probs are never positive) with ``logp = -scale * code``. Codes are clamped at 255, so
+    log-probs below ``-255 * scale`` are stored as ``-255 * scale``.
     """
 
     name = "topk"
-    DEFAULT_SCALE = 1.0 / 16.0
+    DEFAULT_SCALE = 1.0 / 8.0
 
     def __init__(self, k: int = 16, value_dtype: str = "int8", scale: float | None = None):
         if not isinstance(k, int) or k < 1:
@@ -259,7 +260,9 @@ class TopKCodec(Codec):
     def encode(self, logits, num_classes, generator=None):
         logp, lse = _log_softmax(logits)
         k = self.width(num_classes)
-        vals, ids = logp.topk(k, dim=-1, sorted=True)
+        vals, ids = logp.topk(k, dim=-1, sorted=False)
+        ids, order = ids.sort(dim=-1)
+        vals = vals.gather(1, order)
         if k < num_classes:
             tail = torch.logsumexp(logp.scatter(1, ids, -math.inf), dim=-1)
         else:
@@ -268,9 +271,7 @@ class TopKCodec(Codec):
         if self.value_dtype == "fp16":
             out["logp"] = vals.clamp(min=FP16_FLOOR).half()
         else:
-            codes = torch.round(-vals / self.scale).clamp(0, 255).to(torch.int16)
-            deltas = torch.diff(codes, dim=-1, prepend=torch.zeros_like(codes[:, :1]))
-            out["logp_codes"] = deltas.to(torch.uint8)
+            out["logp_codes"] = torch.round(-vals / self.scale).clamp(0, 255).to(torch.uint8)
         return out
 
     def expected(self, rows, num_classes, widths):
@@ -286,7 +287,7 @@ class TopKCodec(Codec):
     def _values(self, tensors) -> torch.Tensor:
         if self.value_dtype == "fp16":
             return tensors["logp"].float()
-        return tensors["logp_codes"].to(torch.int32).cumsum(-1).float() * -self.scale
+        return tensors["logp_codes"].float() * -self.scale
 
     def sparse(self, tensors, num_classes):
         vals = self._values(tensors)
@@ -295,17 +296,16 @@ class TopKCodec(Codec):
         return SparseRows(tensors["ids"].to(torch.int64), vals - z[:, None], tail - z, num_classes)
 
     def check_values(self, tensors, num_classes):
-        problems = _ids_in_range("ids", tensors["ids"], num_classes)
+        ids = tensors["ids"].to(torch.int64)
+        problems = _ids_in_range("ids", ids, num_classes)
+        if bool((ids[:, 1:] <= ids[:, :-1]).any()):
+            problems.append("tensor 'ids': ids within a row are not strictly increasing")
         problems += _nonfinite("tail_logp", tensors["tail_logp"], allow_neg_inf=True)
         problems += _nonfinite("lse", tensors["lse"])
         if self.value_dtype == "fp16":
             problems += _nonfinite("logp", tensors["logp"])
             name, tol = "logp", 0.02
         else:
-            codes = tensors["logp_codes"].to(torch.int32).sum(-1)
-            if codes.numel() and int(codes.max()) > 255:
-                problems.append(f"tensor 'logp_codes': delta codes add up to {int(codes.max())};"
-                                " expected at most 255")
             name = "logp_codes"
             tol = self.scale / 2 + self.width(num_classes) * math.exp(-255 * self.scale) + 1e-3
         if problems:
@@ -314,8 +314,6 @@ class TopKCodec(Codec):
         if vals.numel() and float(vals.max()) > tol:
             problems.append(f"tensor '{name}': a log-probability of {float(vals.max()):.4g} is "
                             "positive; expected values at most 0")
-        if self.value_dtype == "fp16" and bool((vals[:, 1:] > vals[:, :-1]).any()):
-            problems.append("tensor 'logp': entries are not sorted most likely first")
         total = torch.logsumexp(torch.cat([vals, tensors["tail_logp"][:, None]], -1), -1)
         return problems + _normalised(name, total, tol)
 

@@ -23,7 +23,7 @@ from ..errors import BundleError
 
 #: no shard may decompress to more than this, whatever its manifest says (override per read).
 MAX_SHARD_BYTES = 1 << 31
-ZSTD_LEVEL = 19
+ZSTD_LEVEL = 9
 
 _ST_DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "U16": torch.uint16,

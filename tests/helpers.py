@@ -1,0 +1,105 @@
+"""Shared helpers: deterministic logits and small bundles written with the real writer."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from fdcli.bundle import BundleWriter, fingerprint_labels
+
+PROXY_FP = "sha256:" + "ab" * 32
+MODEL_FP = "sha256:" + "cd" * 32
+
+
+def peaked_logits(rows: int, vocab: int, seed: int = 0, scale: float = 4.0) -> torch.Tensor:
+    """Logits with a few likely ids per row and a long tail, like a trained model's."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(rows, vocab, generator=g)
+    ranks = torch.arange(1, vocab + 1, dtype=torch.float32)
+    zipf = -1.2 * ranks.log()[torch.randperm(vocab, generator=g)]
+    return scale * base.tanh() + zipf
+
+
+def make_bundle(path: Path, codec, *, task="token", vocab=64, examples=6, rows_per_example=None,
+                data_seed=0, labels=None, **kw):
+    """Write a bundle and return (manifest, logits, example_ids, row_counts)."""
+    if rows_per_example is None:
+        rows_per_example = [1] * examples if task == "classification" else [
+            1 + (i * 3) % 5 for i in range(examples)]
+    rows = sum(rows_per_example)
+    logits = peaked_logits(rows, vocab, data_seed)
+    ids = torch.arange(examples) * 10 + 3
+    names = labels or [f"label-{i}" for i in range(vocab)]
+    kw.setdefault("proxy_fingerprint", PROXY_FP)
+    with BundleWriter(path, codec=codec, task=task, num_classes=vocab,
+                      label_names=names if task == "classification" else None,
+                      label_fingerprint=None if task == "classification"
+                      else fingerprint_labels(names),
+                      client_id="client-a", model_fingerprint=MODEL_FP, **kw) as w:
+        w.add(ids, logits, row_counts=rows_per_example if task == "token" else None)
+    return w.manifest, logits, ids, torch.tensor(rows_per_example)
+
+
+def exact_logp(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def isclose(a: float, b: float, tol: float) -> bool:
+    return math.isfinite(a) and abs(a - b) <= tol
+
+
+def shard_path(bundle: Path, index: int = 0) -> Path:
+    return bundle / f"shard-{index:05d}.safetensors.zst"
+
+
+def load_manifest(bundle: Path) -> dict:
+    import json
+
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+def save_manifest(bundle: Path, manifest: dict) -> None:
+    import json
+
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def replace_shard_raw(bundle: Path, index: int, raw: bytes, *, content_size: bool = True,
+                      fix_manifest: bool = True) -> None:
+    """Recompress ``raw`` as shard ``index`` and (by default) make the manifest agree with it,
+    the way a careless or hostile producer would."""
+    import hashlib
+
+    import zstandard
+
+    data = zstandard.ZstdCompressor(write_content_size=content_size).compress(raw)
+    shard_path(bundle, index).write_bytes(data)
+    if fix_manifest:
+        m = load_manifest(bundle)
+        m["shards"][index].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data),
+                                  raw_bytes=len(raw))
+        save_manifest(bundle, m)
+
+
+def shard_raw(bundle: Path, index: int = 0) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdDecompressor().decompress(shard_path(bundle, index).read_bytes())
+
+
+def replace_shard_tensors(bundle: Path, index: int, change) -> None:
+    """Load shard ``index``, let ``change(tensors)`` edit the dict, save it back consistently."""
+    from safetensors import safe_open
+    from safetensors.torch import load, save
+
+    raw = shard_raw(bundle, index)
+    tensors = load(raw)
+    path = shard_path(bundle, index).with_suffix("")
+    path.write_bytes(raw)
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    path.unlink()
+    change(tensors)
+    replace_shard_raw(bundle, index, save(tensors, metadata=meta))
