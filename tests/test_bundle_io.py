@@ -150,7 +150,7 @@ def test_nan_logits_are_refused(tmp_bundle):
     w = BundleWriter(tmp_bundle, codec=DenseCodec(), task="classification", num_classes=4,
                      label_names=list("abcd"), proxy_fingerprint=PROXY_FP, client_id="c",
                      model_fingerprint=MODEL_FP)
-    with pytest.raises(FdError, match="the model produced NaN logits"):
+    with pytest.raises(FdError, match="the model produced NaN or infinite logits"):
         w.add([0, 1], logits)
     w.abort()
     assert not tmp_bundle.exists() and list(tmp_bundle.parent.iterdir()) == []

@@ -29,7 +29,7 @@ def _logits(shape):
 def test_dense_round_trip_within_fp16(shape):
     logits = _logits(shape)
     codec = DenseCodec()
-    t = codec.encode(logits, logits.shape[1])
+    t = codec.encode_logits(logits, logits.shape[1])
     assert t["logp"].dtype == torch.float16 and t["logp"].shape == logits.shape
     got, want = codec.dense(t, logits.shape[1]), exact_logp(logits)
     # fp16 keeps ~11 bits: relative error 2^-11 per value, plus the renormalisation shift
@@ -44,7 +44,7 @@ def test_topk_keeps_top_ids_exactly_and_preserves_tail(shape, k, value_dtype):
     logits = _logits(shape)
     rows, vocab = logits.shape
     codec = TopKCodec(k=k, value_dtype=value_dtype)
-    t = codec.encode(logits, vocab)
+    t = codec.encode_logits(logits, vocab)
     kk = min(k, vocab)
     assert t["ids"].dtype == index_dtype(vocab) and t["ids"].shape == (rows, kk)
     exact = exact_logp(logits)
@@ -78,8 +78,8 @@ def test_topk_keeps_top_ids_exactly_and_preserves_tail(shape, k, value_dtype):
 def test_topk_quantisation_kl_is_small_on_peaked_rows(value_dtype, bound):
     logits = peaked_logits(400, 5000, seed=1)
     codec = TopKCodec(k=16, value_dtype=value_dtype)
-    t = codec.encode(logits, 5000)
-    fid = codec.fidelity(logits, t, 5000)
+    t = codec.encode_logits(logits, 5000)
+    fid = codec.fidelity(exact_logp(logits), t, 5000)
     assert 0 <= float(fid["kl"].mean()) < bound
     assert float(fid["truncation_kl"].mean()) > 0
     assert torch.allclose(fid["tail_mass"], t["tail_logp"].exp())
@@ -88,7 +88,7 @@ def test_topk_quantisation_kl_is_small_on_peaked_rows(value_dtype, bound):
 def test_topk_with_k_equal_vocab_is_the_full_distribution_at_any_temperature():
     logits = peaked_logits(7, 30, seed=2)
     codec = TopKCodec(k=30, value_dtype="fp16")
-    t = codec.encode(logits, 30)
+    t = codec.encode_logits(logits, 30)
     assert bool(torch.isinf(t["tail_logp"]).all())
     for temp in (0.5, 1.0, 2.0, 4.0):
         got = temper_sparse(codec.sparse(t, 30), temp).to_dense() if temp != 1 else \
@@ -100,7 +100,7 @@ def test_topk_with_k_equal_vocab_is_the_full_distribution_at_any_temperature():
 def test_tempering_keeps_ratios_of_kept_ids_and_spreads_tail_evenly():
     logits = peaked_logits(5, 50, seed=3)
     codec = TopKCodec(k=4, value_dtype="fp16")
-    t = codec.encode(logits, 50)
+    t = codec.encode_logits(logits, 50)
     sp1, sp2 = codec.sparse(t, 50), codec.sparse_at(t, 50, 2.0)
     # kept ids at T: log p_i / T up to one normaliser per row
     diff = sp2.logp - sp1.logp / 2
@@ -118,7 +118,7 @@ def test_tempering_keeps_ratios_of_kept_ids_and_spreads_tail_evenly():
 def test_topk_entries_are_sorted_by_id_and_int8_codes_clamp():
     logits = torch.tensor([[-100.0, -2.0, 0.0, -101.0, -1.0]])
     codec = TopKCodec(k=4, value_dtype="int8", scale=0.25)
-    t = codec.encode(logits, 5)
+    t = codec.encode_logits(logits, 5)
     assert t["ids"].long().tolist() == [[0, 1, 2, 4]]
     codes = t["logp_codes"].to(torch.int32)
     logp = exact_logp(logits)[0]
@@ -133,7 +133,7 @@ def test_topk_entries_are_sorted_by_id_and_int8_codes_clamp():
 def test_sample_counts_add_up_and_ids_are_valid(vocab, draws, seed):
     logits = peaked_logits(6, vocab, seed)
     codec = SampleCodec(draws=draws)
-    t = codec.encode(logits, vocab, torch.Generator().manual_seed(seed))
+    t = codec.encode_logits(logits, vocab, torch.Generator().manual_seed(seed))
     assert t["counts"].dtype == torch.uint8
     assert bool((t["counts"].int().sum(-1) == draws).all())
     assert t["ids"].shape[1] <= min(draws, vocab)
@@ -151,13 +151,13 @@ def test_sample_estimate_is_unbiased(temperature):
     reps = 3000
     acc = torch.zeros_like(p)
     for _ in range(reps):
-        acc += codec.dense_at(codec.encode(logits, 25, g), 25, temperature).exp()
+        acc += codec.dense_at(codec.encode_logits(logits, 25, g), 25, temperature).exp()
     mean = acc / reps
     # each entry is a mean of reps * draws Bernoulli draws: allow 5 standard errors
     se = (p * (1 - p) / (reps * 12)).sqrt()
     assert bool(((mean - p).abs() <= 5 * se + 1e-6).all()), (mean - p).abs().max()
     with pytest.raises(BundleError, match="drawn at"):
-        codec.sparse_at(codec.encode(logits, 25, g), 25, temperature * 3)
+        codec.sparse_at(codec.encode_logits(logits, 25, g), 25, temperature * 3)
 
 
 @settings(max_examples=25, deadline=None)
@@ -165,14 +165,14 @@ def test_sample_estimate_is_unbiased(temperature):
 def test_lowrank_full_rank_is_exact_and_low_rank_is_normalised(rows, vocab, seed):
     logits = peaked_logits(rows, vocab, seed, scale=2.0)
     full = LowRankCodec(rank=min(rows, vocab))
-    t = full.encode(logits, vocab)
+    t = full.encode_logits(logits, vocab)
     assert t["u"].shape[0] == rows and t["v"].shape[1] == vocab
-    assert float(full.fidelity(logits, t, vocab)["kl"].max()) < 1e-3
+    assert float(full.fidelity(exact_logp(logits), t, vocab)["kl"].max()) < 1e-3
     low = LowRankCodec(rank=1)
-    t1 = low.encode(logits, vocab)
+    t1 = low.encode_logits(logits, vocab)
     d = low.dense(t1, vocab)
     assert torch.allclose(d.exp().sum(-1), torch.ones(rows), atol=1e-5)
-    assert float(low.fidelity(logits, t1, vocab)["kl"].min()) >= -1e-6
+    assert float(low.fidelity(exact_logp(logits), t1, vocab)["kl"].min()) >= -1e-6
 
 
 def test_index_dtype_is_the_narrowest_that_fits():
@@ -189,7 +189,7 @@ def test_ids_above_17_bits_survive():
     logits[0, 131_073] = 5.0
     logits[1, 199_999] = 5.0
     codec = TopKCodec(k=1, value_dtype="fp16")
-    t = codec.encode(logits, vocab)
+    t = codec.encode_logits(logits, vocab)
     assert t["ids"].dtype == torch.uint32
     assert codec.sparse(t, vocab).ids.flatten().tolist() == [131_073, 199_999]
 
@@ -205,3 +205,19 @@ def test_ids_above_17_bits_survive():
 def test_bad_encoding_specs_are_refused(spec, message):
     with pytest.raises(BundleError, match=message):
         codec_from_spec(spec)
+
+
+def test_truncation_kl_equals_kl_to_the_evenly_filled_reconstruction():
+    logits = peaked_logits(30, 400, seed=5)
+    codec = TopKCodec(k=8, value_dtype="fp16")
+    t = codec.encode_logits(logits, 400)
+    exact = exact_logp(logits)
+    ids = t["ids"].long()
+    filled = torch.full_like(exact, 0.0)
+    others = 400 - 8
+    filled[:] = (t["tail_logp"] - math.log(others))[:, None]
+    filled.scatter_(1, ids, exact.gather(1, ids))
+    want = (exact.exp() * (exact - filled)).sum(-1)
+    got = codec.fidelity(exact_logp(logits), t, 400)["truncation_kl"]
+    assert torch.allclose(got, want, atol=1e-5)
+    assert float(want.mean()) > 0.01

@@ -54,10 +54,13 @@ def index_dtype(num_classes: int) -> torch.dtype:
     raise ValueError(f"a label space of {num_classes} ids does not fit in 32 bits")
 
 
-def _log_softmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def log_softmax_rows(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs, log-sum-exp) of raw logits ``[R, V]``, in fp32: what every codec encodes."""
     logits = logits.float()
-    lse = torch.logsumexp(logits, dim=-1)
-    return logits - lse[:, None], lse
+    logp = torch.log_softmax(logits, dim=-1)
+    top = logits.argmax(dim=-1, keepdim=True)  # finite whenever any logit is
+    lse = (logits.gather(1, top) - logp.gather(1, top)).squeeze(1)
+    return logp, lse
 
 
 def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -65,6 +68,15 @@ def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
     p = p_log.exp()
     diff = torch.where(p > 0, p_log - q_log, torch.zeros_like(p_log))
     return (p * diff).sum(-1)
+
+
+def _plogp(logp: torch.Tensor) -> torch.Tensor:
+    """Sum of p log p per row, 0 log 0 counting as 0."""
+    out = torch.bmm(logp.exp().unsqueeze(1), logp.unsqueeze(2)).view(-1)
+    bad = torch.isnan(out)  # rows with -inf log-probs (masked ids): redo them carefully
+    if bool(bad.any()):
+        out[bad] = torch.nan_to_num(logp[bad].exp() * logp[bad], nan=0.0).sum(-1)
+    return out
 
 
 def _fill_dense(ids, logp, tail_logp, num_classes) -> torch.Tensor:
@@ -106,9 +118,15 @@ class Codec:
     def params(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def encode(self, logits: torch.Tensor, num_classes: int,
+    def encode(self, logp: torch.Tensor, lse: torch.Tensor, num_classes: int,
                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Tensors for rows given as fp32 log-probs and raw-logit log-sum-exp
+        (:func:`log_softmax_rows`)."""
         raise NotImplementedError
+
+    def encode_logits(self, logits: torch.Tensor, num_classes: int,
+                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        return self.encode(*log_softmax_rows(logits), num_classes, generator)
 
     def expected(self, rows: int, num_classes: int,
                  widths: dict[str, int]) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
@@ -129,9 +147,10 @@ class Codec:
         """Problems with the values (not the shapes) of a decoded shard."""
         raise NotImplementedError
 
-    def fidelity(self, logits: torch.Tensor, tensors: dict[str, torch.Tensor],
+    def fidelity(self, logp: torch.Tensor, tensors: dict[str, torch.Tensor],
                  num_classes: int) -> dict[str, torch.Tensor]:
-        """Per-row ``tail_mass``, ``kl`` and, where it applies, ``truncation_kl``."""
+        """Per-row ``tail_mass``, ``kl`` and, where it applies, ``truncation_kl``, of the stored
+        tensors against the exact log-probs ``logp`` they were encoded from."""
         raise NotImplementedError
 
     # shared ------------------------------------------------------------------------------
@@ -190,8 +209,7 @@ class DenseCodec(Codec):
     def params(self):
         return {}
 
-    def encode(self, logits, num_classes, generator=None):
-        logp, _ = _log_softmax(logits)
+    def encode(self, logp, lse, num_classes, generator=None):
         return {"logp": logp.clamp(min=FP16_FLOOR).half()}
 
     def expected(self, rows, num_classes, widths):
@@ -216,10 +234,9 @@ class DenseCodec(Codec):
             problems += _normalised("logp", torch.logsumexp(logp, -1), 0.02)
         return problems
 
-    def fidelity(self, logits, tensors, num_classes):
-        exact, _ = _log_softmax(logits)
-        rows = exact.shape[0]
-        return {"tail_mass": torch.zeros(rows), "kl": _kl(exact, self.dense(tensors, num_classes))}
+    def fidelity(self, logp, tensors, num_classes):
+        return {"tail_mass": torch.zeros(logp.shape[0]),
+                "kl": _kl(logp, self.dense(tensors, num_classes))}
 
 
 class TopKCodec(Codec):
@@ -257,13 +274,14 @@ class TopKCodec(Codec):
     def width(self, num_classes: int) -> int:
         return min(self.k, num_classes)
 
-    def encode(self, logits, num_classes, generator=None):
-        logp, lse = _log_softmax(logits)
+    def encode(self, logp, lse, num_classes, generator=None):
         k = self.width(num_classes)
         vals, ids = logp.topk(k, dim=-1, sorted=False)
         ids, order = ids.sort(dim=-1)
         vals = vals.gather(1, order)
         if k < num_classes:
+            # log-sum-exp over the ids not kept: exact even when the tail is tiny, where
+            # 1 - sum(kept) would be mostly rounding error
             tail = torch.logsumexp(logp.scatter(1, ids, -math.inf), dim=-1)
         else:
             tail = torch.full_like(lse, -math.inf)
@@ -317,16 +335,21 @@ class TopKCodec(Codec):
         total = torch.logsumexp(torch.cat([vals, tensors["tail_logp"][:, None]], -1), -1)
         return problems + _normalised(name, total, tol)
 
-    def fidelity(self, logits, tensors, num_classes):
-        logp, _ = _log_softmax(logits)
+    def fidelity(self, logp, tensors, num_classes):
         ids = tensors["ids"].to(torch.int64)
         exact_kept = logp.gather(1, ids)
         tail = tensors["tail_logp"]
         exact = torch.cat([exact_kept, tail[:, None]], -1)
         stored = self.sparse(tensors, num_classes)
         quant_kl = _kl(exact, torch.cat([stored.logp, stored.tail_logp[:, None]], -1))
-        filled = _fill_dense(ids, exact_kept, tail, num_classes)
-        return {"tail_mass": tail.exp(), "kl": quant_kl, "truncation_kl": _kl(logp, filled)}
+        # KL(p || kept ids + tail spread evenly), without a second [rows, V] tensor:
+        # sum over unkept ids of p log p, minus tail * log(tail / (V - k))
+        plogp = _plogp(logp)
+        kept_plogp = _plogp(exact_kept)
+        others = max(num_classes - ids.shape[1], 1)
+        fill = torch.where(torch.isfinite(tail), tail - math.log(others), torch.zeros_like(tail))
+        trunc = (plogp - kept_plogp - tail.exp() * fill).clamp(min=0)
+        return {"tail_mass": tail.exp(), "kl": quant_kl, "truncation_kl": trunc}
 
 
 class SampleCodec(Codec):
@@ -339,7 +362,7 @@ class SampleCodec(Codec):
 
     name = "sample"
 
-    def __init__(self, draws: int = 24, temperature: float = 1.0):
+    def __init__(self, draws: int = 16, temperature: float = 1.0):
         if not isinstance(draws, int) or not 1 <= draws <= 255:
             raise ValueError(f"sample: draws must be an integer in [1, 255], got {draws!r}")
         if not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
@@ -349,8 +372,8 @@ class SampleCodec(Codec):
     def params(self):
         return {"draws": self.draws, "temperature": self.temperature}
 
-    def encode(self, logits, num_classes, generator=None):
-        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+    def encode(self, logp, lse, num_classes, generator=None):
+        probs = torch.softmax(logp / self.temperature, dim=-1)
         drawn = torch.multinomial(probs, self.draws, replacement=True, generator=generator)
         full = torch.zeros(probs.shape, dtype=torch.int16).scatter_add_(
             1, drawn, torch.ones_like(drawn, dtype=torch.int16))
@@ -400,8 +423,8 @@ class SampleCodec(Codec):
             problems.append(f"tensor 'counts': {bad} row(s) do not add up to draws={self.draws}")
         return problems
 
-    def fidelity(self, logits, tensors, num_classes):
-        p_log, _ = _log_softmax(logits.float() / self.temperature)
+    def fidelity(self, logp, tensors, num_classes):
+        p_log = torch.log_softmax(logp / self.temperature, dim=-1)
         ids = tensors["ids"].to(torch.int64)
         est = self.sparse(tensors, num_classes).logp
         at_ids = p_log.gather(1, ids)
@@ -429,8 +452,7 @@ class LowRankCodec(Codec):
     def params(self):
         return {"rank": self.rank}
 
-    def encode(self, logits, num_classes, generator=None):
-        logp, _ = _log_softmax(logits)
+    def encode(self, logp, lse, num_classes, generator=None):
         logp = logp.clamp(min=self.FLOOR)
         bias = logp.mean(0)
         u_full, s, vh = torch.linalg.svd(logp - bias, full_matrices=False)
@@ -469,10 +491,9 @@ class LowRankCodec(Codec):
             problems += _nonfinite(name, tensors[name].float())
         return problems
 
-    def fidelity(self, logits, tensors, num_classes):
-        exact, _ = _log_softmax(logits)
-        return {"tail_mass": torch.zeros(exact.shape[0]),
-                "kl": _kl(exact, self.dense(tensors, num_classes))}
+    def fidelity(self, logp, tensors, num_classes):
+        return {"tail_mass": torch.zeros(logp.shape[0]),
+                "kl": _kl(logp, self.dense(tensors, num_classes))}
 
 
 CODECS: dict[str, type[Codec]] = {c.name: c for c in (DenseCodec, TopKCodec, SampleCodec,

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import FdError
-from .codecs import Codec
+from .codecs import Codec, log_softmax_rows
 from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, TASKS, BundleManifest, Producer,
                        ShardInfo, fingerprint_labels)
 from .shards import ZSTD_LEVEL, encode_shard, sha256_bytes, write_file_atomic
@@ -144,17 +144,18 @@ class BundleWriter:
                              f" do not match {logits.shape[0]} rows of logits")
         if bool((counts < 0).any()) or bool((ids < 0).any()):
             raise ValueError("example ids and row counts must be non-negative")
-        if not bool(torch.isfinite(logits).any(-1).all()) or bool(torch.isnan(logits).any()):
-            raise FdError(f"{self.path}: the model produced NaN logits or rows with no finite "
-                          "logit; refusing to write them")
+        logp, lse = log_softmax_rows(logits)
+        if not bool(torch.isfinite(lse).all()):  # NaN anywhere, +Inf, or no finite logit
+            raise FdError(f"{self.path}: the model produced NaN or infinite logits, or rows with"
+                          " no finite logit; refusing to write them")
         if self.codec.row_wise:
-            tensors = self.codec.encode(logits, self.num_classes, self.generator)
-            self._account(logits, tensors)
+            tensors = self.codec.encode(logp, lse, self.num_classes, self.generator)
+            self._account(logp, tensors)
             if self._row_bytes is None and len(logits):
                 self._row_bytes = sum(t.numel() * t.element_size()
                                       for t in tensors.values()) / len(logits)
         else:
-            tensors = {"logits": logits.float()}
+            tensors = {"logp": logp, "lse": lse}
             self._row_bytes = 4.0 * self.num_classes
         self._pending.append((ids, counts, tensors))
         self._pending_rows += logits.shape[0]
@@ -165,8 +166,8 @@ class BundleWriter:
         by_bytes = max(1, int(self.max_shard_bytes // max(self._row_bytes or 1.0, 1.0)))
         return min(by_bytes, self.max_shard_rows or by_bytes)
 
-    def _account(self, logits, tensors) -> None:
-        fid = self.codec.fidelity(logits, tensors, self.num_classes)
+    def _account(self, logp, tensors) -> None:
+        fid = self.codec.fidelity(logp, tensors, self.num_classes)
         for key, val in fid.items():
             self._sums[key] += float(val.double().sum())
         self._has_truncation |= "truncation_kl" in fid
@@ -189,9 +190,9 @@ class BundleWriter:
 
     def _write_shard(self, ids, counts, tensors) -> None:
         if not self.codec.row_wise:
-            logits = tensors["logits"]
-            tensors = self.codec.encode(logits, self.num_classes, self.generator)
-            self._account(logits, tensors)
+            logp = tensors["logp"]
+            tensors = self.codec.encode(logp, tensors["lse"], self.num_classes, self.generator)
+            self._account(logp, tensors)
         rows = int(counts.sum())
         out = {"example_ids": ids.contiguous()}
         if self.task == "token":
