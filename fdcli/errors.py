@@ -20,6 +20,10 @@ class BundleError(FdError):
 
     @classmethod
     def collected(cls, where: str, problems: list[str]) -> "BundleError":
+        """One error for several problems found in ``where``; each problem names it."""
+        problems = [p if p.startswith(where) else f"{where}: {p}" for p in problems]
+        if len(problems) == 1:
+            return cls(problems[0], problems)
         head = f"{where}: {len(problems)} problem(s) found:"
         return cls("\n".join([head, *(f"  - {p}" for p in problems)]), problems)
 

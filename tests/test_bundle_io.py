@@ -100,9 +100,10 @@ def test_shards_are_bounded_by_bytes_and_never_split_an_example(tmp_bundle):
     assert got == rows
 
 
-def test_writer_streams_many_batches(tmp_bundle):
-    vocab = 100
-    with BundleWriter(tmp_bundle, codec=TopKCodec(k=3), task="token", num_classes=vocab,
+@pytest.mark.parametrize("codec", [TopKCodec(k=3), SampleCodec(draws=8)], ids=repr)
+def test_writer_streams_many_batches(tmp_bundle, codec):
+    vocab = 300
+    with BundleWriter(tmp_bundle, codec=codec, task="token", num_classes=vocab,
                       label_fingerprint=fingerprint_labels([str(i) for i in range(vocab)]),
                       proxy_fingerprint=PROXY_FP, client_id="c", model_fingerprint=MODEL_FP,
                       max_shard_rows=25) as w:
@@ -111,6 +112,10 @@ def test_writer_streams_many_batches(tmp_bundle):
     assert w.manifest.rows == 90 and w.manifest.examples == 20
     assert all(s.rows <= 25 for s in w.manifest.shards)
     assert verify_bundle(tmp_bundle).ok
+    block = read_bundle(tmp_bundle).read_all()
+    assert block.example_ids.tolist() == list(range(20))
+    assert block.row_offsets.tolist() == [0] + torch.tensor([4, 5] * 10).cumsum(0).tolist()
+    assert torch.allclose(block.dense().exp().sum(-1), torch.ones(90), atol=1e-4)
 
 
 def test_an_exception_leaves_nothing_behind(tmp_path):

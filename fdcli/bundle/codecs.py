@@ -92,6 +92,19 @@ def _fill_dense(ids, logp, tail_logp, num_classes) -> torch.Tensor:
     return out
 
 
+def concat_rows(blocks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate row tensors; 2-D tensors of different widths are zero-padded (padding)."""
+    out = {}
+    for name in blocks[0]:
+        parts = [b[name] for b in blocks]
+        if parts[0].dim() == 2:
+            width = max(p.shape[1] for p in parts)
+            parts = [torch.nn.functional.pad(p, (0, width - p.shape[1])) if p.shape[1] < width
+                     else p for p in parts]
+        out[name] = torch.cat(parts) if len(parts) > 1 else parts[0]
+    return out
+
+
 def temper_sparse(rows: SparseRows, temperature: float) -> SparseRows:
     """``rows`` at temperature T: kept ids exactly (p_i^(1/T)), the tail spread evenly over the
     unkept ids and tempered as those ids, then everything renormalised."""

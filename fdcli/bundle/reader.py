@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 from ..errors import BundleError
-from .codecs import Codec, SparseRows
+from .codecs import Codec, SparseRows, concat_rows
 from .manifest import MANIFEST, SHARD_RE, BundleManifest, ShardInfo
 from .shards import (MAX_SHARD_BYTES, check_header, decompress_bounded, load_tensors,
                      parse_header, sha256_bytes)
@@ -141,7 +141,7 @@ class BundleReader:
         except json.JSONDecodeError:
             problems.append(f"{where}: metadata 'encoding' is not JSON")
         widths = self.codec.widths(header)
-        problems += [f"{where}: {p}" for p in self.codec.check_widths(widths)]
+        problems += self.codec.check_widths(widths)
         if problems:
             raise BundleError.collected(where, problems)
         expected = {"example_ids": (torch.int64, (info.examples,))}
@@ -171,7 +171,7 @@ class BundleReader:
             problems.append("tensor 'example_ids': an example id appears twice")
         problems += self.codec.check_values(tensors, m.num_classes)
         if problems:
-            raise BundleError.collected(where, [f"{where}: {p}" for p in problems])
+            raise BundleError.collected(where, problems)
         return LogitBlock(ids, offsets, tensors, self.codec, m.num_classes)
 
     def iter_blocks(self) -> Iterator[LogitBlock]:
@@ -194,9 +194,7 @@ class BundleReader:
         offsets = [blocks[0].row_offsets]
         for b in blocks[1:]:
             offsets.append(b.row_offsets[1:] + offsets[-1][-1])
-        from .writer import _cat_rows
-
-        tensors = _cat_rows([b.tensors for b in blocks]) if len(blocks) > 1 else blocks[0].tensors
+        tensors = concat_rows([b.tensors for b in blocks])
         return LogitBlock(torch.cat([b.example_ids for b in blocks]), torch.cat(offsets),
                           tensors, self.codec, self.manifest.num_classes)
 

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import FdError
-from .codecs import Codec, log_softmax_rows
+from .codecs import Codec, concat_rows, log_softmax_rows
 from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, TASKS, BundleManifest, Producer,
                        ShardInfo, fingerprint_labels)
 from .shards import ZSTD_LEVEL, encode_shard, sha256_bytes, write_file_atomic
@@ -34,19 +34,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _cat_rows(blocks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Concatenate row tensors; 2-D tensors of different widths are zero-padded (padding)."""
-    out = {}
-    for name in blocks[0]:
-        parts = [b[name] for b in blocks]
-        if parts[0].dim() == 2:
-            width = max(p.shape[1] for p in parts)
-            parts = [torch.nn.functional.pad(p, (0, width - p.shape[1])) if p.shape[1] < width
-                     else p for p in parts]
-        out[name] = torch.cat(parts) if len(parts) > 1 else parts[0]
-    return out
 
 
 def _check_path_free(path: Path, overwrite: bool) -> None:
@@ -175,7 +162,7 @@ class BundleWriter:
     def _flush(self, full_only: bool) -> None:
         ids = torch.cat([p[0] for p in self._pending])
         counts = torch.cat([p[1] for p in self._pending])
-        tensors = _cat_rows([p[2] for p in self._pending])
+        tensors = concat_rows([p[2] for p in self._pending])
         ends = counts.cumsum(0)
         limit = self._shard_rows()
         # cut after the last example that still fits (at least one example per shard)
