@@ -16,7 +16,8 @@ from typing import Iterator
 import torch
 
 from ..errors import BundleError
-from .codecs import Codec, SparseRows, concat_rows
+from .codecs import Codec
+from .sparse import SparseRows, concat_rows
 from .manifest import MANIFEST, SHARD_RE, BundleManifest, ShardInfo
 from .shards import (MAX_SHARD_BYTES, check_header, decompress_bounded, load_tensors,
                      parse_header, sha256_bytes)

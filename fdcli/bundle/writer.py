@@ -20,10 +20,11 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import FdError
-from .codecs import Codec, concat_rows, log_softmax_rows
+from .codecs import Codec
 from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, TASKS, BundleManifest, Producer,
                        ShardInfo, fingerprint_labels)
 from .shards import ZSTD_LEVEL, encode_shard, sha256_bytes, write_file_atomic
+from .sparse import concat_rows, log_softmax_rows
 
 DEFAULT_SHARD_BYTES = 64 << 20
 
