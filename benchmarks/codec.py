@@ -142,11 +142,11 @@ def megatron_topk(k):
     return tensors
 
 
-def token_source(rows: int) -> tuple[torch.Tensor, dict]:
+def token_source(rows: int, steps: int) -> tuple[torch.Tensor, dict]:
     from lm_teacher import load_teacher, teacher_logits
 
     torch.set_num_threads(os.cpu_count() or 1)
-    model, held, info = load_teacher()
+    model, held, info = load_teacher(steps=steps)
     logits = teacher_logits(model, held, rows)
     info = dict(info, mean_predictive_entropy_nats=round(mean_entropy(logits), 4),
                 rows=rows)
@@ -183,11 +183,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rows, fewer repeats")
     ap.add_argument("--token-rows", type=int, default=None)
+    ap.add_argument("--teacher-steps", type=int, default=600,
+                    help="training steps of the LM teacher: more steps, a sharper teacher")
     args = ap.parse_args()
     token_rows = args.token_rows or (8192 if args.quick else 65536)
     repeats = 2 if args.quick else 5
     results = []
-    tok, tok_info = token_source(token_rows)
+    tok, tok_info = token_source(token_rows, args.teacher_steps)
     cls, cls_info = class_source()
     torch.set_num_threads(1)  # every speed below is one core
     work = Path(tempfile.mkdtemp(prefix="fd-codec-bench-"))

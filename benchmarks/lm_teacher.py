@@ -75,7 +75,8 @@ def train_teacher(cache: Path, vocab: int = 8192, steps: int = 600, seq: int = 1
     train_ids, held_ids = ids_of(train_text), ids_of(held_text)
     config = GPT2Config(vocab_size=len(fast), n_positions=seq, n_embd=128, n_layer=2, n_head=4,
                         bos_token_id=eos, eos_token_id=eos)
-    model = GPT2LMHeadModel(config)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = GPT2LMHeadModel(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
@@ -83,7 +84,7 @@ def train_teacher(cache: Path, vocab: int = 8192, steps: int = 600, seq: int = 1
     model.train()
     for _ in range(steps):
         starts = torch.randint(0, len(train_ids) - seq - 1, (batch,), generator=gen)
-        x = torch.stack([train_ids[s:s + seq] for s in starts])
+        x = torch.stack([train_ids[s:s + seq] for s in starts]).to(device)
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -92,12 +93,15 @@ def train_teacher(cache: Path, vocab: int = 8192, steps: int = 600, seq: int = 1
         opt.zero_grad(set_to_none=True)
     train_s = time.perf_counter() - t0
 
+    model = model.cpu()
     cache.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(cache / "teacher")
     fast.save_pretrained(cache / "teacher")
     torch.save(held_ids, cache / "held_ids.pt")
     info = {"vocab_size": len(fast), "steps": steps, "seq": seq, "batch": batch, "seed": seed,
-            "train_tokens": len(train_ids), "held_tokens": len(held_ids), "train_s": round(train_s, 1)}
+            "train_tokens": len(train_ids), "held_tokens": len(held_ids),
+            "train_s": round(train_s, 1), "train_device": device,
+            "python": sysconfig.get_python_version()}
     info.update(teacher_quality(model, held_ids, seq))
     (cache / "teacher.json").write_text(json.dumps(info, indent=2))
     return info
@@ -113,7 +117,7 @@ def unigram_entropy(ids: torch.Tensor, vocab: int) -> float:
 def teacher_quality(model, held_ids: torch.Tensor, seq: int, max_windows: int = 64) -> dict:
     model.eval()
     n = min(max_windows, (len(held_ids) - 1) // seq)
-    x = held_ids[: n * seq].view(n, seq)
+    x = held_ids[: n * seq].view(n, seq).to(model.device)
     loss = float(model(input_ids=x, labels=x).loss)
     return {"held_out_ce_nats": round(loss, 4), "held_out_ppl": round(math.exp(loss), 2),
             "unigram_entropy_nats": round(unigram_entropy(held_ids, model.config.vocab_size), 4)}
@@ -127,6 +131,8 @@ def load_teacher(cache: Path = DEFAULT_CACHE, steps: int = 600):
     if not info_path.exists() or json.loads(info_path.read_text()).get("steps") != steps:
         train_teacher(cache, steps=steps)
     model = GPT2LMHeadModel.from_pretrained(cache / "teacher").eval()
+    if torch.cuda.is_available():
+        model = model.cuda()
     held = torch.load(cache / "held_ids.pt", weights_only=True)
     return model, held, json.loads(info_path.read_text())
 
@@ -136,12 +142,13 @@ def teacher_logits(model, held_ids: torch.Tensor, tokens: int, seq: int = 128) -
     """Next-token logits [tokens, vocab] (fp32) on held-out text."""
     n = math.ceil(tokens / seq)
     x = held_ids[: n * seq].view(n, seq)
-    return model(input_ids=x).logits.reshape(-1, model.config.vocab_size)[:tokens].float()
+    out = [model(input_ids=b.to(model.device)).logits.float().cpu() for b in x.split(64)]
+    return torch.cat(out).reshape(-1, model.config.vocab_size)[:tokens]
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=600, help="training steps (batch 32 x 128)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = ap.parse_args()
     print(json.dumps(train_teacher(args.cache, steps=args.steps), indent=2))

@@ -43,7 +43,7 @@ def test_help_lists_commands_with_examples():
 def test_inspect_bundle_table_and_json(bundle):
     result = runner.invoke(app, ["inspect", str(bundle)])
     assert result.exit_code == 0, result.output
-    assert "topk, k=4, value_dtype=int8, scale=0.125" in result.stdout
+    assert "topk, k=4, value_dtype=int8, scale=0.03125" in result.stdout
     assert "client-a" in result.stdout
     result = runner.invoke(app, ["inspect", str(bundle), "--json"])
     assert result.exit_code == 0

@@ -63,14 +63,15 @@ def test_topk_keeps_top_ids_exactly_and_preserves_tail(shape, k, value_dtype):
     # renormalised k+1 distribution: tail plus kept ids sum to one
     total = torch.logsumexp(torch.cat([sp.logp, sp.tail_logp[:, None]], -1), -1)
     assert torch.allclose(total, torch.zeros(rows), atol=1e-5)
+    stored = codec._values(t)  # before the k+1 renormalisation
     if value_dtype == "fp16":
-        bound = want.abs() * 2 ** -10 + 2e-3
+        assert torch.allclose(stored, want, rtol=2 ** -10, atol=1e-6)
     else:
-        bound = torch.full_like(want, codec.scale / 2 + 2 * codec.scale / 2 + 1e-4)
-        floor = -255 * codec.scale
-        bound = torch.where(want < floor, (want - floor).abs() + 1e-3, bound)
-    shift = sp.logp - want
-    assert bool((shift.abs() <= bound + 0.05 * (want > -30)).all()), shift.abs().max()
+        # sqrt(p) is rounded to the nearest multiple of scale; code 0 holds sqrt(p) < scale / 2
+        root, got = (want / 2).exp(), (stored / 2).exp()
+        codes = t["logp_codes"]
+        assert bool(((root - got).abs() <= codec.scale / 2 + 1e-6)[codes > 0].all())
+        assert bool((root <= codec.scale / 2 + 1e-6)[codes == 0].all())
     assert codec.check_values(t, vocab) == []
 
 
@@ -115,17 +116,24 @@ def test_tempering_keeps_ratios_of_kept_ids_and_spreads_tail_evenly():
                           sp2.tail_logp, atol=1e-5)
 
 
-def test_topk_entries_are_sorted_by_id_and_int8_codes_clamp():
+def test_topk_entries_are_sorted_by_id_and_int8_codes_are_sqrt_probabilities():
     logits = torch.tensor([[-100.0, -2.0, 0.0, -101.0, -1.0]])
-    codec = TopKCodec(k=4, value_dtype="int8", scale=0.25)
+    codec = TopKCodec(k=4, value_dtype="int8", scale=1 / 20)
     t = codec.encode_logits(logits, 5)
     assert t["ids"].long().tolist() == [[0, 1, 2, 4]]
-    codes = t["logp_codes"].to(torch.int32)
-    logp = exact_logp(logits)[0]
-    assert codes.tolist() == [[255, int(torch.round(-logp[1] / 0.25)),
-                               int(torch.round(-logp[2] / 0.25)),
-                               int(torch.round(-logp[4] / 0.25))]]
+    p = exact_logp(logits)[0].exp()
+    want = [0] + [int(torch.round(p[i].sqrt() * 20)) for i in (1, 2, 4)]
+    assert t["logp_codes"].tolist() == [want]
+    assert want[2] == 16  # round(sqrt(0.6439) * 20)
+    values = codec._values(t)[0]
+    assert abs(float(values[0]) - 2 * math.log(0.25 / 20)) < 1e-6  # code 0
+    assert abs(float(values[2]) - 2 * math.log(16 / 20)) < 1e-6
     assert codec.check_values(t, 5) == []
+
+
+@pytest.mark.parametrize("k,levels", [(1, 16), (4, 32), (16, 63), (64, 126), (512, 255)])
+def test_default_int8_scale_grows_with_k(k, levels):
+    assert TopKCodec(k=k).scale == 1 / levels
 
 
 @settings(max_examples=25, deadline=None)
@@ -198,6 +206,7 @@ def test_ids_above_17_bits_survive():
     ({"name": "zip"}, "unknown encoding 'zip'"),
     ({"name": "topk", "k": 0}, "k must be a positive integer"),
     ({"name": "topk", "k": 4, "value_dtype": "bf16"}, "value_dtype must be 'fp16' or 'int8'"),
+    ({"name": "topk", "k": 4, "scale": 0.001}, "scale must be a number in \\[1/255, 1\\]"),
     ({"name": "sample", "draws": 300}, "draws must be an integer in \\[1, 255\\]"),
     ({"name": "lowrank", "rank": 2, "colour": "red"}, "invalid parameters"),
     ("topk", "expected an object with a 'name' string"),

@@ -28,12 +28,12 @@ from make_golden import write_golden  # noqa: E402
 PINNED = {
     ("golden-topk-token", "shard-00000.safetensors.zst"): {
         "example_ids": "ab25350e3e65efeb", "ids": "f49a270a63419061",
-        "logp_codes": "89d512cebae7d525", "lse": "e2c992743fac6d93",
-        "row_offsets": "62752d423b7304f4", "tail_logp": "3dc1480417b36ca9"},
+        "logp_codes": "329f743f6e272015", "lse": "57e5a4354ed4f8cd",
+        "row_offsets": "62752d423b7304f4", "tail_logp": "ebc59717a008976c"},
     ("golden-topk-token", "shard-00001.safetensors.zst"): {
         "example_ids": "f13ee6ed54ea2aae", "ids": "01a8616dc9299e31",
-        "logp_codes": "ddaf670cc1e03b50", "lse": "83518b27ec6332ca",
-        "row_offsets": "f7548c023e431138", "tail_logp": "3b5c6bfb8215b185"},
+        "logp_codes": "ab0c82c3d3397cd9", "lse": "83518b27ec6332ca",
+        "row_offsets": "f7548c023e431138", "tail_logp": "2a55ffe8b2392726"},
     ("golden-dense-class", "shard-00000.safetensors.zst"): {
         "example_ids": "ec5eae087ec077bc", "logp": "5fbd286df92e0e8b"},
 }
@@ -59,19 +59,18 @@ def test_golden_bundles_verify_and_decode_to_pinned_values():
         assert verify_bundle(DATA / name).ok
     token = read_bundle(DATA / "golden-topk-token")
     assert token.manifest.encoding == {"name": "topk", "k": 4, "value_dtype": "int8",
-                                       "scale": 0.125}
+                                       "scale": 1 / 32}
     block = token.read_all()
     assert block.example_ids.tolist() == [0, 1, 2, 5]
     assert block.row_offsets.tolist() == [0, 2, 5, 6, 10]
     sp = block.sparse()
     assert sp.ids.shape == (10, 4)
     assert sp.ids[0].tolist() == [1, 6, 11, 16]
-    assert block.tensors["logp_codes"][0].tolist() == [14, 16, 18, 21]
-    # renormalised over the kept ids and the stored tail: codes * -0.125 shifted by one constant
-    shift = torch.logsumexp(torch.tensor([-14, -16, -18, -21]) * 0.125, 0).exp() + \
-        torch.tensor(-0.6580126285552979).exp()
-    assert torch.allclose(sp.logp[0], torch.tensor([-14.0, -16, -18, -21]) * 0.125 - shift.log(),
-                          atol=1e-6)
+    assert block.tensors["logp_codes"][0].tolist() == [13, 12, 10, 8]
+    # sqrt(p) = code / 32, renormalised over the kept ids and the stored tail
+    stored = 2 * (torch.tensor([13.0, 12, 10, 8]) / 32).log()
+    shift = stored.exp().sum() + torch.tensor(-0.6580126285552979).exp()
+    assert torch.allclose(sp.logp[0], stored - shift.log(), atol=1e-6)
     assert abs(float(sp.tail_logp[0]) - (-0.6580126285552979 - float(shift.log()))) < 1e-6
     dense = read_bundle(DATA / "golden-dense-class")
     assert dense.manifest.label_space["names"] == ["neg", "neu", "pos"]
