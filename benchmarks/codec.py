@@ -16,7 +16,7 @@ back with fdcli's checked reader, single-threaded (``torch.set_num_threads(1)``)
 fidelity figure, ``decode_rows_per_s`` covers sha256 + bounded zstd + header and value checks +
 reconstruction of the sparse rows, ``verify_rows_per_s`` runs ``verify_bundle``.
 Baselines (``"baseline": true``) are written as plain zstd-compressed safetensors at the same
-zstd level: ``dense fp32``, ``dense fp16`` and ``topk fp16 + uint32 ids`` (roughly the
+zstd level (``--zstd-level``, fd's default unless given): ``dense fp32``, ``dense fp16`` and ``topk fp16 + uint32 ids`` (roughly the
 Megatron-LM logits saver: values in rank order, ids as uint32).
 """
 
@@ -64,7 +64,7 @@ def mean_entropy(logits: torch.Tensor) -> float:
 
 
 def measure(source: str, codec, logits: torch.Tensor, task: str, work: Path,
-            batch: int, repeats: int) -> dict:
+            batch: int, repeats: int, level: int) -> dict:
     rows, vocab = logits.shape
     path = work / f"{source}-{codec.name}"
     shutil.rmtree(path, ignore_errors=True)
@@ -74,7 +74,8 @@ def measure(source: str, codec, logits: torch.Tensor, task: str, work: Path,
         shutil.rmtree(path, ignore_errors=True)
         with BundleWriter(path, codec=codec, task=task, num_classes=vocab,
                           label_fingerprint=fingerprint_labels([str(i) for i in range(vocab)]),
-                          proxy_fingerprint=FP, client_id="bench", model_fingerprint=FP) as w:
+                          proxy_fingerprint=FP, client_id="bench", model_fingerprint=FP,
+                          zstd_level=level) as w:
             for start in range(0, rows, batch):
                 chunk = logits[start:start + batch]
                 ids = torch.arange(start, start + len(chunk))
@@ -111,11 +112,12 @@ def measure(source: str, codec, logits: torch.Tensor, task: str, work: Path,
     return out
 
 
-def baseline(source: str, name: str, tensors_of, logits: torch.Tensor, repeats: int) -> dict:
+def baseline(source: str, name: str, tensors_of, logits: torch.Tensor, repeats: int,
+             level: int) -> dict:
     rows = logits.shape[0]
     t0 = time.perf_counter()
     tensors = tensors_of(logits)
-    blob = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(st_save(tensors))
+    blob = zstandard.ZstdCompressor(level=level).compress(st_save(tensors))
     encode_s = time.perf_counter() - t0
     from safetensors.torch import load as st_load
 
@@ -183,11 +185,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rows, fewer repeats")
     ap.add_argument("--token-rows", type=int, default=None)
+    ap.add_argument("--zstd-level", type=int, default=ZSTD_LEVEL,
+                    help="zstd level for fd's bundles and the baselines alike")
     ap.add_argument("--teacher-steps", type=int, default=600,
                     help="training steps of the LM teacher: more steps, a sharper teacher")
     args = ap.parse_args()
     token_rows = args.token_rows or (8192 if args.quick else 65536)
     repeats = 2 if args.quick else 5
+    lvl = args.zstd_level
     results = []
     tok, tok_info = token_source(token_rows, args.teacher_steps)
     cls, cls_info = class_source()
@@ -196,27 +201,27 @@ def main() -> None:
     try:
         dense_rows = min(token_rows, 2048)
         for k in (1, 4, 16, 64):
-            results.append(measure("token", TopKCodec(k=k), tok, "token", work, 4096, repeats))
+            results.append(measure("token", TopKCodec(k=k), tok, "token", work, 4096, repeats, lvl))
         results.append(measure("token", TopKCodec(k=16, value_dtype="fp16"), tok, "token", work,
-                               4096, repeats))
+                               4096, repeats, lvl))
         results.append(measure("token", SampleCodec(draws=16), tok, "token", work, 4096,
-                               repeats))
-        results.append(measure("token", DenseCodec(), tok[:dense_rows], "token", work, 512, 2))
+                               repeats, lvl))
+        results.append(measure("token", DenseCodec(), tok[:dense_rows], "token", work, 512, 2, lvl))
         results.append(measure("token", LowRankCodec(rank=64), tok[:dense_rows], "token", work,
-                               dense_rows, 2))
-        results.append(baseline("token", "dense fp32", dense32, tok[:dense_rows], 2))
-        results.append(baseline("token", "dense fp16", dense16, tok[:dense_rows], 2))
+                               dense_rows, 2, lvl))
+        results.append(baseline("token", "dense fp32", dense32, tok[:dense_rows], 2, lvl))
+        results.append(baseline("token", "dense fp16", dense16, tok[:dense_rows], 2, lvl))
         results.append(baseline("token", "topk fp16 + uint32 ids", megatron_topk(16), tok,
-                                repeats) | {"k": 16})
+                                repeats, lvl) | {"k": 16})
         for codec in (DenseCodec(), TopKCodec(k=3), TopKCodec(k=3, value_dtype="fp16"),
                       SampleCodec(draws=16), LowRankCodec(rank=4)):
             results.append(measure("class", codec, cls, "classification", work, 4096,
-                                   repeats))
-        results.append(baseline("class", "dense fp32", dense32, cls, repeats))
-        results.append(baseline("class", "dense fp16", dense16, cls, repeats))
+                                   repeats, lvl))
+        results.append(baseline("class", "dense fp32", dense32, cls, repeats, lvl))
+        results.append(baseline("class", "dense fp16", dense16, cls, repeats, lvl))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"benchmark": "codec", "zstd_level": ZSTD_LEVEL, "threads": 1,
+    print(json.dumps({"benchmark": "codec", "zstd_level": lvl, "threads": 1,
                       "teachers": {"token": tok_info, "class": cls_info},
                       "results": results}, indent=2))
 

@@ -182,3 +182,16 @@ def test_sample_bundle_read_at_another_temperature_is_refused(tmp_bundle):
     assert block.sparse(1.0).ids.shape[0] == block.rows
     with pytest.raises(BundleError, match="temperature 1.0.*cannot be read at 2.0"):
         block.sparse(2.0)
+
+
+def test_target_created_meanwhile_is_not_clobbered(tmp_bundle):
+    w = BundleWriter(tmp_bundle, codec=DenseCodec(), task="classification", num_classes=2,
+                     label_names=["a", "b"], proxy_fingerprint=PROXY_FP, client_id="c",
+                     model_fingerprint=MODEL_FP)
+    w.add([0], torch.randn(1, 2))
+    tmp_bundle.mkdir()
+    (tmp_bundle / "precious.txt").write_text("keep me")
+    with pytest.raises(FdError, match="output already exists"):
+        w.close()
+    assert sorted(p.name for p in tmp_bundle.parent.iterdir()) == ["bundle"]
+    assert (tmp_bundle / "precious.txt").read_text() == "keep me"

@@ -276,12 +276,15 @@ def test_manifest_with_many_problems_lists_them_all(bundle):
     m["shards"][0]["sha256"] = "xyz"
     m["shards"][1]["bytes"] = -1
     del m["producer"]["client_id"]
+    m["fidelity"]["mean_kl_nats"] = "tiny"
     save_manifest(bundle, m)
     with pytest.raises(BundleError) as info:
         read_bundle(bundle)
-    assert len(info.value.problems) == 5, info.value.problems
+    assert len(info.value.problems) == 6, info.value.problems
+    assert all(p.startswith(str(bundle / "manifest.json")) for p in info.value.problems)
     msg = str(info.value)
-    for fragment in ["5 problem(s) found", "field 'task': expected one of",
+    for fragment in ["6 problem(s) found", "field 'task': expected one of",
+                     "field 'fidelity.mean_kl_nats': expected a number or null, found 'tiny'",
                      "field 'num_classes': expected int, found 'many'",
                      "field 'shards[0].sha256': expected 64 hex digits",
                      "field 'shards[1].bytes': expected an integer >= 1, found -1",

@@ -181,6 +181,10 @@ class BundleManifest:
             p.append(f"field 'rows': a classification bundle has one row per example; found "
                      f"{rows} rows for {examples} examples")
         fidelity = need("fidelity", dict)
+        for key, value in (fidelity or {}).items():
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                p.append(f"field 'fidelity.{key}': expected a number or null, found {value!r}")
         provenance = d.get("provenance", [])
         if not isinstance(provenance, list):
             p.append(f"field 'provenance': expected a list, found {provenance!r}")

@@ -203,14 +203,21 @@ class BundleWriter:
 
     # -- finishing -----------------------------------------------------------------------
     def close(self) -> BundleManifest:
-        """Write the last shard and the manifest, then move the bundle into place."""
-        if self.manifest is not None:
-            return self.manifest
+        """Write the last shard and the manifest, then move the bundle into place. On any
+        error, everything written so far is discarded."""
+        if self.manifest is None:
+            try:
+                self.manifest = self._finish()
+            except BaseException:
+                self.abort()
+                raise
+        return self.manifest
+
+    def _finish(self) -> BundleManifest:
         if self._pending:
             self._flush(full_only=False)
         m = self._manifest
         if m.examples == 0:
-            self.abort()
             raise FdError(f"{self.path}: no examples were written; a bundle needs at least one")
         rows = max(m.rows, 1)
         m.fidelity = {
@@ -233,7 +240,6 @@ class BundleWriter:
         _fsync_dir(self.path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        self.manifest = m
         return m
 
     def abort(self) -> None:
