@@ -1,0 +1,200 @@
+"""Classification models: load from a local directory or a config file, batch inputs, save.
+
+A model source is either a directory that ``from_pretrained`` reads (config.json and weights,
+with a tokenizer or image processor beside them) or a JSON/YAML config file with a
+``model_type`` for random initialisation. Nothing is fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .data import DataError, to_rgb
+from .errors import FdError
+
+FD_META = "fd.json"
+DEFAULT_MAX_LENGTH = 128
+
+
+class ModelError(FdError):
+    """A model source that is not a usable model."""
+
+
+@dataclass
+class Classifier:
+    """A model with what it needs to read inputs, and its label space."""
+
+    model: Any
+    processor: Any
+    kind: str                  # "text" or "image"
+    label_names: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)  # fd.json of a model fd trained
+
+    @property
+    def architecture(self) -> str:
+        return self.model.config.model_type
+
+
+def _auto(kind: str):
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    return AutoModelForImageClassification if kind == "image" else \
+        AutoModelForSequenceClassification
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            cfg = yaml.safe_load(text)
+        else:
+            cfg = json.loads(text)
+    except Exception as exc:
+        raise ModelError(f"{path}: not a readable config ({exc})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
+        raise ModelError(f"{path}: a model config needs a 'model_type' field (for example "
+                         "'bert', 'vit' or 'resnet'); found none")
+    return cfg
+
+
+def _image_processor(source: Path | None, config) -> Any:
+    from transformers import AutoImageProcessor, ViTImageProcessor
+
+    if source is not None and (source / "preprocessor_config.json").exists():
+        return AutoImageProcessor.from_pretrained(str(source))
+    size = int(getattr(config, "image_size", 224) or 224)
+    return ViTImageProcessor(size={"height": size, "width": size})
+
+
+def _tokenizer(source: Path | None, tokenizer: str | os.PathLike | None, where: str):
+    from transformers import AutoTokenizer
+
+    for candidate in (tokenizer, source):
+        if candidate is not None and Path(candidate).is_dir() and any(
+                (Path(candidate) / f).exists() for f in ("tokenizer.json", "vocab.txt",
+                                                          "tokenizer_config.json")):
+            return AutoTokenizer.from_pretrained(str(candidate))
+    return None
+
+
+def load_classifier(source: str | os.PathLike, kind: str, label_names: Sequence[str] | None,
+                    *, tokenizer: str | os.PathLike | None = None, seed: int = 0) -> Classifier:
+    """Load a classifier for ``kind`` inputs over ``label_names``.
+
+    A model fd trained carries its label space in fd.json; asking for another one is an error.
+    Any other model gets a fresh classification head of the right size.
+    """
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path}: not a model directory; expected a config.json (a folder"
+                             " that from_pretrained reads) or a config file")
+        meta = json.loads((path / FD_META).read_text()) if (path / FD_META).exists() else {}
+        own = meta.get("label_names")
+        if own is not None and label_names is not None and list(own) != list(label_names):
+            raise DataError(f"{path}: the model's label space {own} differs from the data's "
+                            f"{list(label_names)}")
+        names = list(own or label_names or [])
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(str(path))
+        except Exception as exc:
+            raise ModelError(f"{path}/config.json: not a transformers config ({exc})") from None
+        _check_kind(config, kind, str(path))
+        kwargs = {}
+        if names:
+            kwargs = {"num_labels": len(names), "id2label": dict(enumerate(names)),
+                      "label2id": {n: i for i, n in enumerate(names)},
+                      "ignore_mismatched_sizes": True}
+        try:
+            model = _auto(kind).from_pretrained(str(path), **kwargs)
+        except Exception as exc:
+            raise ModelError(f"{path}: could not load a {kind} classifier ({exc})") from None
+        processor = _image_processor(path, config) if kind == "image" else \
+            _tokenizer(path, tokenizer, str(path))
+    elif path.is_file():
+        cfg = _read_config_file(path)
+        meta, names = {}, list(label_names or [])
+        if not names:
+            raise ModelError(f"{path}: a model built from a config needs the label space of "
+                             "its data")
+        from transformers import AutoConfig
+
+        model_type = cfg.pop("model_type")
+        try:
+            config = AutoConfig.for_model(model_type, **cfg, num_labels=len(names),
+                                          id2label=dict(enumerate(names)),
+                                          label2id={n: i for i, n in enumerate(names)})
+        except Exception as exc:
+            raise ModelError(f"{path}: not a valid {model_type!r} config ({exc})") from None
+        _check_kind(config, kind, str(path))
+        torch.manual_seed(seed)
+        model = _auto(kind).from_config(config)
+        processor = _image_processor(None, config) if kind == "image" else \
+            _tokenizer(None, tokenizer, str(path))
+    else:
+        raise ModelError(f"{path}: no such model directory or config file")
+    if kind == "text" and processor is None:
+        raise ModelError(f"{path}: no tokenizer found; put one beside the model or pass "
+                         "--tokenizer DIR")
+    return Classifier(model, processor, kind, names, meta)
+
+
+def _check_kind(config, kind: str, where: str) -> None:
+    is_image = hasattr(config, "num_channels") or hasattr(config, "image_size")
+    if is_image != (kind == "image"):
+        raise DataError(f"{where}: a {config.model_type!r} model takes "
+                        f"{'images' if is_image else 'text'}, but the data holds {kind}")
+
+
+def batch_inputs(clf: Classifier, values: list[Any],
+                 max_length: int = DEFAULT_MAX_LENGTH) -> dict[str, torch.Tensor]:
+    """Model inputs for a batch of raw texts or images."""
+    if clf.kind == "image":
+        return {"pixel_values": clf.processor(images=[to_rgb(v) for v in values],
+                                              return_tensors="pt")["pixel_values"]}
+    return dict(clf.processor([str(v) for v in values], padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt"))
+
+
+def fingerprint_model(model) -> str:
+    """sha256 over the model's parameter names and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8)
+                      .numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def save_classifier(clf: Classifier, out: Path, meta: dict[str, Any]) -> None:
+    """Write a directory that ``from_pretrained`` reads, plus fd.json."""
+    clf.model.save_pretrained(str(out))
+    if clf.processor is not None:
+        clf.processor.save_pretrained(str(out))
+    (out / FD_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+@torch.no_grad()
+def predict_logits(clf: Classifier, values: list[Any], batch_size: int = 64,
+                   progress=None) -> torch.Tensor:
+    """Logits ``[N, C]`` for raw inputs, in batches."""
+    clf.model.eval()
+    device = next(clf.model.parameters()).device
+    out = []
+    for start in range(0, len(values), batch_size):
+        inputs = batch_inputs(clf, values[start:start + batch_size])
+        out.append(clf.model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu())
+        if progress is not None:
+            progress(len(out[-1]))
+    return torch.cat(out) if out else torch.zeros(0, len(clf.label_names))
