@@ -12,7 +12,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator
+from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -42,7 +42,7 @@ def reporting_errors() -> Iterator[None]:
     """Turn an FdError into a message on stderr and exit code 1."""
     try:
         yield
-    except FdError as exc:
+    except (FdError, ValueError) as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False,
                   soft_wrap=True)
         raise typer.Exit(1) from None
@@ -132,6 +132,270 @@ def verify(
             err.print(f"  - {p}", markup=False, highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+# -- stages ------------------------------------------------------------------------------
+DataOpt = Annotated[Path, typer.Argument(help="A local dataset: csv, json/jsonl, parquet, txt, "
+                                              "an imagefolder or a save_to_disk folder.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not exist).")]
+TextCol = Annotated[Optional[str], typer.Option(help="Text column (default: text, sentence, "
+                                                     "content or document).")]
+ImageCol = Annotated[Optional[str], typer.Option(help="Image column (default: image or img, or "
+                                                      "any Image feature).")]
+LabelCol = Annotated[Optional[str], typer.Option(help="Label column (default: label, labels, "
+                                                      "target or class).")]
+SplitOpt = Annotated[Optional[str], typer.Option(help="Split of a multi-split dataset folder.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed, recorded in the output.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+Epochs = Annotated[float, typer.Option(help="Training epochs.")]
+LR = Annotated[float, typer.Option("--lr", help="Learning rate.")]
+Batch = Annotated[int, typer.Option(help="Batch size.")]
+TokenizerOpt = Annotated[Optional[Path], typer.Option(
+    help="Tokenizer folder, for text models built from a config file.")]
+
+
+def _report(result: dict, json_out: bool, title: str, keys: list[str] | None = None) -> None:
+    if json_out:
+        out.print_json(json.dumps(result, default=str))
+        return
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key in keys or list(result):
+        value = result.get(key)
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    out.print(table)
+
+
+@app.command("train-specialist")
+def train_specialist_cmd(
+    data: DataOpt,
+    model: Annotated[Path, typer.Option(help="A model folder that from_pretrained reads, or a "
+                                             "JSON/YAML config with a model_type.")],
+    out_dir: OutOpt,
+    client_id: Annotated[Optional[str], typer.Option(help="Institution name (default: the "
+                                                          "output folder's name).")] = None,
+    text_column: TextCol = None, image_column: ImageCol = None, label_column: LabelCol = None,
+    tokenizer: TokenizerOpt = None, split: SplitOpt = None,
+    epochs: Epochs = 3.0, lr: LR = 5e-5, batch_size: Batch = 16,
+    val_fraction: Annotated[float, typer.Option(help="Share held out for validation.")] = 0.0,
+    seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
+) -> None:
+    """Fine-tune a specialist on this institution's private labelled data.
+
+    Writes a model folder (weights, tokenizer or image processor, fd.json with the
+    configuration, label names, label histogram and metrics).
+
+    [bold]Example[/bold]: fd train-specialist private.csv --model bert-tiny/ --out specialist
+    """
+    from .stages.train_specialist import train_specialist
+
+    with reporting_errors():
+        meta = train_specialist(data, model, out_dir, client_id=client_id,
+                                text_column=text_column, image_column=image_column,
+                                label_column=label_column, tokenizer=tokenizer, split=split,
+                                epochs=epochs, learning_rate=lr, batch_size=batch_size,
+                                val_fraction=val_fraction, seed=seed, overwrite=overwrite)
+    _report({"out": str(out_dir), "client_id": meta["client_id"],
+             "architecture": meta["architecture"], "train_examples": meta["train_examples"],
+             **meta["metrics"]}, json_out, "specialist")
+
+
+@app.command("emit-logits")
+def emit_logits_cmd(
+    model: Annotated[Path, typer.Argument(help="A trained model folder.")],
+    proxy: Annotated[Path, typer.Argument(help="The shared proxy dataset.")],
+    out_dir: OutOpt,
+    encoding: Annotated[str, typer.Option(help="dense (small label spaces) or topk.")] = "dense",
+    k: Annotated[int, typer.Option(help="Ids kept per row for topk.")] = 16,
+    value_dtype: Annotated[str, typer.Option(help="topk values: int8 or fp16.")] = "int8",
+    client_id: Annotated[Optional[str], typer.Option(help="Institution name (default: from "
+                                                          "the model's fd.json).")] = None,
+    text_column: TextCol = None, image_column: ImageCol = None, split: SplitOpt = None,
+    batch_size: Batch = 64, seed: SeedOpt = 0, overwrite: Overwrite = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run a model over the proxy dataset and write a logit bundle to carry out.
+
+    [bold]Example[/bold]: fd emit-logits specialist/ proxy.csv --out usb/hospital-a-bundle
+    """
+    from .stages.emit import emit_logits
+
+    with reporting_errors():
+        m = emit_logits(model, proxy, out_dir, encoding=encoding, k=k, value_dtype=value_dtype,
+                        client_id=client_id, text_column=text_column, image_column=image_column,
+                        split=split, batch_size=batch_size, seed=seed, overwrite=overwrite)
+    _report({"out": str(out_dir), "client_id": m.producer.client_id, "examples": m.examples,
+             "encoding": m.encoding, "bytes": sum(s.bytes for s in m.shards), **m.fidelity},
+            json_out, "bundle")
+
+
+@app.command()
+def aggregate(
+    bundles: Annotated[list[Path], typer.Argument(help="Bundle folders to combine.")],
+    out_dir: OutOpt,
+    rule: Annotated[str, typer.Option(help="confidence, mean, entropy-reduction, weighted, "
+                                           "median or trimmed-mean.")] = "confidence",
+    confidence: Annotated[str, typer.Option(help="Confidence measure: max or neg_entropy.")]
+    = "max",
+    tau: Annotated[float, typer.Option(help="Softmax temperature over clients (confidence).")]
+    = 1.0,
+    era_temperature: Annotated[float, typer.Option(help="Sharpening temperature "
+                                                        "(entropy-reduction).")] = 0.1,
+    trim: Annotated[float, typer.Option(help="Share trimmed at each end (trimmed-mean).")]
+    = 0.2,
+    seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
+) -> None:
+    """Check bundles against each other and combine them per example into one teacher.
+
+    [bold]Example[/bold]: fd aggregate usb/a usb/b usb/c --rule confidence --out teacher
+    """
+    from .stages.aggregate import aggregate as run
+
+    with reporting_errors():
+        m = run(bundles, out_dir, rule=rule, confidence_measure=confidence, tau=tau,
+                era_temperature=era_temperature, trim=trim, seed=seed, overwrite=overwrite)
+    _report({"out": str(out_dir), "rule": rule, "inputs": len(bundles),
+             "examples": m.examples}, json_out, "aggregated bundle")
+
+
+@app.command()
+def distill(
+    student: Annotated[Path, typer.Argument(help="Student model folder or config file.")],
+    proxy: Annotated[Path, typer.Argument(help="The proxy dataset the bundle was made on.")],
+    teacher: Annotated[Path, typer.Argument(help="The aggregated bundle.")],
+    out_dir: OutOpt,
+    temperature: Annotated[float, typer.Option(help="Distillation temperature T.")] = 2.0,
+    hard_weight: Annotated[float, typer.Option(help="Weight of cross-entropy on proxy labels "
+                                                    "(needs labels).")] = 0.0,
+    text_column: TextCol = None, image_column: ImageCol = None, label_column: LabelCol = None,
+    tokenizer: TokenizerOpt = None, split: SplitOpt = None,
+    epochs: Epochs = 3.0, lr: LR = 5e-5, batch_size: Batch = 16,
+    seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
+) -> None:
+    """Train a student of any architecture on the proxy set against a teacher bundle.
+
+    [bold]Example[/bold]: fd distill student.json proxy.csv teacher/ --out student
+    """
+    from .stages.distill import distill as run
+
+    with reporting_errors():
+        meta = run(student, proxy, teacher, out_dir, temperature=temperature,
+                   hard_weight=hard_weight, epochs=epochs, learning_rate=lr,
+                   batch_size=batch_size, seed=seed, text_column=text_column,
+                   image_column=image_column, label_column=label_column, tokenizer=tokenizer,
+                   split=split, overwrite=overwrite)
+    _report({"out": str(out_dir), "architecture": meta["architecture"],
+             "proxy_examples": meta["proxy_examples"], **meta["metrics"]}, json_out, "student")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="A model folder.")],
+    data: DataOpt,
+    text_column: TextCol = None, image_column: ImageCol = None, label_column: LabelCol = None,
+    split: SplitOpt = None, batch_size: Batch = 64, json_out: JsonOpt = False,
+) -> None:
+    """Accuracy, macro-F1, NLL and expected calibration error on labelled data.
+
+    [bold]Example[/bold]: fd evaluate student/ test.csv --json
+    """
+    from .stages.evaluate import evaluate as run
+
+    with reporting_errors():
+        result = run(model, data, text_column=text_column, image_column=image_column,
+                     label_column=label_column, split=split, batch_size=batch_size)
+    _report(result, json_out, f"evaluation of {model}",
+            ["accuracy", "macro_f1", "nll", "ece", "examples", "architecture"])
+
+
+@app.command()
+def partition(
+    data: DataOpt,
+    out_dir: OutOpt,
+    num_clients: Annotated[int, typer.Option(help="Number of clients.")] = 5,
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (0.1: very skewed, "
+                                              "1.0: mild).")] = 1.0,
+    proxy_fraction: Annotated[float, typer.Option(help="Share cut out as the proxy set.")] = 0.2,
+    test_fraction: Annotated[float, typer.Option(help="Share cut out as the global test set.")]
+    = 0.2,
+    text_column: TextCol = None, image_column: ImageCol = None, label_column: LabelCol = None,
+    split: SplitOpt = None, seed: SeedOpt = 0, overwrite: Overwrite = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Split a labelled dataset into a test split, a proxy split and Dirichlet client splits.
+
+    [bold]Example[/bold]: fd partition data.csv --num-clients 5 --alpha 0.1 --out parts
+    """
+    from .stages.partition import partition as run
+
+    with reporting_errors():
+        report = run(data, out_dir, num_clients=num_clients, alpha=alpha,
+                     proxy_fraction=proxy_fraction, test_fraction=test_fraction,
+                     text_column=text_column, image_column=image_column,
+                     label_column=label_column, split=split, seed=seed, overwrite=overwrite)
+    _report({"out": str(out_dir), **report["sizes"]}, json_out, "partition")
+
+
+@app.command()
+def simulate(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
+        "fd-simulation"),
+    data: Annotated[Optional[Path], typer.Option(help="A labelled image dataset (default: "
+                                                      "scikit-learn's digits).")] = None,
+    num_clients: Annotated[int, typer.Option(help="Number of institutions.")] = 5,
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration of the label split.")]
+    = 1.0,
+    rule: Annotated[str, typer.Option(help="Aggregation rule for the student.")]
+    = "confidence",
+    compare_rules: Annotated[str, typer.Option(help="Other rules to distill a student with, "
+                                                    "comma-separated ('' for none).")] = "mean",
+    architectures: Annotated[str, typer.Option(help="Specialist architectures, assigned in "
+                                                    "turn: vit,resnet.")] = "vit,resnet",
+    student: Annotated[str, typer.Option(help="Student architecture.")] = "resnet",
+    epochs: Epochs = 60.0,
+    distill_epochs: Annotated[float, typer.Option(help="Distillation epochs.")] = 100.0,
+    lr: LR = 2e-3, batch_size: Batch = 32,
+    temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 2.0,
+    seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
+) -> None:
+    """Run a whole federation on this machine and compare the student with each specialist
+    and with centralized training. Writes OUT/results.json and every artifact on the way.
+
+    With no arguments it uses scikit-learn's digits and tiny random-init ViTs and ResNets, and
+    needs no download.
+
+    [bold]Example[/bold]: fd simulate --alpha 0.1 --out sim-alpha0.1
+    """
+    from .stages.simulate import simulate as run
+
+    def log(message: str) -> None:
+        err.print(f"[dim]fd simulate:[/dim] {message}", highlight=False)
+
+    with reporting_errors():
+        results = run(out_dir, data=data, num_clients=num_clients, alpha=alpha, rule=rule,
+                      compare_rules=[r for r in compare_rules.split(",") if r],
+                      architectures=[a for a in architectures.split(",") if a],
+                      student=student, epochs=epochs, distill_epochs=distill_epochs,
+                      learning_rate=lr, batch_size=batch_size, temperature=temperature,
+                      seed=seed, overwrite=overwrite, progress=False, log=log)
+    if json_out:
+        out.print_json(json.dumps(results))
+        return
+    table = Table(title=f"fd simulate: {num_clients} clients, alpha={alpha} "
+                        f"({out_dir}/results.json)", title_justify="left")
+    for col in ("model", "architecture", "accuracy", "macro-F1", "uploaded"):
+        table.add_column(col)
+    for s in results["specialists"]:
+        table.add_row(f"specialist {s['client_id']}", s["architecture"], f"{s['accuracy']:.3f}",
+                      f"{s['macro_f1']:.3f}", _human(s["uploaded_bytes"]))
+    for name, s in results["students_by_rule"].items():
+        table.add_row(f"student ({name})", s["architecture"], f"{s['accuracy']:.3f}",
+                      f"{s['macro_f1']:.3f}", "")
+    c = results["centralized"]
+    table.add_row("centralized", c["architecture"], f"{c['accuracy']:.3f}",
+                  f"{c['macro_f1']:.3f}", "")
+    out.print(table)
 
 
 def main() -> None:

@@ -65,6 +65,9 @@ def load_local(path: str | os.PathLike, split: str | None = None):
     except DataError:
         raise
     except Exception as exc:  # datasets raises many types for unreadable input
+        if "corresponds to no data" in str(exc):  # a file with a header and no rows
+            raise DataError(f"{path}: the dataset is empty; expected at least one example") \
+                from None
         raise DataError(f"{path}: could not be read as a dataset ({type(exc).__name__}: "
                         f"{exc})") from None
     if isinstance(ds, datasets.DatasetDict):

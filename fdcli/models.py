@@ -198,3 +198,24 @@ def predict_logits(clf: Classifier, values: list[Any], batch_size: int = 64,
         if progress is not None:
             progress(len(out[-1]))
     return torch.cat(out) if out else torch.zeros(0, len(clf.label_names))
+
+
+def train_word_tokenizer(texts: Sequence[str], out: str | os.PathLike,
+                         vocab_size: int = 5000) -> Path:
+    """Train a word-level tokenizer on ``texts`` and save it as a normal tokenizer folder
+    (``AutoTokenizer.from_pretrained`` reads it): for text models built from a config when
+    no pretrained tokenizer is at hand."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(list(texts), trainers.WordLevelTrainer(vocab_size=vocab_size,
+                                                                   special_tokens=specials))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]")
+    out = Path(out)
+    fast.save_pretrained(str(out))
+    return out

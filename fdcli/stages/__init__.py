@@ -1,0 +1,1 @@
+"""One public function per stage; each returns a result and never exits the process."""

@@ -1,0 +1,81 @@
+"""fd distill: train a student on the proxy set against an aggregated bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..bundle import read_bundle
+from ..data import DataError, fingerprint, label_ids, load_local, resolve
+from ..errors import IncompatibleBundlesError
+from ..models import fingerprint_model, load_classifier, save_classifier
+from ..outputs import atomic_dir, check_free
+
+
+def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: str | Path, *,
+            temperature: float = 2.0, hard_weight: float = 0.0, epochs: float = 3.0,
+            learning_rate: float = 5e-5, batch_size: int = 16, seed: int = 0,
+            text_column: str | None = None, image_column: str | None = None,
+            label_column: str | None = None, tokenizer: str | Path | None = None,
+            split: str | None = None, overwrite: bool = False,
+            progress: bool = True) -> dict[str, Any]:
+    """Distill ``student`` (model directory or config file, any architecture) on ``proxy``
+    against the teacher bundle. The soft loss is KL at ``temperature`` times T^2; topk
+    teachers use the tail-bucket loss. ``hard_weight`` > 0 mixes in cross-entropy on the
+    proxy labels, which the proxy must then have."""
+    from ..training import SoftTargets, fit
+
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if not 0 <= hard_weight <= 1:
+        raise ValueError(f"hard_weight must be in [0, 1], got {hard_weight}")
+    check_free(Path(out), overwrite)
+    reader = read_bundle(teacher)
+    m = reader.manifest
+    if m.task != "classification":
+        raise IncompatibleBundlesError(f"{teacher}: task {m.task!r}; distill takes "
+                                       "classification bundles here")
+    names = m.label_space.get("names")
+    ds = load_local(proxy, split)
+    spec = resolve(ds, str(proxy), text_column=text_column, image_column=image_column,
+                   label_column=label_column, label_names=names, need_labels=hard_weight > 0)
+    found = fingerprint(ds, spec)
+    if found != m.proxy_fingerprint:
+        raise DataError(f"{proxy}: this proxy dataset differs from the one {teacher} was made "
+                        f"on (fingerprint {found}, the bundle says {m.proxy_fingerprint}); "
+                        "distill on the same proxy set, in the same order")
+    block = reader.read_all()
+    rows = block.example_ids.long()
+    if int(rows.max()) >= len(ds):
+        raise DataError(f"{teacher}: example id {int(rows.max())} is past the end of the "
+                        f"{len(ds)}-example proxy set")
+    if m.encoding["name"] == "dense":
+        soft = SoftTargets(temperature, dense=block.dense(temperature))
+    else:
+        sp = block.sparse(temperature)
+        soft = SoftTargets(temperature, ids=sp.ids, logp=sp.logp, tail=sp.tail_logp)
+    clf = load_classifier(student, spec.kind, names, tokenizer=tokenizer, seed=seed)
+    all_values = list(ds[spec.input_column])
+    values = [all_values[int(i)] for i in rows]
+    labels = None
+    if hard_weight > 0:
+        all_labels = label_ids(ds, spec)
+        labels = [all_labels[int(i)] for i in rows]
+    config = {"student": str(student), "proxy": str(proxy), "teacher": str(teacher),
+              "temperature": temperature, "hard_weight": hard_weight, "epochs": epochs,
+              "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed}
+    with atomic_dir(out, overwrite) as tmp:
+        metrics = fit(clf, values, labels, epochs=epochs, learning_rate=learning_rate,
+                      batch_size=batch_size, seed=seed, soft=soft, hard_weight=hard_weight,
+                      progress=progress)
+        meta = {"fd_version": __version__, "stage": "distill", "client_id": "student",
+                "task": "classification", "kind": spec.kind, "label_names": clf.label_names,
+                "architecture": clf.architecture, "proxy_examples": len(values),
+                "teacher_manifest": m.to_dict() | {"shards": len(m.shards)},
+                "metrics": metrics, "config": config,
+                "model_fingerprint": fingerprint_model(clf.model)}
+        save_classifier(clf, tmp, meta)
+    return meta

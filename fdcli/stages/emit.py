@@ -1,0 +1,50 @@
+"""fd emit-logits: run a model over the proxy dataset and write a logit bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..bundle import BundleManifest, BundleWriter, DenseCodec, TopKCodec
+from ..data import load_local, resolve, fingerprint
+from ..models import fingerprint_model, load_classifier, predict_logits
+
+ENCODINGS = ("dense", "topk")
+
+
+def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
+                encoding: str = "dense", k: int = 16, value_dtype: str = "int8",
+                client_id: str | None = None, text_column: str | None = None,
+                image_column: str | None = None, split: str | None = None,
+                batch_size: int = 64, seed: int = 0, overwrite: bool = False) -> BundleManifest:
+    """Write the bundle of ``model``'s predictions on every example of ``proxy``."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    ds = load_local(proxy, split)
+    spec = resolve(ds, str(proxy), text_column=text_column, image_column=image_column,
+                   need_labels=False)
+    clf = load_classifier(model, spec.kind, None)
+    if not clf.label_names:
+        names = [clf.model.config.id2label[i] for i in range(clf.model.config.num_labels)]
+        clf.label_names = [str(n) for n in names]
+    codec = DenseCodec() if encoding == "dense" else TopKCodec(k=k, value_dtype=value_dtype)
+    config: dict[str, Any] = {"model": str(model), "proxy": str(proxy), "encoding": encoding,
+                              "batch_size": batch_size, "split": split,
+                              "input_column": spec.input_column,
+                              "train_examples": clf.meta.get("train_examples"),
+                              "label_histogram": clf.meta.get("label_histogram")}
+    if encoding == "topk":
+        config.update(k=k, value_dtype=value_dtype)
+    values = list(ds[spec.input_column])
+    with BundleWriter(out, codec=codec, task="classification",
+                      num_classes=len(clf.label_names), label_names=clf.label_names,
+                      proxy_fingerprint=fingerprint(ds, spec),
+                      client_id=client_id or clf.meta.get("client_id") or Path(model).name,
+                      model_fingerprint=clf.meta.get("model_fingerprint")
+                      or fingerprint_model(clf.model),
+                      config=config, seed=seed, overwrite=overwrite) as writer:
+        for start in range(0, len(values), 1024):
+            chunk = values[start:start + 1024]
+            logits = predict_logits(clf, chunk, batch_size)
+            writer.add(range(start, start + len(chunk)), logits)
+    return writer.manifest
