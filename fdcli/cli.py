@@ -305,8 +305,8 @@ def evaluate(
     with reporting_errors():
         result = run(model, data, text_column=text_column, image_column=image_column,
                      label_column=label_column, split=split, batch_size=batch_size)
-    _report(result, json_out, f"evaluation of {model}",
-            ["accuracy", "macro_f1", "nll", "ece", "examples", "architecture"])
+    _report(result, json_out, "evaluation",
+            ["model", "accuracy", "macro_f1", "nll", "ece", "examples", "architecture"])
 
 
 @app.command()

@@ -27,3 +27,21 @@ def test_bundle_roundtrip_example(tmp_path):
     assert m.task == "token" and m.num_classes == 256 and m.examples == 3
     assert result["rows"] == m.rows == 3 * 256
     assert result["bytes_per_token"] == round(sum(s.bytes for s in m.shards) / m.rows, 2)
+
+
+def test_airgapped_round_example(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", EPOCHS="8",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    work = tmp_path / "round"
+    proc = subprocess.run(["bash", str(ROOT / "examples" / "airgapped_round.sh"), str(work)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for site in ("hospital-a", "hospital-b", "hospital-c"):
+        assert verify_bundle(work / "coordinator" / "usb" / site).ok
+        assert (work / site / "specialist" / "fd.json").exists()
+    teacher = read_bundle(work / "coordinator" / "teacher").manifest
+    assert [p["client_id"] for p in teacher.provenance] == ["hospital-a", "hospital-b",
+                                                            "hospital-c"]
+    scores = json.loads((work / "coordinator" / "student-eval.json").read_text())
+    assert scores["examples"] == 150
+    assert scores["accuracy"] > 0.5  # three balanced classes: chance is 1/3
