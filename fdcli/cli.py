@@ -175,6 +175,9 @@ def train_specialist_cmd(
     out_dir: OutOpt,
     client_id: Annotated[Optional[str], typer.Option(help="Institution name (default: the "
                                                           "output folder's name).")] = None,
+    labels: Annotated[Optional[str], typer.Option(
+        help="The federation's label names, comma-separated, in id order (default: read "
+             "from the data).")] = None,
     text_column: TextCol = None, image_column: ImageCol = None, label_column: LabelCol = None,
     tokenizer: TokenizerOpt = None, split: SplitOpt = None,
     epochs: Epochs = 3.0, lr: LR = 5e-5, batch_size: Batch = 16,
@@ -192,6 +195,7 @@ def train_specialist_cmd(
 
     with reporting_errors():
         meta = train_specialist(data, model, out_dir, client_id=client_id,
+                                labels=labels.split(",") if labels else None,
                                 text_column=text_column, image_column=image_column,
                                 label_column=label_column, tokenizer=tokenizer, split=split,
                                 epochs=epochs, learning_rate=lr, batch_size=batch_size,

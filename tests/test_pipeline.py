@@ -166,6 +166,21 @@ def test_label_space_differs_between_bundles(text_world, tmp_path):
     shutil.rmtree(tmp_path / "m2")
 
 
+def test_declared_labels_cover_a_client_that_lacks_some(text_world, tmp_path):
+    partial = make_csv(tmp_path / "partial.csv", 30, seed=5, labels=["billing", "praise"])
+    result = run("train-specialist", partial, "--model", text_world / "bert.json",
+                 "--tokenizer", text_world / "tokenizer", "--epochs", 1,
+                 "--labels", ",".join(LABELS), "--out", tmp_path / "m", "--json")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "m" / "fd.json").read_text())
+    assert meta["label_names"] == LABELS
+    assert meta["label_histogram"]["outage"] == 0
+    expect_failure(["train-specialist", partial, "--model", text_world / "bert.json",
+                    "--tokenizer", text_world / "tokenizer", "--labels", "billing,outage",
+                    "--out", tmp_path / "m2"], "label(s) ['praise'] not in the label space",
+                   tmp_path / "m2")
+
+
 def test_proxy_differs_from_the_bundle(text_world, tmp_path):
     other = make_csv(tmp_path / "proxy2.csv", 48, seed=9)
     expect_failure(["distill", text_world / "bert.json", other, text_world / "teacher",

@@ -10,6 +10,7 @@ import torch
 
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, read_bundle
 from ..errors import IncompatibleBundlesError
+from ..progress import progress_bar
 from ..rules import CONFIDENCE_MEASURES, RULES
 
 
@@ -47,7 +48,8 @@ def check_compatible(readers: Sequence) -> None:
 
 def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "confidence",
               confidence_measure: str = "max", tau: float = 1.0, era_temperature: float = 0.1,
-              trim: float = 0.2, seed: int = 0, overwrite: bool = False) -> BundleManifest:
+              trim: float = 0.2, seed: int = 0, overwrite: bool = False,
+              progress: bool = True) -> BundleManifest:
     """Combine classification bundles per example with ``rule`` (see :mod:`fdcli.rules`) and
     write the result as a dense bundle whose provenance lists every input and its sha256."""
     if rule not in RULES:
@@ -56,7 +58,11 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
         raise ValueError(f"confidence measure must be one of {CONFIDENCE_MEASURES}")
     readers = [read_bundle(b) for b in bundles]
     check_compatible(readers)
-    blocks = [r.read_all() for r in readers]
+    with progress_bar(len(readers), "reading bundles", progress) as advance:
+        blocks = []
+        for r in readers:
+            blocks.append(r.read_all())
+            advance(1)
     ids = torch.unique(torch.cat([b.example_ids for b in blocks]))
     position = {int(e): i for i, e in enumerate(ids)}
     num_classes = readers[0].manifest.num_classes

@@ -8,6 +8,7 @@ from typing import Any
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, TopKCodec
 from ..data import load_local, resolve, fingerprint
 from ..models import fingerprint_model, load_classifier, predict_logits
+from ..progress import progress_bar
 
 ENCODINGS = ("dense", "topk")
 
@@ -16,7 +17,8 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                 encoding: str = "dense", k: int = 16, value_dtype: str = "int8",
                 client_id: str | None = None, text_column: str | None = None,
                 image_column: str | None = None, split: str | None = None,
-                batch_size: int = 64, seed: int = 0, overwrite: bool = False) -> BundleManifest:
+                batch_size: int = 64, seed: int = 0, overwrite: bool = False,
+                progress: bool = True) -> BundleManifest:
     """Write the bundle of ``model``'s predictions on every example of ``proxy``."""
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
@@ -42,9 +44,10 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       client_id=client_id or clf.meta.get("client_id") or Path(model).name,
                       model_fingerprint=clf.meta.get("model_fingerprint")
                       or fingerprint_model(clf.model),
-                      config=config, seed=seed, overwrite=overwrite) as writer:
+                      config=config, seed=seed, overwrite=overwrite) as writer, \
+            progress_bar(len(values), "emitting logits", progress) as advance:
         for start in range(0, len(values), 1024):
             chunk = values[start:start + 1024]
-            logits = predict_logits(clf, chunk, batch_size)
+            logits = predict_logits(clf, chunk, batch_size, progress=advance)
             writer.add(range(start, start + len(chunk)), logits)
     return writer.manifest

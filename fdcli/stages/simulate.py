@@ -99,7 +99,8 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
             train_specialist(parts / f"client-{i}", configs / f"{arch}.json", model_dir,
                              client_id=f"client-{i}", **train)
             bundle = root / "bundles" / f"client-{i}"
-            emit_logits(model_dir, parts / "proxy", bundle, client_id=f"client-{i}", seed=seed)
+            emit_logits(model_dir, parts / "proxy", bundle, client_id=f"client-{i}", seed=seed,
+                        progress=progress)
             uploads.append(_dir_bytes(bundle))
             scores = evaluate(model_dir, test)
             specialists.append({"client_id": f"client-{i}", "architecture": arch,
@@ -113,7 +114,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
         for r in [rule, *[c for c in compare_rules if c != rule]]:
             log(f"aggregating with rule {r!r} and distilling a {student}")
             teacher = root / "teachers" / r
-            aggregate(bundles, teacher, rule=r, seed=seed)
+            aggregate(bundles, teacher, rule=r, seed=seed, progress=progress)
             student_dir = root / "students" / r
             distill(configs / f"{student}.json", parts / "proxy", teacher, student_dir,
                     temperature=temperature, epochs=distill_epochs,

@@ -14,7 +14,8 @@ from ..outputs import atomic_dir
 
 
 def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
-                     client_id: str | None = None, text_column: str | None = None,
+                     client_id: str | None = None, labels: list[str] | None = None,
+                     text_column: str | None = None,
                      image_column: str | None = None, label_column: str | None = None,
                      tokenizer: str | Path | None = None, split: str | None = None,
                      epochs: float = 3.0, learning_rate: float = 5e-5, batch_size: int = 16,
@@ -22,11 +23,14 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                      progress: bool = True) -> dict[str, Any]:
     """Train ``model`` (a model directory or a config file) on the labelled dataset ``data``
     and write a model directory to ``out``: weights, tokenizer or image processor, and fd.json
-    with the configuration, the label names, the training label histogram and the metrics."""
+    with the configuration, the label names, the training label histogram and the metrics.
+
+    ``labels`` names the federation's label space when this client's data may lack some
+    labels (otherwise it is read from the data: a ClassLabel's names, or the sorted strings)."""
     from ..training import fit
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dict(
-        data=data, model=model, client_id=client_id, text_column=text_column,
+        data=data, model=model, client_id=client_id, labels=labels, text_column=text_column,
         image_column=image_column, label_column=label_column, tokenizer=tokenizer, split=split,
         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
         val_fraction=val_fraction, seed=seed).items()}
@@ -34,7 +38,7 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     ds = load_local(data, split)
     spec = resolve(ds, str(data), text_column=text_column, image_column=image_column,
-                   label_column=label_column)
+                   label_column=label_column, label_names=labels)
     clf = load_classifier(model, spec.kind, spec.label_names, tokenizer=tokenizer, seed=seed)
     labels = label_ids(ds, spec)
     values = list(ds[spec.input_column])
