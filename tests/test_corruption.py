@@ -3,11 +3,9 @@ nothing else escapes, whether read through the library, verify_bundle or the CLI
 
 from __future__ import annotations
 
-import json
 import struct
 
 import pytest
-import torch
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

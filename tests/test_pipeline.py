@@ -209,3 +209,33 @@ def test_model_dir_that_is_not_a_model(text_world, tmp_path):
     expect_failure(["train-specialist", text_world / "all.csv", "--model",
                     tmp_path / "notamodel", "--out", tmp_path / "m"],
                    "not a model directory", tmp_path / "m")
+
+
+def test_validation_split_hard_labels_and_a_topk_teacher(text_world, tmp_path):
+    result = run("train-specialist", text_world / "parts" / "client-0", "--model",
+                 text_world / "bert.json", "--tokenizer", text_world / "tokenizer", "--epochs", 2,
+                 "--val-fraction", 0.25, "--out", tmp_path / "v", "--json")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "v" / "fd.json").read_text())
+    assert meta["val_examples"] > 0 and 0 <= meta["metrics"]["val_accuracy"] <= 1
+    sizes = json.loads((text_world / "parts" / "partition.json").read_text())["sizes"]
+    assert meta["train_examples"] + meta["val_examples"] == sizes["clients"][0]
+    assert meta["val_examples"] == round(sizes["clients"][0] * 0.25)
+    # a top-k teacher goes straight to distill (tail-bucket loss), mixed with hard labels
+    result = run("emit-logits", text_world / "spec-0", text_world / "parts" / "proxy-labels",
+                 "--encoding", "topk", "--k", 2, "--out", tmp_path / "topk", "--json")
+    assert result.exit_code == 0, result.output
+    m = read_bundle(tmp_path / "topk").manifest
+    assert m.encoding["name"] == "topk" and m.encoding["k"] == 2
+    assert m.fidelity["mean_truncation_kl_nats"] is not None
+    result = run("distill", text_world / "bert.json", text_world / "parts" / "proxy-labels",
+                 tmp_path / "topk", "--tokenizer", text_world / "tokenizer", "--epochs", 2,
+                 "--hard-weight", 0.5, "--out", tmp_path / "s", "--json")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "s" / "fd.json").read_text())
+    assert meta["config"]["hard_weight"] == 0.5 and meta["proxy_examples"] == 48
+    # hard labels need a labelled proxy
+    expect_failure(["distill", text_world / "bert.json", text_world / "parts" / "proxy",
+                    tmp_path / "topk", "--tokenizer", text_world / "tokenizer",
+                    "--hard-weight", 0.5, "--out", tmp_path / "s2"], "no label column found",
+                   tmp_path / "s2")

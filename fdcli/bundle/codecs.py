@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import BundleError
-from .sparse import (SparseRows, fill_dense, index_dtype, kl_rows, log_softmax_rows,
-                     plogp_rows, temper_sparse)
+from .sparse import (SparseRows, index_dtype, kl_rows, log_softmax_rows, plogp_rows,
+                     temper_sparse)
 
 #: log-probabilities are clamped here before they are rounded, so fp16 never overflows.
 FP16_FLOOR = -60000.0

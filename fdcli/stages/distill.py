@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .. import __version__
 from ..bundle import read_bundle
 from ..data import DataError, fingerprint, label_ids, load_local, resolve
