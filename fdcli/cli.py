@@ -350,6 +350,8 @@ def simulate(
     num_clients: Annotated[int, typer.Option(help="Number of institutions.")] = 5,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration of the label split.")]
     = 1.0,
+    proxy_fraction: Annotated[float, typer.Option(help="Share of the data that becomes the "
+                                                       "shared proxy set.")] = 0.2,
     rule: Annotated[str, typer.Option(help="Aggregation rule for the student.")]
     = "confidence",
     compare_rules: Annotated[str, typer.Option(help="Other rules to distill a student with, "
@@ -377,7 +379,8 @@ def simulate(
         err.print(f"[dim]fd simulate:[/dim] {message}", highlight=False)
 
     with reporting_errors():
-        results = run(out_dir, data=data, num_clients=num_clients, alpha=alpha, rule=rule,
+        results = run(out_dir, data=data, num_clients=num_clients, alpha=alpha,
+                      proxy_fraction=proxy_fraction, rule=rule,
                       compare_rules=[r for r in compare_rules.split(",") if r],
                       architectures=[a for a in architectures.split(",") if a],
                       student=student, epochs=epochs, distill_epochs=distill_epochs,

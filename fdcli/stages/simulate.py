@@ -48,7 +48,7 @@ def _dir_bytes(path: Path) -> int:
 
 
 def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: int = 5,
-             alpha: float = 1.0, rule: str = "confidence",
+             alpha: float = 1.0, proxy_fraction: float = 0.2, rule: str = "confidence",
              compare_rules: Sequence[str] = ("mean",),
              architectures: Sequence[str] = ("vit", "resnet"), student: str = "resnet",
              epochs: float = 60.0, distill_epochs: float = 100.0, learning_rate: float = 2e-3,
@@ -71,7 +71,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     if unknown:
         raise ValueError(f"unknown architecture(s) {unknown}; expected {sorted(ARCHITECTURES)}")
     config = {"data": str(data) if data else "sklearn digits", "num_clients": num_clients,
-              "alpha": alpha, "rule": rule, "compare_rules": list(compare_rules),
+              "alpha": alpha, "proxy_fraction": proxy_fraction, "rule": rule, "compare_rules": list(compare_rules),
               "architectures": list(architectures), "student": student, "epochs": epochs,
               "distill_epochs": distill_epochs, "learning_rate": learning_rate,
               "batch_size": batch_size, "temperature": temperature, "seed": seed}
@@ -82,7 +82,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
         t = time.perf_counter()
         parts = root / "partition"
         report = partition(data or "sklearn-digits", parts, num_clients=num_clients,
-                           alpha=alpha, seed=seed,
+                           alpha=alpha, proxy_fraction=proxy_fraction, seed=seed,
                            dataset=None if data else digits_dataset())
         timing["partition_s"] = time.perf_counter() - t
         configs = root / "configs"
