@@ -17,10 +17,18 @@ from .bundle import (BundleManifest, BundleReader, BundleWriter, DenseCodec, Log
                      codec_from_spec, fingerprint_labels, read_bundle, read_manifest,
                      verify_bundle, write_bundle)
 from .errors import BundleError, FdError, IncompatibleBundlesError
+from .stages.aggregate import aggregate
+from .stages.distill import distill
+from .stages.emit import emit_logits
+from .stages.evaluate import evaluate
+from .stages.partition import partition
+from .stages.simulate import simulate
+from .stages.train_specialist import train_specialist
 
 __all__ = [
     "__version__", "FdError", "BundleError", "IncompatibleBundlesError", "BundleManifest",
     "BundleReader", "BundleWriter", "LogitBlock", "VerifyReport", "SparseRows", "DenseCodec",
     "TopKCodec", "SampleCodec", "LowRankCodec", "codec_from_spec", "fingerprint_labels",
-    "read_bundle", "read_manifest", "verify_bundle", "write_bundle",
+    "read_bundle", "read_manifest", "verify_bundle", "write_bundle", "train_specialist",
+    "emit_logits", "aggregate", "distill", "evaluate", "partition", "simulate",
 ]
