@@ -39,7 +39,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 
 @contextmanager
 def reporting_errors() -> Iterator[None]:
-    """Turn an FdError into a message on stderr and exit code 1."""
+    """Turn an FdError (or a ValueError from a library parameter check) into a message on
+    stderr and exit code 1."""
     try:
         yield
     except (FdError, ValueError) as exc:
