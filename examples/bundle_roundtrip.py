@@ -21,6 +21,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from fdcli import TopKCodec, fingerprint_labels, read_bundle, verify_bundle
 from fdcli.bundle import BundleWriter
+from fdcli.models import fingerprint_model
 
 MAX_LEN = 256
 
@@ -39,11 +40,7 @@ def main(out: Path) -> None:
     config = GPT2Config(vocab_size=256, n_positions=MAX_LEN, n_embd=64, n_layer=2, n_head=2,
                         bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(config).eval()
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    model_fp = "sha256:" + digest.hexdigest()
+    model_fp = fingerprint_model(model)
 
     bundle = out / "bundle"
     with BundleWriter(bundle, codec=TopKCodec(k=16), task="token", num_classes=256,

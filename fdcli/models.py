@@ -91,7 +91,8 @@ def load_classifier(source: str | os.PathLike, kind: str, label_names: Sequence[
     """Load a classifier for ``kind`` inputs over ``label_names``.
 
     A model fd trained carries its label space in fd.json; asking for another one is an error.
-    Any other model gets a fresh classification head of the right size.
+    Any other model gets a fresh classification head of the right size, or keeps its own
+    (with the names in its config) when ``label_names`` is None.
     """
     path = Path(source)
     if path.is_dir():
@@ -120,6 +121,8 @@ def load_classifier(source: str | os.PathLike, kind: str, label_names: Sequence[
             model = _auto(kind).from_pretrained(str(path), **kwargs)
         except Exception as exc:
             raise ModelError(f"{path}: could not load a {kind} classifier ({exc})") from None
+        if not names:  # a model fd did not train, asked for its own label space
+            names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
         processor = _image_processor(path, config) if kind == "image" else \
             _tokenizer(path, tokenizer, str(path))
     elif path.is_file():

@@ -195,3 +195,13 @@ def test_target_created_meanwhile_is_not_clobbered(tmp_bundle):
         w.close()
     assert sorted(p.name for p in tmp_bundle.parent.iterdir()) == ["bundle"]
     assert (tmp_bundle / "precious.txt").read_text() == "keep me"
+
+
+def test_a_file_in_the_way_is_never_replaced(tmp_path):
+    target = tmp_path / "bundle"
+    target.write_text("not a bundle")
+    with pytest.raises(FdError, match="exists and is not a folder"):
+        BundleWriter(target, codec=DenseCodec(), task="classification", num_classes=2,
+                     label_names=["a", "b"], proxy_fingerprint=PROXY_FP, client_id="c",
+                     model_fingerprint=MODEL_FP, overwrite=True)
+    assert target.read_text() == "not a bundle"

@@ -13,13 +13,13 @@ import json
 import math
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from ..errors import FdError
+from ..outputs import check_free, fsync_dir, move_into_place, temporary_sibling
 from .codecs import Codec
 from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, TASKS, BundleManifest, Producer,
                        ShardInfo, fingerprint_labels)
@@ -27,22 +27,6 @@ from .shards import ZSTD_LEVEL, encode_shard, sha256_bytes, write_file_atomic
 from .sparse import concat_rows, log_softmax_rows
 
 DEFAULT_SHARD_BYTES = 64 << 20
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _check_path_free(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FdError(f"{path}: output already exists; choose another path or pass "
-                      "overwrite=True (--overwrite) to replace it")
-    if path.exists() and not path.is_dir():
-        raise FdError(f"{path}: exists and is not a folder; a bundle is a folder")
 
 
 class BundleWriter:
@@ -79,7 +63,7 @@ class BundleWriter:
         if label_fingerprint is None:
             raise ValueError("give label_names or label_fingerprint")
         self.path = Path(path)
-        _check_path_free(self.path, overwrite)
+        check_free(self.path, overwrite)
         self.overwrite = overwrite
         self.codec, self.task, self.num_classes = codec, task, int(num_classes)
         self.max_shard_bytes, self.max_shard_rows = max_shard_bytes, max_shard_rows
@@ -99,9 +83,7 @@ class BundleWriter:
                     timespec="seconds"),
                 config={"seed": seed, **(config or {})}),
             rows=0, examples=0, shards=[], fidelity={}, provenance=list(provenance or []))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self._tmp.mkdir()
+        self._tmp = temporary_sibling(self.path)
         self._pending: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
         self._pending_rows = 0
         self._row_bytes: float | None = None
@@ -230,16 +212,8 @@ class BundleWriter:
             if val is not None and not math.isfinite(val):
                 m.fidelity[key] = None
         write_file_atomic(self._tmp / MANIFEST, m.to_json().encode())
-        _fsync_dir(self._tmp)
-        old = None
-        if self.path.exists():
-            _check_path_free(self.path, self.overwrite)
-            old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.path, old)
-        os.replace(self._tmp, self.path)
-        _fsync_dir(self.path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(self._tmp)
+        move_into_place(self._tmp, self.path, self.overwrite)
         return m
 
     def abort(self) -> None:

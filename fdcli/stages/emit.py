@@ -26,9 +26,6 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     spec = resolve(ds, str(proxy), text_column=text_column, image_column=image_column,
                    need_labels=False)
     clf = load_classifier(model, spec.kind, None)
-    if not clf.label_names:
-        names = [clf.model.config.id2label[i] for i in range(clf.model.config.num_labels)]
-        clf.label_names = [str(n) for n in names]
     codec = DenseCodec() if encoding == "dense" else TopKCodec(k=k, value_dtype=value_dtype)
     config: dict[str, Any] = {"model": str(model), "proxy": str(proxy), "encoding": encoding,
                               "batch_size": batch_size, "split": split,

@@ -42,8 +42,7 @@ def evaluate(model: str | Path, data: str | Path, *, text_column: str | None = N
     probe = resolve(ds, str(data), text_column=text_column, image_column=image_column,
                     label_column=label_column)
     clf = load_classifier(model, probe.kind, None)
-    names = clf.label_names or [str(clf.model.config.id2label[i])
-                                for i in range(clf.model.config.num_labels)]
+    names = clf.label_names
     spec = resolve(ds, str(data), text_column=text_column, image_column=image_column,
                    label_column=label_column, label_names=names)
     labels = torch.tensor(label_ids(ds, spec))
