@@ -153,6 +153,18 @@ LR = Annotated[float, typer.Option("--lr", help="Learning rate.")]
 Batch = Annotated[int, typer.Option(help="Batch size.")]
 TokenizerOpt = Annotated[Optional[Path], typer.Option(
     help="Tokenizer folder, for text models built from a config file.")]
+TaskOpt = Annotated[str, typer.Option(help="classification, or causal-lm for token-level "
+                                           "distillation of language models.")]
+MaxLen = Annotated[int, typer.Option(help="causal-lm: tokens per example block.")]
+Packing = Annotated[bool, typer.Option("--packing/--no-packing",
+                                       help="causal-lm: pack documents into full blocks, or "
+                                            "truncate each document.")]
+TASKS = ("classification", "causal-lm")
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"--task must be one of {list(TASKS)}, got {task!r}")
 
 
 def _report(result: dict, json_out: bool, title: str, keys: list[str] | None = None) -> None:
@@ -183,18 +195,35 @@ def train_specialist_cmd(
     tokenizer: TokenizerOpt = None, split: SplitOpt = None,
     epochs: Epochs = 3.0, lr: LR = 5e-5, batch_size: Batch = 16,
     val_fraction: Annotated[float, typer.Option(help="Share held out for validation.")] = 0.0,
+    task: TaskOpt = "classification", max_length: MaxLen = 128, packing: Packing = True,
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
-    """Fine-tune a specialist on this institution's private labelled data.
+    """Fine-tune a specialist on this institution's private data: labelled examples, or text
+    for a causal language model ([bold]--task causal-lm[/bold]).
 
     Writes a model folder (weights, tokenizer or image processor, fd.json with the
-    configuration, label names, label histogram and metrics).
+    configuration, label names or vocabulary fingerprint, and metrics).
 
     [bold]Example[/bold]: fd train-specialist private.csv --model bert-tiny/ --out specialist
     """
+    from .stages.lm import train_lm_specialist
     from .stages.train_specialist import train_specialist
 
     with reporting_errors():
+        _check_task(task)
+        if task == "causal-lm":
+            meta = train_lm_specialist(data, model, out_dir, tokenizer=tokenizer,
+                                       client_id=client_id, text_column=text_column,
+                                       split=split, max_length=max_length, packing=packing,
+                                       epochs=epochs, learning_rate=lr, batch_size=batch_size,
+                                       val_fraction=val_fraction, seed=seed,
+                                       overwrite=overwrite)
+            _report({"out": str(out_dir), "client_id": meta["client_id"],
+                     "architecture": meta["architecture"],
+                     "train_examples": meta["train_examples"],
+                     "train_tokens": meta["train_tokens"], **meta["metrics"]}, json_out,
+                    "specialist")
+            return
         meta = train_specialist(data, model, out_dir, client_id=client_id,
                                 labels=labels.split(",") if labels else None,
                                 text_column=text_column, image_column=image_column,
@@ -211,28 +240,48 @@ def emit_logits_cmd(
     model: Annotated[Path, typer.Argument(help="A trained model folder.")],
     proxy: Annotated[Path, typer.Argument(help="The shared proxy dataset.")],
     out_dir: OutOpt,
-    encoding: Annotated[str, typer.Option(help="dense (small label spaces) or topk.")] = "dense",
+    encoding: Annotated[Optional[str], typer.Option(
+        help="dense or topk; causal-lm also sample. Default: dense for classification, topk "
+             "for causal-lm.")] = None,
     k: Annotated[int, typer.Option(help="Ids kept per row for topk.")] = 16,
     value_dtype: Annotated[str, typer.Option(help="topk values: int8 or fp16.")] = "int8",
+    draws: Annotated[int, typer.Option(help="sample: ids drawn per token.")] = 16,
+    sample_temperature: Annotated[float, typer.Option(
+        help="sample: temperature the ids are drawn at (distill at the same one).")] = 1.0,
     client_id: Annotated[Optional[str], typer.Option(help="Institution name (default: from "
                                                           "the model's fd.json).")] = None,
-    text_column: TextCol = None, image_column: ImageCol = None, split: SplitOpt = None,
-    batch_size: Batch = 64, seed: SeedOpt = 0, overwrite: Overwrite = False,
-    json_out: JsonOpt = False,
+    task: TaskOpt = "classification", max_length: MaxLen = 128, packing: Packing = True,
+    text_column: TextCol = None, image_column: ImageCol = None, tokenizer: TokenizerOpt = None,
+    split: SplitOpt = None, batch_size: Annotated[Optional[int], typer.Option(
+        help="Batch size (default: 64, or 8 blocks for causal-lm).")] = None,
+    seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
-    """Run a model over the proxy dataset and write a logit bundle to carry out.
+    """Run a model over the proxy dataset and write a logit bundle to carry out. With
+    [bold]--task causal-lm[/bold] every token position is a row.
 
     [bold]Example[/bold]: fd emit-logits specialist/ proxy.csv --out usb/hospital-a-bundle
     """
     from .stages.emit import emit_logits
+    from .stages.lm import emit_token_logits
 
     with reporting_errors():
-        m = emit_logits(model, proxy, out_dir, encoding=encoding, k=k, value_dtype=value_dtype,
-                        client_id=client_id, text_column=text_column, image_column=image_column,
-                        split=split, batch_size=batch_size, seed=seed, overwrite=overwrite)
+        _check_task(task)
+        if task == "causal-lm":
+            m = emit_token_logits(model, proxy, out_dir, encoding=encoding or "topk", k=k,
+                                  value_dtype=value_dtype, draws=draws,
+                                  sample_temperature=sample_temperature, tokenizer=tokenizer,
+                                  client_id=client_id, text_column=text_column, split=split,
+                                  max_length=max_length, packing=packing,
+                                  batch_size=batch_size or 8, seed=seed, overwrite=overwrite)
+        else:
+                m = emit_logits(model, proxy, out_dir, encoding=encoding or "dense", k=k,
+                            value_dtype=value_dtype, client_id=client_id,
+                            text_column=text_column, image_column=image_column, split=split,
+                            batch_size=batch_size or 64, seed=seed, overwrite=overwrite)
+    size = sum(s.bytes for s in m.shards)
     _report({"out": str(out_dir), "client_id": m.producer.client_id, "examples": m.examples,
-             "encoding": m.encoding, "bytes": sum(s.bytes for s in m.shards), **m.fidelity},
-            json_out, "bundle")
+             "rows": m.rows, "encoding": m.encoding, "bytes": size,
+             "bytes_per_row": size / max(m.rows, 1), **m.fidelity}, json_out, "bundle")
 
 
 @app.command()
@@ -249,9 +298,15 @@ def aggregate(
                                                         "(entropy-reduction).")] = 0.1,
     trim: Annotated[float, typer.Option(help="Share trimmed at each end (trimmed-mean).")]
     = 0.2,
+    k: Annotated[int, typer.Option(help="Token bundles: ids kept per row in the result.")] = 16,
+    value_dtype: Annotated[str, typer.Option(help="Token bundles: int8 or fp16 values.")]
+    = "int8",
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Check bundles against each other and combine them per example into one teacher.
+
+    Token bundles (causal-lm) are streamed and combined per token over the union of the
+    clients' kept ids, then re-sparsified to [bold]--k[/bold] ids.
 
     [bold]Example[/bold]: fd aggregate usb/a usb/b usb/c --rule confidence --out teacher
     """
@@ -259,9 +314,11 @@ def aggregate(
 
     with reporting_errors():
         m = run(bundles, out_dir, rule=rule, confidence_measure=confidence, tau=tau,
-                era_temperature=era_temperature, trim=trim, seed=seed, overwrite=overwrite)
-    _report({"out": str(out_dir), "rule": rule, "inputs": len(bundles),
-             "examples": m.examples}, json_out, "aggregated bundle")
+                era_temperature=era_temperature, trim=trim, k=k, value_dtype=value_dtype,
+                seed=seed, overwrite=overwrite)
+    _report({"out": str(out_dir), "rule": rule, "inputs": len(bundles), "task": m.task,
+             "examples": m.examples, "rows": m.rows,
+             "bytes": sum(s.bytes for s in m.shards)}, json_out, "aggregated bundle")
 
 
 @app.command()
@@ -275,19 +332,38 @@ def distill(
                                                     "(needs labels).")] = 0.0,
     text_column: TextCol = None, image_column: ImageCol = None, label_column: LabelCol = None,
     tokenizer: TokenizerOpt = None, split: SplitOpt = None,
-    epochs: Epochs = 3.0, lr: LR = 5e-5, batch_size: Batch = 16,
+    epochs: Epochs = 3.0, lr: LR = 5e-5, batch_size: Annotated[Optional[int], typer.Option(
+        help="Batch size (default: 16, or 8 blocks for causal-lm).")] = None,
+    task: TaskOpt = "classification",
+    max_length: Annotated[Optional[int], typer.Option(
+        help="causal-lm: tokens per block (default: the teacher bundle's).")] = None,
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
-    """Train a student of any architecture on the proxy set against a teacher bundle.
+    """Train a student of any architecture on the proxy set against a teacher bundle. With
+    [bold]--task causal-lm[/bold] the student is a causal LM that shares the teachers'
+    tokenizer, trained per token with the sparse (tail-bucket) or sampled KD loss.
 
     [bold]Example[/bold]: fd distill student.json proxy.csv teacher/ --out student
     """
     from .stages.distill import distill as run
+    from .stages.lm import distill_lm
 
     with reporting_errors():
+        _check_task(task)
+        if task == "causal-lm":
+            meta = distill_lm(student, proxy, teacher, out_dir, tokenizer=tokenizer,
+                              temperature=temperature, hard_weight=hard_weight, epochs=epochs,
+                              learning_rate=lr, batch_size=batch_size or 8,
+                              text_column=text_column, split=split, max_length=max_length,
+                              seed=seed, overwrite=overwrite)
+            _report({"out": str(out_dir), "architecture": meta["architecture"],
+                     "proxy_examples": meta["proxy_examples"],
+                     "proxy_tokens": meta["proxy_tokens"], **meta["metrics"]}, json_out,
+                    "student")
+            return
         meta = run(student, proxy, teacher, out_dir, temperature=temperature,
                    hard_weight=hard_weight, epochs=epochs, learning_rate=lr,
-                   batch_size=batch_size, seed=seed, text_column=text_column,
+                   batch_size=batch_size or 16, seed=seed, text_column=text_column,
                    image_column=image_column, label_column=label_column, tokenizer=tokenizer,
                    split=split, overwrite=overwrite)
     _report({"out": str(out_dir), "architecture": meta["architecture"],
@@ -299,17 +375,39 @@ def evaluate(
     model: Annotated[Path, typer.Argument(help="A model folder.")],
     data: DataOpt,
     text_column: TextCol = None, image_column: ImageCol = None, label_column: LabelCol = None,
-    split: SplitOpt = None, batch_size: Batch = 64, json_out: JsonOpt = False,
+    split: SplitOpt = None, batch_size: Annotated[Optional[int], typer.Option(
+        help="Batch size (default: 64, or 8 blocks for causal-lm).")] = None,
+    task: TaskOpt = "classification", max_length: MaxLen = 128, packing: Packing = True,
+    tokenizer: TokenizerOpt = None,
+    teacher: Annotated[Optional[Path], typer.Option(
+        help="causal-lm: a token bundle to measure the model's agreement with.")] = None,
+    proxy: Annotated[Optional[Path], typer.Option(
+        help="causal-lm: the proxy text the --teacher bundle was made on.")] = None,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Accuracy, macro-F1, NLL and expected calibration error on labelled data.
+    """Accuracy, macro-F1, NLL and expected calibration error on labelled data; with
+    [bold]--task causal-lm[/bold], perplexity and next-token accuracy on held-out text (and
+    top-1 match and KL against a teacher bundle, given [bold]--teacher[/bold] and
+    [bold]--proxy[/bold]).
 
     [bold]Example[/bold]: fd evaluate student/ test.csv --json
     """
     from .stages.evaluate import evaluate as run
+    from .stages.lm import evaluate_lm
 
     with reporting_errors():
+        _check_task(task)
+        if task == "causal-lm":
+            result = evaluate_lm(model, data, tokenizer=tokenizer, text_column=text_column,
+                                 split=split, max_length=max_length, packing=packing,
+                                 batch_size=batch_size or 8, teacher=teacher, proxy=proxy)
+            agreement = result.pop("teacher_agreement", None)
+            if agreement:
+                result.update({f"teacher_{k}": v for k, v in agreement.items()})
+            _report(result, json_out, "evaluation")
+            return
         result = run(model, data, text_column=text_column, image_column=image_column,
-                     label_column=label_column, split=split, batch_size=batch_size)
+                     label_column=label_column, split=split, batch_size=batch_size or 64)
     _report(result, json_out, "evaluation",
             ["model", "accuracy", "macro_f1", "nll", "ece", "examples", "architecture"])
 

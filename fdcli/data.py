@@ -40,8 +40,10 @@ class DataSpec:
                 "label_column": self.label_column, "label_names": self.label_names}
 
 
-def load_local(path: str | os.PathLike, split: str | None = None):
-    """A ``datasets.Dataset`` from a local file or folder (see the module docstring)."""
+def load_local(path: str | os.PathLike, split: str | None = None, *,
+               whole_text_files: bool = False):
+    """A ``datasets.Dataset`` from a local file or folder (see the module docstring).
+    A .txt file gives one example per line, or one per file with ``whole_text_files``."""
     import datasets
 
     path = Path(path)
@@ -61,6 +63,8 @@ def load_local(path: str | os.PathLike, split: str | None = None):
                 raise DataError(f"{path}: unknown file type {path.suffix!r}; expected one of "
                                 f"{sorted(FILE_BUILDERS)}, an imagefolder or a save_to_disk folder")
             kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+            if builder == "text" and whole_text_files:
+                kwargs = {"sample_by": "document"}
             ds = datasets.load_dataset(builder, data_files=str(path), **kwargs)
     except DataError:
         raise

@@ -9,6 +9,12 @@ Every rule is a pure function over tensors, with no I/O:
 that have it. Every rule averages **probabilities**, not logits, and returns rows that sum to
 one. An example no client has is an error for the caller, not for the rules.
 
+Sparse per-token distributions use the same rules through :func:`union_support`: each row's
+columns are the union of the clients' listed ids plus one column for every other id, and
+``mult`` ``[N, C]`` says how many ids each column stands for (1 for a listed id, V - |union|
+for the last). A rule then treats column j as ``mult[:, j]`` ids of equal probability, so its
+result equals the rule applied to the dense distributions (see ``tests/test_rules.py``).
+
 ``RULES`` maps the names used on the command line to the functions.
 """
 
@@ -18,6 +24,8 @@ import math
 from typing import Callable
 
 import torch
+
+from .bundle.sparse import SparseRows
 
 CONFIDENCE_MEASURES = ("max", "neg_entropy")
 
@@ -30,65 +38,78 @@ def _check(probs: torch.Tensor, present: torch.Tensor) -> None:
         raise ValueError("every example needs at least one client that has it")
 
 
-def _normalise(p: torch.Tensor) -> torch.Tensor:
-    return p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+def _normalise(p: torch.Tensor, mult: torch.Tensor | None = None) -> torch.Tensor:
+    total = (p if mult is None else p * mult).sum(-1, keepdim=True)
+    return p / total.clamp_min(1e-30)
 
 
 def weighted_average(probs: torch.Tensor, present: torch.Tensor,
-                     weights: torch.Tensor) -> torch.Tensor:
+                     weights: torch.Tensor, mult: torch.Tensor | None = None) -> torch.Tensor:
     """sum_k w_k(x) p_k(x) / sum_k w_k(x) over present clients; ``weights`` is [K, N]."""
     _check(probs, present)
     w = torch.where(present, weights, torch.zeros_like(weights)).to(probs.dtype)
     w = w / w.sum(0, keepdim=True).clamp_min(1e-30)
-    return _normalise((w[:, :, None] * probs).sum(0))
+    return _normalise((w[:, :, None] * probs).sum(0), mult)
 
 
-def mean(probs: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+def mean(probs: torch.Tensor, present: torch.Tensor,
+         mult: torch.Tensor | None = None) -> torch.Tensor:
     """Plain average of the present clients' probabilities (FedMD, FedDF)."""
-    return weighted_average(probs, present, torch.ones(present.shape))
+    return weighted_average(probs, present, torch.ones(present.shape), mult)
 
 
-def confidence_scores(probs: torch.Tensor, measure: str = "max") -> torch.Tensor:
+def confidence_scores(probs: torch.Tensor, measure: str = "max",
+                      mult: torch.Tensor | None = None) -> torch.Tensor:
     """conf(S_k(x)) as [K, N]: the max probability, or the negative entropy (in nats)."""
     if measure == "max":
+        if mult is not None:
+            probs = probs.masked_fill(mult == 0, 0.0)
         return probs.max(-1).values
     if measure == "neg_entropy":
-        return (probs * probs.clamp_min(1e-30).log()).sum(-1)
+        plogp = probs * probs.clamp_min(1e-30).log()
+        return (plogp if mult is None else plogp * mult).sum(-1)
     raise ValueError(f"confidence measure must be one of {CONFIDENCE_MEASURES}, got {measure!r}")
 
 
 def confidence_weights(probs: torch.Tensor, present: torch.Tensor, measure: str = "max",
-                       tau: float = 1.0) -> torch.Tensor:
+                       tau: float = 1.0, mult: torch.Tensor | None = None) -> torch.Tensor:
     """alpha_k(x) = softmax over present clients of conf(S_k(x)) / tau, as [K, N]."""
     if not tau > 0:
         raise ValueError(f"tau must be positive, got {tau}")
-    scores = confidence_scores(probs, measure) / tau
+    scores = confidence_scores(probs, measure, mult) / tau
     scores = scores.masked_fill(~present, -math.inf)
     return torch.softmax(scores, dim=0).nan_to_num(0.0)
 
 
 def confidence(probs: torch.Tensor, present: torch.Tensor, measure: str = "max",
-               tau: float = 1.0) -> torch.Tensor:
+               tau: float = 1.0, mult: torch.Tensor | None = None) -> torch.Tensor:
     """The seed's rule: S(x) = sum_k alpha_k(x) S_k(x), alpha = softmax_k(conf / tau)."""
     _check(probs, present)
-    return weighted_average(probs, present, confidence_weights(probs, present, measure, tau))
+    return weighted_average(probs, present,
+                            confidence_weights(probs, present, measure, tau, mult), mult)
 
 
-def entropy_reduction(probs: torch.Tensor, present: torch.Tensor,
-                      temperature: float = 0.1) -> torch.Tensor:
+def entropy_reduction(probs: torch.Tensor, present: torch.Tensor, temperature: float = 0.1,
+                      mult: torch.Tensor | None = None) -> torch.Tensor:
     """DS-FL's entropy reduction aggregation: softmax(mean probability / temperature)."""
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    return torch.softmax(mean(probs, present) / temperature, dim=-1)
+    scores = mean(probs, present, mult) / temperature
+    if mult is None:
+        return torch.softmax(scores, dim=-1)
+    # column j holds mult_j ids of equal score: softmax over ids, read back per id
+    total = torch.softmax(scores + mult.clamp_min(1e-300).log(), dim=-1)
+    return torch.where(mult > 0, total / mult.clamp_min(1), torch.zeros_like(total))
 
 
 def by_sample_count(probs: torch.Tensor, present: torch.Tensor,
-                    counts: torch.Tensor | list[float]) -> torch.Tensor:
+                    counts: torch.Tensor | list[float],
+                    mult: torch.Tensor | None = None) -> torch.Tensor:
     """Average weighted by each client's declared number of training examples ([K])."""
     counts = torch.as_tensor(counts, dtype=probs.dtype)
     if counts.shape != (probs.shape[0],) or bool((counts < 0).any()):
         raise ValueError(f"counts must be {probs.shape[0]} non-negative numbers, got {counts}")
-    return weighted_average(probs, present, counts[:, None].expand(present.shape))
+    return weighted_average(probs, present, counts[:, None].expand(present.shape), mult)
 
 
 def _sorted_present(probs: torch.Tensor, present: torch.Tensor):
@@ -97,17 +118,19 @@ def _sorted_present(probs: torch.Tensor, present: torch.Tensor):
     return big.sort(dim=0).values, present.sum(0)
 
 
-def median(probs: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+def median(probs: torch.Tensor, present: torch.Tensor,
+           mult: torch.Tensor | None = None) -> torch.Tensor:
     """Coordinate-wise median over present clients (the mean of the two middle values when
     their number is even), renormalised."""
     _check(probs, present)
     ordered, n = _sorted_present(probs, present)
     lo = ((n - 1) // 2)[None, :, None].expand(1, *probs.shape[1:])
     hi = (n // 2)[None, :, None].expand(1, *probs.shape[1:])
-    return _normalise((ordered.gather(0, lo) + ordered.gather(0, hi)).squeeze(0) / 2)
+    return _normalise((ordered.gather(0, lo) + ordered.gather(0, hi)).squeeze(0) / 2, mult)
 
 
-def trimmed_mean(probs: torch.Tensor, present: torch.Tensor, trim: float = 0.2) -> torch.Tensor:
+def trimmed_mean(probs: torch.Tensor, present: torch.Tensor, trim: float = 0.2,
+                 mult: torch.Tensor | None = None) -> torch.Tensor:
     """Coordinate-wise mean after dropping floor(trim * n) lowest and highest present values,
     renormalised (never dropping every value)."""
     _check(probs, present)
@@ -118,7 +141,62 @@ def trimmed_mean(probs: torch.Tensor, present: torch.Tensor, trim: float = 0.2) 
     rank = torch.arange(probs.shape[0])[:, None]
     keep = (rank >= cut[None, :]) & (rank < (n - cut)[None, :])
     kept = torch.where(keep[:, :, None], ordered, torch.zeros_like(ordered))
-    return _normalise(kept.sum(0) / keep.sum(0)[:, None])
+    return _normalise(kept.sum(0) / keep.sum(0)[:, None], mult)
+
+
+def union_support(clients: list[SparseRows], present: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Put K clients' sparse rows over one support per row.
+
+    Returns ``ids`` ``[N, U]`` (the union of the clients' listed ids, ascending, padded with
+    ``V``), ``probs`` ``[K, N, U + 1]`` (float64) and ``mult`` ``[N, U + 1]``. A client's
+    probability for an id it did not list is its tail mass spread evenly over all the ids it
+    did not list (the tail rule of :mod:`fdcli.bundle.sparse`); the last column stands for
+    every id outside the union. Rows where a client is absent (``present`` ``[K, N]``) get
+    zeros."""
+    v = clients[0].num_classes
+    n = present.shape[1]
+    listed = []
+    for c in clients:
+        live = torch.isfinite(c.logp)
+        listed.append(torch.where(live, c.ids.long(), v))
+    allids = torch.cat(listed, -1).sort(-1).values
+    dup = torch.zeros_like(allids, dtype=torch.bool)
+    dup[:, 1:] = allids[:, 1:] == allids[:, :-1]
+    allids = torch.where(dup, v, allids).sort(-1).values
+    count = (allids < v).sum(-1)
+    width = max(int(count.max()) if n else 0, 1)
+    ids = allids[:, :width].contiguous()
+    probs = torch.zeros(len(clients), n, width + 1, dtype=torch.float64)
+    for k, (c, own) in enumerate(zip(clients, listed)):
+        order = own.argsort(-1)
+        own_sorted = own.gather(1, order)
+        own_logp = c.logp.gather(1, order).double()
+        pos = torch.searchsorted(own_sorted, ids).clamp(max=own_sorted.shape[1] - 1)
+        hit = (own_sorted.gather(1, pos) == ids) & (ids < v)
+        others = (v - (own < v).sum(-1)).clamp(min=1).double()
+        spread = c.tail_logp.double().exp() / others
+        row = torch.where(hit, own_logp.gather(1, pos).exp(), spread[:, None].expand_as(ids))
+        row = torch.where(ids < v, row, torch.zeros_like(row))
+        probs[k] = torch.where(present[k][:, None], torch.cat([row, spread[:, None]], -1), 0.0)
+    mult = torch.cat([(ids < v).double(), (v - count).double()[:, None]], -1)
+    return ids, probs, mult
+
+
+def aggregate_sparse(clients: list[SparseRows], present: torch.Tensor, rule: str,
+                     **params) -> SparseRows:
+    """Combine K clients' sparse rows with ``rule`` over their union support
+    (:func:`union_support`); the result lists the union and carries the mass of every other
+    id in its tail. Re-sparsify it by encoding it (``TopKCodec.encode_sparse``)."""
+    ids, probs, mult = union_support(clients, present)
+    combined = RULES[rule](probs, present, mult=mult, **params)
+    v = clients[0].num_classes
+    logp = torch.where(ids < v, combined[:, :-1].clamp_min(1e-300).log(),
+                       torch.full_like(combined[:, :-1], -math.inf)).float()
+    tail = (combined[:, -1] * mult[:, -1]).clamp_min(0)
+    tail_logp = torch.where(tail > 0, tail.clamp_min(1e-300).log(),
+                            torch.full_like(tail, -math.inf)).float()
+    return SparseRows(torch.where(ids < v, ids, 0), logp, tail_logp, v)
 
 
 RULES: dict[str, Callable[..., torch.Tensor]] = {

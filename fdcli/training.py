@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from .bundle.reader import LogitBlock
+from .lm import LanguageModel, pad_blocks
 from .losses import dense_kd_loss, sparse_kd_loss
 from .models import DEFAULT_MAX_LENGTH, Classifier, batch_inputs
 
 
 class _Rows(torch.utils.data.Dataset):
+    """Examples as dicts: ``value`` (raw input, or a block of token ids), and where they apply
+    ``label`` and ``target`` (the example's id in the teacher bundle)."""
+
     def __init__(self, values: list[Any], labels: list[int] | None, targets: list[int] | None):
         self.values, self.labels, self.targets = values, labels, targets
 
@@ -31,28 +35,53 @@ class _Rows(torch.utils.data.Dataset):
         return row
 
 
-@dataclass
-class SoftTargets:
-    """Teacher distributions at temperature T, one row per training example: either dense
-    log-probs ``[N, C]`` or sparse ``ids``/``logp`` ``[N, K]`` with ``tail`` ``[N]``."""
+class TeacherRows:
+    """A teacher bundle's rows at temperature T, kept in the bundle's own compact tensors and
+    decoded one batch at a time, so no ``[tokens, vocab]`` teacher tensor is ever built.
 
-    temperature: float
-    dense: torch.Tensor | None = None
-    ids: torch.Tensor | None = None
-    logp: torch.Tensor | None = None
-    tail: torch.Tensor | None = None
+    :meth:`batch` gives, for the batch's examples in order, either ``fd_dense`` (log-probs of
+    a dense bundle) or ``fd_ids``/``fd_logp``/``fd_tail`` (sparse rows), one row per token
+    position of each example (one per example for classification)."""
+
+    def __init__(self, block: LogitBlock, temperature: float):
+        if block.codec.shared_tensors:
+            raise ValueError(f"a {block.codec.name!r} bundle cannot be read a batch at a time; "
+                             "re-emit it with the dense, topk or sample encoding")
+        self.block, self.temperature = block, temperature
+        self.position = {int(e): i for i, e in enumerate(block.example_ids)}
+        self.dense = block.codec.name == "dense"
+        block.codec.sparse_at({k: v[:1] for k, v in block.tensors.items()},
+                              block.num_classes, temperature)  # refuses a bad temperature now
+
+    def rows_of(self, example_id: int) -> int:
+        i = self.position[int(example_id)]
+        return int(self.block.row_offsets[i + 1] - self.block.row_offsets[i])
+
+    def batch(self, example_ids: list[int]) -> dict[str, torch.Tensor]:
+        off = self.block.row_offsets
+        rows = torch.cat([torch.arange(int(off[self.position[e]]), int(off[self.position[e] + 1]))
+                          for e in example_ids])
+        sub = {k: v[rows] for k, v in self.block.tensors.items()}
+        codec, v, t = self.block.codec, self.block.num_classes, self.temperature
+        if self.dense:
+            return {"fd_dense": codec.dense_at(sub, v, t)}
+        sp = codec.sparse_at(sub, v, t)
+        return {"fd_ids": sp.ids, "fd_logp": sp.logp, "fd_tail": sp.tail_logp}
 
 
 class _Collator:
-    def __init__(self, clf: Classifier, max_length: int, soft: SoftTargets | None):
-        self.clf, self.max_length, self.soft = clf, max_length, soft
+    """Model inputs for a batch; ``lm`` batches are blocks of token ids whose every position
+    is a row (``next_ids`` holds the token each one predicts)."""
+
+    def __init__(self, model_inputs, teacher: TeacherRows | None):
+        self.model_inputs, self.teacher = model_inputs, teacher
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = batch_inputs(self.clf, [r["value"] for r in rows], self.max_length)
+        batch = self.model_inputs([r["value"] for r in rows])
         if "label" in rows[0]:
             batch["labels"] = torch.tensor([r["label"] for r in rows])
-        if self.soft is not None:
-            batch["fd_rows"] = torch.tensor([r["target"] for r in rows])
+        if self.teacher is not None:
+            batch.update(self.teacher.batch([r["target"] for r in rows]))
         return batch
 
 
@@ -60,48 +89,47 @@ def _trainer_class():
     from transformers import Trainer
 
     class FdTrainer(Trainer):
-        """Cross-entropy, or (1 - hard_weight) * KD + hard_weight * CE when soft targets are
-        given."""
+        """Cross-entropy, or (1 - hard_weight) * KD + hard_weight * CE when a teacher is given.
+        For causal LMs every real position is a row: the CE target is the next token."""
 
-        fd_soft: SoftTargets | None = None
+        fd_temperature: float = 1.0
         fd_hard_weight: float = 0.0
+        fd_vocab: int | None = None  # causal LM: logits are cut to the tokenizer's size
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            rows = inputs.pop("fd_rows", None)
+            teacher = {k: inputs.pop(k) for k in list(inputs) if k.startswith("fd_")}
             labels = inputs.pop("labels", None)
+            next_ids = inputs.pop("next_ids", None)
             outputs = model(**inputs)
             logits = outputs.logits
-            soft = self.fd_soft
-            loss = None
-            if soft is not None:
-                rows = rows.cpu()
-                t = soft.temperature
-                if soft.dense is not None:
-                    kd = dense_kd_loss(logits, soft.dense[rows].to(logits.device), t)
-                else:
-                    kd = sparse_kd_loss(logits, soft.ids[rows].to(logits.device),
-                                        soft.logp[rows].to(logits.device),
-                                        soft.tail[rows].to(logits.device), t)
-                loss = kd
-                if labels is not None and self.fd_hard_weight > 0:
-                    ce = torch.nn.functional.cross_entropy(logits.float(), labels)
-                    loss = (1 - self.fd_hard_weight) * kd + self.fd_hard_weight * ce
+            if next_ids is not None:
+                mask = inputs["attention_mask"].bool()
+                logits, labels = logits[..., :self.fd_vocab][mask], next_ids[mask]
+            ce = None
+            if labels is not None and bool((labels != -100).any()):
+                ce = torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=-100)
+            if not teacher:
+                loss = ce
             else:
-                loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+                t = self.fd_temperature
+                if "fd_dense" in teacher:
+                    loss = dense_kd_loss(logits, teacher["fd_dense"], t)
+                else:
+                    loss = sparse_kd_loss(logits, teacher["fd_ids"], teacher["fd_logp"],
+                                          teacher["fd_tail"], t)
+                if ce is not None and self.fd_hard_weight > 0:
+                    loss = (1 - self.fd_hard_weight) * loss + self.fd_hard_weight * ce
             return (loss, outputs) if return_outputs else loss
 
     return FdTrainer
 
 
-def fit(clf: Classifier, values: list[Any], labels: list[int] | None, *, epochs: float,
-        learning_rate: float, batch_size: int, seed: int,
-        soft: SoftTargets | None = None, hard_weight: float = 0.0,
-        max_length: int = DEFAULT_MAX_LENGTH, progress: bool = True) -> dict[str, float]:
-    """Train ``clf.model`` in place; returns the Trainer's training metrics."""
+def _train(model, dataset, collator, *, epochs: float, learning_rate: float, batch_size: int,
+           seed: int, teacher: TeacherRows | None, hard_weight: float, vocab: int | None,
+           progress: bool) -> dict[str, float]:
     from transformers import TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
 
-    targets = list(range(len(values))) if soft is not None else None
-    dataset = _Rows(values, labels, targets)
     with tempfile.TemporaryDirectory(prefix="fd-trainer-") as work:
         args = TrainingArguments(
             output_dir=work, num_train_epochs=epochs, learning_rate=learning_rate,
@@ -109,15 +137,48 @@ def fit(clf: Classifier, values: list[Any], labels: list[int] | None, *, epochs:
             report_to=[], save_strategy="no", logging_strategy="no",
             remove_unused_columns=False, dataloader_num_workers=0,
             disable_tqdm=not progress, use_cpu=not torch.cuda.is_available())
-        trainer = _trainer_class()(model=clf.model, args=args, train_dataset=dataset,
-                                   data_collator=_Collator(clf, max_length, soft))
-        trainer.fd_soft, trainer.fd_hard_weight = soft, hard_weight
-        from transformers.trainer_callback import PrinterCallback
-
+        trainer = _trainer_class()(model=model, args=args, train_dataset=dataset,
+                                   data_collator=collator)
+        trainer.fd_temperature = teacher.temperature if teacher is not None else 1.0
+        trainer.fd_hard_weight, trainer.fd_vocab = hard_weight, vocab
         trainer.remove_callback(PrinterCallback)  # results go to stdout only from fd itself
         result = trainer.train()
-    clf.model.eval()
+    model.eval()
     return {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+
+
+def fit_lm(lm: LanguageModel, blocks: list[list[int]], *, epochs: float, learning_rate: float,
+           batch_size: int, seed: int, teacher: TeacherRows | None = None,
+           example_ids: list[int] | None = None, hard_weight: float = 0.0,
+           progress: bool = True) -> dict[str, float]:
+    """Train a causal LM in place on token blocks: next-token cross-entropy, or KD against
+    ``teacher`` (whose rows for ``example_ids[i]`` belong to ``blocks[i]``) mixed with
+    ``hard_weight`` of cross-entropy."""
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+
+    def model_inputs(values):
+        return pad_blocks(values, pad)
+
+    targets = example_ids if teacher is not None else None
+    return _train(lm.model, _Rows(blocks, None, targets), _Collator(model_inputs, teacher),
+                  epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+                  teacher=teacher, hard_weight=hard_weight, vocab=lm.vocab_size,
+                  progress=progress)
+
+
+def fit(clf: Classifier, values: list[Any], labels: list[int] | None, *, epochs: float,
+        learning_rate: float, batch_size: int, seed: int, teacher: TeacherRows | None = None,
+        example_ids: list[int] | None = None, hard_weight: float = 0.0,
+        max_length: int = DEFAULT_MAX_LENGTH, progress: bool = True) -> dict[str, float]:
+    """Train ``clf.model`` in place; returns the Trainer's training metrics. With a
+    ``teacher``, ``example_ids[i]`` names the teacher row of ``values[i]``."""
+    def model_inputs(batch_values):
+        return batch_inputs(clf, batch_values, max_length)
+
+    targets = example_ids if teacher is not None else None
+    return _train(clf.model, _Rows(values, labels, targets), _Collator(model_inputs, teacher),
+                  epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+                  teacher=teacher, hard_weight=hard_weight, vocab=None, progress=progress)
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -21,6 +21,9 @@ from .sparse import (SparseRows, index_dtype, kl_rows, log_softmax_rows, plogp_r
 
 #: log-probabilities are clamped here before they are rounded, so fp16 never overflows.
 FP16_FLOOR = -60000.0
+#: topk's fast path computes the tail exactly (masked log-sum-exp) below this tail mass.
+EXACT_TAIL_BELOW = 1e-2
+
 
 
 class Codec:
@@ -43,7 +46,8 @@ class Codec:
 
     def encode_logits(self, logits: torch.Tensor, num_classes: int,
                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        return self.encode(*log_softmax_rows(logits), num_classes, generator)
+        """Tensors (on the CPU) for raw logits on any device."""
+        return self.encode(*log_softmax_rows(logits.cpu()), num_classes, generator)
 
     def expected(self, rows: int, num_classes: int,
                  widths: dict[str, int]) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
@@ -207,7 +211,61 @@ class TopKCodec(Codec):
             tail = torch.logsumexp(logp.scatter(1, ids, -math.inf), dim=-1)
         else:
             tail = torch.full_like(lse, -math.inf)
-        out = {"ids": ids.to(index_dtype(num_classes)), "tail_logp": tail, "lse": lse}
+        return self._pack(ids, vals, tail, lse, num_classes)
+
+    def encode_logits(self, logits, num_classes, generator=None):
+        """The fast path from raw logits, on their device: one log-sum-exp pass and one top-k
+        pass over the vocabulary, no ``[R, V]`` log-prob tensor. The tail is
+        ``log1p(-sum kept p)`` in fp64 where it holds at least ``EXACT_TAIL_BELOW`` of the mass
+        (relative error under 1e-4 there), and the exact masked log-sum-exp on the other rows."""
+        logits = logits.float()
+        lse = torch.logsumexp(logits, dim=-1)
+        k = self.width(num_classes)
+        vals, ids = logits.topk(k, dim=-1, sorted=False)
+        ids, order = ids.sort(dim=-1)
+        vals = vals.gather(1, order) - lse[:, None]
+        if k < num_classes:
+            kept = vals.double().exp().sum(-1)
+            tail = torch.log1p(-kept.clamp(max=1.0)).float()
+            sharp = (1 - kept < EXACT_TAIL_BELOW).nonzero().view(-1)
+            if len(sharp):
+                tail[sharp] = torch.logsumexp(logits[sharp].scatter(1, ids[sharp], -math.inf),
+                                              dim=-1) - lse[sharp]
+        else:
+            tail = torch.full_like(lse, -math.inf)
+        return {n: t.cpu() for n, t in self._pack(ids, vals, tail, lse, num_classes).items()}
+
+    def encode_sparse(self, rows: SparseRows, lse: torch.Tensor | None = None):
+        """Tensors for rows that are already sparse (an aggregated teacher): the k most likely
+        listed ids, the rest of the listed mass joining the tail. A row that lists fewer than
+        k ids is first given unlisted ids, each with its even share of the tail (the tail
+        rule of :mod:`~fdcli.bundle.sparse`, so the distribution does not change). ``lse``
+        defaults to 0: the stored log-probs are then the logits."""
+        k, v = self.width(rows.num_classes), rows.num_classes
+        ids, logp, tail = rows.ids.long(), rows.logp.float(), rows.tail_logp.float()
+        live = torch.isfinite(logp)
+        listed = live.sum(-1)
+        need = (k - listed).clamp(min=0)
+        if bool((need > 0).any()):
+            cand = torch.arange(2 * k)
+            used = (cand[None, :, None] == torch.where(live, ids, -1)[:, None, :]).any(-1)
+            pick = ~used & ((~used).cumsum(-1) <= need[:, None])
+            others = (v - listed).clamp(min=1).float()
+            share = (tail - others.log())[:, None].expand_as(pick)
+            ids = torch.cat([ids, torch.where(pick, cand, 0)], -1)
+            logp = torch.cat([logp, torch.where(pick, share, -math.inf)], -1)
+            tail = tail + torch.log1p(-need / others)
+        vals, pos = logp.topk(k, dim=-1, sorted=False)
+        dropped = logp.scatter(1, pos, -math.inf)
+        tail = torch.logsumexp(torch.cat([dropped, tail[:, None]], -1), -1)
+        ids, order = ids.gather(1, pos).sort(dim=-1)
+        vals = vals.gather(1, order)
+        lse = torch.zeros(len(ids)) if lse is None else lse
+        return self._pack(ids, vals, tail, lse, v)
+
+    def _pack(self, ids, vals, tail, lse, num_classes):
+        out = {"ids": ids.to(index_dtype(num_classes)), "tail_logp": tail.float(),
+               "lse": lse.float()}
         if self.value_dtype == "fp16":
             out["logp"] = vals.clamp(min=FP16_FLOOR).half()
         else:

@@ -24,7 +24,33 @@ from .codecs import Codec
 from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, TASKS, BundleManifest, Producer,
                        ShardInfo, fingerprint_labels)
 from .shards import ZSTD_LEVEL, encode_shard, sha256_bytes, write_file_atomic
-from .sparse import concat_rows, log_softmax_rows
+from .sparse import SparseRows, concat_rows, kl_rows, log_softmax_rows
+
+#: fidelity statistics are measured on at most this many evenly spaced rows of each batch.
+FIDELITY_ROWS = 256
+
+
+def _fidelity_rows(rows: int) -> torch.Tensor:
+    return torch.arange(0, rows, max(1, math.ceil(rows / FIDELITY_ROWS)))
+
+
+def _sparse_kl(exact: SparseRows, stored: SparseRows) -> torch.Tensor:
+    """KL(exact || stored) per row when the stored ids are a subset of the exact listed ids and
+    every other id is in the tail bucket of both (both spread their tails evenly)."""
+    dense_e = torch.cat([exact.logp, exact.tail_logp[:, None]], -1)
+    at = torch.full_like(exact.logp, -math.inf)
+    ids_e, ids_s = exact.ids.long(), stored.ids.long()
+    match = ids_e[:, :, None] == ids_s[:, None, :]
+    hit = match.any(-1) & torch.isfinite(exact.logp)
+    pos = match.float().argmax(-1)
+    at = torch.where(hit, stored.logp.gather(1, pos), at)
+    # an exact listed id that was dropped now lives in the stored tail, shared evenly
+    others = (exact.num_classes - torch.isfinite(stored.logp).sum(-1)).clamp(min=1).float()
+    share = stored.tail_logp - others.log()
+    at = torch.where(hit, at, share[:, None].expand_as(at))
+    tail_count = (exact.num_classes - torch.isfinite(exact.logp).sum(-1)).float()
+    q_tail = share + tail_count.clamp(min=1).log()
+    return kl_rows(dense_e, torch.cat([at, q_tail[:, None]], -1))
 
 DEFAULT_SHARD_BYTES = 64 << 20
 
@@ -89,6 +115,7 @@ class BundleWriter:
         self._row_bytes: float | None = None
         self._sums = {"tail_mass": 0.0, "kl": 0.0, "truncation_kl": 0.0}
         self._has_truncation = False
+        self._counted = 0  # rows the fidelity sums cover
         self.manifest: BundleManifest | None = None
 
     # -- adding rows ---------------------------------------------------------------------
@@ -97,10 +124,45 @@ class BundleWriter:
         if self.manifest is not None:
             raise RuntimeError("this BundleWriter is closed")
         ids = torch.as_tensor(example_ids, dtype=torch.int64).reshape(-1)
-        logits = torch.as_tensor(logits).detach().cpu()
+        logits = torch.as_tensor(logits).detach()
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must be [rows, {self.num_classes}], got "
                              f"{list(logits.shape)}")
+        counts = self._row_counts(ids, row_counts, logits.shape[0])
+        # amax propagates NaN, so this one pass finds NaN, +Inf and rows with no finite logit
+        if len(logits) and not bool(torch.isfinite(logits.float().amax(-1)).all()):
+            raise FdError(f"{self.path}: the model produced NaN or infinite logits, or rows with"
+                          " no finite logit; refusing to write them")
+        if self.codec.row_wise:
+            # encoded where the logits are (the GPU during emission): only the compact
+            # tensors come back to the CPU
+            tensors = self.codec.encode_logits(logits, self.num_classes, self.generator)
+            sample = _fidelity_rows(logits.shape[0])
+            self._account(log_softmax_rows(logits[sample.to(logits.device)].cpu())[0],
+                          {k: v[sample] for k, v in tensors.items()})
+        else:
+            logp, lse = log_softmax_rows(logits.cpu())
+            tensors = {"logp": logp, "lse": lse}
+        self._buffer(ids, counts, tensors)
+
+    def add_sparse(self, example_ids, rows: SparseRows, row_counts=None) -> None:
+        """Encode and buffer rows that are already sparse distributions (an aggregated
+        teacher); the codec needs an ``encode_sparse`` method (topk has one)."""
+        if self.manifest is not None:
+            raise RuntimeError("this BundleWriter is closed")
+        if not hasattr(self.codec, "encode_sparse"):
+            raise ValueError(f"the {self.codec.name!r} encoding cannot store sparse rows")
+        ids = torch.as_tensor(example_ids, dtype=torch.int64).reshape(-1)
+        counts = self._row_counts(ids, row_counts, rows.ids.shape[0])
+        tensors = self.codec.encode_sparse(rows)
+        stored = self.codec.sparse(tensors, self.num_classes)
+        for key, val in {"tail_mass": stored.tail_logp.exp(),
+                         "kl": _sparse_kl(rows, stored)}.items():
+            self._sums[key] += float(val.double().sum())
+        self._counted += rows.ids.shape[0]
+        self._buffer(ids, counts, tensors)
+
+    def _row_counts(self, ids, row_counts, rows: int) -> torch.Tensor:
         if self.task == "classification":
             if row_counts is not None and any(int(c) != 1 for c in row_counts):
                 raise ValueError("classification bundles hold exactly one row per example")
@@ -109,26 +171,20 @@ class BundleWriter:
             if row_counts is None:
                 raise ValueError("token bundles need row_counts: how many rows each example has")
             counts = torch.as_tensor(row_counts, dtype=torch.int64).reshape(-1)
-        if len(counts) != len(ids) or int(counts.sum()) != logits.shape[0]:
+        if len(counts) != len(ids) or int(counts.sum()) != rows:
             raise ValueError(f"{len(ids)} example ids with {int(counts.sum())} rows in row_counts"
-                             f" do not match {logits.shape[0]} rows of logits")
+                             f" do not match {rows} rows of logits")
         if bool((counts < 0).any()) or bool((ids < 0).any()):
             raise ValueError("example ids and row counts must be non-negative")
-        logp, lse = log_softmax_rows(logits)
-        if not bool(torch.isfinite(lse).all()):  # NaN anywhere, +Inf, or no finite logit
-            raise FdError(f"{self.path}: the model produced NaN or infinite logits, or rows with"
-                          " no finite logit; refusing to write them")
-        if self.codec.row_wise:
-            tensors = self.codec.encode(logp, lse, self.num_classes, self.generator)
-            self._account(logp, tensors)
-            if self._row_bytes is None and len(logits):
-                self._row_bytes = sum(t.numel() * t.element_size()
-                                      for t in tensors.values()) / len(logits)
-        else:
-            tensors = {"logp": logp, "lse": lse}
-            self._row_bytes = 4.0 * self.num_classes
+        return counts
+
+    def _buffer(self, ids, counts, tensors) -> None:
+        rows = int(counts.sum())
+        if self._row_bytes is None and rows:
+            self._row_bytes = sum(t.numel() * t.element_size()
+                                  for t in tensors.values()) / rows
         self._pending.append((ids, counts, tensors))
-        self._pending_rows += logits.shape[0]
+        self._pending_rows += rows
         while self._pending_rows >= self._shard_rows():
             self._flush(full_only=True)
 
@@ -138,6 +194,7 @@ class BundleWriter:
 
     def _account(self, logp, tensors) -> None:
         fid = self.codec.fidelity(logp, tensors, self.num_classes)
+        self._counted += logp.shape[0]
         for key, val in fid.items():
             self._sums[key] += float(val.double().sum())
         self._has_truncation |= "truncation_kl" in fid
@@ -201,7 +258,7 @@ class BundleWriter:
         m = self._manifest
         if m.examples == 0:
             raise FdError(f"{self.path}: no examples were written; a bundle needs at least one")
-        rows = max(m.rows, 1)
+        rows = max(self._counted, 1)
         m.fidelity = {
             "mean_tail_mass": round(self._sums["tail_mass"] / rows, 8),
             "mean_kl_nats": round(self._sums["kl"] / rows, 8),

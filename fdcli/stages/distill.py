@@ -24,7 +24,7 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
     against the teacher bundle. The soft loss is KL at ``temperature`` times T^2; topk
     teachers use the tail-bucket loss. ``hard_weight`` > 0 mixes in cross-entropy on the
     proxy labels, which the proxy must then have."""
-    from ..training import SoftTargets, fit
+    from ..training import TeacherRows, fit
 
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -34,8 +34,9 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
     reader = read_bundle(teacher)
     m = reader.manifest
     if m.task != "classification":
-        raise IncompatibleBundlesError(f"{teacher}: task {m.task!r}; distill takes "
-                                       "classification bundles here")
+        raise IncompatibleBundlesError(f"{teacher}: task {m.task!r}; a classifier is distilled "
+                                       "from a classification bundle (for a token bundle, "
+                                       "distill a causal LM with --task causal-lm)")
     names = m.label_space.get("names")
     ds = load_local(proxy, split)
     spec = resolve(ds, str(proxy), text_column=text_column, image_column=image_column,
@@ -50,11 +51,7 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
     if int(rows.max()) >= len(ds):
         raise DataError(f"{teacher}: example id {int(rows.max())} is past the end of the "
                         f"{len(ds)}-example proxy set")
-    if m.encoding["name"] == "dense":
-        soft = SoftTargets(temperature, dense=block.dense(temperature))
-    else:
-        sp = block.sparse(temperature)
-        soft = SoftTargets(temperature, ids=sp.ids, logp=sp.logp, tail=sp.tail_logp)
+    teacher_rows = TeacherRows(block, temperature)
     clf = load_classifier(student, spec.kind, names, tokenizer=tokenizer, seed=seed)
     all_values = list(ds[spec.input_column])
     values = [all_values[int(i)] for i in rows]
@@ -67,7 +64,8 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
               "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed}
     with atomic_dir(out, overwrite) as tmp:
         metrics = fit(clf, values, labels, epochs=epochs, learning_rate=learning_rate,
-                      batch_size=batch_size, seed=seed, soft=soft, hard_weight=hard_weight,
+                      batch_size=batch_size, seed=seed, teacher=teacher_rows,
+                      example_ids=rows.tolist(), hard_weight=hard_weight,
                       progress=progress)
         meta = {"fd_version": __version__, "stage": "distill", "client_id": "student",
                 "task": "classification", "kind": spec.kind, "label_names": clf.label_names,

@@ -1,0 +1,251 @@
+"""Causal language models for token-level distillation: loading, text blocks, fingerprints.
+
+A model source is a folder that ``from_pretrained`` reads (its tokenizer beside it, or one
+given with ``tokenizer``), or a JSON/YAML config with a ``model_type`` for random
+initialisation (``vocab_size`` defaults to the tokenizer's size). Nothing is fetched from a hub.
+
+Logits are cut to the tokenizer's size: ids past it are never real tokens, so two models that
+share a tokenizer but pad their embedding matrices differently still agree on the vocabulary.
+
+Text becomes **blocks** of token ids, one per example: documents are packed (joined with the
+end-of-text token and cut every ``max_length`` tokens) or truncated to ``max_length``. Row j of
+an example's teacher rows is the distribution at position j, the prediction of token j + 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .bundle.manifest import fingerprint_labels
+from .data import TEXT_COLUMNS, DataError, _pick
+from .models import FD_META, ModelError, _read_config_file
+
+DEFAULT_LM_MAX_LENGTH = 128
+
+
+@dataclass
+class LanguageModel:
+    """A causal LM with its tokenizer."""
+
+    model: Any
+    tokenizer: Any
+    meta: dict[str, Any] = field(default_factory=dict)  # fd.json of a model fd trained
+
+    @property
+    def architecture(self) -> str:
+        return self.model.config.model_type
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's size: the width of every logit row fd stores."""
+        return len(self.tokenizer)
+
+
+def _load_tokenizer(candidates: Sequence[str | os.PathLike | None], where: str):
+    from transformers import AutoTokenizer
+
+    for candidate in candidates:
+        if candidate is not None and Path(candidate).is_dir() and any(
+                (Path(candidate) / f).exists() for f in ("tokenizer.json", "vocab.json",
+                                                          "tokenizer_config.json")):
+            try:
+                return AutoTokenizer.from_pretrained(str(candidate))
+            except Exception as exc:
+                raise ModelError(f"{candidate}: not a readable tokenizer folder ({exc})") \
+                    from None
+    raise ModelError(f"{where}: no tokenizer found; put one beside the model or pass "
+                     "--tokenizer DIR (a folder that AutoTokenizer.from_pretrained reads)")
+
+
+def load_lm(source: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
+            seed: int = 0) -> LanguageModel:
+    """Load a causal LM from a model folder or a config file, with its tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path}: not a model directory; expected a config.json (a folder"
+                             " that from_pretrained reads) or a config file")
+        tok = _load_tokenizer([tokenizer, path], str(path))
+        meta = json.loads((path / FD_META).read_text()) if (path / FD_META).exists() else {}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path))
+        except Exception as exc:
+            raise ModelError(f"{path}: could not load a causal language model ({exc})") from None
+    elif path.is_file():
+        cfg = _read_config_file(path)
+        tok = _load_tokenizer([tokenizer], str(path))
+        meta = {}
+        model_type = cfg.pop("model_type")
+        cfg.setdefault("vocab_size", len(tok))
+        for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
+            if getattr(tok, key, None) is not None:
+                cfg.setdefault(key, getattr(tok, key))
+        try:
+            config = AutoConfig.for_model(model_type, **cfg)
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config)
+        except Exception as exc:
+            raise ModelError(f"{path}: not a valid {model_type!r} causal-LM config ({exc})") \
+                from None
+    else:
+        raise ModelError(f"{path}: no such model directory or config file")
+    width = model.get_output_embeddings().weight.shape[0] \
+        if model.get_output_embeddings() is not None else model.config.vocab_size
+    if width < len(tok):
+        raise ModelError(f"{path}: the model predicts {width} ids but its tokenizer has "
+                         f"{len(tok)}; expected a vocab_size of at least {len(tok)}")
+    return LanguageModel(model, tok, meta)
+
+
+def max_positions(model) -> int | None:
+    """The most positions the model reads, where its config says (None when unbounded)."""
+    for key in ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len"):
+        value = getattr(model.config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def vocab_fingerprint(tokenizer) -> str:
+    """Fingerprint of the tokenizer's vocabulary: every token string in id order."""
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return fingerprint_labels([str(t) for t in tokens])
+
+
+@dataclass
+class TextBlocks:
+    """Token ids of every example, and what made them."""
+
+    blocks: list[list[int]]
+    max_length: int
+    packing: bool
+    text_column: str
+    documents: int
+    fingerprint: str
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(b) for b in self.blocks)
+
+    def describe(self) -> str:
+        return (f"{'packed' if self.packing else 'truncated'} to --max-length "
+                f"{self.max_length}")
+
+
+def text_blocks(ds, where: str, tokenizer, *, text_column: str | None = None,
+                max_length: int = DEFAULT_LM_MAX_LENGTH, packing: bool = True) -> TextBlocks:
+    """Tokenize a dataset's text column into blocks of at most ``max_length`` tokens.
+
+    Packing joins documents with the end-of-text token (when the tokenizer has one) and cuts
+    the stream every ``max_length`` tokens; without packing each document is truncated. Blocks
+    shorter than two tokens are dropped. The fingerprint covers the vocabulary and every
+    block, so emit and distill agree exactly on what each example is."""
+    if not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length must be an integer of at least 2, got {max_length!r}")
+    column = _pick(list(ds.column_names), text_column, TEXT_COLUMNS, "text", where,
+                   "--text-column")
+    if column is None:
+        raise DataError(f"{where}: no text column found; expected one of {list(TEXT_COLUMNS)},"
+                        f" found {list(ds.column_names)}; set --text-column")
+    texts = [str(t) for t in ds[column] if t is not None]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    blocks: list[list[int]] = []
+    stream: list[int] = []
+    for start in range(0, len(texts), 1000):
+        encoded = tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]
+        for ids in encoded:
+            if packing:
+                stream.extend(ids + ([eos] if eos is not None else []))
+                while len(stream) >= max_length:
+                    blocks.append(stream[:max_length])
+                    stream = stream[max_length:]
+            elif len(ids) >= 2:
+                blocks.append(ids[:max_length])
+    if packing and len(stream) >= 2:
+        blocks.append(stream)
+    if not blocks:
+        raise DataError(f"{where}: column {column!r} holds no text of two or more tokens; "
+                        "expected documents to train or score a language model on")
+    digest = hashlib.sha256(f"causal-lm:{vocab_fingerprint(tokenizer)}:{len(blocks)}".encode())
+    for b in blocks:
+        digest.update(len(b).to_bytes(4, "little"))
+        digest.update(torch.tensor(b, dtype=torch.int32).numpy().tobytes())
+    return TextBlocks(blocks, max_length, packing, column, len(texts),
+                      "sha256:" + digest.hexdigest())
+
+
+def pad_blocks(blocks: Sequence[Sequence[int]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` ``[B, L]`` (right padding), and ``next_ids``: the
+    token each position predicts, -100 at the last position of a block and at padding."""
+    width = max(len(b) for b in blocks)
+    ids = torch.full((len(blocks), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(blocks), width), dtype=torch.long)
+    nxt = torch.full((len(blocks), width), -100, dtype=torch.long)
+    for i, b in enumerate(blocks):
+        t = torch.tensor(b, dtype=torch.long)
+        ids[i, :len(b)] = t
+        mask[i, :len(b)] = 1
+        nxt[i, :len(b) - 1] = t[1:]
+    return {"input_ids": ids, "attention_mask": mask, "next_ids": nxt}
+
+
+def token_logits(model, batch: dict[str, torch.Tensor], vocab_size: int) -> torch.Tensor:
+    """Logits ``[B, L, vocab_size]`` of a causal LM for a padded batch."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return out.logits[..., :vocab_size]
+
+
+@torch.no_grad()
+def iter_token_logits(lm: LanguageModel, blocks: Sequence[Sequence[int]], batch_size: int = 8,
+                      ) -> Iterator[tuple[range, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """For each batch of blocks: their indices, the logits of every real position
+    ``[rows, V]`` (on the model's device), the rows per block, and the next-token ids of
+    those rows (-100 where the block ends)."""
+    lm.model.eval()
+    device = next(lm.model.parameters()).device
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(blocks), batch_size):
+        chunk = blocks[start:start + batch_size]
+        batch = pad_blocks(chunk, pad)
+        mask = batch["attention_mask"].bool()
+        logits = token_logits(lm.model, {k: v.to(device) for k, v in batch.items()},
+                              lm.vocab_size)
+        yield (range(start, start + len(chunk)), logits[mask.to(device)],
+               torch.tensor([len(b) for b in chunk]), batch["next_ids"][mask])
+
+
+def save_lm(lm: LanguageModel, out: Path, meta: dict[str, Any]) -> None:
+    """Write a folder that ``from_pretrained`` reads (model and tokenizer), plus fd.json."""
+    lm.model.save_pretrained(str(out))
+    lm.tokenizer.save_pretrained(str(out))
+    (out / FD_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def train_bpe_tokenizer(texts: Sequence[str], out: str | os.PathLike,
+                        vocab_size: int = 2048) -> Path:
+    """Train a byte-level BPE tokenizer on ``texts`` and save it as a normal tokenizer folder
+    (``AutoTokenizer.from_pretrained`` reads it), with ``<|endoftext|>`` as its end-of-text
+    and padding token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(list(texts), trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", bos_token="<|endoftext|>")
+    out = Path(out)
+    fast.save_pretrained(str(out))
+    return out

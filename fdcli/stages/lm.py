@@ -1,0 +1,295 @@
+"""The causal-LM (token-level) versions of train-specialist, emit-logits, distill and evaluate.
+
+Every token position of every proxy block is a row of the bundle; padding is never stored.
+Bundles carry the tokenizer's vocabulary fingerprint as their label space, and the proxy
+fingerprint covers the vocabulary and every block, so a student can only be distilled on
+exactly the token sequences the teachers scored.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..bundle import BundleManifest, BundleWriter, DenseCodec, SampleCodec, TopKCodec, read_bundle
+from ..data import DataError, load_local
+from ..errors import IncompatibleBundlesError
+from ..lm import (DEFAULT_LM_MAX_LENGTH, TextBlocks, iter_token_logits, load_lm,
+                  max_positions, save_lm, text_blocks, vocab_fingerprint)
+from ..losses import dense_kd_loss, sparse_kd_loss
+from ..models import fingerprint_model
+from ..outputs import atomic_dir, check_free
+from ..progress import progress_bar
+
+TOKEN_ENCODINGS = ("topk", "sample", "dense")
+
+
+def _blocks(data, split, lm, text_column, max_length, packing, model=None) -> TextBlocks:
+    """The token blocks of ``data``, checked to fit the model's positions."""
+    limit = max_positions(lm.model)
+    if limit is not None and max_length > limit:
+        raise DataError(f"{model or 'the model'}: it reads at most {limit} positions, but "
+                        f"--max-length is {max_length}; expected a --max-length of at most "
+                        f"{limit}")
+    ds = load_local(data, split, whole_text_files=True)
+    return text_blocks(ds, str(data), lm.tokenizer, text_column=text_column,
+                       max_length=max_length, packing=packing)
+
+
+def _config(**kwargs) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()}
+
+
+def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
+                        tokenizer: str | Path | None = None, client_id: str | None = None,
+                        text_column: str | None = None, split: str | None = None,
+                        max_length: int = DEFAULT_LM_MAX_LENGTH, packing: bool = True,
+                        epochs: float = 3.0, learning_rate: float = 5e-5, batch_size: int = 8,
+                        val_fraction: float = 0.0, seed: int = 0, overwrite: bool = False,
+                        progress: bool = True) -> dict[str, Any]:
+    """Train a causal LM (model folder or config file) on this institution's text and write a
+    model folder with its tokenizer and fd.json (configuration, vocabulary fingerprint,
+    examples, tokens, metrics; ``val_perplexity`` when ``val_fraction`` > 0)."""
+    from ..training import fit_lm
+
+    config = _config(task="causal-lm", data=data, model=model, tokenizer=tokenizer,
+                     client_id=client_id, text_column=text_column, split=split,
+                     max_length=max_length, packing=packing, epochs=epochs,
+                     learning_rate=learning_rate, batch_size=batch_size,
+                     val_fraction=val_fraction, seed=seed)
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_free(Path(out), overwrite)
+    lm = load_lm(model, tokenizer=tokenizer, seed=seed)
+    tb = _blocks(data, split, lm, text_column, max_length, packing, model)
+    order = list(range(len(tb.blocks)))
+    random.Random(seed).shuffle(order)
+    n_val = int(round(len(order) * val_fraction))
+    val, train = [tb.blocks[i] for i in order[:n_val]], [tb.blocks[i] for i in order[n_val:]]
+    if not train:
+        raise DataError(f"{data}: no blocks left to train on after holding out {n_val}")
+    with atomic_dir(out, overwrite) as tmp:
+        metrics = fit_lm(lm, train, epochs=epochs, learning_rate=learning_rate,
+                         batch_size=batch_size, seed=seed, progress=progress)
+        if val:
+            metrics["val_perplexity"] = token_metrics(lm, val, batch_size)["perplexity"]
+        meta = {"fd_version": __version__, "stage": "train-specialist",
+                "client_id": client_id or Path(out).name, "task": "causal-lm",
+                "architecture": lm.architecture, "vocab_size": lm.vocab_size,
+                "vocab_fingerprint": vocab_fingerprint(lm.tokenizer),
+                "train_examples": len(train), "train_tokens": sum(len(b) for b in train),
+                "val_examples": len(val), "metrics": metrics, "config": config,
+                "model_fingerprint": fingerprint_model(lm.model)}
+        save_lm(lm, tmp, meta)
+    return meta
+
+
+def token_codec(encoding: str, k: int = 16, value_dtype: str = "int8", draws: int = 16,
+                sample_temperature: float = 1.0):
+    if encoding == "topk":
+        return TopKCodec(k=k, value_dtype=value_dtype)
+    if encoding == "sample":
+        return SampleCodec(draws=draws, temperature=sample_temperature)
+    if encoding == "dense":
+        return DenseCodec()
+    raise ValueError(f"encoding must be one of {TOKEN_ENCODINGS}, got {encoding!r}")
+
+
+def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
+                      encoding: str = "topk", k: int = 16, value_dtype: str = "int8",
+                      draws: int = 16, sample_temperature: float = 1.0,
+                      tokenizer: str | Path | None = None, client_id: str | None = None,
+                      text_column: str | None = None, split: str | None = None,
+                      max_length: int = DEFAULT_LM_MAX_LENGTH, packing: bool = True,
+                      batch_size: int = 8, seed: int = 0, overwrite: bool = False,
+                      progress: bool = True) -> BundleManifest:
+    """Write a token bundle: the model's next-token distribution at every position of every
+    proxy block, streamed into shards (memory does not grow with the proxy size).
+    ``topk`` keeps ``k`` ids per token; ``sample`` draws ``draws`` ids per token from the
+    model at ``sample_temperature`` (distill must then use that temperature)."""
+    codec = token_codec(encoding, k, value_dtype, draws, sample_temperature)
+    check_free(Path(out), overwrite)
+    lm = load_lm(model, tokenizer=tokenizer)
+    tb = _blocks(proxy, split, lm, text_column, max_length, packing, model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lm.model.to(device)
+    config = _config(task="causal-lm", model=model, proxy=proxy, encoding=encoding,
+                     **codec.params(), batch_size=batch_size, split=split,
+                     text_column=tb.text_column, max_length=max_length, packing=packing,
+                     train_examples=lm.meta.get("train_examples"),
+                     train_tokens=lm.meta.get("train_tokens"))
+    with BundleWriter(out, codec=codec, task="token", num_classes=lm.vocab_size,
+                      label_fingerprint=vocab_fingerprint(lm.tokenizer),
+                      proxy_fingerprint=tb.fingerprint,
+                      client_id=client_id or lm.meta.get("client_id") or Path(model).name,
+                      model_fingerprint=lm.meta.get("model_fingerprint")
+                      or fingerprint_model(lm.model), config=config, seed=seed,
+                      overwrite=overwrite) as writer, \
+            progress_bar(tb.tokens, "emitting token logits", progress) as advance:
+        for index, logits, counts, _ in iter_token_logits(lm, tb.blocks, batch_size):
+            writer.add(index, logits, row_counts=counts)
+            advance(int(counts.sum()))
+    return writer.manifest
+
+
+def _check_vocab(lm, manifest: BundleManifest, student, teacher) -> None:
+    fp = vocab_fingerprint(lm.tokenizer)
+    if fp != manifest.label_fingerprint or lm.vocab_size != manifest.num_classes:
+        raise IncompatibleBundlesError(
+            f"{student}: its tokenizer ({lm.vocab_size} ids, vocabulary {fp}) differs from the "
+            f"one {teacher} was made with ({manifest.num_classes} ids, vocabulary "
+            f"{manifest.label_fingerprint}); token-level distillation needs the same tokenizer "
+            "(pass --tokenizer with the federation's tokenizer folder)")
+
+
+def _teacher_blocks(proxy, teacher, manifest: BundleManifest, lm, model, split, text_column,
+                    max_length, packing) -> TextBlocks:
+    cfg = manifest.producer.config
+    max_length = max_length or cfg.get("max_length") or DEFAULT_LM_MAX_LENGTH
+    packing = cfg.get("packing", True) if packing is None else packing
+    tb = _blocks(proxy, split, lm, text_column or cfg.get("text_column"), max_length, packing,
+                 model)
+    if tb.fingerprint != manifest.proxy_fingerprint:
+        raise DataError(f"{proxy}: these token blocks ({tb.describe()}) differ from the ones "
+                        f"{teacher} was made on (fingerprint {tb.fingerprint}, the bundle says "
+                        f"{manifest.proxy_fingerprint}); use the same proxy file, tokenizer, "
+                        "--max-length and packing")
+    return tb
+
+
+def _check_rows(block, tb: TextBlocks, teacher) -> None:
+    lengths = (block.row_offsets[1:] - block.row_offsets[:-1]).tolist()
+    for e, n in zip(block.example_ids.tolist(), lengths):
+        if e >= len(tb.blocks) or len(tb.blocks[e]) != n:
+            found = len(tb.blocks[e]) if e < len(tb.blocks) else "no block"
+            raise DataError(f"{teacher}: example {e} has {n} token rows, the proxy block has "
+                            f"{found}; the bundle does not belong to this proxy set")
+
+
+def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out: str | Path,
+               *, tokenizer: str | Path | None = None, temperature: float = 2.0,
+               hard_weight: float = 0.0, epochs: float = 3.0, learning_rate: float = 5e-5,
+               batch_size: int = 8, text_column: str | None = None, split: str | None = None,
+               max_length: int | None = None, packing: bool | None = None, seed: int = 0,
+               overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Distill a causal-LM student (any architecture sharing the teachers' tokenizer) on the
+    proxy text against a token bundle. The loss is KL at ``temperature`` times T^2: the
+    tail-bucket loss for topk teachers, the sampled-target loss for sample teachers, full KL for
+    dense ones; ``hard_weight`` mixes in next-token cross-entropy on the proxy text. The
+    teacher stays in the bundle's compact tensors; rows are decoded a batch at a time."""
+    from ..training import TeacherRows, fit_lm
+
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if not 0 <= hard_weight <= 1:
+        raise ValueError(f"hard_weight must be in [0, 1], got {hard_weight}")
+    check_free(Path(out), overwrite)
+    reader = read_bundle(teacher)
+    m = reader.manifest
+    if m.task != "token":
+        raise IncompatibleBundlesError(f"{teacher}: task {m.task!r}; a causal-LM student needs "
+                                       "a token bundle (fd emit-logits --task causal-lm)")
+    lm = load_lm(student, tokenizer=tokenizer, seed=seed)
+    _check_vocab(lm, m, student, teacher)
+    tb = _teacher_blocks(proxy, teacher, m, lm, student, split, text_column, max_length,
+                         packing)
+    block = reader.read_all()
+    _check_rows(block, tb, teacher)
+    teacher_rows = TeacherRows(block, temperature)
+    ids = block.example_ids.tolist()
+    config = _config(task="causal-lm", student=student, proxy=proxy, teacher=teacher,
+                     tokenizer=tokenizer, temperature=temperature, hard_weight=hard_weight,
+                     epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                     max_length=tb.max_length, packing=tb.packing, seed=seed)
+    with atomic_dir(out, overwrite) as tmp:
+        metrics = fit_lm(lm, [tb.blocks[e] for e in ids], epochs=epochs,
+                         learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+                         teacher=teacher_rows, example_ids=ids, hard_weight=hard_weight,
+                         progress=progress)
+        meta = {"fd_version": __version__, "stage": "distill", "client_id": "student",
+                "task": "causal-lm", "architecture": lm.architecture,
+                "vocab_size": lm.vocab_size, "vocab_fingerprint": m.label_fingerprint,
+                "proxy_examples": len(ids), "proxy_tokens": block.rows,
+                "teacher_manifest": m.to_dict() | {"shards": len(m.shards)},
+                "metrics": metrics, "config": config,
+                "model_fingerprint": fingerprint_model(lm.model)}
+        save_lm(lm, tmp, meta)
+    return meta
+
+
+def token_metrics(lm, blocks, batch_size: int = 8) -> dict[str, float]:
+    """Perplexity, mean NLL (nats per token) and next-token accuracy over every position that
+    has a next token within its block."""
+    nll, hits, count = 0.0, 0, 0
+    for _, logits, _, nxt in iter_token_logits(lm, blocks, batch_size):
+        keep = nxt != -100
+        logits, nxt = logits[keep.to(logits.device)].float(), nxt[keep].to(logits.device)
+        nll += float(torch.nn.functional.cross_entropy(logits, nxt, reduction="sum"))
+        hits += int((logits.argmax(-1) == nxt).sum())
+        count += int(keep.sum())
+    if count == 0:
+        raise DataError("no position has a next token to score; expected blocks of at least "
+                        "two tokens")
+    return {"perplexity": math.exp(nll / count), "nll": nll / count,
+            "next_token_accuracy": hits / count, "tokens": count}
+
+
+def teacher_agreement(lm, blocks: TextBlocks, reader, batch_size: int = 8) -> dict[str, float]:
+    """How closely the model follows a token bundle on its proxy blocks, shard by shard:
+    ``top1_match`` (the model's most likely id is the teacher's) and ``kl_kept`` (KL from the
+    teacher's kept ids plus tail bucket to the model's mass on the same ids plus the rest)."""
+    match, kl, rows = 0, 0.0, 0
+    dense = reader.manifest.encoding["name"] == "dense"
+    for block in reader.iter_blocks():
+        ex = block.example_ids.tolist()
+        pos = 0
+        logits_all = torch.cat([lg.float().cpu() for _, lg, _, _ in iter_token_logits(
+            lm, [blocks.blocks[e] for e in ex], batch_size)])
+        for start in range(0, block.rows, 4096):
+            sub = {k: v[start:start + 4096] for k, v in block.tensors.items()}
+            logits = logits_all[start:start + 4096]
+            if dense:
+                t = block.codec.dense(sub, block.num_classes)
+                top = t.argmax(-1)
+                kl += float(dense_kd_loss(logits, t, 1.0)) * len(t)
+            else:
+                sp = block.codec.sparse(sub, block.num_classes)
+                top = sp.ids.gather(1, sp.logp.argmax(-1, keepdim=True)).squeeze(1)
+                kl += float(sparse_kd_loss(logits, sp.ids, sp.logp, sp.tail_logp, 1.0)) * len(top)
+            match += int((logits.argmax(-1) == top).sum())
+            pos += len(top)
+        rows += pos
+    return {"top1_match": match / max(rows, 1), "kl_kept": kl / max(rows, 1), "rows": rows}
+
+
+def evaluate_lm(model: str | Path, data: str | Path, *, tokenizer: str | Path | None = None,
+                text_column: str | None = None, split: str | None = None,
+                max_length: int = DEFAULT_LM_MAX_LENGTH, packing: bool = True,
+                batch_size: int = 8, teacher: str | Path | None = None,
+                proxy: str | Path | None = None) -> dict[str, Any]:
+    """Perplexity and next-token accuracy of a causal LM on held-out text; with ``teacher``
+    (a token bundle) and ``proxy`` (the text it was made on), also the model's agreement with
+    that teacher."""
+    if (teacher is None) != (proxy is None):
+        raise ValueError("teacher agreement needs both a teacher bundle and its proxy data")
+    lm = load_lm(model, tokenizer=tokenizer)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lm.model.to(device)
+    tb = _blocks(data, split, lm, text_column, max_length, packing, model)
+    result: dict[str, Any] = {"model": str(model), "architecture": lm.architecture,
+                              **token_metrics(lm, tb.blocks, batch_size)}
+    if teacher is not None:
+        reader = read_bundle(teacher)
+        if reader.manifest.task != "token":
+            raise IncompatibleBundlesError(f"{teacher}: task {reader.manifest.task!r}; "
+                                           "expected a token bundle")
+        _check_vocab(lm, reader.manifest, model, teacher)
+        ptb = _teacher_blocks(proxy, teacher, reader.manifest, lm, model, split, None, None,
+                              None)
+        result["teacher_agreement"] = teacher_agreement(lm, ptb, reader, batch_size)
+    return result

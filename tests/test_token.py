@@ -1,0 +1,372 @@
+"""Token-level (causal-LM) distillation: bundles with offsets, sparse aggregation, the KD
+losses, and the five stages end to end on tiny random-init language models."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fdcli.bundle import SampleCodec, SparseRows, TopKCodec, read_bundle, verify_bundle
+from fdcli.cli import app
+from fdcli.losses import dense_kd_loss, sparse_kd_loss
+from fdcli.rules import RULES, aggregate_sparse, union_support
+
+from .helpers import make_bundle, peaked_logits
+
+runner = CliRunner()
+
+RULE_PARAMS = [("mean", {}), ("confidence", {"measure": "max", "tau": 0.5}),
+               ("confidence", {"measure": "neg_entropy", "tau": 1.0}),
+               ("entropy-reduction", {"temperature": 0.1}), ("median", {}),
+               ("trimmed-mean", {"trim": 0.34}), ("weighted", {"counts": [1.0, 2.0, 3.0]})]
+
+
+# -- bundles -------------------------------------------------------------------------------
+@pytest.mark.parametrize("codec", [TopKCodec(4), TopKCodec(4, "fp16"), SampleCodec(8)])
+def test_token_bundle_round_trips_with_offsets(tmp_path, codec):
+    counts = [3, 1, 5, 2, 4]
+    m, logits, ids, rows = make_bundle(tmp_path / "b", codec, vocab=300, examples=5,
+                                       rows_per_example=counts, max_shard_rows=6)
+    assert m.task == "token" and m.rows == 15 and m.examples == 5 and len(m.shards) > 1
+    reader = read_bundle(tmp_path / "b")
+    block = reader.read_all()
+    assert block.example_ids.tolist() == ids.tolist()
+    assert block.row_offsets.tolist() == [0, 3, 4, 9, 11, 15]
+    per_example = list(reader.iter_examples())
+    assert [b.rows for b in per_example] == counts
+    # rows stay in order: example 2's rows are logits rows 4..8
+    ex2 = per_example[2].sparse()
+    if codec.name == "topk":
+        want = logits[4:9].topk(4).indices.sort(-1).values
+        assert torch.equal(ex2.ids, want)
+    assert ex2.ids.shape[0] == 5
+    assert verify_bundle(tmp_path / "b").ok
+
+
+def test_encode_sparse_relists_the_top_ids_and_keeps_the_mass(tmp_path):
+    v = 50
+    logp = torch.log_softmax(peaked_logits(6, v, 3), -1)
+    ids = logp.topk(10).indices
+    rows = SparseRows(ids, logp.gather(1, ids),
+                      torch.logsumexp(logp.scatter(1, ids, -math.inf), -1), v)
+    t = TopKCodec(4, "fp16").encode_sparse(rows)
+    assert torch.equal(t["ids"].long(), logp.topk(4).indices.sort(-1).values)
+    got = TopKCodec(4, "fp16").sparse(t, v)
+    want_tail = torch.logsumexp(logp.scatter(1, logp.topk(4).indices, -math.inf), -1)
+    assert torch.allclose(got.tail_logp, want_tail, atol=2e-3)
+    # fewer listed ids than k: unlisted ids are added with their even share of the tail
+    few = SparseRows(ids[:, :2], logp.gather(1, ids[:, :2]),
+                     torch.logsumexp(logp.scatter(1, ids[:, :2], -math.inf), -1), v)
+    t = TopKCodec(4, "fp16").encode_sparse(few)
+    dense_before = few.to_dense()
+    dense_after = TopKCodec(4, "fp16").sparse(t, v).to_dense()
+    assert torch.allclose(dense_before.exp(), dense_after.exp(), atol=1e-4)
+
+
+# -- aggregation ---------------------------------------------------------------------------
+def _clients(v=12, n=5, ks=(3, 4, 2), seed=0):
+    torch.manual_seed(seed)
+    out = []
+    for k in ks:
+        codec = TopKCodec(k, "fp16")
+        out.append(codec.sparse(codec.encode_logits(torch.randn(n, v) * 2, v), v))
+    return out
+
+
+@pytest.mark.parametrize("rule,params", RULE_PARAMS)
+def test_sparse_aggregation_equals_the_dense_rule_on_a_tiny_vocabulary(rule, params):
+    clients = _clients()
+    present = torch.ones(3, 5, dtype=torch.bool)
+    present[1, 2] = False  # client 1 lacks row 2
+    # the dense reference: each client's tail spread evenly over the ids it did not keep
+    dense = torch.stack([c.to_dense().double().exp() for c in clients])
+    want = RULES[rule](dense, present, **params)
+    got = aggregate_sparse(clients, present, rule, **params)
+    assert torch.allclose(got.to_dense().double().exp(), want, atol=1e-6)
+
+
+def test_union_support_by_hand():
+    v = 6
+    a = SparseRows(torch.tensor([[0, 2]]), torch.tensor([[0.5, 0.3]]).log(),
+                   torch.tensor([0.2]).log(), v)
+    b = SparseRows(torch.tensor([[2, 5]]), torch.tensor([[0.6, 0.2]]).log(),
+                   torch.tensor([0.2]).log(), v)
+    ids, probs, mult = union_support([a, b], torch.ones(2, 1, dtype=torch.bool))
+    assert ids.tolist() == [[0, 2, 5]]
+    # a: ids 0, 2 listed; 5 gets 0.2 / 4; the 3 ids outside the union each 0.2 / 4
+    assert torch.allclose(probs[0, 0], torch.tensor([0.5, 0.3, 0.05, 0.05], dtype=torch.float64))
+    assert torch.allclose(probs[1, 0], torch.tensor([0.05, 0.6, 0.2, 0.05], dtype=torch.float64))
+    assert mult.tolist() == [[1.0, 1.0, 1.0, 3.0]]
+    mean = aggregate_sparse([a, b], torch.ones(2, 1, dtype=torch.bool), "mean")
+    assert torch.allclose(mean.logp.exp(), torch.tensor([[0.275, 0.45, 0.125]]), atol=1e-6)
+    assert math.isclose(float(mean.tail_logp.exp()), 0.15, abs_tol=1e-6)
+
+
+def test_aggregate_stage_streams_token_bundles_and_resparsifies(tmp_path):
+    from fdcli.stages.aggregate import aggregate
+
+    counts = [3, 1, 5, 2]
+    for i, k in enumerate((4, 6)):
+        make_bundle(tmp_path / f"b{i}", TopKCodec(k, "fp16"), vocab=40, examples=4,
+                    rows_per_example=counts, data_seed=i, max_shard_rows=4 + i)
+    m = aggregate([tmp_path / "b0", tmp_path / "b1"], tmp_path / "t", rule="mean", k=5,
+                  value_dtype="fp16", progress=False)
+    assert (m.task, m.rows, m.examples, m.encoding["k"]) == ("token", 11, 4, 5)
+    assert m.producer.config["rule"] == "mean" and len(m.provenance) == 2
+    got = read_bundle(tmp_path / "t").read_all()
+    assert got.row_offsets.tolist() == [0, 3, 4, 9, 11]
+    blocks = [read_bundle(tmp_path / f"b{i}").read_all().sparse() for i in range(2)]
+    want = RULES["mean"](torch.stack([b.to_dense().double().exp() for b in blocks]),
+                         torch.ones(2, 11, dtype=torch.bool))
+    sp = got.sparse()
+    assert torch.equal(sp.ids, want.topk(5).indices.sort(-1).values)
+    assert torch.allclose(sp.logp.exp().double(), want.gather(1, sp.ids), atol=1e-3)
+
+
+def test_aggregate_refuses_a_different_tokenizer_and_names_it(tmp_path):
+    make_bundle(tmp_path / "a", TopKCodec(4), vocab=40, examples=3)
+    make_bundle(tmp_path / "b", TopKCodec(4), vocab=41, examples=3)
+    result = runner.invoke(app, ["aggregate", str(tmp_path / "a"), str(tmp_path / "b"),
+                                 "--out", str(tmp_path / "t")])
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'b'}: label_space.fingerprint" in result.output
+    assert "the tokenizers differ: 41 vs 40 ids" in result.output
+    assert not (tmp_path / "t").exists()
+
+
+def test_aggregate_refuses_mismatched_token_rows(tmp_path):
+    from fdcli.errors import IncompatibleBundlesError
+    from fdcli.stages.aggregate import aggregate
+
+    make_bundle(tmp_path / "a", TopKCodec(4), vocab=40, examples=3, rows_per_example=[2, 2, 2])
+    make_bundle(tmp_path / "b", TopKCodec(4), vocab=40, examples=3, rows_per_example=[2, 3, 2])
+    with pytest.raises(IncompatibleBundlesError, match=r"example 13 has 3 token rows, but .*a "
+                                                       "has 2; the bundles tokenized"):
+        aggregate([tmp_path / "a", tmp_path / "b"], tmp_path / "t", progress=False)
+    assert not (tmp_path / "t").exists()
+
+
+# -- losses --------------------------------------------------------------------------------
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sparse_kd_equals_dense_kl_when_k_is_the_vocabulary(temperature):
+    v = 30
+    student = torch.randn(7, v, requires_grad=True)
+    teacher = peaked_logits(7, v, 1)
+    codec = TopKCodec(v, "fp16")
+    sp = codec.sparse_at(codec.encode_logits(teacher, v), v, temperature)
+    assert sp.ids.shape == (7, v)
+    sparse = sparse_kd_loss(student, sp.ids, sp.logp, sp.tail_logp, temperature)
+    dense = dense_kd_loss(student, torch.log_softmax(teacher / temperature, -1), temperature)
+    assert math.isclose(float(sparse.detach()), float(dense.detach()), rel_tol=2e-3)
+    g1, = torch.autograd.grad(sparse, student)
+    g2, = torch.autograd.grad(dense, student)
+    assert torch.allclose(g1, g2, atol=1e-4)
+
+
+def test_sampled_loss_gradient_is_unbiased():
+    """E over draws of the sampled-target gradient equals the dense KL gradient, T * (q - p)
+    averaged over rows, within 5 standard errors per logit."""
+    v, temperature, draws, trials = 20, 2.0, 8, 3000
+    teacher = peaked_logits(2, v, 5)
+    student = torch.randn(2, v)
+    codec = SampleCodec(draws, temperature)
+    logp, lse = torch.log_softmax(teacher, -1), torch.logsumexp(teacher, -1)
+    gen = torch.Generator().manual_seed(0)
+    grads = []
+    for _ in range(trials):
+        s = student.clone().requires_grad_(True)
+        sp = codec.sparse_at(codec.encode(logp, lse, v, gen), v, temperature)
+        loss = sparse_kd_loss(s, sp.ids, sp.logp, sp.tail_logp, temperature)
+        grads.append(torch.autograd.grad(loss, s)[0])
+    g = torch.stack(grads)
+    s = student.clone().requires_grad_(True)
+    exact = torch.autograd.grad(dense_kd_loss(s, torch.log_softmax(teacher / temperature, -1),
+                                              temperature), s)[0]
+    err = g.std(0) / math.sqrt(trials) + 1e-9
+    assert bool(((g.mean(0) - exact).abs() <= 5 * err + 1e-6).all())
+    # and the sampled estimate is not trivially the exact one
+    assert float((g[0] - exact).abs().max()) > 1e-3
+
+
+def test_teacher_rows_decode_a_batch_without_a_dense_tensor(tmp_path):
+    from fdcli.training import TeacherRows
+
+    make_bundle(tmp_path / "b", TopKCodec(4), vocab=5000, examples=4,
+                rows_per_example=[2, 3, 1, 4])
+    rows = TeacherRows(read_bundle(tmp_path / "b").read_all(), 2.0)
+    batch = rows.batch([33, 3])  # example ids, in batch order
+    assert set(batch) == {"fd_ids", "fd_logp", "fd_tail"}
+    assert batch["fd_ids"].shape == (4 + 2, 4)  # never [rows, 5000]
+    assert torch.allclose(torch.logsumexp(torch.cat([batch["fd_logp"],
+                                                     batch["fd_tail"][:, None]], -1), -1),
+                          torch.zeros(6), atol=1e-5)
+
+
+# -- the stages end to end ------------------------------------------------------------------
+def _write_jsonl(path, texts):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+def _corpus(seed: int, n: int, words: list[str]) -> list[str]:
+    """Documents from a tiny bigram-ish grammar, so a small LM can learn something."""
+    g = torch.Generator().manual_seed(seed)
+    docs = []
+    for _ in range(n):
+        picks = torch.randint(0, len(words), (40,), generator=g).tolist()
+        docs.append(" ".join(f"{words[i]} {words[(i + 1) % len(words)]}" for i in picks) + ".")
+    return docs
+
+
+@pytest.fixture(scope="module")
+def lm_world(tmp_path_factory):
+    from fdcli.lm import train_bpe_tokenizer
+
+    root = tmp_path_factory.mktemp("lm")
+    legal = ["court", "ruling", "appeal", "judge", "statute", "party", "claim", "order"]
+    clinic = ["patient", "dose", "scan", "nurse", "ward", "fever", "blood", "chart"]
+    a = _corpus(1, 40, legal)
+    b = _corpus(2, 40, clinic)
+    proxy = _corpus(3, 20, legal) + _corpus(4, 20, clinic)
+    test = _corpus(5, 8, legal) + _corpus(6, 8, clinic)
+    for name, docs in (("a", a), ("b", b), ("proxy", proxy), ("test", test)):
+        _write_jsonl(root / f"{name}.jsonl", docs)
+    train_bpe_tokenizer(proxy, root / "tok", vocab_size=300)
+    train_bpe_tokenizer(a, root / "other-tok", vocab_size=280)
+    (root / "gpt2.json").write_text(json.dumps({
+        "model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 64}))
+    (root / "llama.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+        "max_position_embeddings": 64}))
+    return root
+
+
+def _fd(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def test_causal_lm_pipeline_end_to_end(lm_world):
+    w = lm_world
+    common = ["--task", "causal-lm", "--max-length", "32"]
+    for name, config in (("a", "gpt2.json"), ("b", "llama.json")):
+        r = _fd("train-specialist", w / f"{name}.jsonl", "--model", w / config, "--tokenizer",
+                w / "tok", *common, "--epochs", "2", "--lr", "3e-3", "--val-fraction", "0.1",
+                "--out", w / f"spec-{name}", "--json")
+        assert r.exit_code == 0, r.output
+        meta = json.loads((w / f"spec-{name}" / "fd.json").read_text())
+        assert meta["task"] == "causal-lm" and meta["train_tokens"] > 0
+        assert meta["val_perplexity"] if "val_perplexity" in meta else \
+            meta["metrics"]["val_perplexity"] < 300
+    r = _fd("emit-logits", w / "spec-a", w / "proxy.jsonl", *common, "--k", "8",
+            "--out", w / "bundle-a", "--json")
+    assert r.exit_code == 0, r.output
+    r = _fd("emit-logits", w / "spec-b", w / "proxy.jsonl", *common, "--k", "8",
+            "--value-dtype", "fp16", "--out", w / "bundle-b", "--json")
+    assert r.exit_code == 0, r.output
+    a, b = read_bundle(w / "bundle-a"), read_bundle(w / "bundle-b")
+    assert (a.manifest.task, a.manifest.encoding["k"], b.manifest.encoding["value_dtype"]) == \
+        ("token", 8, "fp16")
+    assert a.manifest.rows == b.manifest.rows and a.manifest.label_fingerprint == \
+        b.manifest.label_fingerprint
+    assert a.manifest.num_classes == 300
+    # rows per example are the block lengths: 32 each, the last one shorter
+    offsets = a.read_all().row_offsets
+    assert set((offsets[1:-1] - offsets[:-2]).tolist()) == {32}
+    r = _fd("aggregate", w / "bundle-a", w / "bundle-b", "--out", w / "teacher", "--json")
+    assert r.exit_code == 0, r.output
+    t = read_bundle(w / "teacher")
+    assert t.manifest.task == "token" and t.manifest.rows == a.manifest.rows
+    assert t.manifest.producer.config["max_length"] == 32
+    assert verify_bundle(w / "teacher").ok
+    r = _fd("distill", w / "gpt2.json", w / "proxy.jsonl", w / "teacher", "--task", "causal-lm",
+            "--tokenizer", w / "tok", "--epochs", "4", "--lr", "3e-3", "--hard-weight", "0.2",
+            "--out", w / "student", "--json")
+    assert r.exit_code == 0, r.output
+    meta = json.loads((w / "student" / "fd.json").read_text())
+    assert meta["proxy_tokens"] == t.manifest.rows and meta["config"]["max_length"] == 32
+    scores = {}
+    for name, model in (("student", w / "student"), ("untrained", w / "gpt2.json")):
+        r = _fd("evaluate", model, w / "test.jsonl", *common, "--tokenizer", w / "tok",
+                "--teacher", w / "teacher", "--proxy", w / "proxy.jsonl", "--json")
+        assert r.exit_code == 0, r.output
+        scores[name] = json.loads(r.stdout)
+    s, u = scores["student"], scores["untrained"]
+    assert s["tokens"] == u["tokens"] > 0
+    assert s["perplexity"] < 0.5 * u["perplexity"]  # the untrained model is near 300
+    assert s["teacher_kl_kept"] < u["teacher_kl_kept"]
+    assert s["teacher_top1_match"] > u["teacher_top1_match"]
+    assert 0 <= s["next_token_accuracy"] <= 1
+
+
+def test_causal_lm_student_from_a_sampled_bundle(lm_world):
+    """The sampled-target loss: a student distilled from spec-b's sampled ids alone (at the
+    temperature they were drawn at) moves towards spec-b."""
+    w = lm_world
+    if not (w / "spec-b").exists():
+        pytest.skip("needs the specialists of test_causal_lm_pipeline_end_to_end")
+    r = _fd("emit-logits", w / "spec-b", w / "proxy.jsonl", "--task", "causal-lm",
+            "--max-length", "32", "--encoding", "sample", "--draws", "12", "--out",
+            w / "sampled-b", "--json")
+    assert r.exit_code == 0, r.output
+    m = read_bundle(w / "sampled-b").manifest
+    assert m.encoding == {"name": "sample", "draws": 12, "temperature": 1.0}
+    r = _fd("distill", w / "gpt2.json", w / "proxy.jsonl", w / "sampled-b", "--task",
+            "causal-lm", "--tokenizer", w / "tok", "--temperature", "1", "--epochs", "3",
+            "--lr", "3e-3", "--out", w / "student-sampled")
+    assert r.exit_code == 0, r.output
+    kl = {}
+    for name, model in (("student", w / "student-sampled"), ("untrained", w / "gpt2.json")):
+        r = _fd("evaluate", model, w / "test.jsonl", "--task", "causal-lm", "--max-length", "32",
+                "--tokenizer", w / "tok", "--teacher", w / "bundle-b", "--proxy",
+                w / "proxy.jsonl", "--json")
+        assert r.exit_code == 0, r.output
+        kl[name] = json.loads(r.stdout)["teacher_kl_kept"]
+    assert kl["student"] < kl["untrained"]
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["distill", "{w}/gpt2.json", "{w}/proxy.jsonl", "{w}/bundle-a", "--task", "causal-lm",
+      "--tokenizer", "{w}/other-tok"], "its tokenizer (280 ids"),
+    (["distill", "{w}/gpt2.json", "{w}/proxy.jsonl", "{w}/bundle-a", "--task", "causal-lm",
+      "--tokenizer", "{w}/tok", "--max-length", "16"],
+     "these token blocks (packed to --max-length 16) differ"),
+    (["distill", "{w}/gpt2.json", "{w}/proxy.jsonl", "{w}/bundle-a", "--tokenizer", "{w}/tok"],
+     "distill a causal LM with --task causal-lm"),
+    (["distill", "{w}/gpt2.json", "{w}/proxy.jsonl", "{w}/sampled-b", "--task", "causal-lm",
+      "--tokenizer", "{w}/tok", "--temperature", "2"], "drawn at; it cannot be read at 2.0"),
+    (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--task", "causal-lm", "--encoding",
+      "lowrank"], "encoding must be one of ('topk', 'sample', 'dense'), got 'lowrank'"),
+    (["evaluate", "{w}/spec-a", "{w}/test.jsonl", "--task", "causal-lm", "--teacher",
+      "{w}/bundle-a"], "teacher agreement needs both a teacher bundle and its proxy data"),
+    (["train-specialist", "{w}/a.jsonl", "--model", "{w}/gpt2.json", "--task", "causal-lm"],
+     "gpt2.json: no tokenizer found; put one beside the model or pass --tokenizer DIR"),
+    (["train-specialist", "{w}/a.jsonl", "--model", "{w}/small.json", "--task", "causal-lm",
+      "--tokenizer", "{w}/tok"], "the model predicts 100 ids but its tokenizer has 300"),
+    (["train-specialist", "{w}/notext.jsonl", "--model", "{w}/gpt2.json", "--task",
+      "causal-lm", "--tokenizer", "{w}/tok", "--max-length", "32"],
+     "no text column found; expected one of"),
+    (["evaluate", "{w}/spec-a", "{w}/test.jsonl", "--task", "causal-lm"],
+     "it reads at most 64 positions, but --max-length is 128"),
+    (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--task", "regression"],
+     "--task must be one of ['classification', 'causal-lm'], got 'regression'"),
+])
+def test_causal_lm_errors_are_messages(lm_world, args, fragment):
+    w = lm_world
+    if not (w / "bundle-a").exists():
+        pytest.skip("needs the bundles of test_causal_lm_pipeline_end_to_end")
+    (w / "small.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 16, "n_layer": 1,
+                                              "n_head": 2, "vocab_size": 100}))
+    (w / "notext.jsonl").write_text('{"body": "no text column here"}\n')
+    out = w / "err-out"
+    extra = [] if args[0] == "evaluate" else ["--out", out]
+    result = _fd(*[a.format(w=w) for a in args], *extra)
+    assert result.exit_code == 1, result.output
+    assert fragment in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
