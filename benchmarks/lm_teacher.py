@@ -46,7 +46,8 @@ def _read(paths: list[Path], limit: int) -> list[str]:
 
 
 def train_teacher(cache: Path, vocab: int = 8192, steps: int = 600, seq: int = 128,
-                  batch: int = 32, seed: int = 0) -> dict:
+                  batch: int = 32, seed: int = 0, n_embd: int = 128,
+                  train_chars: int = 12_000_000) -> dict:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -54,7 +55,7 @@ def train_teacher(cache: Path, vocab: int = 8192, steps: int = 600, seq: int = 1
     files = stdlib_files()
     train_files = [p for i, p in enumerate(files) if i % 10 != 0]
     held_files = [p for i, p in enumerate(files) if i % 10 == 0]
-    train_text = _read(train_files, 12_000_000)
+    train_text = _read(train_files, train_chars)
     held_text = _read(held_files, 1_000_000)
 
     tok = Tokenizer(models.BPE())
@@ -73,7 +74,7 @@ def train_teacher(cache: Path, vocab: int = 8192, steps: int = 600, seq: int = 1
         return torch.tensor(out, dtype=torch.long)
 
     train_ids, held_ids = ids_of(train_text), ids_of(held_text)
-    config = GPT2Config(vocab_size=len(fast), n_positions=seq, n_embd=128, n_layer=2, n_head=4,
+    config = GPT2Config(vocab_size=len(fast), n_positions=seq, n_embd=n_embd, n_layer=2, n_head=4,
                         bos_token_id=eos, eos_token_id=eos)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = GPT2LMHeadModel(config).to(device)
@@ -99,6 +100,7 @@ def train_teacher(cache: Path, vocab: int = 8192, steps: int = 600, seq: int = 1
     fast.save_pretrained(cache / "teacher")
     torch.save(held_ids, cache / "held_ids.pt")
     info = {"vocab_size": len(fast), "steps": steps, "seq": seq, "batch": batch, "seed": seed,
+            "n_embd": n_embd, "train_chars": train_chars, "vocab": vocab,
             "train_tokens": len(train_ids), "held_tokens": len(held_ids),
             "train_s": round(train_s, 1), "train_device": device,
             "python": sysconfig.get_python_version()}
@@ -123,13 +125,18 @@ def teacher_quality(model, held_ids: torch.Tensor, seq: int, max_windows: int = 
             "unigram_entropy_nats": round(unigram_entropy(held_ids, model.config.vocab_size), 4)}
 
 
-def load_teacher(cache: Path = DEFAULT_CACHE, steps: int = 600):
-    """(model, held-out ids, info), training the teacher first if the cache lacks it."""
+def load_teacher(cache: Path = DEFAULT_CACHE, steps: int = 600, **kwargs):
+    """(model, held-out ids, info), training the teacher first if the cache lacks it.
+    ``kwargs`` are further :func:`train_teacher` settings (a smaller teacher for quick runs)."""
     from transformers import GPT2LMHeadModel
 
     info_path = cache / "teacher.json"
-    if not info_path.exists() or json.loads(info_path.read_text()).get("steps") != steps:
-        train_teacher(cache, steps=steps)
+    want = {"steps": steps, **kwargs}
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    # caches written before n_embd, train_chars and vocab were settings used the defaults
+    have = {"n_embd": 128, "train_chars": 12_000_000, "vocab": 8192, **info}
+    if not info or any(have.get(k) != v for k, v in want.items()):
+        train_teacher(cache, steps=steps, **kwargs)
     model = GPT2LMHeadModel.from_pretrained(cache / "teacher").eval()
     if torch.cuda.is_available():
         model = model.cuda()

@@ -21,8 +21,10 @@ from .stages.aggregate import aggregate
 from .stages.distill import distill
 from .stages.emit import emit_logits
 from .stages.evaluate import evaluate
+from .stages.lm import distill_lm, emit_token_logits, evaluate_lm, train_lm_specialist
 from .stages.partition import partition
 from .stages.simulate import simulate
+from .stages.simulate_lm import simulate_lm
 from .stages.train_specialist import train_specialist
 
 __all__ = [
@@ -31,4 +33,5 @@ __all__ = [
     "TopKCodec", "SampleCodec", "LowRankCodec", "codec_from_spec", "fingerprint_labels",
     "read_bundle", "read_manifest", "verify_bundle", "write_bundle", "train_specialist",
     "emit_logits", "aggregate", "distill", "evaluate", "partition", "simulate",
+    "train_lm_specialist", "emit_token_logits", "distill_lm", "evaluate_lm", "simulate_lm",
 ]

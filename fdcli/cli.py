@@ -444,9 +444,11 @@ def partition(
 def simulate(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
         "fd-simulation"),
+    task: TaskOpt = "classification",
     data: Annotated[Optional[Path], typer.Option(help="A labelled image dataset (default: "
                                                       "scikit-learn's digits).")] = None,
-    num_clients: Annotated[int, typer.Option(help="Number of institutions.")] = 5,
+    num_clients: Annotated[Optional[int], typer.Option(
+        help="Number of institutions (default: 5, or 4 for causal-lm).")] = None,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration of the label split.")]
     = 1.0,
     proxy_fraction: Annotated[float, typer.Option(help="Share of the data that becomes the "
@@ -455,40 +457,66 @@ def simulate(
     = "confidence",
     compare_rules: Annotated[str, typer.Option(help="Other rules to distill a student with, "
                                                     "comma-separated ('' for none).")] = "mean",
-    architectures: Annotated[str, typer.Option(help="Specialist architectures, assigned in "
-                                                    "turn: vit,resnet.")] = "vit,resnet",
-    student: Annotated[str, typer.Option(help="Student architecture.")] = "resnet",
-    epochs: Epochs = 60.0,
-    distill_epochs: Annotated[float, typer.Option(help="Distillation epochs.")] = 100.0,
-    lr: LR = 2e-3, batch_size: Batch = 32,
-    temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 2.0,
+    architectures: Annotated[Optional[str], typer.Option(
+        help="Specialist architectures, assigned in turn (default: vit,resnet; gpt2,llama "
+             "for causal-lm).")] = None,
+    student: Annotated[Optional[str], typer.Option(
+        help="Student architecture (default: resnet; gpt2 for causal-lm).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(
+        help="Specialist epochs (default: 60; 2 for causal-lm).")] = None,
+    distill_epochs: Annotated[Optional[float], typer.Option(
+        help="Distillation epochs (default: 100; 2 for causal-lm).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: 2e-3).")]
+    = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="Batch size (default: 32; 16 blocks for causal-lm).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(
+        help="Distillation temperature (default: 2; 1 for causal-lm).")] = None,
+    max_length: Annotated[int, typer.Option(help="causal-lm: tokens per block.")] = 64,
+    k: Annotated[int, typer.Option(help="causal-lm: ids kept per token in the bundles.")] = 16,
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Run a whole federation on this machine and compare the student with each specialist
     and with centralized training. Writes OUT/results.json and every artifact on the way.
 
-    With no arguments it uses scikit-learn's digits and tiny random-init ViTs and ResNets, and
-    needs no download.
+    With no arguments it uses scikit-learn's digits and tiny random-init ViTs and ResNets.
+    With [bold]--task causal-lm[/bold], institutions hold the source of different Python
+    standard-library packages and train small GPT-2 and Llama models. Neither needs a download.
 
     [bold]Example[/bold]: fd simulate --alpha 0.1 --out sim-alpha0.1
     """
     from .stages.simulate import simulate as run
+    from .stages.simulate_lm import simulate_lm
 
     def log(message: str) -> None:
         err.print(f"[dim]fd simulate:[/dim] {message}", highlight=False)
 
+    given = {key: value for key, value in dict(
+        num_clients=num_clients, epochs=epochs, distill_epochs=distill_epochs,
+        learning_rate=lr, batch_size=batch_size, temperature=temperature).items()
+        if value is not None}
+    if architectures is not None:
+        given["architectures"] = [a for a in architectures.split(",") if a]
+    if student is not None:
+        given["student"] = student
+    rules = [r for r in compare_rules.split(",") if r]
     with reporting_errors():
-        results = run(out_dir, data=data, num_clients=num_clients, alpha=alpha,
-                      proxy_fraction=proxy_fraction, rule=rule,
-                      compare_rules=[r for r in compare_rules.split(",") if r],
-                      architectures=[a for a in architectures.split(",") if a],
-                      student=student, epochs=epochs, distill_epochs=distill_epochs,
-                      learning_rate=lr, batch_size=batch_size, temperature=temperature,
-                      seed=seed, overwrite=overwrite, progress=False, log=log)
+        _check_task(task)
+        if task == "causal-lm":
+            results = simulate_lm(out_dir, rule=rule, compare_rules=rules,
+                                  max_length=max_length, k=k, seed=seed, overwrite=overwrite,
+                                  progress=False, log=log, **given)
+        else:
+            results = run(out_dir, data=data, alpha=alpha, proxy_fraction=proxy_fraction,
+                          rule=rule, compare_rules=rules, seed=seed, overwrite=overwrite,
+                          progress=False, log=log, **given)
     if json_out:
         out.print_json(json.dumps(results))
         return
-    table = Table(title=f"fd simulate: {num_clients} clients, alpha={alpha} "
+    if task == "causal-lm":
+        _lm_table(results, out_dir)
+        return
+    table = Table(title=f"fd simulate: {len(results['specialists'])} clients, alpha={alpha} "
                         f"({out_dir}/results.json)", title_justify="left")
     for col in ("model", "architecture", "accuracy", "macro-F1", "uploaded"):
         table.add_column(col)
@@ -501,6 +529,26 @@ def simulate(
     c = results["centralized"]
     table.add_row("centralized", c["architecture"], f"{c['accuracy']:.3f}",
                   f"{c['macro_f1']:.3f}", "")
+    out.print(table)
+
+
+def _lm_table(results: dict, out_dir: Path) -> None:
+    domains = list(results["domains"])
+    table = Table(title=f"fd simulate --task causal-lm: perplexity by domain "
+                        f"({out_dir}/results.json)", title_justify="left")
+    for col in ("model", "architecture", *domains, "mean", "uploaded"):
+        table.add_column(col)
+
+    def row(name: str, s: dict, uploaded: str = "") -> None:
+        table.add_row(name, s["architecture"], *[f"{s['ppl_by_domain'][d]:.1f}" for d in domains],
+                      f"{s['mean_ppl']:.1f}", uploaded)
+
+    for s in results["specialists"]:
+        row(f"specialist {s['client_id']} ({s['domain']})", s, _human(s["uploaded_bytes"]))
+    for name, s in results["students_by_rule"].items():
+        row(f"student ({name})", s)
+    row("proxy only (no teachers)", results["proxy_only"])
+    row("centralized", results["centralized"])
     out.print(table)
 
 

@@ -370,3 +370,29 @@ def test_causal_lm_errors_are_messages(lm_world, args, fragment):
     assert fragment in " ".join(result.output.split()), result.output
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_simulate_causal_lm_small(tmp_path):
+    out = tmp_path / "sim"
+    r = _fd("simulate", "--task", "causal-lm", "--num-clients", "2", "--epochs", "1",
+            "--distill-epochs", "2", "--max-length", "32", "--compare-rules", "",
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "perplexity by domain" in r.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["task"] == "causal-lm" and len(res["specialists"]) == 2
+    domains = list(res["domains"])
+    assert domains == ["asyncio", "email"]
+    for s in res["specialists"]:
+        assert set(s["ppl_by_domain"]) == set(domains)
+        assert s["uploaded_bytes"] == sum(p.stat().st_size for p in
+                                          (out / "bundles" / s["client_id"]).iterdir())
+        assert 0 < s["bytes_per_token"] < 40
+    student = res["student"]
+    assert student == res["students_by_rule"]["confidence"]
+    vocab = 2048
+    # every model learned something: far below the uniform perplexity of the vocabulary
+    for model in (student, res["proxy_only"], res["centralized"]):
+        assert 1 < model["mean_ppl"] < vocab / 4
+    assert (out / "tokenizer" / "tokenizer.json").exists()
+    assert read_bundle(out / "teachers" / "confidence").manifest.task == "token"

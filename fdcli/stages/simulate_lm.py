@@ -1,0 +1,219 @@
+"""fd simulate --task causal-lm: a federation of language models on one machine.
+
+Every machine with Python has a real, varied corpus: the standard library's source. Each
+institution holds the files of one package (asyncio, email, xml, ...), a domain of its own; a
+few files of each package are held out as that domain's test text. The shared proxy set is the
+standard library's top-level modules, which no institution holds. One tokenizer is trained
+locally on the proxy (byte-level BPE, saved as a normal tokenizer folder) and shared by all.
+
+Specialists are small causal LMs trained from scratch (GPT-2 and Llama configs in turn), they
+emit top-k token bundles on the proxy, the coordinator aggregates them per token, and a student
+is distilled on the proxy. It is compared with each specialist, with the same student trained on
+the proxy alone (no teachers), and with the student trained on the union of the private text
+(centralized, the upper bound), by perplexity on every domain's test text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sysconfig
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .. import __version__
+from ..outputs import fresh_dir
+
+#: tiny random-init causal LMs; ``n_positions``/``max_position_embeddings`` and the vocabulary
+#: come from the simulation's settings.
+LM_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "gpt2": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4},
+    "llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2},
+}
+#: packages tried first as domains, in order (others follow by size)
+PREFERRED = ("asyncio", "email", "xml", "multiprocessing", "unittest", "importlib", "http",
+             "logging", "tkinter", "urllib", "json", "concurrent", "sqlite3", "ctypes",
+             "curses", "html", "wsgiref", "zoneinfo", "collections", "dbm")
+SKIP = {"site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__", "ensurepip",
+        "turtledemo", "encodings", "pydoc_data", "distutils"}
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _read(paths: Sequence[Path], limit: int) -> list[str]:
+    texts, total = [], 0
+    for p in paths:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        texts.append(text[: max(limit - total, 0)])
+        total += len(texts[-1])
+        if total >= limit:
+            break
+    return [t for t in texts if t]
+
+
+def stdlib_domains(count: int, root: Path | None = None) -> dict[str, list[Path]]:
+    """``count`` standard-library packages and their .py files (sorted), preferred ones first."""
+    root = root or stdlib_root()
+    found = {}
+    for d in sorted(root.iterdir()):
+        if d.is_dir() and d.name not in SKIP and (d / "__init__.py").exists():
+            files = sorted(p for p in d.rglob("*.py") if not SKIP & set(p.relative_to(root).parts))
+            if len(files) >= 2:
+                found[d.name] = files
+    order = [p for p in PREFERRED if p in found]
+    order += sorted((p for p in found if p not in order),
+                    key=lambda p: -sum(f.stat().st_size for f in found[p]))
+    if count > len(order):
+        raise ValueError(f"the standard library at {root} has {len(order)} usable packages; "
+                         f"expected at least {count} (one per client)")
+    return {p: found[p] for p in order[:count]}
+
+
+def _write_jsonl(path: Path, texts: Sequence[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidence",
+                compare_rules: Sequence[str] = ("mean",),
+                architectures: Sequence[str] = ("gpt2", "llama"), student: str = "gpt2",
+                client_chars: int = 300_000, proxy_chars: int = 600_000,
+                test_chars: int = 40_000, vocab_size: int = 2048, max_length: int = 64,
+                k: int = 16, epochs: float = 2.0, distill_epochs: float = 2.0,
+                learning_rate: float = 2e-3, batch_size: int = 16, temperature: float = 1.0,
+                hard_weight: float = 0.0, seed: int = 0, overwrite: bool = False,
+                progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the language-model federation and write ``out/results.json``; returns the results.
+
+    Perplexities are per domain (each client's held-out files) and their geometric mean
+    (``mean_ppl``); bytes are the bundles each client uploads."""
+    from ..lm import load_lm, text_blocks, train_bpe_tokenizer
+    from ..data import load_local
+    from .aggregate import aggregate
+    from .lm import distill_lm, emit_token_logits, token_metrics, train_lm_specialist
+
+    unknown = [a for a in [*architectures, student] if a not in LM_ARCHITECTURES]
+    if unknown:
+        raise ValueError(f"unknown architecture(s) {unknown}; expected "
+                         f"{sorted(LM_ARCHITECTURES)}")
+    if num_clients < 1:
+        raise ValueError(f"num_clients must be at least 1, got {num_clients}")
+    config = {"task": "causal-lm", "data": "python standard library", "num_clients": num_clients,
+              "rule": rule, "compare_rules": list(compare_rules),
+              "architectures": list(architectures), "student": student,
+              "client_chars": client_chars, "proxy_chars": proxy_chars,
+              "test_chars": test_chars, "vocab_size": vocab_size, "max_length": max_length,
+              "k": k, "epochs": epochs, "distill_epochs": distill_epochs,
+              "learning_rate": learning_rate, "batch_size": batch_size,
+              "temperature": temperature, "hard_weight": hard_weight, "seed": seed}
+    domains = stdlib_domains(num_clients)
+    timing: dict[str, float] = {}
+    train = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+                 max_length=max_length, progress=progress)
+    with fresh_dir(out, overwrite) as root:
+        t = time.perf_counter()
+        data = root / "data"
+        tests: dict[str, Path] = {}
+        for i, (pkg, files) in enumerate(domains.items()):
+            held = files[::5]
+            private = [f for f in files if f not in held]
+            _write_jsonl(data / f"client-{i}.jsonl", _read(private, client_chars))
+            tests[pkg] = _write_jsonl(data / f"test-{pkg}.jsonl", _read(held, test_chars))
+        top = sorted(stdlib_root().glob("*.py"))
+        proxy = _write_jsonl(data / "proxy.jsonl", _read(top, proxy_chars))
+        tok = train_bpe_tokenizer(_texts(proxy), root / "tokenizer", vocab_size=vocab_size)
+        configs = root / "configs"
+        configs.mkdir()
+        for name, cfg in LM_ARCHITECTURES.items():
+            pos = "n_positions" if name == "gpt2" else "max_position_embeddings"
+            (configs / f"{name}.json").write_text(json.dumps({**cfg, pos: max_length}))
+        timing["data_and_tokenizer_s"] = time.perf_counter() - t
+
+        test_blocks: dict[str, Any] = {}
+
+        def scores(model_dir: Path) -> dict[str, Any]:
+            lm = load_lm(model_dir)
+            if not test_blocks:
+                for pkg, path in tests.items():
+                    test_blocks[pkg] = text_blocks(load_local(path, whole_text_files=True),
+                                                   str(path), lm.tokenizer,
+                                                   max_length=max_length).blocks
+            per = {pkg: token_metrics(lm, b, batch_size) for pkg, b in test_blocks.items()}
+            ppl = {pkg: round(m["perplexity"], 3) for pkg, m in per.items()}
+            return {"ppl_by_domain": ppl,
+                    "mean_ppl": round(math.exp(sum(math.log(p) for p in ppl.values())
+                                               / len(ppl)), 3),
+                    "next_token_accuracy": round(sum(m["next_token_accuracy"] * m["tokens"]
+                                                     for m in per.values())
+                                                 / sum(m["tokens"] for m in per.values()), 4)}
+
+        specialists, uploads = [], []
+        t = time.perf_counter()
+        for i, pkg in enumerate(domains):
+            arch = architectures[i % len(architectures)]
+            model_dir = root / "specialists" / f"client-{i}"
+            log(f"client {i} ({pkg}): training a {arch}")
+            meta = train_lm_specialist(data / f"client-{i}.jsonl", configs / f"{arch}.json",
+                                       model_dir, tokenizer=tok, client_id=f"client-{i}",
+                                       **train)
+            bundle = root / "bundles" / f"client-{i}"
+            m = emit_token_logits(model_dir, proxy, bundle, k=k, client_id=f"client-{i}",
+                                  max_length=max_length, seed=seed, progress=progress)
+            uploads.append(sum(p.stat().st_size for p in bundle.iterdir()))
+            specialists.append({"client_id": f"client-{i}", "domain": pkg, "architecture": arch,
+                                "train_tokens": meta["train_tokens"], **scores(model_dir),
+                                "uploaded_bytes": uploads[-1],
+                                "bytes_per_token": round(uploads[-1] / m.rows, 3)})
+        timing["specialists_s"] = time.perf_counter() - t
+        bundles = [root / "bundles" / f"client-{i}" for i in range(num_clients)]
+        students: dict[str, dict[str, Any]] = {}
+        t = time.perf_counter()
+        for r in [rule, *[c for c in compare_rules if c != rule]]:
+            log(f"aggregating with rule {r!r} and distilling a {student}")
+            teacher = root / "teachers" / r
+            aggregate(bundles, teacher, rule=r, k=k, seed=seed, progress=progress)
+            student_dir = root / "students" / r
+            distill_lm(configs / f"{student}.json", proxy, teacher, student_dir, tokenizer=tok,
+                       temperature=temperature, hard_weight=hard_weight, epochs=distill_epochs,
+                       learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+                       progress=progress)
+            students[r] = {"architecture": student, **scores(student_dir)}
+        timing["aggregate_distill_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        log(f"references: a {student} on the proxy alone, and on the union of the private text")
+        proxy_only = root / "proxy-only"
+        train_lm_specialist(proxy, configs / f"{student}.json", proxy_only, tokenizer=tok,
+                            client_id="proxy-only", **{**train, "epochs": distill_epochs})
+        union = _write_jsonl(root / "union.jsonl", [
+            line for i in range(num_clients)
+            for line in _texts(data / f"client-{i}.jsonl")])
+        central = root / "centralized"
+        train_lm_specialist(union, configs / f"{student}.json", central, tokenizer=tok,
+                            client_id="centralized", **train)
+        timing["references_s"] = time.perf_counter() - t
+        results = {
+            "fd_version": __version__, "config": config,
+            "domains": {pkg: {"client": f"client-{i}", "files": len(files)}
+                        for i, (pkg, files) in enumerate(domains.items())},
+            "specialists": specialists,
+            "student": students[rule], "students_by_rule": students,
+            "proxy_only": {"architecture": student, **scores(proxy_only)},
+            "centralized": {"architecture": student, **scores(central)},
+            "bytes": {"uploaded_per_client": uploads, "uploaded_total": sum(uploads),
+                      "downloaded_per_client": 0},
+            "timing": {k: round(v, 2) for k, v in timing.items()},
+        }
+        (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _texts(path: Path) -> list[str]:
+    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
