@@ -176,9 +176,15 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated names to run (ce_only always "
                                                "runs, as the step-time reference)")
     ap.add_argument("--teacher-steps", type=int, default=None)
+    ap.add_argument("--proxy-windows", type=int, default=None,
+                    help="proxy size in windows (default: 256, or 48 with --quick)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per student")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = ap.parse_args()
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    for key in ("proxy_windows", "steps"):
+        if getattr(args, key):
+            cfg[key] = getattr(args, key)
     tcfg = dict(cfg["teacher"])
     if args.teacher_steps:
         tcfg["steps"] = args.teacher_steps
@@ -213,10 +219,11 @@ def main() -> None:
         ce = train_student("ce_only", cfg, vocab, proxy, eval_w, args.temperature)
         rows.append(ce)
         if not only or "dense_kd" in only:
-            dense_bytes = write_bundle(work / "dense", DenseCodec(), dense.float(), vocab)
+            # dense bytes per token, measured on the first 64 windows (the size is per token)
+            dense_bytes = write_bundle(work / "dense", DenseCodec(), dense[:64].float(), vocab)
             rows.append({**train_student("dense_kd", cfg, vocab, proxy, eval_w,
                                          args.temperature, dense=dense, hard_weight=hw),
-                         "bytes_per_token": dense_bytes / proxy.numel()})
+                         "bytes_per_token": dense_bytes / proxy[:64].numel()})
         settings = [("topk_kd", k, TopKCodec(k)) for k in (1, 4, 16, 64)]
         settings.append(("sample_kd", None, SampleCodec(args.draws, args.temperature)))
         for name, k, codec in settings:

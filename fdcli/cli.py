@@ -473,7 +473,14 @@ def simulate(
     temperature: Annotated[Optional[float], typer.Option(
         help="Distillation temperature (default: 2; 1 for causal-lm).")] = None,
     max_length: Annotated[int, typer.Option(help="causal-lm: tokens per block.")] = 64,
+    hard_weight: Annotated[Optional[float], typer.Option(
+        help="causal-lm: share of next-token cross-entropy on the proxy in the student's "
+             "loss (default 0.5).")] = None,
     k: Annotated[int, typer.Option(help="causal-lm: ids kept per token in the bundles.")] = 16,
+    client_chars: Annotated[int, typer.Option(
+        help="causal-lm: characters of source per institution.")] = 300_000,
+    proxy_chars: Annotated[int, typer.Option(
+        help="causal-lm: characters of source in the proxy set.")] = 600_000,
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Run a whole federation on this machine and compare the student with each specialist
@@ -493,7 +500,8 @@ def simulate(
 
     given = {key: value for key, value in dict(
         num_clients=num_clients, epochs=epochs, distill_epochs=distill_epochs,
-        learning_rate=lr, batch_size=batch_size, temperature=temperature).items()
+        learning_rate=lr, batch_size=batch_size, temperature=temperature,
+        hard_weight=hard_weight).items()
         if value is not None}
     if architectures is not None:
         given["architectures"] = [a for a in architectures.split(",") if a]
@@ -504,9 +512,13 @@ def simulate(
         _check_task(task)
         if task == "causal-lm":
             results = simulate_lm(out_dir, rule=rule, compare_rules=rules,
-                                  max_length=max_length, k=k, seed=seed, overwrite=overwrite,
-                                  progress=False, log=log, **given)
+                                  max_length=max_length, k=k, client_chars=client_chars,
+                                  proxy_chars=proxy_chars, test_chars=min(40_000, client_chars),
+                                  seed=seed, overwrite=overwrite, progress=False, log=log,
+                                  **given)
         else:
+            if "hard_weight" in given:
+                raise ValueError("--hard-weight applies to --task causal-lm here")
             results = run(out_dir, data=data, alpha=alpha, proxy_fraction=proxy_fraction,
                           rule=rule, compare_rules=rules, seed=seed, overwrite=overwrite,
                           progress=False, log=log, **given)

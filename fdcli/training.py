@@ -53,10 +53,6 @@ class TeacherRows:
         block.codec.sparse_at({k: v[:1] for k, v in block.tensors.items()},
                               block.num_classes, temperature)  # refuses a bad temperature now
 
-    def rows_of(self, example_id: int) -> int:
-        i = self.position[int(example_id)]
-        return int(self.block.row_offsets[i + 1] - self.block.row_offsets[i])
-
     def batch(self, example_ids: list[int]) -> dict[str, torch.Tensor]:
         off = self.block.row_offsets
         rows = torch.cat([torch.arange(int(off[self.position[e]]), int(off[self.position[e] + 1]))

@@ -374,25 +374,27 @@ def test_causal_lm_errors_are_messages(lm_world, args, fragment):
 
 def test_simulate_causal_lm_small(tmp_path):
     out = tmp_path / "sim"
-    r = _fd("simulate", "--task", "causal-lm", "--num-clients", "2", "--epochs", "1",
+    r = _fd("simulate", "--task", "causal-lm", "--num-clients", "2", "--epochs", "2",
             "--distill-epochs", "2", "--max-length", "32", "--compare-rules", "",
-            "--out", out)
+            "--client-chars", "40000", "--proxy-chars", "60000", "--out", out)
     assert r.exit_code == 0, r.output
     assert "perplexity by domain" in r.output
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["task"] == "causal-lm" and len(res["specialists"]) == 2
     domains = list(res["domains"])
     assert domains == ["asyncio", "email"]
-    for s in res["specialists"]:
-        assert set(s["ppl_by_domain"]) == set(domains)
+    for s, own in zip(res["specialists"], domains):
+        assert s["domain"] == own and set(s["ppl_by_domain"]) == set(domains)
+        # each specialist knows its own domain best
+        assert s["ppl_by_domain"][own] == min(s["ppl_by_domain"].values())
         assert s["uploaded_bytes"] == sum(p.stat().st_size for p in
                                           (out / "bundles" / s["client_id"]).iterdir())
         assert 0 < s["bytes_per_token"] < 40
     student = res["student"]
     assert student == res["students_by_rule"]["confidence"]
     vocab = 2048
-    # every model learned something: far below the uniform perplexity of the vocabulary
-    for model in (student, res["proxy_only"], res["centralized"]):
-        assert 1 < model["mean_ppl"] < vocab / 4
+    # every model learned something: well below the uniform perplexity of the vocabulary
+    for model in (student, res["proxy_only"], res["centralized"], *res["specialists"]):
+        assert 1 < model["mean_ppl"] < 0.6 * vocab
     assert (out / "tokenizer" / "tokenizer.json").exists()
     assert read_bundle(out / "teachers" / "confidence").manifest.task == "token"

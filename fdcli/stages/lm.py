@@ -246,10 +246,8 @@ def teacher_agreement(lm, blocks: TextBlocks, reader, batch_size: int = 8) -> di
     match, kl, rows = 0, 0.0, 0
     dense = reader.manifest.encoding["name"] == "dense"
     for block in reader.iter_blocks():
-        ex = block.example_ids.tolist()
-        pos = 0
         logits_all = torch.cat([lg.float().cpu() for _, lg, _, _ in iter_token_logits(
-            lm, [blocks.blocks[e] for e in ex], batch_size)])
+            lm, [blocks.blocks[e] for e in block.example_ids.tolist()], batch_size)])
         for start in range(0, block.rows, 4096):
             sub = {k: v[start:start + 4096] for k, v in block.tensors.items()}
             logits = logits_all[start:start + 4096]
@@ -262,8 +260,7 @@ def teacher_agreement(lm, blocks: TextBlocks, reader, batch_size: int = 8) -> di
                 top = sp.ids.gather(1, sp.logp.argmax(-1, keepdim=True)).squeeze(1)
                 kl += float(sparse_kd_loss(logits, sp.ids, sp.logp, sp.tail_logp, 1.0)) * len(top)
             match += int((logits.argmax(-1) == top).sum())
-            pos += len(top)
-        rows += pos
+            rows += len(top)
     return {"top1_match": match / max(rows, 1), "kl_kept": kl / max(rows, 1), "rows": rows}
 
 
