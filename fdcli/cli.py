@@ -155,7 +155,9 @@ TokenizerOpt = Annotated[Optional[Path], typer.Option(
     help="Tokenizer folder, for text models built from a config file.")]
 TaskOpt = Annotated[str, typer.Option(help="classification, or causal-lm for token-level "
                                            "distillation of language models.")]
-MaxLen = Annotated[int, typer.Option(help="causal-lm: tokens per example block.")]
+MaxLen = Annotated[Optional[int], typer.Option(
+    help="causal-lm: tokens per example block (default: the length fd trained the model "
+         "with, else 128 or the model's positions if fewer).")]
 Packing = Annotated[bool, typer.Option("--packing/--no-packing",
                                        help="causal-lm: pack documents into full blocks, or "
                                             "truncate each document.")]
@@ -195,7 +197,7 @@ def train_specialist_cmd(
     tokenizer: TokenizerOpt = None, split: SplitOpt = None,
     epochs: Epochs = 3.0, lr: LR = 5e-5, batch_size: Batch = 16,
     val_fraction: Annotated[float, typer.Option(help="Share held out for validation.")] = 0.0,
-    task: TaskOpt = "classification", max_length: MaxLen = 128, packing: Packing = True,
+    task: TaskOpt = "classification", max_length: MaxLen = None, packing: Packing = True,
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Fine-tune a specialist on this institution's private data: labelled examples, or text
@@ -250,7 +252,7 @@ def emit_logits_cmd(
         help="sample: temperature the ids are drawn at (distill at the same one).")] = 1.0,
     client_id: Annotated[Optional[str], typer.Option(help="Institution name (default: from "
                                                           "the model's fd.json).")] = None,
-    task: TaskOpt = "classification", max_length: MaxLen = 128, packing: Packing = True,
+    task: TaskOpt = "classification", max_length: MaxLen = None, packing: Packing = True,
     text_column: TextCol = None, image_column: ImageCol = None, tokenizer: TokenizerOpt = None,
     split: SplitOpt = None, batch_size: Annotated[Optional[int], typer.Option(
         help="Batch size (default: 64, or 8 blocks for causal-lm).")] = None,
@@ -377,7 +379,7 @@ def evaluate(
     text_column: TextCol = None, image_column: ImageCol = None, label_column: LabelCol = None,
     split: SplitOpt = None, batch_size: Annotated[Optional[int], typer.Option(
         help="Batch size (default: 64, or 8 blocks for causal-lm).")] = None,
-    task: TaskOpt = "classification", max_length: MaxLen = 128, packing: Packing = True,
+    task: TaskOpt = "classification", max_length: MaxLen = None, packing: Packing = True,
     tokenizer: TokenizerOpt = None,
     teacher: Annotated[Optional[Path], typer.Option(
         help="causal-lm: a token bundle to measure the model's agreement with.")] = None,

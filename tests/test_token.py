@@ -297,6 +297,10 @@ def test_causal_lm_pipeline_end_to_end(lm_world):
         assert r.exit_code == 0, r.output
         scores[name] = json.loads(r.stdout)
     s, u = scores["student"], scores["untrained"]
+    # without --max-length, a model fd trained is scored at the length it was trained with
+    r = _fd("evaluate", w / "spec-a", w / "test.jsonl", "--task", "causal-lm", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["tokens"] == s["tokens"]
     assert s["tokens"] == u["tokens"] > 0
     assert s["perplexity"] < 0.5 * u["perplexity"]  # the untrained model is near 300
     assert s["teacher_kl_kept"] < u["teacher_kl_kept"]
@@ -351,8 +355,8 @@ def test_causal_lm_student_from_a_sampled_bundle(lm_world):
     (["train-specialist", "{w}/notext.jsonl", "--model", "{w}/gpt2.json", "--task",
       "causal-lm", "--tokenizer", "{w}/tok", "--max-length", "32"],
      "no text column found; expected one of"),
-    (["evaluate", "{w}/spec-a", "{w}/test.jsonl", "--task", "causal-lm"],
-     "it reads at most 64 positions, but --max-length is 128"),
+    (["evaluate", "{w}/spec-a", "{w}/test.jsonl", "--task", "causal-lm", "--max-length",
+      "128"], "it reads at most 64 positions, but --max-length is 128"),
     (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--task", "regression"],
      "--task must be one of ['classification', 'causal-lm'], got 'regression'"),
 ])

@@ -30,8 +30,13 @@ TOKEN_ENCODINGS = ("topk", "sample", "dense")
 
 
 def _blocks(data, split, lm, text_column, max_length, packing, model=None) -> TextBlocks:
-    """The token blocks of ``data``, checked to fit the model's positions."""
+    """The token blocks of ``data``, checked to fit the model's positions. ``max_length`` None
+    means the length the model was trained with by fd, else 128 (or the model's positions, if
+    fewer)."""
     limit = max_positions(lm.model)
+    if max_length is None:
+        max_length = lm.meta.get("config", {}).get("max_length") or min(
+            DEFAULT_LM_MAX_LENGTH, limit or DEFAULT_LM_MAX_LENGTH)
     if limit is not None and max_length > limit:
         raise DataError(f"{model or 'the model'}: it reads at most {limit} positions, but "
                         f"--max-length is {max_length}; expected a --max-length of at most "
@@ -48,7 +53,7 @@ def _config(**kwargs) -> dict[str, Any]:
 def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                         tokenizer: str | Path | None = None, client_id: str | None = None,
                         text_column: str | None = None, split: str | None = None,
-                        max_length: int = DEFAULT_LM_MAX_LENGTH, packing: bool = True,
+                        max_length: int | None = None, packing: bool = True,
                         epochs: float = 3.0, learning_rate: float = 5e-5, batch_size: int = 8,
                         val_fraction: float = 0.0, seed: int = 0, overwrite: bool = False,
                         progress: bool = True) -> dict[str, Any]:
@@ -67,6 +72,7 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     check_free(Path(out), overwrite)
     lm = load_lm(model, tokenizer=tokenizer, seed=seed)
     tb = _blocks(data, split, lm, text_column, max_length, packing, model)
+    config["max_length"] = tb.max_length
     order = list(range(len(tb.blocks)))
     random.Random(seed).shuffle(order)
     n_val = int(round(len(order) * val_fraction))
@@ -105,7 +111,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       draws: int = 16, sample_temperature: float = 1.0,
                       tokenizer: str | Path | None = None, client_id: str | None = None,
                       text_column: str | None = None, split: str | None = None,
-                      max_length: int = DEFAULT_LM_MAX_LENGTH, packing: bool = True,
+                      max_length: int | None = None, packing: bool = True,
                       batch_size: int = 8, seed: int = 0, overwrite: bool = False,
                       progress: bool = True) -> BundleManifest:
     """Write a token bundle: the model's next-token distribution at every position of every
@@ -120,7 +126,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     lm.model.to(device)
     config = _config(task="causal-lm", model=model, proxy=proxy, encoding=encoding,
                      **codec.params(), batch_size=batch_size, split=split,
-                     text_column=tb.text_column, max_length=max_length, packing=packing,
+                     text_column=tb.text_column, max_length=tb.max_length, packing=packing,
                      train_examples=lm.meta.get("train_examples"),
                      train_tokens=lm.meta.get("train_tokens"))
     with BundleWriter(out, codec=codec, task="token", num_classes=lm.vocab_size,
@@ -150,7 +156,7 @@ def _check_vocab(lm, manifest: BundleManifest, student, teacher) -> None:
 def _teacher_blocks(proxy, teacher, manifest: BundleManifest, lm, model, split, text_column,
                     max_length, packing) -> TextBlocks:
     cfg = manifest.producer.config
-    max_length = max_length or cfg.get("max_length") or DEFAULT_LM_MAX_LENGTH
+    max_length = max_length or cfg.get("max_length")
     packing = cfg.get("packing", True) if packing is None else packing
     tb = _blocks(proxy, split, lm, text_column or cfg.get("text_column"), max_length, packing,
                  model)
@@ -266,7 +272,7 @@ def teacher_agreement(lm, blocks: TextBlocks, reader, batch_size: int = 8) -> di
 
 def evaluate_lm(model: str | Path, data: str | Path, *, tokenizer: str | Path | None = None,
                 text_column: str | None = None, split: str | None = None,
-                max_length: int = DEFAULT_LM_MAX_LENGTH, packing: bool = True,
+                max_length: int | None = None, packing: bool = True,
                 batch_size: int = 8, teacher: str | Path | None = None,
                 proxy: str | Path | None = None) -> dict[str, Any]:
     """Perplexity and next-token accuracy of a causal LM on held-out text; with ``teacher``
