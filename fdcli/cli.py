@@ -381,13 +381,24 @@ def evaluate(
         help="Batch size (default: 64, or 8 blocks for causal-lm).")] = None,
     task: TaskOpt = "classification", max_length: MaxLen = None, packing: Packing = True,
     tokenizer: TokenizerOpt = None,
+    mia: Annotated[bool, typer.Option("--mia", help="Also run membership-inference attacks "
+                                                    "(needs --members and --nonmembers).")]
+    = False,
+    members: Annotated[Optional[Path], typer.Option(
+        help="--mia: examples the model was trained on.")] = None,
+    nonmembers: Annotated[Optional[Path], typer.Option(
+        help="--mia: held-out examples from the same distribution.")] = None,
+    reference: Annotated[Optional[list[Path]], typer.Option(
+        help="--mia: a reference model trained without those examples (repeatable), for the "
+             "reference attack.")] = None,
     teacher: Annotated[Optional[Path], typer.Option(
         help="causal-lm: a token bundle to measure the model's agreement with.")] = None,
     proxy: Annotated[Optional[Path], typer.Option(
         help="causal-lm: the proxy text the --teacher bundle was made on.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Accuracy, macro-F1, NLL and expected calibration error on labelled data; with
+    """Accuracy, macro-F1, NLL and expected calibration error on labelled data (with
+    [bold]--mia[/bold], membership-inference AUC and TPR at 1% and 0.1% FPR); with
     [bold]--task causal-lm[/bold], perplexity and next-token accuracy on held-out text (and
     top-1 match and KL against a teacher bundle, given [bold]--teacher[/bold] and
     [bold]--proxy[/bold]).
@@ -399,6 +410,11 @@ def evaluate(
 
     with reporting_errors():
         _check_task(task)
+        if mia and (members is None or nonmembers is None):
+            raise ValueError("--mia needs --members (training examples of the model) and "
+                             "--nonmembers (held-out examples from the same distribution)")
+        if mia and task != "classification":
+            raise ValueError("--mia is implemented for --task classification")
         if task == "causal-lm":
             result = evaluate_lm(model, data, tokenizer=tokenizer, text_column=text_column,
                                  split=split, max_length=max_length, packing=packing,
@@ -410,8 +426,22 @@ def evaluate(
             return
         result = run(model, data, text_column=text_column, image_column=image_column,
                      label_column=label_column, split=split, batch_size=batch_size or 64)
-    _report(result, json_out, "evaluation",
-            ["model", "accuracy", "macro_f1", "nll", "ece", "examples", "architecture"])
+        keys = ["model", "accuracy", "macro_f1", "nll", "ece", "examples", "architecture"]
+        if mia:
+            from .stages.evaluate import membership_inference
+
+            attacks = membership_inference(model, members, nonmembers,
+                                           references=reference or [],
+                                           text_column=text_column,
+                                           image_column=image_column,
+                                           label_column=label_column,
+                                           batch_size=batch_size or 64)
+            for name in ("loss_threshold", "reference"):
+                for key, value in attacks.get(name, {}).items():
+                    if key != "references":
+                        result[f"mia_{name}_{key}"] = value
+                        keys.append(f"mia_{name}_{key}")
+    _report(result, json_out, "evaluation", keys)
 
 
 @app.command()

@@ -126,6 +126,15 @@ def test_image_federation_through_simulate(tmp_path):
     assert 0 <= results["centralized"]["accuracy"] <= 1
     assert verify_bundle(out / "teachers" / "confidence").ok
     assert (out / "students" / "confidence" / "config.json").exists()
+    privacy = results["privacy"]
+    assert [p["client_id"] for p in privacy["specialists"]] == ["client-0", "client-1"]
+    sizes = results["partition"]["sizes"]
+    for p, n in zip(privacy["specialists"], sizes["clients"]):
+        assert (p["members"], p["nonmembers"]) == (n, sizes["test"])
+        assert 0 <= p["auc"] <= 1 and 0 <= p["reference"]["auc"] <= 1
+    assert privacy["student"]["members"] == sum(sizes["clients"])
+    for key in ("auc", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr"):
+        assert key in privacy["student"] and key in privacy["centralized"]
 
 
 # -- bad input: exit 1, a clear message, no partial output -------------------------------

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from ..data import label_ids, load_local, resolve
@@ -34,19 +35,56 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
             "examples": int(len(labels))}
 
 
-def evaluate(model: str | Path, data: str | Path, *, text_column: str | None = None,
-             image_column: str | None = None, label_column: str | None = None,
-             split: str | None = None, batch_size: int = 64) -> dict[str, Any]:
-    """Evaluate a model directory on a labelled dataset whose labels fit the model's."""
+def _scored(model, data, text_column, image_column, label_column, split, batch_size):
+    """(classifier, logits, labels) of ``model`` on the labelled dataset ``data``."""
     ds = load_local(data, split)
     probe = resolve(ds, str(data), text_column=text_column, image_column=image_column,
                     label_column=label_column)
     clf = load_classifier(model, probe.kind, None)
-    names = clf.label_names
     spec = resolve(ds, str(data), text_column=text_column, image_column=image_column,
-                   label_column=label_column, label_names=names)
+                   label_column=label_column, label_names=clf.label_names)
     labels = torch.tensor(label_ids(ds, spec))
-    logits = predict_logits(clf, list(ds[spec.input_column]), batch_size)
-    out = classification_metrics(logits, labels, len(names))
+    return clf, predict_logits(clf, list(ds[spec.input_column]), batch_size), labels
+
+
+def evaluate(model: str | Path, data: str | Path, *, text_column: str | None = None,
+             image_column: str | None = None, label_column: str | None = None,
+             split: str | None = None, batch_size: int = 64) -> dict[str, Any]:
+    """Evaluate a model directory on a labelled dataset whose labels fit the model's."""
+    clf, logits, labels = _scored(model, data, text_column, image_column, label_column, split,
+                                  batch_size)
+    out = classification_metrics(logits, labels, len(clf.label_names))
     out.update(model=str(model), data=str(data), architecture=clf.architecture)
+    return out
+
+
+def example_losses(model: str | Path, data: str | Path, **kwargs) -> np.ndarray:
+    """Cross-entropy of ``model`` on every example of the labelled dataset ``data``."""
+    _, logits, labels = _scored(model, data, kwargs.get("text_column"),
+                                kwargs.get("image_column"), kwargs.get("label_column"),
+                                kwargs.get("split"), kwargs.get("batch_size", 64))
+    return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none").numpy()
+
+
+def membership_inference(model: str | Path, members: str | Path, nonmembers: str | Path, *,
+                         references: Sequence[str | Path] = (), text_column: str | None = None,
+                         image_column: str | None = None, label_column: str | None = None,
+                         batch_size: int = 64) -> dict[str, Any]:
+    """Membership-inference attacks on ``model`` (see :mod:`fdcli.privacy`): ``members`` are
+    examples it was trained on, ``nonmembers`` held-out examples from the same distribution.
+    Always the loss-threshold attack; with ``references`` (models trained on population data
+    that excludes both sets), the reference attack too."""
+    from ..privacy import loss_threshold_attack, reference_attack
+
+    kw = dict(text_column=text_column, image_column=image_column, label_column=label_column,
+              batch_size=batch_size)
+    m, n = example_losses(model, members, **kw), example_losses(model, nonmembers, **kw)
+    out: dict[str, Any] = {"model": str(model), "members": str(members),
+                           "nonmembers": str(nonmembers),
+                           "loss_threshold": loss_threshold_attack(m, n)}
+    if references:
+        ref_m = [example_losses(r, members, **kw) for r in references]
+        ref_n = [example_losses(r, nonmembers, **kw) for r in references]
+        out["reference"] = {**reference_attack(m, n, ref_m, ref_n),
+                            "references": [str(r) for r in references]}
     return out

@@ -133,6 +133,22 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                          **train)
         c_scores = evaluate(central, test)
         timing["centralized_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        log("membership inference: specialists, the student and centralized")
+        reference = root / "mia-reference"
+        train_specialist(parts / "proxy-labels", configs / f"{student}.json", reference,
+                         client_id="mia-reference", **train)
+        privacy = {"members": "each client's private training examples (all clients' for the "
+                              "student and centralized)", "nonmembers": "the global test split",
+                   "reference_model": "the student architecture trained on the labelled "
+                                      "proxy split, which holds neither"}
+        privacy["specialists"] = [
+            {"client_id": f"client-{i}", **_attacks(root / "specialists" / f"client-{i}",
+                                                    parts / f"client-{i}", test, reference)}
+            for i in range(num_clients)]
+        privacy["student"] = _attacks(root / "students" / rule, union, test, reference)
+        privacy["centralized"] = _attacks(central, union, test, reference)
+        timing["privacy_s"] = time.perf_counter() - t
         best = max(specialists, key=lambda s: s["accuracy"])
         results = {
             "fd_version": __version__, "config": config,
@@ -144,12 +160,22 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
             "centralized": {"architecture": student, "accuracy": c_scores["accuracy"],
                             "macro_f1": c_scores["macro_f1"]},
             "best_specialist_accuracy": best["accuracy"],
+            "privacy": privacy,
             "bytes": {"uploaded_per_client": uploads, "uploaded_total": sum(uploads),
                       "downloaded_per_client": 0},
             "timing": {k: round(v, 2) for k, v in timing.items()},
         }
         (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _attacks(model: Path, members: Path, nonmembers: Path, reference: Path) -> dict[str, Any]:
+    """Loss-threshold attack figures at the top level, the reference attack beside them."""
+    from .evaluate import membership_inference
+
+    found = membership_inference(model, members, nonmembers, references=[reference])
+    ref = {k: v for k, v in found["reference"].items() if k != "references"}
+    return {**found["loss_threshold"], "reference": ref}
 
 
 def _union(dirs: Sequence[Path], out: Path) -> Path:
