@@ -25,7 +25,7 @@ import torch
 
 from .bundle.manifest import fingerprint_labels
 from .data import TEXT_COLUMNS, DataError, _pick
-from .models import FD_META, ModelError, _read_config_file
+from .models import FD_META, ModelError, _read_config_file, _tokenizer
 
 DEFAULT_LM_MAX_LENGTH = 128
 
@@ -48,20 +48,12 @@ class LanguageModel:
         return len(self.tokenizer)
 
 
-def _load_tokenizer(candidates: Sequence[str | os.PathLike | None], where: str):
-    from transformers import AutoTokenizer
-
-    for candidate in candidates:
-        if candidate is not None and Path(candidate).is_dir() and any(
-                (Path(candidate) / f).exists() for f in ("tokenizer.json", "vocab.json",
-                                                          "tokenizer_config.json")):
-            try:
-                return AutoTokenizer.from_pretrained(str(candidate))
-            except Exception as exc:
-                raise ModelError(f"{candidate}: not a readable tokenizer folder ({exc})") \
-                    from None
-    raise ModelError(f"{where}: no tokenizer found; put one beside the model or pass "
-                     "--tokenizer DIR (a folder that AutoTokenizer.from_pretrained reads)")
+def _load_tokenizer(source: Path | None, tokenizer, where: str):
+    tok = _tokenizer(source, tokenizer, where)
+    if tok is None:
+        raise ModelError(f"{where}: no tokenizer found; put one beside the model or pass "
+                         "--tokenizer DIR (a folder that AutoTokenizer.from_pretrained reads)")
+    return tok
 
 
 def load_lm(source: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
@@ -74,7 +66,7 @@ def load_lm(source: str | os.PathLike, *, tokenizer: str | os.PathLike | None = 
         if not (path / "config.json").exists():
             raise ModelError(f"{path}: not a model directory; expected a config.json (a folder"
                              " that from_pretrained reads) or a config file")
-        tok = _load_tokenizer([tokenizer, path], str(path))
+        tok = _load_tokenizer(path, tokenizer, str(path))
         meta = json.loads((path / FD_META).read_text()) if (path / FD_META).exists() else {}
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path))
@@ -82,7 +74,7 @@ def load_lm(source: str | os.PathLike, *, tokenizer: str | os.PathLike | None = 
             raise ModelError(f"{path}: could not load a causal language model ({exc})") from None
     elif path.is_file():
         cfg = _read_config_file(path)
-        tok = _load_tokenizer([tokenizer], str(path))
+        tok = _load_tokenizer(None, tokenizer, str(path))
         meta = {}
         model_type = cfg.pop("model_type")
         cfg.setdefault("vocab_size", len(tok))

@@ -76,13 +76,20 @@ def _image_processor(source: Path | None, config) -> Any:
 
 
 def _tokenizer(source: Path | None, tokenizer: str | os.PathLike | None, where: str):
+    """The tokenizer in ``tokenizer`` (a folder), else beside the model in ``source``; None
+    when neither holds one."""
     from transformers import AutoTokenizer
 
     for candidate in (tokenizer, source):
         if candidate is not None and Path(candidate).is_dir() and any(
                 (Path(candidate) / f).exists() for f in ("tokenizer.json", "vocab.txt",
+                                                          "vocab.json",
                                                           "tokenizer_config.json")):
-            return AutoTokenizer.from_pretrained(str(candidate))
+            try:
+                return AutoTokenizer.from_pretrained(str(candidate))
+            except Exception as exc:
+                raise ModelError(f"{candidate}: not a readable tokenizer folder ({exc})") \
+                    from None
     return None
 
 

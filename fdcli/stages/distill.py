@@ -13,6 +13,21 @@ from ..models import fingerprint_model, load_classifier, save_classifier
 from ..outputs import atomic_dir, check_free
 
 
+def open_teacher(teacher: str | Path, out: str | Path, *, task: str, temperature: float,
+                 hard_weight: float, overwrite: bool, hint: str):
+    """Check the loss settings and the output folder, then open the teacher bundle, refusing
+    one of another ``task`` (``hint`` says what to use instead)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if not 0 <= hard_weight <= 1:
+        raise ValueError(f"hard_weight must be in [0, 1], got {hard_weight}")
+    check_free(Path(out), overwrite)
+    reader = read_bundle(teacher)
+    if reader.manifest.task != task:
+        raise IncompatibleBundlesError(f"{teacher}: task {reader.manifest.task!r}; {hint}")
+    return reader
+
+
 def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: str | Path, *,
             temperature: float = 2.0, hard_weight: float = 0.0, epochs: float = 3.0,
             learning_rate: float = 5e-5, batch_size: int = 16, seed: int = 0,
@@ -26,17 +41,11 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
     proxy labels, which the proxy must then have."""
     from ..training import TeacherRows, fit
 
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    if not 0 <= hard_weight <= 1:
-        raise ValueError(f"hard_weight must be in [0, 1], got {hard_weight}")
-    check_free(Path(out), overwrite)
-    reader = read_bundle(teacher)
+    reader = open_teacher(teacher, out, task="classification", temperature=temperature,
+                          hard_weight=hard_weight, overwrite=overwrite,
+                          hint="a classifier is distilled from a classification bundle (for a "
+                               "token bundle, distill a causal LM with --task causal-lm)")
     m = reader.manifest
-    if m.task != "classification":
-        raise IncompatibleBundlesError(f"{teacher}: task {m.task!r}; a classifier is distilled "
-                                       "from a classification bundle (for a token bundle, "
-                                       "distill a causal LM with --task causal-lm)")
     names = m.label_space.get("names")
     ds = load_local(proxy, split)
     spec = resolve(ds, str(proxy), text_column=text_column, image_column=image_column,

@@ -35,12 +35,15 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
             "examples": int(len(labels))}
 
 
-def _scored(model, data, text_column, image_column, label_column, split, batch_size):
-    """(classifier, logits, labels) of ``model`` on the labelled dataset ``data``."""
+def _scored(model, data, text_column, image_column, label_column, split, batch_size,
+            clf=None):
+    """(classifier, logits, labels) of ``model`` (or the already loaded ``clf``) on the
+    labelled dataset ``data``."""
     ds = load_local(data, split)
-    probe = resolve(ds, str(data), text_column=text_column, image_column=image_column,
-                    label_column=label_column)
-    clf = load_classifier(model, probe.kind, None)
+    if clf is None:
+        probe = resolve(ds, str(data), text_column=text_column, image_column=image_column,
+                        label_column=label_column)
+        clf = load_classifier(model, probe.kind, None)
     spec = resolve(ds, str(data), text_column=text_column, image_column=image_column,
                    label_column=label_column, label_names=clf.label_names)
     labels = torch.tensor(label_ids(ds, spec))
@@ -58,12 +61,17 @@ def evaluate(model: str | Path, data: str | Path, *, text_column: str | None = N
     return out
 
 
-def example_losses(model: str | Path, data: str | Path, **kwargs) -> np.ndarray:
-    """Cross-entropy of ``model`` on every example of the labelled dataset ``data``."""
-    _, logits, labels = _scored(model, data, kwargs.get("text_column"),
-                                kwargs.get("image_column"), kwargs.get("label_column"),
-                                kwargs.get("split"), kwargs.get("batch_size", 64))
-    return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none").numpy()
+def example_losses(model: str | Path, datasets: Sequence[str | Path], *,
+                   text_column: str | None = None, image_column: str | None = None,
+                   label_column: str | None = None, batch_size: int = 64) -> list[np.ndarray]:
+    """Cross-entropy of ``model`` (loaded once) on every example of each labelled dataset."""
+    out, clf = [], None
+    for data in datasets:
+        clf, logits, labels = _scored(model, data, text_column, image_column, label_column,
+                                      None, batch_size, clf)
+        out.append(torch.nn.functional.cross_entropy(logits.float(), labels,
+                                                     reduction="none").numpy())
+    return out
 
 
 def membership_inference(model: str | Path, members: str | Path, nonmembers: str | Path, *,
@@ -78,13 +86,13 @@ def membership_inference(model: str | Path, members: str | Path, nonmembers: str
 
     kw = dict(text_column=text_column, image_column=image_column, label_column=label_column,
               batch_size=batch_size)
-    m, n = example_losses(model, members, **kw), example_losses(model, nonmembers, **kw)
+    m, n = example_losses(model, [members, nonmembers], **kw)
     out: dict[str, Any] = {"model": str(model), "members": str(members),
                            "nonmembers": str(nonmembers),
                            "loss_threshold": loss_threshold_attack(m, n)}
     if references:
-        ref_m = [example_losses(r, members, **kw) for r in references]
-        ref_n = [example_losses(r, nonmembers, **kw) for r in references]
+        ref = [example_losses(r, [members, nonmembers], **kw) for r in references]
+        ref_m, ref_n = [r[0] for r in ref], [r[1] for r in ref]
         out["reference"] = {**reference_attack(m, n, ref_m, ref_n),
                             "references": [str(r) for r in references]}
     return out

@@ -25,6 +25,7 @@ from ..losses import dense_kd_loss, sparse_kd_loss
 from ..models import fingerprint_model
 from ..outputs import atomic_dir, check_free
 from ..progress import progress_bar
+from .distill import open_teacher
 
 TOKEN_ENCODINGS = ("topk", "sample", "dense")
 
@@ -190,16 +191,11 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
     teacher stays in the bundle's compact tensors; rows are decoded a batch at a time."""
     from ..training import TeacherRows, fit_lm
 
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    if not 0 <= hard_weight <= 1:
-        raise ValueError(f"hard_weight must be in [0, 1], got {hard_weight}")
-    check_free(Path(out), overwrite)
-    reader = read_bundle(teacher)
+    reader = open_teacher(teacher, out, task="token", temperature=temperature,
+                          hard_weight=hard_weight, overwrite=overwrite,
+                          hint="a causal-LM student needs a token bundle (fd emit-logits "
+                               "--task causal-lm)")
     m = reader.manifest
-    if m.task != "token":
-        raise IncompatibleBundlesError(f"{teacher}: task {m.task!r}; a causal-LM student needs "
-                                       "a token bundle (fd emit-logits --task causal-lm)")
     lm = load_lm(student, tokenizer=tokenizer, seed=seed)
     _check_vocab(lm, m, student, teacher)
     tb = _teacher_blocks(proxy, teacher, m, lm, student, split, text_column, max_length,
