@@ -87,28 +87,44 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
         config.update(k=k, value_dtype=value_dtype)
         return _aggregate_tokens(readers, out, rule, params, TopKCodec(k, value_dtype),
                                  config, common, progress)
-    with progress_bar(len(readers), "reading bundles", progress) as advance:
-        blocks = []
-        for r in readers:
-            blocks.append(r.read_all())
-            advance(1)
-    ids = torch.unique(torch.cat([b.example_ids for b in blocks]))
-    position = {int(e): i for i, e in enumerate(ids)}
-    num_classes = first.num_classes
-    probs = torch.zeros(len(blocks), len(ids), num_classes, dtype=torch.float64)
-    present = torch.zeros(len(blocks), len(ids), dtype=torch.bool)
-    for k, block in enumerate(blocks):
-        rows = torch.tensor([position[int(e)] for e in block.example_ids])
-        probs[k, rows] = block.dense().double().exp()
-        present[k, rows] = True
-    combined = RULES[rule](probs, present, **params)
-    logits = combined.clamp_min(1e-30).log().float()
-    with BundleWriter(out, codec=DenseCodec(), task="classification", num_classes=num_classes,
-                      label_names=first.label_space.get("names"),
+    return _aggregate_classes(readers, out, rule, params, config, common, progress)
+
+
+def _aggregate_classes(readers, out, rule, params, config, common,
+                       progress) -> BundleManifest:
+    """Stream classification bundles in step, one shard per bundle decoded at a time, and
+    combine up to 4,096 examples at a time into a dense bundle: memory is bounded by the
+    shards and the chunk, not by the number of clients times the proxy size."""
+    first = readers[0].manifest
+    streams = [_Examples(r, decode=True) for r in readers]
+    with BundleWriter(out, codec=DenseCodec(), task="classification",
+                      num_classes=first.num_classes, label_names=first.label_space.get("names"),
                       label_fingerprint=first.label_fingerprint, config=config,
-                      **common) as writer:
-        for start in range(0, len(ids), 4096):
-            writer.add(ids[start:start + 4096], logits[start:start + 4096])
+                      **common) as writer, \
+            progress_bar(first.examples, "aggregating examples", progress) as advance:
+        pending: list[tuple[int, int, list]] = []
+
+        def flush() -> None:
+            probs = torch.zeros(len(readers), len(pending), first.num_classes,
+                                dtype=torch.float64)
+            present = torch.zeros(len(readers), len(pending), dtype=torch.bool)
+            for i, (_, _, parts) in enumerate(pending):
+                for k, part in enumerate(parts):
+                    if part is not None:
+                        probs[k, i] = part["logp"][0].double().exp()
+                        present[k, i] = True
+            combined = RULES[rule](probs, present, **params)
+            writer.add(torch.tensor([e for e, _, _ in pending]),
+                       combined.clamp_min(1e-30).log().float())
+            advance(len(pending))
+            pending.clear()
+
+        for item in _in_step(streams):
+            pending.append(item)
+            if len(pending) >= 4096:
+                flush()
+        if pending:
+            flush()
     return writer.manifest
 
 
@@ -132,9 +148,9 @@ def _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim):
 class _Examples:
     """One bundle's examples in file order, one at a time, checking that ids increase."""
 
-    def __init__(self, reader):
-        self.reader, self.blocks = reader, reader.iter_blocks()
-        self.block, self.i, self.last = None, 0, -1
+    def __init__(self, reader, decode: bool = False):
+        self.reader, self.blocks, self.decode = reader, reader.iter_blocks(), decode
+        self.block, self.i, self.last, self.logp = None, 0, -1, None
         self._advance()
 
     def _advance(self) -> None:
@@ -142,6 +158,8 @@ class _Examples:
             self.block, self.i = next(self.blocks, None), 0
             if self.block is None:
                 return
+            if self.decode:  # whole shard at once (low-rank factors are per shard)
+                self.logp = self.block.dense()
 
     @property
     def current(self) -> int | None:
@@ -153,13 +171,39 @@ class _Examples:
         if e <= self.last:
             raise IncompatibleBundlesError(
                 f"{self.reader.path}: example ids do not increase through the bundle ({e} after "
-                f"{self.last}); token bundles are aggregated in one streaming pass, so re-emit "
-                "it with fd emit-logits")
+                f"{self.last}); bundles are aggregated in one streaming pass, so re-emit it "
+                "with fd emit-logits")
         self.last = e
         a, z = int(b.row_offsets[i]), int(b.row_offsets[i + 1])
+        part = {"logp": self.logp[a:z]} if self.decode else \
+            {k: v[a:z] for k, v in b.tensors.items()}
         self.i += 1
         self._advance()
-        return z - a, {k: v[a:z] for k, v in b.tensors.items()}
+        return z - a, part
+
+
+def _in_step(streams: Sequence[_Examples]):
+    """The bundles' examples in increasing id order: ``(id, rows, parts)`` where
+    ``parts[k]`` is bundle k's rows of that example, or None where it lacks it."""
+    while True:
+        current = [s.current for s in streams]
+        live = [c for c in current if c is not None]
+        if not live:
+            return
+        e = min(live)
+        parts, n_rows, source = [], None, None
+        for s, c in zip(streams, current):
+            if c != e:
+                parts.append(None)
+                continue
+            n, part = s.pop()
+            if n_rows is not None and n != n_rows:
+                raise IncompatibleBundlesError(
+                    f"{s.reader.path}: example {e} has {n} token rows, but {source} has "
+                    f"{n_rows}; the bundles tokenized the proxy differently")
+            n_rows, source = n, s.reader.path
+            parts.append(part)
+        yield e, n_rows, parts
 
 
 def _aggregate_tokens(readers, out, rule, params, codec, config, common,
@@ -200,24 +244,7 @@ def _aggregate_tokens(readers, out, rule, params, codec, config, common,
             pending.clear()
 
         rows = 0
-        while True:
-            current = [s.current for s in streams]
-            live = [c for c in current if c is not None]
-            if not live:
-                break
-            e = min(live)
-            parts, n_rows, source = [], None, None
-            for s, c in zip(streams, current):
-                if c != e:
-                    parts.append(None)
-                    continue
-                n, part = s.pop()
-                if n_rows is not None and n != n_rows:
-                    raise IncompatibleBundlesError(
-                        f"{s.reader.path}: example {e} has {n} token rows, but {source} has "
-                        f"{n_rows}; the bundles tokenized the proxy differently")
-                n_rows, source = n, s.reader.path
-                parts.append(part)
+        for e, n_rows, parts in _in_step(streams):
             pending.append((e, n_rows, parts))
             rows += n_rows
             if rows >= 4096:
