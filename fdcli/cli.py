@@ -513,12 +513,29 @@ def simulate(
         help="causal-lm: characters of source per institution.")] = 300_000,
     proxy_chars: Annotated[int, typer.Option(
         help="causal-lm: characters of source in the proxy set.")] = 600_000,
+    baselines: Annotated[str, typer.Option(
+        help="Baselines to run, comma-separated: fedavg (Flower FedAvg, fp32 and 8-bit), "
+             "standalone (each specialist alone; a student from one teacher), centralized "
+             "('' for none).")] = "fedavg,standalone,centralized",
+    fedavg_rounds: Annotated[int, typer.Option(help="FedAvg rounds.")] = 20,
+    fedavg_local_epochs: Annotated[float, typer.Option(
+        help="FedAvg local epochs per round.")] = 3.0,
+    fedavg_fraction: Annotated[float, typer.Option(
+        help="Share of the clients FedAvg samples each round.")] = 1.0,
+    target_fraction: Annotated[float, typer.Option(
+        help="bytes_to_target's target, as a share of the centralized accuracy.")] = 0.95,
+    privacy: Annotated[bool, typer.Option(
+        help="Run the membership-inference attacks.")] = True,
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Run a whole federation on this machine and compare the student with each specialist
-    and with centralized training. Writes OUT/results.json and every artifact on the way.
+    and with the baselines: Flower FedAvg (fp32 and 8-bit), standalone training and
+    centralized training. Writes OUT/results.json, OUT/report.md, OUT/accuracy_vs_bytes.png
+    and every artifact on the way.
 
-    With no arguments it uses scikit-learn's digits and tiny random-init ViTs and ResNets.
+    With no arguments it uses scikit-learn's digits and tiny random-init ViTs and ResNets;
+    a text dataset (--data) gets tiny BERTs and DistilBERTs and a word tokenizer trained on
+    the proxy texts.
     With [bold]--task causal-lm[/bold], institutions hold the source of different Python
     standard-library packages and train small GPT-2 and Llama models. Neither needs a download.
 
@@ -552,8 +569,12 @@ def simulate(
             if "hard_weight" in given:
                 raise ValueError("--hard-weight applies to --task causal-lm here")
             results = run(out_dir, data=data, alpha=alpha, proxy_fraction=proxy_fraction,
-                          rule=rule, compare_rules=rules, seed=seed, overwrite=overwrite,
-                          progress=False, log=log, **given)
+                          rule=rule, compare_rules=rules,
+                          baselines=[b for b in baselines.split(",") if b],
+                          fedavg_rounds=fedavg_rounds, fedavg_local_epochs=fedavg_local_epochs,
+                          fedavg_fraction=fedavg_fraction, target_fraction=target_fraction,
+                          privacy=privacy, seed=seed, overwrite=overwrite, progress=False,
+                          log=log, **given)
     if json_out:
         out.print_json(json.dumps(results))
         return
@@ -570,10 +591,18 @@ def simulate(
     for name, s in results["students_by_rule"].items():
         table.add_row(f"student ({name})", s["architecture"], f"{s['accuracy']:.3f}",
                       f"{s['macro_f1']:.3f}", "")
-    c = results["centralized"]
-    table.add_row("centralized", c["architecture"], f"{c['accuracy']:.3f}",
-                  f"{c['macro_f1']:.3f}", "")
+    for name, b in results["baselines"].items():
+        sent = results["bytes"].get(name, {}).get("uploaded_total")
+        table.add_row(name, results["student"]["architecture"], f"{b['accuracy']:.3f}",
+                      f"{b['macro_f1']:.3f}", _human(sent) if sent else "")
     out.print(table)
+    hits = results["bytes_to_target"]
+    if hits:
+        reached = {k: _human(v["bytes"]) if v["reached"] else "not reached"
+                   for k, v in hits.items()}
+        out.print(f"bytes to {results['target_accuracy']:.3f} accuracy: " +
+                  ", ".join(f"{k} {v}" for k, v in reached.items()))
+    out.print(f"report: {out_dir}/report.md")
 
 
 def _lm_table(results: dict, out_dir: Path) -> None:

@@ -63,7 +63,7 @@ def unpack(record) -> dict[str, torch.Tensor]:
             continue
         q = arrays.get(name + QPARAMS)
         if q is not None:
-            state[name] = torch.from_numpy(value.astype(np.float32) * q[1] + q[0])
+            state[name] = torch.from_numpy(np.asarray(value.astype(np.float32) * q[1] + q[0]))
         else:
             state[name] = torch.from_numpy(np.array(value))
     return state
@@ -237,7 +237,6 @@ def run_fedavg(initial: dict[str, torch.Tensor], train_fn: TrainFn, *, num_clien
     if num_rounds < 1 or num_clients < 1 or not 0 < fraction <= 1:
         raise ValueError("num_rounds and num_clients must be >= 1 and fraction in (0, 1]")
     grid = LocalGrid(client_app(train_fn, bits), num_clients)
-    strategy = _strategy(bits, fraction, num_clients)
     rounds: list[dict[str, Any]] = []
 
     def on_round(server_round: int, arrays):
@@ -249,8 +248,9 @@ def run_fedavg(initial: dict[str, torch.Tensor], train_fn: TrainFn, *, num_clien
 
     random.seed(seed)  # Flower samples the round's nodes with the random module
     level = FLOWER_LOGGER.level
-    FLOWER_LOGGER.setLevel(logging.WARNING)
+    FLOWER_LOGGER.setLevel(logging.ERROR)
     try:
+        strategy = _strategy(bits, fraction, num_clients)
         with _server_identity(grid.run.run_id):
             result = strategy.start(grid, pack(initial, 32), num_rounds=num_rounds,
                                     train_config=ConfigRecord(config or {}),

@@ -1,16 +1,20 @@
-"""fd simulate: a whole federation on one machine, with real artifacts on disk.
+"""fd simulate: a whole federation on one machine, with real artifacts on disk, against the
+baselines it has to beat.
 
 It partitions a labelled dataset (scikit-learn's bundled digits by default, so no download),
-trains one specialist per client (mixed architectures: tiny ViTs and tiny ResNets), emits
-their bundles on the proxy split, aggregates them, distills a student, trains the student's
-architecture on the union of the client data as the centralized reference, and evaluates
-everything on the global test split that no client saw.
+trains one specialist per client, one after another (mixed architectures: tiny ViTs and tiny
+ResNets for images, tiny BERTs and DistilBERTs for text), emits their bundles on the proxy
+split, aggregates them, distills a student, and runs the baselines with the student's
+architecture on the same partition: FedAvg through Flower (fp32 and 8-bit), each specialist
+alone and a student distilled from a single teacher, and centralized training on the union
+of the client data. Everything is scored on the global test split that no client saw;
+membership-inference attacks, the bytes each method sends, and the wall time and peak memory
+of each stage go into ``results.json``, ``report.md`` and ``accuracy_vs_bytes.png``.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +31,17 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
                "embedding_size": 16, "hidden_sizes": [32, 64], "depths": [1, 1],
                "layer_type": "basic", "downsample_in_first_stage": False},
 }
+#: tiny random-init text classifiers; ``vocab_size`` is set from the word tokenizer that the
+#: simulation trains on the (public) proxy texts.
+TEXT_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "bert": {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 2, "intermediate_size": 128,
+             "max_position_embeddings": 128},
+    "distilbert": {"model_type": "distilbert", "dim": 64, "n_layers": 2, "n_heads": 2,
+                   "hidden_dim": 128, "max_position_embeddings": 128},
+}
+DEFAULTS = {"image": (("vit", "resnet"), "resnet"), "text": (("bert", "distilbert"), "bert")}
+BASELINES = ("fedavg", "standalone", "centralized")
 
 
 def digits_dataset():
@@ -47,19 +62,30 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _scores(evaluated: dict[str, Any], **extra) -> dict[str, Any]:
+    return {"accuracy": evaluated["accuracy"], "macro_f1": evaluated["macro_f1"], **extra}
+
+
 def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: int = 5,
              alpha: float = 1.0, proxy_fraction: float = 0.2, rule: str = "confidence",
              compare_rules: Sequence[str] = ("mean",),
-             architectures: Sequence[str] = ("vit", "resnet"), student: str = "resnet",
+             architectures: Sequence[str] | None = None, student: str | None = None,
              epochs: float = 60.0, distill_epochs: float = 100.0, learning_rate: float = 2e-3,
-             batch_size: int = 32, temperature: float = 2.0, seed: int = 0,
+             batch_size: int = 32, temperature: float = 2.0,
+             baselines: Sequence[str] = BASELINES, fedavg_rounds: int = 20,
+             fedavg_local_epochs: float = 3.0, fedavg_fraction: float = 1.0,
+             target_fraction: float = 0.95, privacy: bool = True, seed: int = 0,
              overwrite: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
-    """Run the federation and write ``out/results.json``; returns the results.
+    """Run the federation and its baselines; write ``out/results.json``, ``out/report.md``
+    and ``out/accuracy_vs_bytes.png``; return the results.
 
     The defaults suit tiny models trained from scratch (60 epochs, 100 for distillation, at a
-    learning rate of 2e-3);
-    the stage defaults (3 epochs, 5e-5) suit fine-tuning pretrained models.
+    learning rate of 2e-3; FedAvg: 20 rounds of 3 local epochs, the same 60 epochs per
+    client); the stage defaults (3 epochs, 5e-5) suit fine-tuning pretrained models.
+    ``target_fraction`` of the centralized accuracy is the target of ``bytes_to_target``.
     """
+    from ..meter import StageMeter
+    from ..report import bytes_to_target, markdown, one_shot_curve, plot
     from ..stages.aggregate import aggregate
     from ..stages.distill import distill
     from ..stages.emit import emit_logits
@@ -67,106 +93,298 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     from ..stages.partition import partition
     from ..stages.train_specialist import train_specialist
 
-    unknown = [a for a in [*architectures, student] if a not in ARCHITECTURES]
+    unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
-        raise ValueError(f"unknown architecture(s) {unknown}; expected {sorted(ARCHITECTURES)}")
-    config = {"data": str(data) if data else "sklearn digits", "num_clients": num_clients,
-              "alpha": alpha, "proxy_fraction": proxy_fraction, "rule": rule, "compare_rules": list(compare_rules),
-              "architectures": list(architectures), "student": student, "epochs": epochs,
-              "distill_epochs": distill_epochs, "learning_rate": learning_rate,
-              "batch_size": batch_size, "temperature": temperature, "seed": seed}
-    timing: dict[str, float] = {}
-    train = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
-                 progress=progress)
+        raise ValueError(f"unknown baseline(s) {unknown}; expected some of {list(BASELINES)}")
+    if not 0 < target_fraction <= 1:
+        raise ValueError(f"target_fraction must be in (0, 1], got {target_fraction}")
+    meter = StageMeter()
     with fresh_dir(out, overwrite) as root:
-        t = time.perf_counter()
-        parts = root / "partition"
-        report = partition(data or "sklearn-digits", parts, num_clients=num_clients,
-                           alpha=alpha, proxy_fraction=proxy_fraction, seed=seed,
-                           dataset=None if data else digits_dataset())
-        timing["partition_s"] = time.perf_counter() - t
-        configs = root / "configs"
-        configs.mkdir()
-        for name, cfg in ARCHITECTURES.items():
-            (configs / f"{name}.json").write_text(json.dumps(cfg, indent=2))
+        with meter.stage("partition"):
+            parts = root / "partition"
+            report = partition(data or "sklearn-digits", parts, num_clients=num_clients,
+                               alpha=alpha, proxy_fraction=proxy_fraction, seed=seed,
+                               dataset=None if data else digits_dataset())
+            kind = report["kind"]
+            catalogue = ARCHITECTURES if kind == "image" else TEXT_ARCHITECTURES
+            architectures = list(architectures or DEFAULTS[kind][0])
+            student = student or DEFAULTS[kind][1]
+            wrong = [a for a in [*architectures, student] if a not in catalogue]
+            if wrong:
+                raise ValueError(f"unknown {kind} architecture(s) {wrong}; expected some of "
+                                 f"{sorted(catalogue)}")
+            configs, tokenizer = _write_configs(root, parts, kind, catalogue)
+        config = {"data": str(data) if data else "sklearn digits", "kind": kind,
+                  "num_clients": num_clients, "alpha": alpha, "proxy_fraction": proxy_fraction,
+                  "rule": rule, "compare_rules": list(compare_rules),
+                  "architectures": architectures, "student": student, "epochs": epochs,
+                  "distill_epochs": distill_epochs, "learning_rate": learning_rate,
+                  "batch_size": batch_size, "temperature": temperature,
+                  "baselines": list(baselines), "fedavg_rounds": fedavg_rounds,
+                  "fedavg_local_epochs": fedavg_local_epochs,
+                  "fedavg_fraction": fedavg_fraction, "target_fraction": target_fraction,
+                  "seed": seed}
+        train = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                     seed=seed, progress=progress, tokenizer=tokenizer)
+        shaping = dict(temperature=temperature, epochs=distill_epochs,
+                       learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+                       progress=progress, tokenizer=tokenizer)
         test = parts / "test"
+        sizes = report["sizes"]["clients"]
         specialists, uploads = [], []
-        t = time.perf_counter()
-        for i in range(num_clients):
-            arch = architectures[i % len(architectures)]
-            model_dir = root / "specialists" / f"client-{i}"
-            log(f"client {i}: training a {arch} on {report['sizes']['clients'][i]} examples")
-            train_specialist(parts / f"client-{i}", configs / f"{arch}.json", model_dir,
-                             client_id=f"client-{i}", **train)
-            bundle = root / "bundles" / f"client-{i}"
-            emit_logits(model_dir, parts / "proxy", bundle, client_id=f"client-{i}", seed=seed,
-                        progress=progress)
-            uploads.append(_dir_bytes(bundle))
-            scores = evaluate(model_dir, test)
-            specialists.append({"client_id": f"client-{i}", "architecture": arch,
-                                "train_examples": report["sizes"]["clients"][i],
-                                "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
-                                "uploaded_bytes": uploads[-1]})
-        timing["specialists_s"] = time.perf_counter() - t
+        with meter.stage("specialists"):
+            for i in range(num_clients):
+                arch = architectures[i % len(architectures)]
+                model_dir = root / "specialists" / f"client-{i}"
+                log(f"client {i}: training a {arch} on {sizes[i]} examples")
+                train_specialist(parts / f"client-{i}", configs / f"{arch}.json", model_dir,
+                                 client_id=f"client-{i}", labels=report["label_names"], **train)
+                bundle = root / "bundles" / f"client-{i}"
+                emit_logits(model_dir, parts / "proxy", bundle, client_id=f"client-{i}",
+                            seed=seed, progress=progress)
+                uploads.append(_dir_bytes(bundle))
+                specialists.append({"client_id": f"client-{i}", "architecture": arch,
+                                    "train_examples": sizes[i],
+                                    **_scores(evaluate(model_dir, test)),
+                                    "uploaded_bytes": uploads[-1]})
         bundles = [root / "bundles" / f"client-{i}" for i in range(num_clients)]
         students: dict[str, dict[str, Any]] = {}
-        t = time.perf_counter()
         for r in [rule, *[c for c in compare_rules if c != rule]]:
-            log(f"aggregating with rule {r!r} and distilling a {student}")
-            teacher = root / "teachers" / r
-            aggregate(bundles, teacher, rule=r, seed=seed, progress=progress)
-            student_dir = root / "students" / r
-            distill(configs / f"{student}.json", parts / "proxy", teacher, student_dir,
-                    temperature=temperature, epochs=distill_epochs,
-                    learning_rate=learning_rate, batch_size=batch_size, seed=seed,
-                    progress=progress)
-            scores = evaluate(student_dir, test)
-            students[r] = {"architecture": student, "accuracy": scores["accuracy"],
-                           "macro_f1": scores["macro_f1"], "nll": scores["nll"],
-                           "ece": scores["ece"]}
-        timing["aggregate_distill_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        log(f"centralized reference: a {student} on the union of the client data")
-        union = _union([parts / f"client-{i}" for i in range(num_clients)], root / "union")
-        central = root / "centralized"
-        train_specialist(union, configs / f"{student}.json", central, client_id="centralized",
-                         **train)
-        c_scores = evaluate(central, test)
-        timing["centralized_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        log("membership inference: specialists, the student and centralized")
-        reference = root / "mia-reference"
-        train_specialist(parts / "proxy-labels", configs / f"{student}.json", reference,
-                         client_id="mia-reference", **train)
-        privacy = {"members": "each client's private training examples (all clients' for the "
-                              "student and centralized)", "nonmembers": "the global test split",
-                   "reference_model": "the student architecture trained on the labelled "
-                                      "proxy split, which holds neither"}
-        privacy["specialists"] = [
-            {"client_id": f"client-{i}", **_attacks(root / "specialists" / f"client-{i}",
-                                                    parts / f"client-{i}", test, reference)}
-            for i in range(num_clients)]
-        privacy["student"] = _attacks(root / "students" / rule, union, test, reference)
-        privacy["centralized"] = _attacks(central, union, test, reference)
-        timing["privacy_s"] = time.perf_counter() - t
+            with meter.stage(f"aggregate_{r}"):
+                log(f"aggregating {num_clients} bundles with rule {r!r}")
+                aggregate(bundles, root / "teachers" / r, rule=r, seed=seed, progress=progress)
+            with meter.stage(f"distill_{r}"):
+                log(f"distilling a {student} from the {r!r} teacher")
+                student_dir = root / "students" / r
+                distill(configs / f"{student}.json", parts / "proxy", root / "teachers" / r,
+                        student_dir, **shaping)
+                scores = evaluate(student_dir, test)
+                students[r] = _scores(scores, architecture=student, nll=scores["nll"],
+                                      ece=scores["ece"], teacher_proxy_accuracy=_accuracy_on(
+                                          root / "teachers" / r, parts / "proxy-labels"))
+        uploaded = sum(uploads)
+        curves = {"fd": one_shot_curve(uploaded, 0, students[rule])}
+        results_baselines: dict[str, dict[str, Any]] = {}
+        members_union = None
+        if "standalone" in baselines:
+            with meter.stage("standalone_student"):
+                single = max(range(num_clients), key=lambda i: sizes[i])
+                log(f"standalone: a {student} distilled from client {single}'s bundle alone")
+                one = root / "standalone-student"
+                distill(configs / f"{student}.json", parts / "proxy", bundles[single], one,
+                        **shaping)
+                results_baselines["standalone"] = {
+                    "accuracy": sum(s["accuracy"] for s in specialists) / num_clients,
+                    "macro_f1": sum(s["macro_f1"] for s in specialists) / num_clients,
+                    "best_accuracy": max(s["accuracy"] for s in specialists),
+                    "what": "each specialist alone on the test split (mean over clients)"}
+                results_baselines["standalone_student"] = _scores(
+                    evaluate(one, test), teacher=f"client-{single}",
+                    what="the student distilled from the largest client's bundle alone")
+                curves["fd_single_teacher"] = one_shot_curve(
+                    uploads[single], 0, results_baselines["standalone_student"])
+        if "centralized" in baselines or privacy:
+            members_union = _union([parts / f"client-{i}" for i in range(num_clients)],
+                                   root / "union")
+        if "centralized" in baselines:
+            with meter.stage("centralized"):
+                log(f"centralized reference: a {student} on the union of the client data")
+                train_specialist(members_union, configs / f"{student}.json",
+                                 root / "centralized", client_id="centralized",
+                                 labels=report["label_names"], **train)
+                results_baselines["centralized"] = _scores(evaluate(root / "centralized",
+                                                                    test))
+        fedavg_runs = {}
+        if "fedavg" in baselines:
+            for bits, name in ((32, "fedavg"), (8, "fedavg_8bit")):
+                with meter.stage(name):
+                    log(f"{name}: {fedavg_rounds} Flower rounds of {fedavg_local_epochs:g} "
+                        f"local epochs, {bits}-bit arrays")
+                    fedavg_runs[name] = _fedavg(
+                        root / name, parts, configs / f"{student}.json", report, bits=bits,
+                        rounds=fedavg_rounds, local_epochs=fedavg_local_epochs,
+                        fraction=fedavg_fraction, learning_rate=learning_rate,
+                        batch_size=batch_size, seed=seed, tokenizer=tokenizer)
+                    results_baselines[name] = fedavg_runs[name]["final"]
+                    curves[name] = fedavg_runs[name]["curve"]
+        privacy_report: dict[str, Any] = {}
+        if privacy:
+            with meter.stage("privacy"):
+                log("membership inference: specialists, student and baselines")
+                privacy_report = _privacy(root, parts, test, members_union, configs / f"{student}.json",
+                                          num_clients, rule, train,
+                                          [n for n in ("fedavg", "fedavg_8bit", "centralized")
+                                           if (root / n).is_dir()])
+        central = results_baselines.get("centralized")
+        target = target_fraction * central["accuracy"] if central else None
+        hits = {name: bytes_to_target(c, target) for name, c in curves.items()} \
+            if target is not None else {}
         best = max(specialists, key=lambda s: s["accuracy"])
         results = {
             "fd_version": __version__, "config": config,
             "partition": {"sizes": report["sizes"],
                           "client_label_histograms": report["client_label_histograms"]},
             "specialists": specialists,
-            "student": students[rule],
+            "student": {"architecture": student, **students[rule]},
             "students_by_rule": students,
-            "centralized": {"architecture": student, "accuracy": c_scores["accuracy"],
-                            "macro_f1": c_scores["macro_f1"]},
             "best_specialist_accuracy": best["accuracy"],
-            "privacy": privacy,
-            "bytes": {"uploaded_per_client": uploads, "uploaded_total": sum(uploads),
-                      "downloaded_per_client": 0},
-            "timing": {k: round(v, 2) for k, v in timing.items()},
+            "baselines": results_baselines,
+            "target_accuracy": target,
+            "curves": curves,
+            "bytes": {"fd": {"uploaded_per_client": uploads, "uploaded_total": uploaded,
+                             "downloaded_total": 0},
+                      **{name: {"per_round": run["traffic"],
+                                "uploaded_total": run["curve"][-1]["uploaded_bytes"],
+                                "total": run["curve"][-1]["total_bytes"]}
+                         for name, run in fedavg_runs.items()}},
+            "bytes_to_target": hits,
+            "bytes_ratio_to_fd": _ratios(hits),
+            "privacy": privacy_report,
         }
+        if central:
+            results["centralized"] = {"architecture": student, **central}
+        with meter.stage("report"):
+            results["timing"] = meter.summary()
+            if target is not None:
+                plot(results, root / "accuracy_vs_bytes.png")
+            (root / "report.md").write_text(markdown(results))
+        results["timing"] = meter.summary()
         (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _accuracy_on(bundle: Path, labelled: Path) -> float:
+    """How often a bundle's most likely label is the true one, on the examples it covers: the
+    teacher's accuracy on the proxy (which the simulation, unlike a coordinator, can label)."""
+    import datasets
+
+    from ..bundle import read_bundle
+
+    labels = datasets.load_from_disk(str(labelled))["label"]
+    hits = total = 0
+    for block in read_bundle(bundle).iter_blocks():
+        pred = block.dense().argmax(-1).tolist()
+        hits += sum(int(p == labels[int(e)]) for p, e in zip(pred, block.example_ids))
+        total += len(pred)
+    return hits / total
+
+
+def _ratios(hits: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Each method's bytes-to-target over fd's, where both reached the target."""
+    fd = hits.get("fd", {}).get("bytes")
+    if not fd:
+        return {}
+    return {name: h["bytes"] / fd for name, h in hits.items()
+            if name != "fd" and h["bytes"] is not None}
+
+
+def _write_configs(root: Path, parts: Path, kind: str, catalogue: dict[str, dict[str, Any]]):
+    """Config files for the architectures (and, for text, a word tokenizer trained on the
+    public proxy texts, whose size becomes each config's ``vocab_size``)."""
+    import datasets
+
+    from ..models import train_word_tokenizer
+
+    configs = root / "configs"
+    configs.mkdir()
+    tokenizer, extra = None, {}
+    if kind == "text":
+        proxy = datasets.load_from_disk(str(parts / "proxy"))
+        tokenizer = train_word_tokenizer(proxy["text"], root / "tokenizer")
+        from transformers import AutoTokenizer
+
+        extra = {"vocab_size": len(AutoTokenizer.from_pretrained(str(tokenizer)))}
+    for name, cfg in catalogue.items():
+        (configs / f"{name}.json").write_text(json.dumps({**cfg, **extra}, indent=2))
+    return configs, tokenizer
+
+
+def _fedavg(out: Path, parts: Path, model_config: Path, report: dict[str, Any], *, bits: int,
+            rounds: int, local_epochs: float, fraction: float, learning_rate: float,
+            batch_size: int, seed: int, tokenizer) -> dict[str, Any]:
+    """Flower FedAvg of the student architecture over the clients' partitions; the global
+    model is scored on the test split after every round and saved to ``out``."""
+    import datasets
+    import torch
+
+    from ..data import label_ids, resolve
+    from ..fedavg import bytes_per_round, run_fedavg
+    from ..models import load_classifier, predict_logits, save_classifier
+    from ..report import rounds_curve
+    from ..training import fit
+    from .evaluate import classification_metrics
+
+    kind, names = report["kind"], report["label_names"]
+
+    def model():
+        return load_classifier(model_config, kind, names, tokenizer=tokenizer, seed=seed)
+
+    def examples(path: Path):
+        ds = datasets.load_from_disk(str(path))
+        spec = resolve(ds, str(path), label_names=names)
+        return list(ds[spec.input_column]), label_ids(ds, spec)
+
+    def train_fn(partition: int, state, config):
+        clf = model()
+        clf.model.load_state_dict(state)
+        values, labels = examples(parts / f"client-{partition}")
+        metrics = fit(clf, values, labels, epochs=local_epochs, learning_rate=learning_rate,
+                      batch_size=batch_size, seed=seed + int(config.get("server-round", 0)),
+                      progress=False)
+        return clf.model.state_dict(), len(values), {"train_loss": metrics.get("train_loss",
+                                                                               0.0)}
+
+    server = model()
+    test_values, test_labels = examples(parts / "test")
+
+    def evaluate_fn(server_round: int, state):
+        server.model.load_state_dict(state)
+        logits = predict_logits(server, test_values)
+        return classification_metrics(logits, torch.tensor(test_labels), len(names))
+
+    run = run_fedavg({k: v.clone() for k, v in server.model.state_dict().items()}, train_fn,
+                     num_clients=len(report["sizes"]["clients"]), num_rounds=rounds,
+                     bits=bits, fraction=fraction, seed=seed, evaluate_fn=evaluate_fn)
+    server.model.load_state_dict(run.state)
+    out.mkdir()
+    save_classifier(server, out, {"fd_version": __version__, "stage": "fedavg",
+                                  "task": "classification", "kind": kind, "label_names": names,
+                                  "architecture": server.architecture,
+                                  "config": {"bits": bits, "rounds": rounds,
+                                             "local_epochs": local_epochs,
+                                             "fraction": fraction}})
+    curve = rounds_curve(run.rounds, bytes_per_round(run.traffic))
+    final = run.rounds[-1]
+    return {"final": {"accuracy": final["accuracy"], "macro_f1": final["macro_f1"],
+                      "rounds": rounds, "bits": bits},
+            "curve": curve, "traffic": bytes_per_round(run.traffic)}
+
+
+def _privacy(root: Path, parts: Path, test: Path, union: Path, student_config: Path,
+             num_clients: int, rule: str, train: dict[str, Any],
+             baselines: Sequence[str]) -> dict[str, Any]:
+    """Loss-threshold and reference attacks on every specialist, the student and the
+    baselines that trained on client data."""
+    from .train_specialist import train_specialist
+
+    reference = root / "mia-reference"
+    train_specialist(parts / "proxy-labels", student_config, reference,
+                     client_id="mia-reference", **train)
+    out: dict[str, Any] = {
+        "members": "each client's private training examples (all clients' for the student "
+                   "and the baselines)", "nonmembers": "the global test split",
+        "reference_model": "the student architecture trained on the labelled proxy split, "
+                           "which holds neither"}
+    out["specialists"] = [
+        {"client_id": f"client-{i}", **_attacks(root / "specialists" / f"client-{i}",
+                                                parts / f"client-{i}", test, reference)}
+        for i in range(num_clients)]
+    aucs = [s["auc"] for s in out["specialists"]]
+    out["specialists_mean_auc"] = sum(aucs) / len(aucs)
+    out["student"] = _attacks(root / "students" / rule, union, test, reference)
+    for name in baselines:
+        out[name] = _attacks(root / name, union, test, reference)
+    return out
 
 
 def _attacks(model: Path, members: Path, nonmembers: Path, reference: Path) -> dict[str, Any]:

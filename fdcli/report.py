@@ -1,0 +1,146 @@
+"""Communication curves, bytes-to-target and the simulation report (report.md and the
+accuracy-vs-bytes plot). Pure functions of the results, apart from the two writers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: a curve is a list of points, each ``{"round", "uploaded_bytes", "total_bytes", "accuracy",
+#: "macro_f1"}`` with cumulative byte counts (uploads; uploads plus downloads).
+Curve = list[dict[str, Any]]
+
+
+def bytes_to_target(curve: Curve, target: float) -> dict[str, Any]:
+    """The first point of ``curve`` whose accuracy reaches ``target``: its round and its
+    cumulative bytes (``bytes`` counts both directions); ``reached`` False (bytes None) and
+    the best accuracy seen when no point does."""
+    for point in curve:
+        if point["accuracy"] >= target:
+            return {"reached": True, "round": point["round"], "bytes": point["total_bytes"],
+                    "uploaded_bytes": point["uploaded_bytes"], "accuracy": point["accuracy"]}
+    best = max((p["accuracy"] for p in curve), default=None)
+    return {"reached": False, "round": None, "bytes": None, "uploaded_bytes": None,
+            "best_accuracy": best}
+
+
+def rounds_curve(rounds: list[dict[str, Any]], traffic: list[dict[str, int]]) -> Curve:
+    """A FedAvg curve: ``rounds`` holds the global model's scores after each round (round 0
+    first), ``traffic`` the bytes of each round (see :func:`fdcli.fedavg.bytes_per_round`)."""
+    by_round = {t["round"]: t for t in traffic}
+    up = total = 0
+    curve = []
+    for r in rounds:
+        t = by_round.get(r["round"], {"up_bytes": 0, "down_bytes": 0})
+        up += t["up_bytes"]
+        total += t["up_bytes"] + t["down_bytes"]
+        curve.append({"round": r["round"], "uploaded_bytes": up, "total_bytes": total,
+                      "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]})
+    return curve
+
+
+def one_shot_curve(uploaded: int, downloaded: int, scores: dict[str, float]) -> Curve:
+    """Federated distillation's curve: one upload of bundles, one student."""
+    return [{"round": 1, "uploaded_bytes": uploaded, "total_bytes": uploaded + downloaded,
+             "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}]
+
+
+LABELS = {"standalone": "standalone (each specialist alone, mean)",
+          "standalone_student": "standalone student (one teacher)",
+          "fedavg": "fedavg (Flower, fp32)", "fedavg_8bit": "fedavg (Flower, 8-bit)"}
+
+
+def _mb(n: int | None) -> str:
+    return "–" if n is None else f"{n / 1e6:.3f} MB"
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The tables of ``results`` (from :func:`fdcli.stages.simulate.simulate`) as Markdown."""
+    cfg = results["config"]
+    lines = [f"# fd simulate: {cfg['num_clients']} clients, alpha {cfg['alpha']}, "
+             f"{cfg['data']}", "",
+             f"Test split: {results['partition']['sizes']['test']} examples no client saw. "
+             f"Target accuracy: {_f(results['target_accuracy'])} "
+             f"({cfg['target_fraction']:.0%} of centralized; none without it).", "",
+             "## Accuracy", "", "| method | accuracy | macro-F1 |", "|---|---|---|",
+             f"| fd student ({cfg['rule']}) | {_f(results['student']['accuracy'])} | "
+             f"{_f(results['student']['macro_f1'])} |"]
+    for name, b in results["baselines"].items():
+        lines.append(f"| {LABELS.get(name, name)} | {_f(b['accuracy'])} | "
+                     f"{_f(b['macro_f1'])} |")
+    lines += ["", f"The aggregated teacher's accuracy on the proxy split: "
+                  f"{_f(results['student'].get('teacher_proxy_accuracy'))}."]
+    lines += ["", "## Communication", "",
+              "| method | rounds | uploaded | total (up + down) | bytes to target | round |",
+              "|---|---|---|---|---|---|"]
+    for name, curve in results["curves"].items():
+        hit = results["bytes_to_target"][name]
+        lines.append(f"| {name} | {curve[-1]['round']} | {_mb(curve[-1]['uploaded_bytes'])} "
+                     f"| {_mb(curve[-1]['total_bytes'])} | "
+                     f"{_mb(hit['bytes']) if hit['reached'] else 'not reached'} | "
+                     f"{hit['round'] if hit['reached'] else '–'} |")
+    ratios = results.get("bytes_ratio_to_fd") or {}
+    if ratios:
+        lines += ["", "Bytes to target relative to fd: " + ", ".join(
+            f"{k} {v:.1f}x" for k, v in ratios.items()) + "."]
+    lines += _privacy_table(results["privacy"]) if results["privacy"] else []
+    lines += ["", "## Time and memory", "", "| stage | wall s | peak RSS MiB |", "|---|---|---|"]
+    for name, t in results["timing"].items():
+        lines.append(f"| {name} | {t['wall_s']:.1f} | {t['peak_rss_mb']:.0f} |")
+    if results["target_accuracy"] is not None:
+        lines += ["", "![accuracy against cumulative bytes uploaded](accuracy_vs_bytes.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _privacy_table(p: dict[str, Any]) -> list[str]:
+    lines = ["", "## Membership inference (loss threshold; reference attack in brackets)", "",
+             "| model | AUC | TPR at 1% FPR | TPR at 0.1% FPR |", "|---|---|---|---|"]
+
+    def row(name: str, a: dict[str, Any]) -> None:
+        lines.append(f"| {name} | {_f(a['auc'])} ({_f(a['reference']['auc'])}) | "
+                     f"{_f(a['tpr_at_1pct_fpr'])} | {_f(a['tpr_at_01pct_fpr'])} |")
+
+    for s in p["specialists"][:20]:
+        row(f"specialist {s['client_id']}", s)
+    if len(p["specialists"]) > 20:
+        lines.append(f"| … {len(p['specialists']) - 20} more specialists (results.json) | | | |")
+    for name in ("student", "fedavg", "fedavg_8bit", "centralized"):
+        if name in p:
+            row(name, p[name])
+    return lines
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Accuracy against cumulative bytes uploaded, one line or point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, curve) in enumerate(results["curves"].items()):
+        points = [p for p in curve if p["uploaded_bytes"] > 0]
+        xs, ys = [p["uploaded_bytes"] for p in points], [p["accuracy"] for p in points]
+        if len(points) == 1:
+            ax.scatter(xs, ys, s=60, zorder=3, color=f"C{i}", label=name)
+        else:
+            ax.plot(xs, ys, marker=".", color=f"C{i}", label=name)
+    ax.axhline(results["target_accuracy"], color="grey", linestyle="--", linewidth=1,
+               label="target")
+    central = results["baselines"].get("centralized")
+    if central:
+        ax.axhline(central["accuracy"], color="black", linestyle=":", linewidth=1,
+                   label="centralized")
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative bytes uploaded by all clients")
+    ax.set_ylabel("test accuracy")
+    cfg = results["config"]
+    ax.set_title(f"{cfg['num_clients']} clients, alpha {cfg['alpha']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
