@@ -391,6 +391,9 @@ def evaluate(
     reference: Annotated[Optional[list[Path]], typer.Option(
         help="--mia: a reference model trained without those examples (repeatable), for the "
              "reference attack.")] = None,
+    match_labels: Annotated[bool, typer.Option(
+        help="--mia: weight the non-members to the members' label mix (for members with "
+             "skewed labels, such as one client's data).")] = False,
     teacher: Annotated[Optional[Path], typer.Option(
         help="causal-lm: a token bundle to measure the model's agreement with.")] = None,
     proxy: Annotated[Optional[Path], typer.Option(
@@ -432,6 +435,7 @@ def evaluate(
 
             attacks = membership_inference(model, members, nonmembers,
                                            references=reference or [],
+                                           match_labels=match_labels,
                                            text_column=text_column,
                                            image_column=image_column,
                                            label_column=label_column,

@@ -23,7 +23,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # before flwr is imported
+
+from flwr.serverapp import Grid  # noqa: E402
 
 ARRAYS = "arrays"
 QPARAMS = "::q"          # suffix of the [offset, scale] array beside a quantised one
@@ -92,13 +94,7 @@ def _server_identity(run_id: int):
         TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
-def _grid_base():
-    from flwr.serverapp import Grid
-
-    return Grid
-
-
-class LocalGrid(_grid_base()):
+class LocalGrid(Grid):
     """A Flower ``Grid`` whose nodes are one in-process ``ClientApp``, one ``Context`` per
     node (``node_config["partition-id"]`` = the client's index). ``traffic`` holds one
     entry per delivered message: round, partition, message type, bytes down and bytes up."""

@@ -12,6 +12,11 @@ Pure functions over per-example losses (no I/O, no models):
 Each attack reports the ROC AUC and the true-positive rate at 1% and at 0.1% false-positive
 rate, computed with scikit-learn over members (label 1) and non-members (label 0). An AUC near
 0.5 means the attack cannot tell them apart.
+
+Non-members can carry weights (:func:`label_matched_weights`): when a client's members come
+from a skewed label distribution and the held-out examples do not, weighting the held-out
+examples to the members' label mix keeps the attack from scoring the label shift instead of
+membership.
 """
 
 from __future__ import annotations
@@ -21,9 +26,27 @@ from typing import Sequence
 import numpy as np
 
 
-def attack_metrics(member_scores: Sequence[float], nonmember_scores: Sequence[float]
-                   ) -> dict[str, float]:
-    """AUC and TPR at 1% / 0.1% FPR of scores where higher means "member"."""
+def label_matched_weights(member_labels: Sequence[int], nonmember_labels: Sequence[int]
+                          ) -> np.ndarray:
+    """A weight per non-member, ``share of its label among members / share among
+    non-members``, so that the weighted non-members have the members' label mix (labels the
+    members lack get weight 0)."""
+    m = np.asarray(member_labels, dtype=np.int64)
+    n = np.asarray(nonmember_labels, dtype=np.int64)
+    size = int(max(m.max(initial=0), n.max(initial=0))) + 1
+    pm = np.bincount(m, minlength=size) / max(len(m), 1)
+    pn = np.bincount(n, minlength=size) / max(len(n), 1)
+    w = pm[n] / pn[n]
+    if not w.sum() > 0:
+        raise ValueError("no non-member shares a label with the members; label matching "
+                         "needs held-out examples of the members' labels")
+    return w
+
+
+def attack_metrics(member_scores: Sequence[float], nonmember_scores: Sequence[float],
+                   nonmember_weights: Sequence[float] | None = None) -> dict[str, float]:
+    """AUC and TPR at 1% / 0.1% FPR of scores where higher means "member"; non-members
+    weighted by ``nonmember_weights`` when given."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     m = np.asarray(member_scores, dtype=np.float64)
@@ -33,30 +56,37 @@ def attack_metrics(member_scores: Sequence[float], nonmember_scores: Sequence[fl
                          f"{len(m)} and {len(n)}")
     if not (np.isfinite(m).all() and np.isfinite(n).all()):
         raise ValueError("attack scores must be finite")
+    w = np.ones(len(n)) if nonmember_weights is None else \
+        np.asarray(nonmember_weights, dtype=np.float64)
+    if w.shape != n.shape or not (w >= 0).all() or not w.sum() > 0:
+        raise ValueError(f"non-member weights must be {len(n)} non-negative numbers, not all 0")
     y = np.concatenate([np.ones(len(m)), np.zeros(len(n))])
     s = np.concatenate([m, n])
-    fpr, tpr, _ = roc_curve(y, s)
+    weights = np.concatenate([np.full(len(m), len(m) and 1.0), w * len(n) / w.sum()])
+    fpr, tpr, _ = roc_curve(y, s, sample_weight=weights)
 
     def tpr_at(limit: float) -> float:
         ok = fpr <= limit
         return float(tpr[ok].max()) if ok.any() else 0.0
 
-    return {"auc": float(roc_auc_score(y, s)), "tpr_at_1pct_fpr": tpr_at(0.01),
-            "tpr_at_01pct_fpr": tpr_at(0.001), "members": int(len(m)),
-            "nonmembers": int(len(n))}
+    return {"auc": float(roc_auc_score(y, s, sample_weight=weights)),
+            "tpr_at_1pct_fpr": tpr_at(0.01), "tpr_at_01pct_fpr": tpr_at(0.001),
+            "members": int(len(m)), "nonmembers": int(len(n)),
+            "nonmembers_effective": float(w.sum() ** 2 / (w ** 2).sum())}
 
 
-def loss_threshold_attack(member_losses: Sequence[float],
-                          nonmember_losses: Sequence[float]) -> dict[str, float]:
+def loss_threshold_attack(member_losses: Sequence[float], nonmember_losses: Sequence[float],
+                          nonmember_weights: Sequence[float] | None = None
+                          ) -> dict[str, float]:
     """The loss-threshold attack: score = -loss."""
     return attack_metrics(-np.asarray(member_losses, dtype=np.float64),
-                          -np.asarray(nonmember_losses, dtype=np.float64))
+                          -np.asarray(nonmember_losses, dtype=np.float64), nonmember_weights)
 
 
 def reference_attack(member_losses: Sequence[float], nonmember_losses: Sequence[float],
                      reference_member_losses: Sequence[Sequence[float]],
-                     reference_nonmember_losses: Sequence[Sequence[float]]
-                     ) -> dict[str, float]:
+                     reference_nonmember_losses: Sequence[Sequence[float]],
+                     nonmember_weights: Sequence[float] | None = None) -> dict[str, float]:
     """The reference attack: score = mean over reference models of their loss on the example,
     minus the target's loss. ``reference_*_losses`` are ``[models][examples]``."""
     ref_m = np.asarray(reference_member_losses, dtype=np.float64)
@@ -67,4 +97,4 @@ def reference_attack(member_losses: Sequence[float], nonmember_losses: Sequence[
         raise ValueError(f"reference losses must be [models, examples] matching the target's "
                          f"{len(m)} members and {len(n)} non-members; got {list(ref_m.shape)} "
                          f"and {list(ref_n.shape)}")
-    return attack_metrics(ref_m.mean(0) - m, ref_n.mean(0) - n)
+    return attack_metrics(ref_m.mean(0) - m, ref_n.mean(0) - n, nonmember_weights)

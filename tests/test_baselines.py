@@ -260,9 +260,16 @@ def test_simulate_on_a_text_dataset_without_fedavg(tmp_path):
     assert (out / "tokenizer" / "tokenizer.json").exists()
 
 
-def test_simulate_refuses_an_unknown_baseline(tmp_path):
+@pytest.mark.parametrize("args, message", [
+    (["--baselines", "fedavg,fedprox"], "unknown baseline(s) ['fedprox']"),
+    (["--fedavg-fraction", "0"], "fedavg_fraction must be in (0, 1], got 0.0"),
+    (["--target-fraction", "1.5"], "target_fraction must be in (0, 1], got 1.5"),
+    (["--fedavg-rounds", "0"], "fedavg_rounds must be >= 1"),
+    (["--student", "gpt2"], "unknown image architecture(s) ['gpt2']"),
+])
+def test_simulate_refuses_bad_settings(tmp_path, args, message):
     out = tmp_path / "sim"
-    result = run("simulate", "--out", out, "--baselines", "fedavg,fedprox")
+    result = run("simulate", "--out", out, *args)
     assert result.exit_code == 1
-    assert "unknown baseline(s) ['fedprox']" in result.stderr
+    assert message in result.stderr, result.stderr
     assert "Traceback" not in result.output and not out.exists()

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fdcli.cli import app
-from fdcli.privacy import attack_metrics, loss_threshold_attack, reference_attack
+from fdcli.privacy import (attack_metrics, label_matched_weights, loss_threshold_attack,
+                           reference_attack)
 
 runner = CliRunner()
 
@@ -42,6 +43,31 @@ def test_reference_attack_discounts_examples_that_are_just_easy():
     assert abs(reference_attack(members, nonmembers, refs_m, refs_n)["auc"] - 0.5) < 0.05
     # a model that memorised its members: lower loss than the references on exactly them
     assert reference_attack(members - 0.3, nonmembers, refs_m, refs_n)["auc"] > 0.95
+
+
+def test_label_matched_weights_by_hand():
+    w = label_matched_weights([0, 0, 0, 1], [0, 1, 1, 2])
+    # members: 3/4 label 0, 1/4 label 1; non-members: 1/4, 2/4, 1/4
+    assert w.tolist() == pytest.approx([3.0, 0.5, 0.5, 0.0])
+    with pytest.raises(ValueError, match="no non-member shares a label"):
+        label_matched_weights([0, 0], [1, 2])
+
+
+def test_label_matching_removes_an_attack_on_label_shift_alone():
+    """Members are all label 0; non-members are half label 0 (same losses as the members)
+    and half label 1 (which the model never learnt: high loss). Unweighted, the attack
+    scores the shift; weighted to the members' labels it is at chance."""
+    rng = np.random.default_rng(2)
+    members = rng.exponential(1.0, 2000)
+    nonmembers = np.concatenate([rng.exponential(1.0, 2000), 5 + rng.exponential(1.0, 2000)])
+    labels_n = np.array([0] * 2000 + [1] * 2000)
+    assert loss_threshold_attack(members, nonmembers)["auc"] > 0.7
+    w = label_matched_weights(np.zeros(2000, dtype=int), labels_n)
+    matched = loss_threshold_attack(members, nonmembers, w)
+    assert abs(matched["auc"] - 0.5) < 0.03
+    assert matched["nonmembers_effective"] == pytest.approx(2000)
+    with pytest.raises(ValueError, match="non-member weights must be 4000"):
+        loss_threshold_attack(members, nonmembers, w[:10])
 
 
 def test_attack_errors_name_the_problem():

@@ -63,36 +63,42 @@ def evaluate(model: str | Path, data: str | Path, *, text_column: str | None = N
 
 def example_losses(model: str | Path, datasets: Sequence[str | Path], *,
                    text_column: str | None = None, image_column: str | None = None,
-                   label_column: str | None = None, batch_size: int = 64) -> list[np.ndarray]:
-    """Cross-entropy of ``model`` (loaded once) on every example of each labelled dataset."""
+                   label_column: str | None = None, batch_size: int = 64
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cross-entropy of ``model`` (loaded once) on every example of each labelled dataset,
+    with the examples' label ids: one ``(losses, labels)`` per dataset."""
     out, clf = [], None
     for data in datasets:
         clf, logits, labels = _scored(model, data, text_column, image_column, label_column,
                                       None, batch_size, clf)
-        out.append(torch.nn.functional.cross_entropy(logits.float(), labels,
-                                                     reduction="none").numpy())
+        out.append((torch.nn.functional.cross_entropy(logits.float(), labels,
+                                                      reduction="none").numpy(),
+                    labels.numpy()))
     return out
 
 
 def membership_inference(model: str | Path, members: str | Path, nonmembers: str | Path, *,
-                         references: Sequence[str | Path] = (), text_column: str | None = None,
-                         image_column: str | None = None, label_column: str | None = None,
-                         batch_size: int = 64) -> dict[str, Any]:
+                         references: Sequence[str | Path] = (), match_labels: bool = False,
+                         text_column: str | None = None, image_column: str | None = None,
+                         label_column: str | None = None, batch_size: int = 64
+                         ) -> dict[str, Any]:
     """Membership-inference attacks on ``model`` (see :mod:`fdcli.privacy`): ``members`` are
     examples it was trained on, ``nonmembers`` held-out examples from the same distribution.
     Always the loss-threshold attack; with ``references`` (models trained on population data
-    that excludes both sets), the reference attack too."""
-    from ..privacy import loss_threshold_attack, reference_attack
+    that excludes both sets), the reference attack too. ``match_labels`` weights the
+    non-members to the members' label mix (for members with skewed labels)."""
+    from ..privacy import label_matched_weights, loss_threshold_attack, reference_attack
 
     kw = dict(text_column=text_column, image_column=image_column, label_column=label_column,
               batch_size=batch_size)
-    m, n = example_losses(model, [members, nonmembers], **kw)
+    (m, m_labels), (n, n_labels) = example_losses(model, [members, nonmembers], **kw)
+    weights = label_matched_weights(m_labels, n_labels) if match_labels else None
     out: dict[str, Any] = {"model": str(model), "members": str(members),
-                           "nonmembers": str(nonmembers),
-                           "loss_threshold": loss_threshold_attack(m, n)}
+                           "nonmembers": str(nonmembers), "match_labels": match_labels,
+                           "loss_threshold": loss_threshold_attack(m, n, weights)}
     if references:
         ref = [example_losses(r, [members, nonmembers], **kw) for r in references]
-        ref_m, ref_n = [r[0] for r in ref], [r[1] for r in ref]
-        out["reference"] = {**reference_attack(m, n, ref_m, ref_n),
+        ref_m, ref_n = [r[0][0] for r in ref], [r[1][0] for r in ref]
+        out["reference"] = {**reference_attack(m, n, ref_m, ref_n, weights),
                             "references": [str(r) for r in references]}
     return out

@@ -96,8 +96,13 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; expected some of {list(BASELINES)}")
-    if not 0 < target_fraction <= 1:
-        raise ValueError(f"target_fraction must be in (0, 1], got {target_fraction}")
+    for name, value in (("target_fraction", target_fraction),
+                        ("fedavg_fraction", fedavg_fraction)):
+        if not 0 < value <= 1:
+            raise ValueError(f"{name} must be in (0, 1], got {value}")
+    if fedavg_rounds < 1 or not fedavg_local_epochs > 0:
+        raise ValueError(f"fedavg_rounds must be >= 1 and fedavg_local_epochs > 0; got "
+                         f"{fedavg_rounds} and {fedavg_local_epochs}")
     meter = StageMeter()
     with fresh_dir(out, overwrite) as root:
         with meter.stage("partition"):
@@ -126,7 +131,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                   "seed": seed}
         train = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                      seed=seed, progress=progress, tokenizer=tokenizer)
-        shaping = dict(temperature=temperature, epochs=distill_epochs,
+        distilling = dict(temperature=temperature, epochs=distill_epochs,
                        learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                        progress=progress, tokenizer=tokenizer)
         test = parts / "test"
@@ -157,7 +162,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                 log(f"distilling a {student} from the {r!r} teacher")
                 student_dir = root / "students" / r
                 distill(configs / f"{student}.json", parts / "proxy", root / "teachers" / r,
-                        student_dir, **shaping)
+                        student_dir, **distilling)
                 scores = evaluate(student_dir, test)
                 students[r] = _scores(scores, architecture=student, nll=scores["nll"],
                                       ece=scores["ece"], teacher_proxy_accuracy=_accuracy_on(
@@ -172,7 +177,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                 log(f"standalone: a {student} distilled from client {single}'s bundle alone")
                 one = root / "standalone-student"
                 distill(configs / f"{student}.json", parts / "proxy", bundles[single], one,
-                        **shaping)
+                        **distilling)
                 results_baselines["standalone"] = {
                     "accuracy": sum(s["accuracy"] for s in specialists) / num_clients,
                     "macro_f1": sum(s["macro_f1"] for s in specialists) / num_clients,
@@ -372,7 +377,8 @@ def _privacy(root: Path, parts: Path, test: Path, union: Path, student_config: P
                      client_id="mia-reference", **train)
     out: dict[str, Any] = {
         "members": "each client's private training examples (all clients' for the student "
-                   "and the baselines)", "nonmembers": "the global test split",
+                   "and the baselines)",
+        "nonmembers": "the global test split, weighted to the members' label mix",
         "reference_model": "the student architecture trained on the labelled proxy split, "
                            "which holds neither"}
     out["specialists"] = [
@@ -391,7 +397,8 @@ def _attacks(model: Path, members: Path, nonmembers: Path, reference: Path) -> d
     """Loss-threshold attack figures at the top level, the reference attack beside them."""
     from .evaluate import membership_inference
 
-    found = membership_inference(model, members, nonmembers, references=[reference])
+    found = membership_inference(model, members, nonmembers, references=[reference],
+                                 match_labels=True)
     ref = {k: v for k, v in found["reference"].items() if k != "references"}
     return {**found["loss_threshold"], "reference": ref}
 
