@@ -111,7 +111,8 @@ def test_text_student_learns_and_evaluates(text_world):
 def test_image_federation_through_simulate(tmp_path):
     out = tmp_path / "sim"
     result = run("simulate", "--out", out, "--num-clients", 2, "--epochs", 3,
-                 "--distill-epochs", 3, "--compare-rules", "mean", "--json")
+                 "--distill-epochs", 3, "--compare-rules", "mean", "--baselines", "centralized",
+                 "--json")
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)
     assert results == json.loads((out / "results.json").read_text())
@@ -120,7 +121,8 @@ def test_image_federation_through_simulate(tmp_path):
         assert 0 <= s["accuracy"] <= 1 and 0 <= s["macro_f1"] <= 1
         assert s["uploaded_bytes"] == sum(
             p.stat().st_size for p in (out / "bundles" / s["client_id"]).iterdir())
-    assert results["bytes"]["uploaded_total"] == sum(results["bytes"]["uploaded_per_client"])
+    assert results["bytes"]["fd"]["uploaded_total"] == sum(
+        results["bytes"]["fd"]["uploaded_per_client"])
     assert set(results["students_by_rule"]) == {"confidence", "mean"}
     assert results["student"] == results["students_by_rule"]["confidence"]
     assert 0 <= results["centralized"]["accuracy"] <= 1
@@ -131,6 +133,7 @@ def test_image_federation_through_simulate(tmp_path):
     sizes = results["partition"]["sizes"]
     for p, n in zip(privacy["specialists"], sizes["clients"]):
         assert (p["members"], p["nonmembers"]) == (n, sizes["test"])
+        assert 0 < p["nonmembers_effective"] <= sizes["test"]
         assert 0 <= p["auc"] <= 1 and 0 <= p["reference"]["auc"] <= 1
     assert privacy["student"]["members"] == sum(sizes["clients"])
     for key in ("auc", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr"):
