@@ -256,13 +256,17 @@ def run_fedavg(initial: dict[str, torch.Tensor], train_fn: TrainFn, *, num_clien
     return FedAvgRun(unpack(result.arrays), rounds, grid.traffic)
 
 
-def bytes_per_round(traffic: list[dict[str, Any]]) -> list[dict[str, int]]:
-    """Traffic summed per round: bytes down and up, and the clients that took part."""
-    out: dict[int, dict[str, int]] = {}
+def bytes_per_round(traffic: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Traffic summed per round: the clients that took part, bytes down and up in all, and
+    per client (the largest message each way)."""
+    out: dict[int, dict[str, Any]] = {}
     for t in traffic:
         r = out.setdefault(t["round"], {"round": t["round"], "clients": 0, "down_bytes": 0,
-                                        "up_bytes": 0})
+                                        "up_bytes": 0, "max_down_bytes_per_client": 0,
+                                        "max_up_bytes_per_client": 0})
         r["clients"] += 1
         r["down_bytes"] += t["down_bytes"]
         r["up_bytes"] += t["up_bytes"]
+        r["max_down_bytes_per_client"] = max(r["max_down_bytes_per_client"], t["down_bytes"])
+        r["max_up_bytes_per_client"] = max(r["max_up_bytes_per_client"], t["up_bytes"])
     return [out[k] for k in sorted(out)]

@@ -133,7 +133,10 @@ def test_grid_counts_the_serialized_messages_both_ways():
     per_round = bytes_per_round(grid.traffic)
     assert per_round == [{"round": 3, "clients": 2,
                           "down_bytes": sum(t["down_bytes"] for t in grid.traffic),
-                          "up_bytes": sum(t["up_bytes"] for t in grid.traffic)}]
+                          "up_bytes": sum(t["up_bytes"] for t in grid.traffic),
+                          "max_down_bytes_per_client": max(t["down_bytes"]
+                                                           for t in grid.traffic),
+                          "max_up_bytes_per_client": max(t["up_bytes"] for t in grid.traffic)}]
 
 
 def test_fedavg_samples_a_fraction_of_clients_per_round():
