@@ -481,7 +481,7 @@ def simulate(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
         "fd-simulation"),
     task: TaskOpt = "classification",
-    data: Annotated[Optional[Path], typer.Option(help="A labelled image dataset (default: "
+    data: Annotated[Optional[Path], typer.Option(help="A labelled image or text dataset (default: "
                                                       "scikit-learn's digits).")] = None,
     num_clients: Annotated[Optional[int], typer.Option(
         help="Number of institutions (default: 5, or 4 for causal-lm).")] = None,

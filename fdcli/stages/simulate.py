@@ -216,10 +216,11 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
         if privacy:
             with meter.stage("privacy"):
                 log("membership inference: specialists, student and baselines")
-                privacy_report = _privacy(root, parts, test, members_union, configs / f"{student}.json",
-                                          num_clients, rule, train,
-                                          [n for n in ("fedavg", "fedavg_8bit", "centralized")
-                                           if (root / n).is_dir()])
+                trained = [n for n in ("fedavg", "fedavg_8bit", "centralized")
+                           if (root / n).is_dir()]
+                privacy_report = _privacy(root, parts, test, members_union,
+                                          configs / f"{student}.json", num_clients, rule, train,
+                                          trained)
         central = results_baselines.get("centralized")
         target = target_fraction * central["accuracy"] if central else None
         hits = {name: bytes_to_target(c, target) for name, c in curves.items()} \
