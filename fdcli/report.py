@@ -87,6 +87,12 @@ def markdown(results: dict[str, Any]) -> str:
     if ratios:
         lines += ["", "Bytes to target relative to fd: " + ", ".join(
             f"{k} {v:.1f}x" for k, v in ratios.items()) + "."]
+    fd = results["curves"]["fd"][0]
+    matched = {k: v for k, v in results["bytes_to_student_accuracy"].items() if k != "fd"}
+    lines += ["", f"Bytes to reach the fd student's accuracy ({_f(fd['accuracy'])}; fd sent "
+                  f"{_mb(fd['total_bytes'])}): " + ", ".join(
+                      f"{k} {_mb(v['bytes'])} (round {v['round']})" if v["reached"]
+                      else f"{k} never" for k, v in matched.items()) + "."]
     lines += _privacy_table(results["privacy"]) if results["privacy"] else []
     lines += ["", "## Time and memory", "", "| stage | wall s | peak RSS MiB |", "|---|---|---|"]
     for name, t in results["timing"].items():

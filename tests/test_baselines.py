@@ -232,6 +232,12 @@ def test_simulate_with_baselines_on_digits(tmp_path):
                                                "fedavg_8bit"}
     for name, hit in results["bytes_to_target"].items():
         assert hit["reached"] == any(p["accuracy"] >= target for p in results["curves"][name])
+    student = results["student"]["accuracy"]
+    assert results["bytes_to_student_accuracy"]["fd"]["bytes"] == fd["uploaded_total"]
+    for name in ("fedavg", "fedavg_8bit"):
+        hit = results["bytes_to_student_accuracy"][name]
+        first = next((p for p in results["curves"][name] if p["accuracy"] >= student), None)
+        assert hit["bytes"] == (first["total_bytes"] if first else None)
     privacy = results["privacy"]
     for name in ("student", "fedavg", "fedavg_8bit", "centralized"):
         assert privacy[name]["members"] == sum(results["partition"]["sizes"]["clients"])

@@ -245,6 +245,9 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                          for name, run in fedavg_runs.items()}},
             "bytes_to_target": hits,
             "bytes_ratio_to_fd": _ratios(hits),
+            "bytes_to_student_accuracy": {
+                name: bytes_to_target(c, students[rule]["accuracy"])
+                for name, c in curves.items()},
             "privacy": privacy_report,
         }
         if central:
