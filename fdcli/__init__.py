@@ -20,7 +20,7 @@ from .errors import BundleError, FdError, IncompatibleBundlesError
 from .stages.aggregate import aggregate
 from .stages.distill import distill
 from .stages.emit import emit_logits
-from .stages.evaluate import evaluate
+from .stages.evaluate import evaluate, membership_inference
 from .stages.lm import distill_lm, emit_token_logits, evaluate_lm, train_lm_specialist
 from .stages.partition import partition
 from .stages.simulate import simulate
@@ -32,6 +32,7 @@ __all__ = [
     "BundleReader", "BundleWriter", "LogitBlock", "VerifyReport", "SparseRows", "DenseCodec",
     "TopKCodec", "SampleCodec", "LowRankCodec", "codec_from_spec", "fingerprint_labels",
     "read_bundle", "read_manifest", "verify_bundle", "write_bundle", "train_specialist",
-    "emit_logits", "aggregate", "distill", "evaluate", "partition", "simulate",
+    "emit_logits", "aggregate", "distill", "evaluate", "membership_inference", "partition",
+    "simulate",
     "train_lm_specialist", "emit_token_logits", "distill_lm", "evaluate_lm", "simulate_lm",
 ]
