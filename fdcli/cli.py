@@ -597,8 +597,9 @@ def simulate(
                       f"{s['macro_f1']:.3f}", "")
     for name, b in results["baselines"].items():
         sent = results["bytes"].get(name, {}).get("uploaded_total")
-        table.add_row(name, results["student"]["architecture"], f"{b['accuracy']:.3f}",
-                      f"{b['macro_f1']:.3f}", _human(sent) if sent else "")
+        arch = "each alone (mean)" if name == "standalone" else results["student"]["architecture"]
+        table.add_row(name, arch, f"{b['accuracy']:.3f}", f"{b['macro_f1']:.3f}",
+                      _human(sent) if sent else "")
     out.print(table)
     hits = results["bytes_to_target"]
     if hits:
