@@ -142,9 +142,8 @@ class LocalGrid(Grid):
                 raise TypeError(f"the ClientApp returned {type(reply).__name__}, not a Message")
             reply.metadata.__dict__["_message_id"] = str(uuid4())
             reply, up = _wire(reply)
-            self.traffic.append({"round": int(received.content.config_records["config"]
-                                              .get("server-round", 0))
-                                 if "config" in received.content.config_records else 0,
+            config = received.content.config_records.get("config", {})
+            self.traffic.append({"round": int(config.get("server-round", 0)),
                                  "partition": context.node_config["partition-id"],
                                  "type": message.metadata.message_type,
                                  "down_bytes": down, "up_bytes": up})
@@ -163,7 +162,7 @@ def _strategy(bits: int, fraction: float, num_clients: int):
     from flwr.serverapp.strategy import FedAvg
 
     class PackedFedAvg(FedAvg):
-        """Flower's FedAvg, sending and averaging arrays packed at ``bits``."""
+        """Flower's FedAvg, sending 8-bit packed arrays and averaging them dequantised."""
 
         def configure_train(self, server_round, arrays, config, grid):
             return super().configure_train(server_round, pack(unpack(arrays), bits), config,
@@ -177,7 +176,8 @@ def _strategy(bits: int, fraction: float, num_clients: int):
             return super().aggregate_train(server_round, replies)
 
     n = max(1, round(fraction * num_clients))
-    return PackedFedAvg(fraction_train=fraction, fraction_evaluate=0.0, min_train_nodes=n,
+    kind = FedAvg if bits == 32 else PackedFedAvg
+    return kind(fraction_train=fraction, fraction_evaluate=0.0, min_train_nodes=n,
                         min_available_nodes=num_clients, arrayrecord_key=ARRAYS)
 
 

@@ -62,7 +62,7 @@ def attack_metrics(member_scores: Sequence[float], nonmember_scores: Sequence[fl
         raise ValueError(f"non-member weights must be {len(n)} non-negative numbers, not all 0")
     y = np.concatenate([np.ones(len(m)), np.zeros(len(n))])
     s = np.concatenate([m, n])
-    weights = np.concatenate([np.full(len(m), len(m) and 1.0), w * len(n) / w.sum()])
+    weights = np.concatenate([np.ones(len(m)), w * len(n) / w.sum()])
     fpr, tpr, _ = roc_curve(y, s, sample_weight=weights)
 
     def tpr_at(limit: float) -> float:

@@ -24,6 +24,16 @@ def bytes_to_target(curve: Curve, target: float) -> dict[str, Any]:
             "best_accuracy": best}
 
 
+def ratios_to(hits: dict[str, dict[str, Any]], base: str) -> dict[str, float]:
+    """Each method's bytes-to-target (from :func:`bytes_to_target`) over ``base``'s, where
+    both reached the target."""
+    ref = hits.get(base, {}).get("bytes")
+    if not ref:
+        return {}
+    return {name: h["bytes"] / ref for name, h in hits.items()
+            if name != base and h["bytes"] is not None}
+
+
 def rounds_curve(rounds: list[dict[str, Any]], traffic: list[dict[str, int]]) -> Curve:
     """A FedAvg curve: ``rounds`` holds the global model's scores after each round (round 0
     first), ``traffic`` the bytes of each round (see :func:`fdcli.fedavg.bytes_per_round`)."""

@@ -98,7 +98,8 @@ def membership_inference(model: str | Path, members: str | Path, nonmembers: str
                            "loss_threshold": loss_threshold_attack(m, n, weights)}
     if references:
         ref = [example_losses(r, [members, nonmembers], **kw) for r in references]
-        ref_m, ref_n = [r[0][0] for r in ref], [r[1][0] for r in ref]
+        ref_m = [losses for (losses, _), _ in ref]
+        ref_n = [losses for _, (losses, _) in ref]
         out["reference"] = {**reference_attack(m, n, ref_m, ref_n, weights),
                             "references": [str(r) for r in references]}
     return out

@@ -85,7 +85,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     ``target_fraction`` of the centralized accuracy is the target of ``bytes_to_target``.
     """
     from ..meter import StageMeter
-    from ..report import bytes_to_target, markdown, one_shot_curve, plot
+    from ..report import bytes_to_target, markdown, one_shot_curve, plot, ratios_to
     from ..stages.aggregate import aggregate
     from ..stages.distill import distill
     from ..stages.emit import emit_logits
@@ -244,7 +244,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                                 "total": run["curve"][-1]["total_bytes"]}
                          for name, run in fedavg_runs.items()}},
             "bytes_to_target": hits,
-            "bytes_ratio_to_fd": _ratios(hits),
+            "bytes_ratio_to_fd": ratios_to(hits, "fd"),
             "bytes_to_student_accuracy": {
                 name: bytes_to_target(c, students[rule]["accuracy"])
                 for name, c in curves.items()},
@@ -276,15 +276,6 @@ def _accuracy_on(bundle: Path, labelled: Path) -> float:
         hits += sum(int(p == labels[int(e)]) for p, e in zip(pred, block.example_ids))
         total += len(pred)
     return hits / total
-
-
-def _ratios(hits: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Each method's bytes-to-target over fd's, where both reached the target."""
-    fd = hits.get("fd", {}).get("bytes")
-    if not fd:
-        return {}
-    return {name: h["bytes"] / fd for name, h in hits.items()
-            if name != "fd" and h["bytes"] is not None}
 
 
 def _write_configs(root: Path, parts: Path, kind: str, catalogue: dict[str, dict[str, Any]]):
@@ -362,11 +353,12 @@ def _fedavg(out: Path, parts: Path, model_config: Path, report: dict[str, Any], 
                                   "config": {"bits": bits, "rounds": rounds,
                                              "local_epochs": local_epochs,
                                              "fraction": fraction}})
-    curve = rounds_curve(run.rounds, bytes_per_round(run.traffic))
+    traffic = bytes_per_round(run.traffic)
+    curve = rounds_curve(run.rounds, traffic)
     final = run.rounds[-1]
     return {"final": {"accuracy": final["accuracy"], "macro_f1": final["macro_f1"],
                       "rounds": rounds, "bits": bits},
-            "curve": curve, "traffic": bytes_per_round(run.traffic)}
+            "curve": curve, "traffic": traffic}
 
 
 def _privacy(root: Path, parts: Path, test: Path, union: Path, student_config: Path,
