@@ -198,15 +198,35 @@ def train_specialist_cmd(
     epochs: Epochs = 3.0, lr: LR = 5e-5, batch_size: Batch = 16,
     val_fraction: Annotated[float, typer.Option(help="Share held out for validation.")] = 0.0,
     task: TaskOpt = "classification", max_length: MaxLen = None, packing: Packing = True,
+    teacher: Annotated[Optional[Path], typer.Option(
+        help="A later round: the coordinator's consensus bundle, to digest on --proxy while "
+             "training on DATA (give --model the previous round's specialist).")] = None,
+    proxy: Annotated[Optional[Path], typer.Option(
+        help="With --teacher: the proxy dataset the consensus was made on.")] = None,
+    digest_weight: Annotated[float, typer.Option(
+        help="With --teacher: weight of KD toward the consensus; 1 - it goes to "
+             "cross-entropy on DATA.")] = 0.5,
+    schedule: Annotated[str, typer.Option(
+        help="With --teacher: mixed (proxy and private examples in the same batches, one "
+             "loss) or alternate (FedMD: digest for --epochs, then revisit for --epochs).")]
+    = "mixed",
+    temperature: Annotated[float, typer.Option(
+        help="With --teacher: distillation temperature.")] = 2.0,
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Fine-tune a specialist on this institution's private data: labelled examples, or text
     for a causal language model ([bold]--task causal-lm[/bold]).
 
     Writes a model folder (weights, tokenizer or image processor, fd.json with the
-    configuration, label names or vocabulary fingerprint, and metrics).
+    configuration, label names or vocabulary fingerprint, and metrics). In a later round,
+    [bold]--teacher[/bold] and [bold]--proxy[/bold] update the previous specialist from the
+    coordinator's consensus as well (docs/rounds.md); fd.json records the round and the
+    consensus's sha256.
 
     [bold]Example[/bold]: fd train-specialist private.csv --model bert-tiny/ --out specialist
+
+    [bold]Round 2[/bold]: fd train-specialist private.csv --model specialist/ --teacher
+    usb/consensus-1 --proxy proxy.csv --out specialist-2
     """
     from .stages.lm import train_lm_specialist
     from .stages.train_specialist import train_specialist
@@ -214,6 +234,9 @@ def train_specialist_cmd(
     with reporting_errors():
         _check_task(task)
         if task == "causal-lm":
+            if teacher is not None or proxy is not None:
+                raise ValueError("--teacher and --proxy (rounds) apply to --task "
+                                 "classification")
             meta = train_lm_specialist(data, model, out_dir, tokenizer=tokenizer,
                                        client_id=client_id, text_column=text_column,
                                        split=split, max_length=max_length, packing=packing,
@@ -231,10 +254,14 @@ def train_specialist_cmd(
                                 text_column=text_column, image_column=image_column,
                                 label_column=label_column, tokenizer=tokenizer, split=split,
                                 epochs=epochs, learning_rate=lr, batch_size=batch_size,
-                                val_fraction=val_fraction, seed=seed, overwrite=overwrite)
+                                val_fraction=val_fraction, teacher=teacher, proxy=proxy,
+                                digest_weight=digest_weight, schedule=schedule,
+                                temperature=temperature, seed=seed, overwrite=overwrite)
+    extra = {"round": meta["round"], "consensus_sha256": meta["consensus"]["sha256"]} \
+        if "round" in meta else {}
     _report({"out": str(out_dir), "client_id": meta["client_id"],
              "architecture": meta["architecture"], "train_examples": meta["train_examples"],
-             **meta["metrics"]}, json_out, "specialist")
+             **extra, **meta["metrics"]}, json_out, "specialist")
 
 
 @app.command("emit-logits")
@@ -252,6 +279,9 @@ def emit_logits_cmd(
         help="sample: temperature the ids are drawn at (distill at the same one).")] = 1.0,
     client_id: Annotated[Optional[str], typer.Option(help="Institution name (default: from "
                                                           "the model's fd.json).")] = None,
+    declare_label_counts: Annotated[bool, typer.Option(
+        "--declare-label-counts", help="Write the model's training label counts into the "
+        "manifest, for the coverage rule. This discloses the client's class mix.")] = False,
     task: TaskOpt = "classification", max_length: MaxLen = None, packing: Packing = True,
     text_column: TextCol = None, image_column: ImageCol = None, tokenizer: TokenizerOpt = None,
     split: SplitOpt = None, batch_size: Annotated[Optional[int], typer.Option(
@@ -269,6 +299,8 @@ def emit_logits_cmd(
     with reporting_errors():
         _check_task(task)
         if task == "causal-lm":
+            if declare_label_counts:
+                raise ValueError("--declare-label-counts applies to --task classification")
             m = emit_token_logits(model, proxy, out_dir, encoding=encoding or "topk", k=k,
                                   value_dtype=value_dtype, draws=draws,
                                   sample_temperature=sample_temperature, tokenizer=tokenizer,
@@ -276,8 +308,9 @@ def emit_logits_cmd(
                                   max_length=max_length, packing=packing,
                                   batch_size=batch_size or 8, seed=seed, overwrite=overwrite)
         else:
-                m = emit_logits(model, proxy, out_dir, encoding=encoding or "dense", k=k,
+            m = emit_logits(model, proxy, out_dir, encoding=encoding or "dense", k=k,
                             value_dtype=value_dtype, client_id=client_id,
+                            declare_label_counts=declare_label_counts,
                             text_column=text_column, image_column=image_column, split=split,
                             batch_size=batch_size or 64, seed=seed, overwrite=overwrite)
     size = sum(s.bytes for s in m.shards)
@@ -291,7 +324,8 @@ def aggregate(
     bundles: Annotated[list[Path], typer.Argument(help="Bundle folders to combine.")],
     out_dir: OutOpt,
     rule: Annotated[str, typer.Option(help="confidence, mean, entropy-reduction, weighted, "
-                                           "median or trimmed-mean.")] = "confidence",
+                                           "coverage, median or trimmed-mean.")]
+    = "confidence",
     confidence: Annotated[str, typer.Option(help="Confidence measure: max or neg_entropy.")]
     = "max",
     tau: Annotated[float, typer.Option(help="Softmax temperature over clients (confidence).")]
@@ -300,6 +334,9 @@ def aggregate(
                                                         "(entropy-reduction).")] = 0.1,
     trim: Annotated[float, typer.Option(help="Share trimmed at each end (trimmed-mean).")]
     = 0.2,
+    prior_correction: Annotated[bool, typer.Option(
+        "--prior-correction/--no-prior-correction",
+        help="coverage: divide each client's probabilities by its label prior first.")] = True,
     k: Annotated[int, typer.Option(help="Token bundles: ids kept per row in the result.")] = 16,
     value_dtype: Annotated[str, typer.Option(help="Token bundles: int8 or fp16 values.")]
     = "int8",
@@ -316,7 +353,8 @@ def aggregate(
 
     with reporting_errors():
         m = run(bundles, out_dir, rule=rule, confidence_measure=confidence, tau=tau,
-                era_temperature=era_temperature, trim=trim, k=k, value_dtype=value_dtype,
+                era_temperature=era_temperature, trim=trim,
+                prior_correction=prior_correction, k=k, value_dtype=value_dtype,
                 seed=seed, overwrite=overwrite)
     _report({"out": str(out_dir), "rule": rule, "inputs": len(bundles), "task": m.task,
              "examples": m.examples, "rows": m.rows,
@@ -517,6 +555,23 @@ def simulate(
         help="causal-lm: characters of source per institution.")] = 300_000,
     proxy_chars: Annotated[int, typer.Option(
         help="causal-lm: characters of source in the proxy set.")] = 600_000,
+    rounds: Annotated[Optional[int], typer.Option(
+        help="Rounds of federated distillation: after the first, the consensus goes back to "
+             "the clients, which update their specialists from it and their data (default: "
+             "3; 1 is one-shot).")] = None,
+    round_epochs: Annotated[Optional[float], typer.Option(
+        help="Specialist epochs in each round after the first (default: 10).")] = None,
+    round_distill_epochs: Annotated[Optional[float], typer.Option(
+        help="Epochs the student continues on each later round's consensus (default: 30)."
+    )] = None,
+    digest_weight: Annotated[Optional[float], typer.Option(
+        help="Later rounds: weight of KD toward the consensus in the specialists' loss "
+             "(default: 0.5).")] = None,
+    schedule: Annotated[Optional[str], typer.Option(
+        help="Later rounds: mixed or alternate (see fd train-specialist).")] = None,
+    from_student: Annotated[bool, typer.Option(
+        "--from-student", help="Later rounds: start each specialist from the current student "
+        "(a public model; its weights count as downloaded bytes).")] = False,
     baselines: Annotated[str, typer.Option(
         help="Baselines to run, comma-separated: fedavg (Flower FedAvg, fp32 and 8-bit), "
              "standalone (each specialist alone; a student from one teacher), centralized "
@@ -554,8 +609,12 @@ def simulate(
     given = {key: value for key, value in dict(
         num_clients=num_clients, epochs=epochs, distill_epochs=distill_epochs,
         learning_rate=lr, batch_size=batch_size, temperature=temperature,
-        hard_weight=hard_weight).items()
+        hard_weight=hard_weight, rounds=rounds, round_epochs=round_epochs,
+        round_distill_epochs=round_distill_epochs, digest_weight=digest_weight,
+        schedule=schedule).items()
         if value is not None}
+    if from_student:
+        given["from_student"] = True
     if architectures is not None:
         given["architectures"] = [a for a in architectures.split(",") if a]
     if student is not None:
@@ -564,6 +623,11 @@ def simulate(
     with reporting_errors():
         _check_task(task)
         if task == "causal-lm":
+            rounds_given = sorted({"rounds", "round_epochs", "round_distill_epochs",
+                                   "digest_weight", "schedule", "from_student"} & set(given))
+            if rounds_given:
+                raise ValueError(f"{', '.join('--' + o.replace('_', '-') for o in rounds_given)}"
+                                 " apply to classification; --task causal-lm is one-shot")
             results = simulate_lm(out_dir, rule=rule, compare_rules=rules,
                                   max_length=max_length, k=k, client_chars=client_chars,
                                   proxy_chars=proxy_chars, test_chars=min(40_000, client_chars),
@@ -585,18 +649,20 @@ def simulate(
     if task == "causal-lm":
         _lm_table(results, out_dir)
         return
-    table = Table(title=f"fd simulate: {len(results['specialists'])} clients, alpha={alpha} "
-                        f"({out_dir}/results.json)", title_justify="left")
-    for col in ("model", "architecture", "accuracy", "macro-F1", "uploaded"):
+    n_rounds = len(results["rounds"])
+    table = Table(title=f"fd simulate: {len(results['specialists'])} clients, alpha={alpha}, "
+                        f"{n_rounds} round(s) ({out_dir}/results.json)", title_justify="left")
+    for col in ("model", "architecture", "accuracy", "macro-F1", "sent (up + down)"):
         table.add_column(col)
     for s in results["specialists"]:
         table.add_row(f"specialist {s['client_id']}", s["architecture"], f"{s['accuracy']:.3f}",
-                      f"{s['macro_f1']:.3f}", _human(s["uploaded_bytes"]))
+                      f"{s['macro_f1']:.3f}", _human(s["uploaded_bytes"]) + " (last round up)")
     for name, s in results["students_by_rule"].items():
+        sent = results["bytes"]["fd"]["total"] if name == results["config"]["rule"] else None
         table.add_row(f"student ({name})", s["architecture"], f"{s['accuracy']:.3f}",
-                      f"{s['macro_f1']:.3f}", "")
+                      f"{s['macro_f1']:.3f}", _human(sent) if sent else "")
     for name, b in results["baselines"].items():
-        sent = results["bytes"].get(name, {}).get("uploaded_total")
+        sent = results["bytes"].get(name, {}).get("total")
         arch = "each alone (mean)" if name == "standalone" else results["student"]["architecture"]
         table.add_row(name, arch, f"{b['accuracy']:.3f}", f"{b['macro_f1']:.3f}",
                       _human(sent) if sent else "")

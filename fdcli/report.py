@@ -84,11 +84,20 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{_f(b['macro_f1'])} |")
     lines += ["", f"The aggregated teacher's accuracy on the proxy split: "
                   f"{_f(results['student'].get('teacher_proxy_accuracy'))}."]
+    if len(results.get("rounds") or []) > 1:
+        lines += ["", "## Rounds", "",
+                  "| round | teacher on the proxy | student | specialists (mean) | up | down "
+                  "| cumulative (up + down) |", "|---|---|---|---|---|---|---|"]
+        for r in results["rounds"]:
+            lines.append(f"| {r['round']} | {_f(r['teacher_proxy_accuracy'])} | "
+                         f"{_f(r['student_accuracy'])} | {_f(r['specialists_mean_accuracy'])} | "
+                         f"{_mb(r['uploaded_bytes'])} | {_mb(r['downloaded_bytes'])} | "
+                         f"{_mb(r['cumulative_bytes'])} |")
     lines += ["", "## Communication", "",
               "| method | rounds | uploaded | total (up + down) | bytes to target | round |",
               "|---|---|---|---|---|---|"]
     for name, curve in results["curves"].items():
-        hit = results["bytes_to_target"][name]
+        hit = results["bytes_to_target"].get(name) or {"reached": False}
         lines.append(f"| {name} | {curve[-1]['round']} | {_mb(curve[-1]['uploaded_bytes'])} "
                      f"| {_mb(curve[-1]['total_bytes'])} | "
                      f"{_mb(hit['bytes']) if hit['reached'] else 'not reached'} | "
@@ -97,7 +106,7 @@ def markdown(results: dict[str, Any]) -> str:
     if ratios:
         lines += ["", "Bytes to target relative to fd: " + ", ".join(
             f"{k} {v:.1f}x" for k, v in ratios.items()) + "."]
-    fd = results["curves"]["fd"][0]
+    fd = results["curves"]["fd"][-1]
     matched = {k: v for k, v in results["bytes_to_student_accuracy"].items() if k != "fd"}
     lines += ["", f"Bytes to reach the fd student's accuracy ({_f(fd['accuracy'])}; fd sent "
                   f"{_mb(fd['total_bytes'])}): " + ", ".join(
@@ -108,7 +117,7 @@ def markdown(results: dict[str, Any]) -> str:
     for name, t in results["timing"].items():
         lines.append(f"| {name} | {t['wall_s']:.1f} | {t['peak_rss_mb']:.0f} |")
     if results["target_accuracy"] is not None:
-        lines += ["", "![accuracy against cumulative bytes uploaded](accuracy_vs_bytes.png)"]
+        lines += ["", "![accuracy against cumulative bytes, up and down](accuracy_vs_bytes.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -131,7 +140,7 @@ def _privacy_table(p: dict[str, Any]) -> list[str]:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Accuracy against cumulative bytes uploaded, one line or point per method."""
+    """Accuracy against cumulative bytes (up and down), one line or point per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,8 +148,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (name, curve) in enumerate(results["curves"].items()):
-        points = [p for p in curve if p["uploaded_bytes"] > 0]
-        xs, ys = [p["uploaded_bytes"] for p in points], [p["accuracy"] for p in points]
+        points = [p for p in curve if p["total_bytes"] > 0]
+        xs, ys = [p["total_bytes"] for p in points], [p["accuracy"] for p in points]
         if len(points) == 1:
             ax.scatter(xs, ys, s=60, zorder=3, color=f"C{i}", label=name)
         else:
@@ -152,7 +161,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.axhline(central["accuracy"], color="black", linestyle=":", linewidth=1,
                    label="centralized")
     ax.set_xscale("log")
-    ax.set_xlabel("cumulative bytes uploaded by all clients")
+    ax.set_xlabel("cumulative bytes sent, up and down, all clients")
     ax.set_ylabel("test accuracy")
     cfg = results["config"]
     ax.set_title(f"{cfg['num_clients']} clients, alpha {cfg['alpha']}")

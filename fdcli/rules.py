@@ -15,6 +15,9 @@ columns are the union of the clients' listed ids plus one column for every other
 for the last). A rule then treats column j as ``mult[:, j]`` ids of equal probability, so its
 result equals the rule applied to the dense distributions (see ``tests/test_rules.py``).
 
+:func:`coverage` weights each client's vote per class by how much of that class it trained
+on (the clients' declared label counts), with a label-prior correction (Gong et al. 2022).
+
 ``RULES`` maps the names used on the command line to the functions.
 """
 
@@ -112,6 +115,40 @@ def by_sample_count(probs: torch.Tensor, present: torch.Tensor,
     return weighted_average(probs, present, counts[:, None].expand(present.shape), mult)
 
 
+def coverage(probs: torch.Tensor, present: torch.Tensor, counts: torch.Tensor | list,
+             prior_correction: bool = True, smoothing: float = 1.0,
+             mult: torch.Tensor | None = None) -> torch.Tensor:
+    """Who saw what: client k's vote on class c is weighted by its share of the present
+    clients' training examples of c, ``counts[k, c] / sum_k' counts[k', c]`` (``counts`` is
+    ``[K, C]``, the label histograms the clients declared). A class no present client saw is
+    averaged evenly. With ``prior_correction`` each client's probabilities are first divided by
+    its own label prior, ``(counts + smoothing) / sum``, and renormalised: a client that saw
+    mostly class c calls everything c, and this undoes that skew (label-shift correction).
+
+    S(x)_c = sum_k w_kc q_k(x)_c / sum_c' (...), with q_k = p_k / prior_k renormalised (or p_k).
+    Classification only: ``mult`` (sparse token rows) is refused."""
+    _check(probs, present)
+    if mult is not None:
+        raise ValueError("the coverage rule needs per-class label counts; it applies to "
+                         "classification bundles, not token bundles")
+    counts = torch.as_tensor(counts, dtype=probs.dtype)
+    k, _, c = probs.shape
+    if counts.shape != (k, c) or bool((counts < 0).any()) or not bool(torch.isfinite(counts).all()):
+        raise ValueError(f"counts must be [{k}, {c}] non-negative label counts, got "
+                         f"{list(counts.shape)}")
+    if not smoothing > 0:
+        raise ValueError(f"smoothing must be positive, got {smoothing}")
+    q = probs
+    if prior_correction:
+        prior = (counts + smoothing) / (counts + smoothing).sum(-1, keepdim=True)
+        q = _normalise(probs / prior[:, None, :])
+    held = present.to(probs.dtype)[:, :, None] * counts[:, None, :]          # [K, N, C]
+    total = held.sum(0, keepdim=True)
+    even = present.to(probs.dtype)[:, :, None] / present.sum(0).to(probs.dtype)[None, :, None]
+    w = torch.where(total > 0, held / total.clamp_min(1e-30), even.expand_as(held))
+    return _normalise((w * q).sum(0))
+
+
 def _sorted_present(probs: torch.Tensor, present: torch.Tensor):
     """Clients sorted per coordinate with absent ones pushed to the end, and their count."""
     big = torch.where(present[:, :, None], probs, torch.full_like(probs, math.inf))
@@ -204,6 +241,7 @@ RULES: dict[str, Callable[..., torch.Tensor]] = {
     "mean": mean,
     "entropy-reduction": entropy_reduction,
     "weighted": by_sample_count,
+    "coverage": coverage,
     "median": median,
     "trimmed-mean": trimmed_mean,
 }

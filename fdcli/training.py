@@ -77,7 +77,12 @@ class _Collator:
         if "label" in rows[0]:
             batch["labels"] = torch.tensor([r["label"] for r in rows])
         if self.teacher is not None:
-            batch.update(self.teacher.batch([r["target"] for r in rows]))
+            targets = [r["target"] for r in rows]
+            soft = [t is not None for t in targets]
+            if any(soft):
+                batch.update(self.teacher.batch([t for t in targets if t is not None]))
+            if not all(soft):  # a mixed batch: teacher rows only for the proxy examples
+                batch["fd_soft"] = torch.tensor(soft)
         return batch
 
 
@@ -86,7 +91,10 @@ def _trainer_class():
 
     class FdTrainer(Trainer):
         """Cross-entropy, or (1 - hard_weight) * KD + hard_weight * CE when a teacher is given.
-        For causal LMs every real position is a row: the CE target is the next token."""
+        For causal LMs every real position is a row: the CE target is the next token. In a
+        mixed batch (``fd_soft``) KD is over the rows that have teacher targets and CE over
+        the rows that have labels (-100 elsewhere); a batch with only one kind uses that
+        term alone."""
 
         fd_temperature: float = 1.0
         fd_hard_weight: float = 0.0
@@ -104,6 +112,9 @@ def _trainer_class():
             ce = None
             if labels is not None and bool((labels != -100).any()):
                 ce = torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=-100)
+            soft = teacher.pop("fd_soft", None)
+            if soft is not None:
+                logits = logits[soft]
             if not teacher:
                 loss = ce
             else:
@@ -115,6 +126,8 @@ def _trainer_class():
                                           teacher["fd_tail"], t)
                 if ce is not None and self.fd_hard_weight > 0:
                     loss = (1 - self.fd_hard_weight) * loss + self.fd_hard_weight * ce
+            if loss is None:  # no row of the batch has a target (never for fd's own data)
+                loss = logits.sum() * 0.0
             return (loss, outputs) if return_outputs else loss
 
     return FdTrainer
@@ -124,7 +137,14 @@ def _train(model, dataset, collator, *, epochs: float, learning_rate: float, bat
            seed: int, teacher: TeacherRows | None, hard_weight: float, vocab: int | None,
            progress: bool) -> dict[str, float]:
     from transformers import TrainingArguments
-    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class BarOnly(ProgressCallback):
+        """The progress bar (stderr) without the metrics dict it writes to stdout at the
+        end, which would break ``--json`` output."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            return None
 
     with tempfile.TemporaryDirectory(prefix="fd-trainer-") as work:
         args = TrainingArguments(
@@ -138,6 +158,8 @@ def _train(model, dataset, collator, *, epochs: float, learning_rate: float, bat
         trainer.fd_temperature = teacher.temperature if teacher is not None else 1.0
         trainer.fd_hard_weight, trainer.fd_vocab = hard_weight, vocab
         trainer.remove_callback(PrinterCallback)  # results go to stdout only from fd itself
+        if trainer.pop_callback(ProgressCallback) is not None:
+            trainer.add_callback(BarOnly)
         result = trainer.train()
     model.eval()
     return {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}

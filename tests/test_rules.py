@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fdcli.rules import (RULES, by_sample_count, confidence, confidence_weights,
+from fdcli.rules import (RULES, by_sample_count, confidence, confidence_weights, coverage,
                          entropy_reduction, mean, median, trimmed_mean)
 
 P1, P2 = [0.9, 0.1], [0.5, 0.5]
@@ -72,7 +72,8 @@ def test_each_example_combines_only_the_clients_that_have_it():
                       [[0.5, 0.5], [0.9, 0.1]]], dtype=torch.float64)
     present = torch.tensor([[True, True], [True, False]])
     for name, rule in RULES.items():
-        kwargs = {"counts": [1, 1]} if name == "weighted" else {}
+        kwargs = {"weighted": {"counts": [1, 1]},
+                  "coverage": {"counts": [[1, 1], [1, 1]]}}.get(name, {})
         out = rule(p, present, **kwargs)
         assert out.shape == (2, 2)
         assert torch.allclose(out.sum(-1), torch.ones(2, dtype=torch.float64))
@@ -94,3 +95,42 @@ def test_example_without_any_client_is_refused():
 def test_bad_parameters(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_coverage_weights_each_class_by_who_saw_it():
+    # client 1 saw only class 0 (3 examples), client 2 saw 1 of class 0 and 4 of class 1:
+    # class 0 weights [3/4, 1/4], class 1 weights [0, 1]
+    counts = [[3, 0], [1, 4]]
+    got = coverage(probs(P1, P2), everyone(2), counts, prior_correction=False)
+    # raw: c0 = 0.75 * 0.9 + 0.25 * 0.5 = 0.8, c1 = 0 * 0.1 + 1 * 0.5 = 0.5 -> /1.3
+    assert close(got, [0.8 / 1.3, 0.5 / 1.3])
+
+
+def test_coverage_prior_correction_undoes_a_client_label_skew():
+    counts = [[3, 0], [1, 4]]
+    # priors with +1 smoothing: client 1 [4/5, 1/5], client 2 [2/7, 5/7]
+    # client 1: [0.9 / 0.8, 0.1 / 0.2] = [1.125, 0.5] -> [0.692308, 0.307692]
+    # client 2: [0.5 * 7 / 2, 0.5 * 7 / 5] = [1.75, 0.7] -> [0.714286, 0.285714]
+    # c0 = 0.75 * 0.692308 + 0.25 * 0.714286 = 0.697802; c1 = 0.285714
+    got = coverage(probs(P1, P2), everyone(2), counts)
+    assert close(got, [0.697802 / 0.983516, 0.285714 / 0.983516])
+
+
+def test_coverage_class_nobody_saw_is_averaged_and_absent_clients_do_not_count():
+    counts = [[2, 0], [0, 0]]
+    # class 1: no one saw it -> even weights [0.5, 0.5]; class 0: client 1 alone
+    got = coverage(probs(P1, P2), everyone(2), counts, prior_correction=False)
+    assert close(got, [0.9 / 1.2, 0.3 / 1.2])
+    present = torch.tensor([[False], [True]])
+    # client 1 is absent: class 0 falls back to the present client
+    assert close(coverage(probs(P1, P2), present, counts, prior_correction=False), [0.5, 0.5])
+
+
+def test_coverage_refuses_bad_counts_and_token_rows():
+    with pytest.raises(ValueError, match=r"counts must be \[2, 2\]"):
+        coverage(probs(P1, P2), everyone(2), [[1, 2, 3], [1, 2, 3]])
+    with pytest.raises(ValueError, match="non-negative"):
+        coverage(probs(P1, P2), everyone(2), [[1, -1], [1, 2]])
+    with pytest.raises(ValueError, match="classification bundles"):
+        coverage(probs(P1, P2), everyone(2), [[1, 1], [1, 1]], mult=torch.ones(1, 2))
+    assert RULES["coverage"] is coverage

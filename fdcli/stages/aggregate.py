@@ -53,7 +53,7 @@ def check_compatible(readers: Sequence) -> None:
 
 def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "confidence",
               confidence_measure: str = "max", tau: float = 1.0, era_temperature: float = 0.1,
-              trim: float = 0.2, k: int = 16, value_dtype: str = "int8", seed: int = 0,
+              trim: float = 0.2, prior_correction: bool = True, k: int = 16, value_dtype: str = "int8", seed: int = 0,
               overwrite: bool = False, progress: bool = True) -> BundleManifest:
     """Combine bundles per example with ``rule`` (see :mod:`fdcli.rules`) and write the result,
     with a provenance that lists every input and its sha256.
@@ -68,13 +68,16 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
         raise ValueError(f"confidence measure must be one of {CONFIDENCE_MEASURES}")
     readers = [read_bundle(b) for b in bundles]
     check_compatible(readers)
-    params = _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim)
+    params = _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim,
+                          prior_correction)
     first = readers[0].manifest
     provenance = [{"path": str(r.path), "client_id": r.manifest.producer.client_id,
                    "manifest_sha256": _manifest_digest(r.path),
                    "shards_sha256": [s.sha256 for s in r.manifest.shards],
                    "examples": r.manifest.examples} for r in readers]
+    rounds = [r.manifest.producer.config.get("round") for r in readers]
     config = {"rule": rule, **params,
+              "round": max([x for x in rounds if isinstance(x, int) and x > 0] or [1]),
               "inputs": [str(b) for b in bundles],
               "coverage": {str(r.path): r.manifest.examples for r in readers}}
     common = dict(proxy_fingerprint=first.proxy_fingerprint, client_id="coordinator",
@@ -128,7 +131,8 @@ def _aggregate_classes(readers, out, rule, params, config, common,
     return writer.manifest
 
 
-def _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim):
+def _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim,
+                 prior_correction):
     if rule == "confidence":
         return {"measure": confidence_measure, "tau": tau}
     if rule == "entropy-reduction":
@@ -142,7 +146,40 @@ def _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim):
             raise IncompatibleBundlesError(f"rule 'weighted' needs each bundle to declare its "
                                            f"client's train_examples; missing in {missing}")
         return {"counts": counts}
+    if rule == "coverage":
+        return {"counts": _label_counts(readers), "prior_correction": prior_correction}
     return {}
+
+
+def _label_counts(readers) -> list[list[int]]:
+    """Each bundle's declared training label counts, in the label space's order."""
+    first = readers[0].manifest
+    if first.task != "classification":
+        raise IncompatibleBundlesError(f"{readers[0].path}: rule 'coverage' weights clients by "
+                                       f"their label counts, which a {first.task!r} bundle "
+                                       "does not have; use another rule")
+    names = first.label_space.get("names") or []
+    counts, problems = [], []
+    for r in readers:
+        hist = r.manifest.producer.config.get("label_histogram")
+        if not isinstance(hist, dict):
+            problems.append(f"{r.path}: manifest.json producer.config.label_histogram is "
+                            "missing; the client must emit with --declare-label-counts")
+            continue
+        bad = [n for n in names if not isinstance(hist.get(n), int) or hist[n] < 0] + \
+            [str(n) for n in hist if n not in names]
+        if bad:
+            problems.append(f"{r.path}: producer.config.label_histogram must give a "
+                            f"non-negative count for each of the labels {names}; wrong or "
+                            f"unknown: {bad[:5]}")
+            continue
+        counts.append([hist[n] for n in names])
+    if problems:
+        raise IncompatibleBundlesError.collected("bundles (rule 'coverage')", problems)
+    if not any(sum(c) for c in counts):
+        raise IncompatibleBundlesError("rule 'coverage': every bundle declares zero training "
+                                       "examples; there is nothing to weight by")
+    return counts
 
 
 class _Examples:

@@ -28,6 +28,32 @@ def open_teacher(teacher: str | Path, out: str | Path, *, task: str, temperature
     return reader
 
 
+def proxy_teacher(reader, proxy: str | Path, *, split: str | None, temperature: float,
+                  text_column: str | None = None, image_column: str | None = None,
+                  label_column: str | None = None, need_labels: bool = False):
+    """Load the proxy dataset a classification bundle was made on and the bundle's rows for
+    it: ``(dataset, spec, example ids [N], TeacherRows)``. Refuses a proxy set whose
+    fingerprint differs from the bundle's, and example ids past its end."""
+    from ..training import TeacherRows
+
+    m = reader.manifest
+    ds = load_local(proxy, split)
+    spec = resolve(ds, str(proxy), text_column=text_column, image_column=image_column,
+                   label_column=label_column, label_names=m.label_space.get("names"),
+                   need_labels=need_labels)
+    found = fingerprint(ds, spec)
+    if found != m.proxy_fingerprint:
+        raise DataError(f"{proxy}: this proxy dataset differs from the one {reader.path} was "
+                        f"made on (fingerprint {found}, the bundle says "
+                        f"{m.proxy_fingerprint}); use the same proxy set, in the same order")
+    block = reader.read_all()
+    rows = block.example_ids.long()
+    if int(rows.max()) >= len(ds):
+        raise DataError(f"{reader.path}: example id {int(rows.max())} is past the end of the "
+                        f"{len(ds)}-example proxy set")
+    return ds, spec, rows, TeacherRows(block, temperature)
+
+
 def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: str | Path, *,
             temperature: float = 2.0, hard_weight: float = 0.0, epochs: float = 3.0,
             learning_rate: float = 5e-5, batch_size: int = 16, seed: int = 0,
@@ -39,7 +65,7 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
     against the teacher bundle. The soft loss is KL at ``temperature`` times T^2; topk
     teachers use the tail-bucket loss. ``hard_weight`` > 0 mixes in cross-entropy on the
     proxy labels, which the proxy must then have."""
-    from ..training import TeacherRows, fit
+    from ..training import fit
 
     reader = open_teacher(teacher, out, task="classification", temperature=temperature,
                           hard_weight=hard_weight, overwrite=overwrite,
@@ -47,20 +73,9 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
                                "token bundle, distill a causal LM with --task causal-lm)")
     m = reader.manifest
     names = m.label_space.get("names")
-    ds = load_local(proxy, split)
-    spec = resolve(ds, str(proxy), text_column=text_column, image_column=image_column,
-                   label_column=label_column, label_names=names, need_labels=hard_weight > 0)
-    found = fingerprint(ds, spec)
-    if found != m.proxy_fingerprint:
-        raise DataError(f"{proxy}: this proxy dataset differs from the one {teacher} was made "
-                        f"on (fingerprint {found}, the bundle says {m.proxy_fingerprint}); "
-                        "distill on the same proxy set, in the same order")
-    block = reader.read_all()
-    rows = block.example_ids.long()
-    if int(rows.max()) >= len(ds):
-        raise DataError(f"{teacher}: example id {int(rows.max())} is past the end of the "
-                        f"{len(ds)}-example proxy set")
-    teacher_rows = TeacherRows(block, temperature)
+    ds, spec, rows, teacher_rows = proxy_teacher(
+        reader, proxy, split=split, temperature=temperature, text_column=text_column,
+        image_column=image_column, label_column=label_column, need_labels=hard_weight > 0)
     clf = load_classifier(student, spec.kind, names, tokenizer=tokenizer, seed=seed)
     all_values = list(ds[spec.input_column])
     values = [all_values[int(i)] for i in rows]

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, TopKCodec
 from ..data import load_local, resolve, fingerprint
-from ..models import fingerprint_model, load_classifier, predict_logits
+from ..models import ModelError, fingerprint_model, load_classifier, predict_logits
 from ..progress import progress_bar
 
 ENCODINGS = ("dense", "topk")
@@ -15,11 +15,16 @@ ENCODINGS = ("dense", "topk")
 
 def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                 encoding: str = "dense", k: int = 16, value_dtype: str = "int8",
-                client_id: str | None = None, text_column: str | None = None,
+                client_id: str | None = None, declare_label_counts: bool = False,
+                text_column: str | None = None,
                 image_column: str | None = None, split: str | None = None,
                 batch_size: int = 64, seed: int = 0, overwrite: bool = False,
                 progress: bool = True) -> BundleManifest:
-    """Write the bundle of ``model``'s predictions on every example of ``proxy``."""
+    """Write the bundle of ``model``'s predictions on every example of ``proxy``.
+
+    ``declare_label_counts`` copies the model's training label histogram (from its fd.json)
+    into the manifest, for the ``coverage`` aggregation rule. It discloses the client's class
+    mix to whoever reads the bundle, so it is off unless asked for."""
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
     ds = load_local(proxy, split)
@@ -30,8 +35,17 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     config: dict[str, Any] = {"model": str(model), "proxy": str(proxy), "encoding": encoding,
                               "batch_size": batch_size, "split": split,
                               "input_column": spec.input_column,
-                              "train_examples": clf.meta.get("train_examples"),
-                              "label_histogram": clf.meta.get("label_histogram")}
+                              "train_examples": clf.meta.get("train_examples")}
+    if declare_label_counts:
+        histogram = clf.meta.get("label_histogram")
+        if not isinstance(histogram, dict):
+            raise ModelError(f"{model}: --declare-label-counts needs the model's training "
+                             "label histogram, which fd.json holds for models trained by fd "
+                             "train-specialist; found none")
+        config["label_histogram"] = histogram
+    for key in ("round", "consensus"):  # rounds: which consensus the model digested
+        if clf.meta.get(key) is not None:
+            config[key] = clf.meta[key]
     if encoding == "topk":
         config.update(k=k, value_dtype=value_dtype)
     values = list(ds[spec.input_column])

@@ -58,20 +58,14 @@ def digits_dataset():
     return datasets.Dataset.from_dict({"image": images, "label": y.tolist()}, features=features)
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _scores(evaluated: dict[str, Any], **extra) -> dict[str, Any]:
-    return {"accuracy": evaluated["accuracy"], "macro_f1": evaluated["macro_f1"], **extra}
-
-
 def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: int = 5,
              alpha: float = 1.0, proxy_fraction: float = 0.2, rule: str = "confidence",
              compare_rules: Sequence[str] = ("mean",),
              architectures: Sequence[str] | None = None, student: str | None = None,
              epochs: float = 60.0, distill_epochs: float = 100.0, learning_rate: float = 2e-3,
-             batch_size: int = 32, temperature: float = 2.0,
+             batch_size: int = 32, temperature: float = 2.0, rounds: int = 1,
+             round_epochs: float = 10.0, round_distill_epochs: float = 30.0,
+             digest_weight: float = 0.5, schedule: str = "mixed", from_student: bool = False,
              baselines: Sequence[str] = BASELINES, fedavg_rounds: int = 20,
              fedavg_local_epochs: float = 3.0, fedavg_fraction: float = 1.0,
              target_fraction: float = 0.95, privacy: bool = True, seed: int = 0,
@@ -83,15 +77,22 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     learning rate of 2e-3; FedAvg: 20 rounds of 3 local epochs, the same 60 epochs per
     client); the stage defaults (3 epochs, 5e-5) suit fine-tuning pretrained models.
     ``target_fraction`` of the centralized accuracy is the target of ``bytes_to_target``.
+
+    ``rounds`` > 1 sends each round's consensus back to the clients, which update their
+    specialists from it and their private data for ``round_epochs`` (``schedule`` and
+    ``digest_weight`` as in :func:`~fdcli.stages.train_specialist.train_specialist`), or start
+    from the current student with ``from_student``; the student continues for
+    ``round_distill_epochs`` on each new consensus. The fd curve gets one point per round,
+    with bytes both ways (:mod:`fdcli.stages.federation`). ``compare_rules`` students are
+    distilled from the last round's bundles.
     """
     from ..meter import StageMeter
     from ..report import bytes_to_target, markdown, one_shot_curve, plot, ratios_to
-    from ..stages.aggregate import aggregate
-    from ..stages.distill import distill
-    from ..stages.emit import emit_logits
-    from ..stages.evaluate import evaluate
-    from ..stages.partition import partition
-    from ..stages.train_specialist import train_specialist
+    from .distill import distill
+    from .evaluate import evaluate
+    from .federation import Federation, scores
+    from .partition import partition
+    from .train_specialist import SCHEDULES, train_specialist
 
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
@@ -100,6 +101,12 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                         ("fedavg_fraction", fedavg_fraction)):
         if not 0 < value <= 1:
             raise ValueError(f"{name} must be in (0, 1], got {value}")
+    if rounds < 1 or not round_epochs > 0 or not round_distill_epochs > 0:
+        raise ValueError(f"rounds must be >= 1, round_epochs and round_distill_epochs > 0; "
+                         f"got {rounds}, {round_epochs} and {round_distill_epochs}")
+    if schedule not in SCHEDULES or not 0 < digest_weight <= 1:
+        raise ValueError(f"schedule must be one of {list(SCHEDULES)} and digest_weight in "
+                         f"(0, 1]; got {schedule!r} and {digest_weight}")
     if fedavg_rounds < 1 or not fedavg_local_epochs > 0:
         raise ValueError(f"fedavg_rounds must be >= 1 and fedavg_local_epochs > 0; got "
                          f"{fedavg_rounds} and {fedavg_local_epochs}")
@@ -124,51 +131,34 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                   "rule": rule, "compare_rules": list(compare_rules),
                   "architectures": architectures, "student": student, "epochs": epochs,
                   "distill_epochs": distill_epochs, "learning_rate": learning_rate,
-                  "batch_size": batch_size, "temperature": temperature,
-                  "baselines": list(baselines), "fedavg_rounds": fedavg_rounds,
+                  "batch_size": batch_size, "temperature": temperature, "rounds": rounds,
+                  "round_epochs": round_epochs, "round_distill_epochs": round_distill_epochs,
+                  "digest_weight": digest_weight, "schedule": schedule,
+                  "from_student": from_student, "baselines": list(baselines), "fedavg_rounds": fedavg_rounds,
                   "fedavg_local_epochs": fedavg_local_epochs,
                   "fedavg_fraction": fedavg_fraction, "target_fraction": target_fraction,
                   "seed": seed}
         train = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                      seed=seed, progress=progress, tokenizer=tokenizer)
         distilling = dict(temperature=temperature, epochs=distill_epochs,
-                       learning_rate=learning_rate, batch_size=batch_size, seed=seed,
-                       progress=progress, tokenizer=tokenizer)
+                          learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+                          progress=progress, tokenizer=tokenizer)
         test = parts / "test"
         sizes = report["sizes"]["clients"]
-        specialists, uploads = [], []
-        with meter.stage("specialists"):
-            for i in range(num_clients):
-                arch = architectures[i % len(architectures)]
-                model_dir = root / "specialists" / f"client-{i}"
-                log(f"client {i}: training a {arch} on {sizes[i]} examples")
-                train_specialist(parts / f"client-{i}", configs / f"{arch}.json", model_dir,
-                                 client_id=f"client-{i}", labels=report["label_names"], **train)
-                bundle = root / "bundles" / f"client-{i}"
-                emit_logits(model_dir, parts / "proxy", bundle, client_id=f"client-{i}",
-                            seed=seed, progress=progress)
-                uploads.append(_dir_bytes(bundle))
-                specialists.append({"client_id": f"client-{i}", "architecture": arch,
-                                    "train_examples": sizes[i],
-                                    **_scores(evaluate(model_dir, test)),
-                                    "uploaded_bytes": uploads[-1]})
-        bundles = [root / "bundles" / f"client-{i}" for i in range(num_clients)]
-        students: dict[str, dict[str, Any]] = {}
-        for r in [rule, *[c for c in compare_rules if c != rule]]:
-            with meter.stage(f"aggregate_{r}"):
-                log(f"aggregating {num_clients} bundles with rule {r!r}")
-                aggregate(bundles, root / "teachers" / r, rule=r, seed=seed, progress=progress)
-            with meter.stage(f"distill_{r}"):
-                log(f"distilling a {student} from the {r!r} teacher")
-                student_dir = root / "students" / r
-                distill(configs / f"{student}.json", parts / "proxy", root / "teachers" / r,
-                        student_dir, **distilling)
-                scores = evaluate(student_dir, test)
-                students[r] = _scores(scores, architecture=student, nll=scores["nll"],
-                                      ece=scores["ece"], teacher_proxy_accuracy=_accuracy_on(
-                                          root / "teachers" / r, parts / "proxy-labels"))
-        uploaded = sum(uploads)
-        curves = {"fd": one_shot_curve(uploaded, 0, students[rule])}
+        fed = Federation(root, parts, configs, report["label_names"], sizes, architectures,
+                         student, rule, train, distilling, round_epochs=round_epochs,
+                         round_distill_epochs=round_distill_epochs, digest_weight=digest_weight,
+                         schedule=schedule, from_student=from_student,
+                         declare_label_counts="coverage" in [rule, *compare_rules], seed=seed,
+                         progress=progress, log=log)
+        for r in range(1, rounds + 1):
+            fed.run_round(r, meter)
+        last = fed.history[-1]
+        specialists, alone = last["specialists"], fed.history[0]
+        students = {rule: last["student"]}
+        for other in [c for c in compare_rules if c != rule]:
+            students[other] = fed.aggregate_and_distill(rounds, other, meter, fresh=True)
+        curves = {"fd": fed.curve()}
         results_baselines: dict[str, dict[str, Any]] = {}
         members_union = None
         if "standalone" in baselines:
@@ -176,18 +166,20 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                 single = max(range(num_clients), key=lambda i: sizes[i])
                 log(f"standalone: a {student} distilled from client {single}'s bundle alone")
                 one = root / "standalone-student"
-                distill(configs / f"{student}.json", parts / "proxy", bundles[single], one,
-                        **distilling)
+                distill(configs / f"{student}.json", parts / "proxy", fed.bundle_dirs(1)[single],
+                        one, **distilling)
+                firsts = alone["specialists"]  # round 1: trained on their own data only
                 results_baselines["standalone"] = {
-                    "accuracy": sum(s["accuracy"] for s in specialists) / num_clients,
-                    "macro_f1": sum(s["macro_f1"] for s in specialists) / num_clients,
-                    "best_accuracy": max(s["accuracy"] for s in specialists),
+                    "accuracy": sum(s["accuracy"] for s in firsts) / num_clients,
+                    "macro_f1": sum(s["macro_f1"] for s in firsts) / num_clients,
+                    "best_accuracy": max(s["accuracy"] for s in firsts),
                     "what": "each specialist alone on the test split (mean over clients)"}
-                results_baselines["standalone_student"] = _scores(
+                results_baselines["standalone_student"] = scores(
                     evaluate(one, test), teacher=f"client-{single}",
                     what="the student distilled from the largest client's bundle alone")
                 curves["fd_single_teacher"] = one_shot_curve(
-                    uploads[single], 0, results_baselines["standalone_student"])
+                    alone["uploaded_per_client"][single], 0,
+                    results_baselines["standalone_student"])
         if "centralized" in baselines or privacy:
             members_union = _union([parts / f"client-{i}" for i in range(num_clients)],
                                    root / "union")
@@ -197,7 +189,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                 train_specialist(members_union, configs / f"{student}.json",
                                  root / "centralized", client_id="centralized",
                                  labels=report["label_names"], **train)
-                results_baselines["centralized"] = _scores(evaluate(root / "centralized",
+                results_baselines["centralized"] = scores(evaluate(root / "centralized",
                                                                     test))
         fedavg_runs = {}
         if "fedavg" in baselines:
@@ -219,8 +211,8 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                 trained = [n for n in ("fedavg", "fedavg_8bit", "centralized")
                            if (root / n).is_dir()]
                 privacy_report = _privacy(root, parts, test, members_union,
-                                          configs / f"{student}.json", num_clients, rule, train,
-                                          trained)
+                                          configs / f"{student}.json", fed.specialist_dirs(rounds),
+                                          fed.student_dir(rounds), train, trained)
         central = results_baselines.get("centralized")
         target = target_fraction * central["accuracy"] if central else None
         hits = {name: bytes_to_target(c, target) for name, c in curves.items()} \
@@ -237,8 +229,21 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
             "baselines": results_baselines,
             "target_accuracy": target,
             "curves": curves,
-            "bytes": {"fd": {"uploaded_per_client": uploads, "uploaded_total": uploaded,
-                             "downloaded_total": 0},
+            "rounds": [{"round": h["round"],
+                        "teacher_proxy_accuracy": h["teacher_proxy_accuracy"],
+                        "student_accuracy": h["student"]["accuracy"],
+                        "specialists_mean_accuracy": sum(
+                            s["accuracy"] for s in h["specialists"]) / num_clients,
+                        "specialists_accuracy": [s["accuracy"] for s in h["specialists"]],
+                        "uploaded_bytes": h["uploaded_bytes"],
+                        "downloaded_bytes": h["downloaded_bytes"],
+                        "cumulative_bytes": p["total_bytes"]}
+                       for h, p in zip(fed.history, curves["fd"])],
+            "bytes": {"fd": {"uploaded_per_client": last["uploaded_per_client"],
+                             "uploaded_total": curves["fd"][-1]["uploaded_bytes"],
+                             "downloaded_total": curves["fd"][-1]["total_bytes"]
+                             - curves["fd"][-1]["uploaded_bytes"],
+                             "total": curves["fd"][-1]["total_bytes"]},
                       **{name: {"per_round": run["traffic"],
                                 "uploaded_total": run["curve"][-1]["uploaded_bytes"],
                                 "total": run["curve"][-1]["total_bytes"]}
@@ -260,22 +265,6 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
         results["timing"] = meter.summary()
         (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
-
-
-def _accuracy_on(bundle: Path, labelled: Path) -> float:
-    """How often a bundle's most likely label is the true one, on the examples it covers: the
-    teacher's accuracy on the proxy (which the simulation, unlike a coordinator, can label)."""
-    import datasets
-
-    from ..bundle import read_bundle
-
-    labels = datasets.load_from_disk(str(labelled))["label"]
-    hits = total = 0
-    for block in read_bundle(bundle).iter_blocks():
-        pred = block.dense().argmax(-1).tolist()
-        hits += sum(int(p == labels[int(e)]) for p, e in zip(pred, block.example_ids))
-        total += len(pred)
-    return hits / total
 
 
 def _write_configs(root: Path, parts: Path, kind: str, catalogue: dict[str, dict[str, Any]]):
@@ -362,7 +351,7 @@ def _fedavg(out: Path, parts: Path, model_config: Path, report: dict[str, Any], 
 
 
 def _privacy(root: Path, parts: Path, test: Path, union: Path, student_config: Path,
-             num_clients: int, rule: str, train: dict[str, Any],
+             specialists: Sequence[Path], student: Path, train: dict[str, Any],
              baselines: Sequence[str]) -> dict[str, Any]:
     """Loss-threshold and reference attacks on every specialist, the student and the
     baselines that trained on client data."""
@@ -378,12 +367,11 @@ def _privacy(root: Path, parts: Path, test: Path, union: Path, student_config: P
         "reference_model": "the student architecture trained on the labelled proxy split, "
                            "which holds neither"}
     out["specialists"] = [
-        {"client_id": f"client-{i}", **_attacks(root / "specialists" / f"client-{i}",
-                                                parts / f"client-{i}", test, reference)}
-        for i in range(num_clients)]
+        {"client_id": f"client-{i}", **_attacks(model, parts / f"client-{i}", test, reference)}
+        for i, model in enumerate(specialists)]
     aucs = [s["auc"] for s in out["specialists"]]
     out["specialists_mean_auc"] = sum(aucs) / len(aucs)
-    out["student"] = _attacks(root / "students" / rule, union, test, reference)
+    out["student"] = _attacks(student, union, test, reference)
     for name in baselines:
         out[name] = _attacks(root / name, union, test, reference)
     return out

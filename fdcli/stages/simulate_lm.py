@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from .. import __version__
 from ..outputs import fresh_dir
-from .simulate import _dir_bytes
+from .federation import dir_bytes as _dir_bytes
 
 #: tiny random-init causal LMs; ``n_positions``/``max_position_embeddings`` and the vocabulary
 #: come from the simulation's settings.

@@ -1,7 +1,9 @@
-"""fd train-specialist: fine-tune a classifier on one institution's private data."""
+"""fd train-specialist: fine-tune a classifier on one institution's private data, and in later
+rounds update it from the coordinator's consensus on the proxy set (see docs/rounds.md)."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import Counter
 from pathlib import Path
@@ -9,8 +11,11 @@ from typing import Any
 
 from .. import __version__
 from ..data import label_ids, load_local, resolve
+from ..errors import IncompatibleBundlesError
 from ..models import fingerprint_model, load_classifier, predict_logits, save_classifier
-from ..outputs import atomic_dir
+from ..outputs import atomic_dir, check_free
+
+SCHEDULES = ("mixed", "alternate")
 
 
 def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
@@ -19,14 +24,25 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                      image_column: str | None = None, label_column: str | None = None,
                      tokenizer: str | Path | None = None, split: str | None = None,
                      epochs: float = 3.0, learning_rate: float = 5e-5, batch_size: int = 16,
-                     val_fraction: float = 0.0, seed: int = 0, overwrite: bool = False,
+                     val_fraction: float = 0.0, teacher: str | Path | None = None,
+                     proxy: str | Path | None = None, proxy_split: str | None = None,
+                     digest_weight: float = 0.5, schedule: str = "mixed",
+                     temperature: float = 2.0, seed: int = 0, overwrite: bool = False,
                      progress: bool = True) -> dict[str, Any]:
     """Train ``model`` (a model directory or a config file) on the labelled dataset ``data``
     and write a model directory to ``out``: weights, tokenizer or image processor, and fd.json
     with the configuration, the label names, the training label histogram and the metrics.
 
     ``labels`` names the federation's label space when this client's data may lack some
-    labels (otherwise it is read from the data: a ClassLabel's names, or the sorted strings)."""
+    labels (otherwise it is read from the data: a ClassLabel's names, or the sorted strings).
+
+    A round after the first: given ``teacher`` (the coordinator's aggregated bundle, the
+    consensus) and ``proxy`` (the proxy set it was made on), the model also learns the
+    consensus on the proxy ("digest") while it trains on the private data ("revisit").
+    ``schedule`` ``mixed`` (the default) shuffles proxy and private examples together and
+    minimises ``digest_weight`` * KD(consensus, T=``temperature``) + (1 - ``digest_weight``)
+    * CE per batch; ``alternate`` (FedMD) digests for ``epochs`` over the proxy, then
+    revisits for ``epochs``. fd.json records the round and the consensus's sha256."""
     from ..training import fit
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dict(
@@ -36,6 +52,15 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
         val_fraction=val_fraction, seed=seed).items()}
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if (teacher is None) != (proxy is None):
+        raise ValueError("--teacher (the consensus bundle) and --proxy (the proxy set it was "
+                         "made on) go together")
+    consensus = None
+    if teacher is not None:
+        consensus = _open_consensus(teacher, digest_weight, schedule, temperature, out,
+                                    overwrite)
+        config.update(teacher=str(teacher), proxy=str(proxy), proxy_split=proxy_split,
+                      digest_weight=digest_weight, schedule=schedule, temperature=temperature)
     ds = load_local(data, split)
     spec = resolve(ds, str(data), text_column=text_column, image_column=image_column,
                    label_column=label_column, label_names=labels)
@@ -46,21 +71,92 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     random.Random(seed).shuffle(order)
     n_val = int(round(len(order) * val_fraction))
     val, train = order[:n_val], order[n_val:]
+    train_values, train_labels = [values[i] for i in train], [labels[i] for i in train]
+    digest = None
+    if consensus is not None:
+        digest = _digest_rows(consensus, clf, proxy, proxy_split, temperature, text_column,
+                              image_column)
     with atomic_dir(out, overwrite) as tmp:
-        metrics = fit(clf, [values[i] for i in train], [labels[i] for i in train], epochs=epochs,
-                      learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+        common = dict(learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                       progress=progress)
+        if digest is None:
+            metrics = fit(clf, train_values, train_labels, epochs=epochs, **common)
+        elif schedule == "mixed":
+            proxy_values, rows, teacher_rows = digest
+            metrics = fit(clf, train_values + proxy_values,
+                          train_labels + [-100] * len(proxy_values), epochs=epochs,
+                          teacher=teacher_rows, example_ids=[None] * len(train_values) + rows,
+                          hard_weight=1 - digest_weight, **common)
+        else:
+            proxy_values, rows, teacher_rows = digest
+            digested = fit(clf, proxy_values, None, epochs=epochs, teacher=teacher_rows,
+                           example_ids=rows, **common)
+            metrics = fit(clf, train_values, train_labels, epochs=epochs, **common)
+            metrics.update({f"digest_{k}": v for k, v in digested.items()})
         if val:
             logits = predict_logits(clf, [values[i] for i in val])
             hits = sum(int(p == labels[i]) for p, i in zip(logits.argmax(-1).tolist(), val))
             metrics["val_accuracy"] = hits / len(val)
         histogram = Counter(clf.label_names[labels[i]] for i in train)
         meta = {"fd_version": __version__, "stage": "train-specialist",
-                "client_id": client_id or Path(out).name, "task": "classification",
+                "client_id": client_id or clf.meta.get("client_id") or Path(out).name,
+                "task": "classification",
                 "kind": spec.kind, "label_names": clf.label_names,
                 "label_histogram": {n: histogram.get(n, 0) for n in clf.label_names},
                 "train_examples": len(train), "val_examples": len(val),
                 "architecture": clf.architecture, "metrics": metrics, "config": config,
                 "model_fingerprint": fingerprint_model(clf.model)}
+        if consensus is not None:
+            meta["round"] = consensus["record"]["round"] + 1
+            meta["consensus"] = consensus["record"]
+            meta["proxy_examples"] = len(digest[0])
         save_classifier(clf, tmp, meta)
     return meta
+
+
+def _open_consensus(teacher, digest_weight, schedule, temperature, out, overwrite):
+    """Check the round settings and open the consensus bundle: a classification bundle,
+    identified by the sha256 of its manifest (which lists every shard's sha256)."""
+    from ..bundle import read_bundle
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if not 0 < digest_weight <= 1:
+        raise ValueError(f"digest_weight must be in (0, 1], got {digest_weight}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    check_free(Path(out), overwrite)
+    reader = read_bundle(teacher)
+    m = reader.manifest
+    if m.task != "classification":
+        raise IncompatibleBundlesError(f"{teacher}: task {m.task!r}; a specialist digests a "
+                                       "classification consensus (rounds of causal LMs are "
+                                       "not supported yet)")
+    digest = hashlib.sha256((Path(teacher) / "manifest.json").read_bytes()).hexdigest()
+    seen = m.producer.config.get("round")
+    record = {"sha256": digest, "round": seen if isinstance(seen, int) and seen > 0 else 1, "path": str(teacher), "examples": m.examples,
+              "clients": [p.get("client_id") for p in m.provenance if isinstance(p, dict)]}
+    return {"reader": reader, "record": record}
+
+
+def _digest_rows(consensus, clf, proxy, proxy_split, temperature, text_column, image_column):
+    """The proxy examples the consensus covers, checked against the model's label space."""
+    from ..bundle import fingerprint_labels
+    from .distill import proxy_teacher
+
+    reader = consensus["reader"]
+    m = reader.manifest
+    if m.label_fingerprint != fingerprint_labels(clf.label_names):
+        raise IncompatibleBundlesError(
+            f"{reader.path}: the consensus is over the labels {m.label_space.get('names')}, "
+            f"but the model's label space is {clf.label_names}; use the consensus of this "
+            "federation")
+    ds, spec, rows, teacher_rows = proxy_teacher(
+        reader, proxy, split=proxy_split, temperature=temperature, text_column=text_column,
+        image_column=image_column)
+    if spec.kind != clf.kind:
+        raise IncompatibleBundlesError(f"{proxy}: a {spec.kind} proxy set for a {clf.kind} "
+                                       "model")
+    all_values = list(ds[spec.input_column])
+    ids = rows.tolist()
+    return [all_values[i] for i in ids], ids, teacher_rows
