@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# One air-gapped round of federated distillation with the five fd commands, by hand.
+# Air-gapped rounds of federated distillation with the five fd commands, by hand.
 #
 #   bash examples/airgapped_round.sh [WORKDIR]        (default: ./fd-airgapped)
+#   ROUNDS=1 bash examples/airgapped_round.sh         (one-shot: a single trip of the stick)
 #
 # Three institutions (hospital-a, hospital-b, hospital-c) each hold private support tickets
 # labelled billing / outage / praise. Everyone has the same public proxy set of unlabelled
-# tickets. Each institution trains a specialist and writes a logit bundle; the bundles travel
-# to the coordinator "on a USB stick" (a folder copy); the coordinator verifies them,
-# aggregates them, distills a student and evaluates it on a held-out test set.
+# tickets. Round 1: each institution trains a specialist and writes a logit bundle that
+# declares its label counts; the bundles travel to the coordinator "on a USB stick" (a folder
+# copy); the coordinator verifies them, aggregates them with the coverage rule (the consensus)
+# and distills a student. Round 2 (and later): the consensus travels back; each institution
+# updates its specialist from the consensus and its private data and writes a new bundle; the
+# coordinator aggregates again and continues the student. See docs/rounds.md.
 # The data are generated here, and the models are tiny BERTs built from a config, with a
 # word-level tokenizer trained on the fly: nothing is downloaded.
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 W=${1:-fd-airgapped}
 EPOCHS=${EPOCHS:-20}
+ROUNDS=${ROUNDS:-2}
+SITES="hospital-a hospital-b hospital-c"
 rm -rf "$W" && mkdir -p "$W"/{shared,hospital-a,hospital-b,hospital-c,coordinator/usb}
 
 python - "$W" <<'PY'
@@ -54,23 +60,39 @@ train_word_tokenizer(texts, w / "shared" / "tokenizer")
     "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 32}))
 PY
 
-for site in hospital-a hospital-b hospital-c; do
-  echo "== $site: train a specialist on private data, then emit logits on the proxy set"
-  fd train-specialist "$W/$site/private.csv" --model "$W/shared/bert-tiny.json" \
-     --tokenizer "$W/shared/tokenizer" --client-id "$site" --epochs "$EPOCHS" --lr 3e-3 \
-     --out "$W/$site/specialist"
-  fd emit-logits "$W/$site/specialist" "$W/shared/proxy.csv" --out "$W/$site/bundle"
-  cp -r "$W/$site/bundle" "$W/coordinator/usb/$site"      # the USB stick
+C="$W/coordinator"
+for r in $(seq 1 "$ROUNDS"); do
+  for site in $SITES; do
+    if [ "$r" = 1 ]; then
+      echo "== round 1, $site: train a specialist on private data, then emit logits"
+      fd train-specialist "$W/$site/private.csv" --model "$W/shared/bert-tiny.json" \
+         --tokenizer "$W/shared/tokenizer" --client-id "$site" --epochs "$EPOCHS" --lr 3e-3 \
+         --out "$W/$site/specialist-1"
+    else
+      echo "== round $r, $site: digest the consensus that came back, revisit private data"
+      cp -r "$C/consensus-$((r - 1))" "$W/$site/consensus-$((r - 1))"   # the stick comes back
+      fd train-specialist "$W/$site/private.csv" --model "$W/$site/specialist-$((r - 1))" \
+         --teacher "$W/$site/consensus-$((r - 1))" --proxy "$W/shared/proxy.csv" \
+         --epochs "$EPOCHS" --lr 3e-3 --out "$W/$site/specialist-$r"
+    fi
+    fd emit-logits "$W/$site/specialist-$r" "$W/shared/proxy.csv" --declare-label-counts \
+       --out "$W/$site/bundle-$r"
+    mkdir -p "$C/usb-$r" && cp -r "$W/$site/bundle-$r" "$C/usb-$r/$site"   # the USB stick
+  done
+
+  echo "== round $r, coordinator: verify, aggregate, distill"
+  for site in $SITES; do fd verify "$C/usb-$r/$site"; done
+  fd aggregate "$C/usb-$r"/hospital-{a,b,c} --rule coverage --out "$C/consensus-$r"
+  if [ "$r" = 1 ]; then start="$W/shared/bert-tiny.json"; else start="$C/student-$((r - 1))"; fi
+  fd distill "$start" "$W/shared/proxy.csv" "$C/consensus-$r" \
+     --tokenizer "$W/shared/tokenizer" --epochs "$EPOCHS" --lr 3e-3 --out "$C/student-$r"
 done
 
-echo "== coordinator: verify, aggregate, distill, evaluate"
-for site in hospital-a hospital-b hospital-c; do fd verify "$W/coordinator/usb/$site"; done
-fd aggregate "$W"/coordinator/usb/hospital-{a,b,c} --rule confidence \
-   --out "$W/coordinator/teacher"
-fd distill "$W/shared/bert-tiny.json" "$W/shared/proxy.csv" "$W/coordinator/teacher" \
-   --tokenizer "$W/shared/tokenizer" --epochs "$EPOCHS" --lr 3e-3 --out "$W/coordinator/student"
-for site in hospital-a hospital-b hospital-c; do
-  echo "-- specialist $site"; fd evaluate "$W/$site/specialist" "$W/coordinator/test.csv"
+for site in $SITES; do
+  echo "-- specialist $site, round $ROUNDS"
+  fd evaluate "$W/$site/specialist-$ROUNDS" "$C/test.csv"
 done
-echo "-- student"
-fd evaluate "$W/coordinator/student" "$W/coordinator/test.csv" --json | tee "$W/coordinator/student-eval.json"
+for r in $(seq 1 "$ROUNDS"); do
+  echo "-- student, round $r"
+  fd evaluate "$C/student-$r" "$C/test.csv" --json | tee "$C/student-$r-eval.json"
+done

@@ -282,6 +282,9 @@ def emit_logits_cmd(
     declare_label_counts: Annotated[bool, typer.Option(
         "--declare-label-counts", help="Write the model's training label counts into the "
         "manifest, for the coverage rule. This discloses the client's class mix.")] = False,
+    proxy_slice: Annotated[Optional[str], typer.Option(
+        "--slice", help="Emit only slice I of N contiguous slices of the proxy set, as I/N "
+        "(a fresh slice each round; classification).")] = None,
     task: TaskOpt = "classification", max_length: MaxLen = None, packing: Packing = True,
     text_column: TextCol = None, image_column: ImageCol = None, tokenizer: TokenizerOpt = None,
     split: SplitOpt = None, batch_size: Annotated[Optional[int], typer.Option(
@@ -299,8 +302,9 @@ def emit_logits_cmd(
     with reporting_errors():
         _check_task(task)
         if task == "causal-lm":
-            if declare_label_counts:
-                raise ValueError("--declare-label-counts applies to --task classification")
+            if declare_label_counts or proxy_slice:
+                raise ValueError("--declare-label-counts and --slice apply to --task "
+                                 "classification")
             m = emit_token_logits(model, proxy, out_dir, encoding=encoding or "topk", k=k,
                                   value_dtype=value_dtype, draws=draws,
                                   sample_temperature=sample_temperature, tokenizer=tokenizer,
@@ -311,12 +315,23 @@ def emit_logits_cmd(
             m = emit_logits(model, proxy, out_dir, encoding=encoding or "dense", k=k,
                             value_dtype=value_dtype, client_id=client_id,
                             declare_label_counts=declare_label_counts,
+                            proxy_slice=_slice(proxy_slice),
                             text_column=text_column, image_column=image_column, split=split,
                             batch_size=batch_size or 64, seed=seed, overwrite=overwrite)
     size = sum(s.bytes for s in m.shards)
     _report({"out": str(out_dir), "client_id": m.producer.client_id, "examples": m.examples,
              "rows": m.rows, "encoding": m.encoding, "bytes": size,
              "bytes_per_row": size / max(m.rows, 1), **m.fidelity}, json_out, "bundle")
+
+
+def _slice(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--slice must be I/N (for example 2/4), got {text!r}") from None
+    return i, n
 
 
 @app.command()
@@ -572,6 +587,9 @@ def simulate(
     from_student: Annotated[bool, typer.Option(
         "--from-student", help="Later rounds: start each specialist from the current student "
         "(a public model; its weights count as downloaded bytes).")] = False,
+    proxy_slices: Annotated[Optional[int], typer.Option(
+        help="Emit on a fresh slice of the proxy set each round, in turn, out of this many "
+             "(default: 1, the whole proxy set every round).")] = None,
     baselines: Annotated[str, typer.Option(
         help="Baselines to run, comma-separated: fedavg (Flower FedAvg, fp32 and 8-bit), "
              "standalone (each specialist alone; a student from one teacher), centralized "
@@ -611,7 +629,7 @@ def simulate(
         learning_rate=lr, batch_size=batch_size, temperature=temperature,
         hard_weight=hard_weight, rounds=rounds, round_epochs=round_epochs,
         round_distill_epochs=round_distill_epochs, digest_weight=digest_weight,
-        schedule=schedule).items()
+        schedule=schedule, proxy_slices=proxy_slices).items()
         if value is not None}
     if from_student:
         given["from_student"] = True
@@ -624,7 +642,8 @@ def simulate(
         _check_task(task)
         if task == "causal-lm":
             rounds_given = sorted({"rounds", "round_epochs", "round_distill_epochs",
-                                   "digest_weight", "schedule", "from_student"} & set(given))
+                                   "digest_weight", "schedule", "from_student",
+                                   "proxy_slices"} & set(given))
             if rounds_given:
                 raise ValueError(f"{', '.join('--' + o.replace('_', '-') for o in rounds_given)}"
                                  " apply to classification; --task causal-lm is one-shot")

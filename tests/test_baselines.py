@@ -193,7 +193,8 @@ def _dir_bytes(path):
 def test_simulate_with_baselines_on_digits(tmp_path):
     out = tmp_path / "sim"
     result = run("simulate", "--out", out, "--num-clients", 3, "--epochs", 3,
-                 "--distill-epochs", 3, "--compare-rules", "", "--fedavg-rounds", 2,
+                 "--distill-epochs", 3, "--rounds", 1, "--rule", "confidence",
+                 "--compare-rules", "", "--fedavg-rounds", 2,
                  "--fedavg-local-epochs", 1, "--json")
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)
@@ -256,7 +257,8 @@ def test_simulate_on_a_text_dataset_without_fedavg(tmp_path):
     data = make_csv(tmp_path / "tickets.csv", 300, seed=5)
     out = tmp_path / "sim"
     result = run("simulate", "--data", data, "--out", out, "--num-clients", 2, "--epochs", 12,
-                 "--distill-epochs", 12, "--compare-rules", "", "--baselines", "centralized",
+                 "--distill-epochs", 12, "--rounds", 1, "--compare-rules", "",
+                 "--baselines", "centralized",
                  "--no-privacy", "--json")
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)
@@ -275,6 +277,10 @@ def test_simulate_on_a_text_dataset_without_fedavg(tmp_path):
     (["--target-fraction", "1.5"], "target_fraction must be in (0, 1], got 1.5"),
     (["--fedavg-rounds", "0"], "fedavg_rounds must be >= 1"),
     (["--student", "gpt2"], "unknown image architecture(s) ['gpt2']"),
+    (["--rounds", "0"], "rounds must be >= 1"),
+    (["--round-epochs", "0"], "round_epochs and round_distill_epochs > 0"),
+    (["--schedule", "sometimes"], "schedule must be one of ['mixed', 'alternate']"),
+    (["--digest-weight", "1.5"], "digest_weight in (0, 1]"),
 ])
 def test_simulate_refuses_bad_settings(tmp_path, args, message):
     out = tmp_path / "sim"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -36,12 +37,22 @@ def test_airgapped_round_example(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "examples" / "airgapped_round.sh"), str(work)],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for site in ("hospital-a", "hospital-b", "hospital-c"):
-        assert verify_bundle(work / "coordinator" / "usb" / site).ok
-        assert (work / site / "specialist" / "fd.json").exists()
-    teacher = read_bundle(work / "coordinator" / "teacher").manifest
-    assert [p["client_id"] for p in teacher.provenance] == ["hospital-a", "hospital-b",
-                                                            "hospital-c"]
-    scores = json.loads((work / "coordinator" / "student-eval.json").read_text())
-    assert scores["examples"] == 150
-    assert scores["accuracy"] > 0.5  # three balanced classes: chance is 1/3
+    sites = ["hospital-a", "hospital-b", "hospital-c"]
+    c = work / "coordinator"
+    for r in (1, 2):
+        for site in sites:
+            assert verify_bundle(c / f"usb-{r}" / site).ok
+        consensus = read_bundle(c / f"consensus-{r}").manifest
+        assert [p["client_id"] for p in consensus.provenance] == sites
+        assert consensus.producer.config["rule"] == "coverage"
+        assert consensus.producer.config["round"] == r
+        scores = json.loads((c / f"student-{r}-eval.json").read_text())
+        assert scores["examples"] == 150
+        assert scores["accuracy"] > 0.5  # three balanced classes: chance is 1/3
+    digest = hashlib.sha256((c / "consensus-1" / "manifest.json").read_bytes()).hexdigest()
+    for site in sites:
+        meta = json.loads((work / site / "specialist-2" / "fd.json").read_text())
+        assert meta["round"] == 2 and meta["consensus"]["sha256"] == digest
+        assert meta["client_id"] == site
+    student = json.loads((c / "student-2" / "fd.json").read_text())
+    assert student["config"]["student"] == str(c / "student-1")

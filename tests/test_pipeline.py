@@ -111,7 +111,8 @@ def test_text_student_learns_and_evaluates(text_world):
 def test_image_federation_through_simulate(tmp_path):
     out = tmp_path / "sim"
     result = run("simulate", "--out", out, "--num-clients", 2, "--epochs", 3,
-                 "--distill-epochs", 3, "--compare-rules", "mean", "--baselines", "centralized",
+                 "--distill-epochs", 3, "--rounds", 1, "--rule", "confidence",
+                 "--compare-rules", "mean", "--baselines", "centralized",
                  "--json")
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)

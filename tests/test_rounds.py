@@ -210,3 +210,60 @@ def test_simulate_rounds_count_bytes_both_ways(tmp_path):
         results["rounds"][1]["specialists_accuracy"]
     report = (out / "report.md").read_text()
     assert "## Rounds" in report and "| 2 |" in report
+
+
+def test_simulate_refuses_rounds_for_language_models(tmp_path):
+    result = run("simulate", "--task", "causal-lm", "--rounds", 2, "--from-student",
+                 "--out", tmp_path / "lm")
+    assert result.exit_code == 1
+    assert "--from-student, --rounds apply to classification" in result.stderr
+    assert not (tmp_path / "lm").exists()
+
+
+def test_emit_a_slice_of_the_proxy_set(world, tmp_path):
+    import datasets
+
+    n = len(datasets.load_from_disk(str(world / "parts" / "proxy")))
+    full = read_bundle(world / "bundle-0").read_all()
+    for i in (1, 3):
+        result = run("emit-logits", world / "spec-0", world / "parts" / "proxy", "--slice",
+                     f"{i}/3", "--out", tmp_path / f"s{i}")
+        assert result.exit_code == 0, result.output
+        reader = read_bundle(tmp_path / f"s{i}")
+        block = reader.read_all()
+        lo, hi = (i - 1) * n // 3, i * n // 3
+        assert block.example_ids.tolist() == list(range(lo, hi))
+        assert reader.manifest.producer.config["proxy_slice"] == [i, 3]
+        assert torch.allclose(block.dense(), full.dense()[lo:hi], atol=1e-3)
+    for bad in ("0/3", "4/3", "two"):
+        result = run("emit-logits", world / "spec-0", world / "parts" / "proxy", "--slice",
+                     bad, "--out", tmp_path / "bad")
+        assert result.exit_code == 1 and "slice" in result.stderr
+        assert not (tmp_path / "bad").exists()
+
+
+def test_simulate_with_a_fresh_proxy_slice_each_round(tmp_path):
+    out = tmp_path / "sim"
+    result = run("simulate", "--out", out, "--num-clients", 2, "--epochs", 1,
+                 "--distill-epochs", 1, "--rounds", 3, "--round-epochs", 1,
+                 "--round-distill-epochs", 1, "--proxy-slices", 2, "--rule", "mean",
+                 "--compare-rules", "", "--baselines", "", "--no-privacy", "--json")
+    assert result.exit_code == 0, result.output
+    results = json.loads(result.stdout)
+    import datasets
+
+    n = len(datasets.load_from_disk(str(out / "partition" / "proxy")))
+    halves = [list(range(0, n // 2)), list(range(n // 2, n))]
+    dirs = [out, out / "rounds" / "round-2", out / "rounds" / "round-3"]
+    for r, d in enumerate(dirs):
+        ids = read_bundle(d / "bundles" / "client-0").read_all().example_ids.tolist()
+        assert ids == halves[r % 2]
+        assert read_bundle(d / "teachers" / "mean").read_all().example_ids.tolist() == ids
+    # from round 2 the student learns the newest consensus of each slice: the whole proxy
+    both = read_bundle(dirs[2] / "teachers" / "mean-all-slices").read_all()
+    assert both.example_ids.tolist() == list(range(n))
+    newest = read_bundle(dirs[2] / "teachers" / "mean").read_all()
+    assert torch.allclose(both.dense()[:n // 2], newest.dense(), atol=1e-3)
+    assert results["config"]["proxy_slices"] == 2
+    consensus = sum(p.stat().st_size for p in (dirs[1] / "teachers" / "mean").iterdir())
+    assert results["rounds"][2]["downloaded_bytes"] == 2 * consensus

@@ -18,13 +18,18 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                 client_id: str | None = None, declare_label_counts: bool = False,
                 text_column: str | None = None,
                 image_column: str | None = None, split: str | None = None,
-                batch_size: int = 64, seed: int = 0, overwrite: bool = False,
+                batch_size: int = 64, proxy_slice: tuple[int, int] | None = None,
+                seed: int = 0, overwrite: bool = False,
                 progress: bool = True) -> BundleManifest:
     """Write the bundle of ``model``'s predictions on every example of ``proxy``.
 
     ``declare_label_counts`` copies the model's training label histogram (from its fd.json)
     into the manifest, for the ``coverage`` aggregation rule. It discloses the client's class
-    mix to whoever reads the bundle, so it is off unless asked for."""
+    mix to whoever reads the bundle, so it is off unless asked for.
+
+    ``proxy_slice`` ``(i, n)`` emits only the i-th of n contiguous slices of the proxy set
+    (1-based; example ids stay those of the whole set), so that each round of a federation
+    can use a fresh slice (docs/rounds.md)."""
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
     ds = load_local(proxy, split)
@@ -49,6 +54,9 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     if encoding == "topk":
         config.update(k=k, value_dtype=value_dtype)
     values = list(ds[spec.input_column])
+    first, stop = slice_bounds(proxy_slice, len(values))
+    if proxy_slice is not None:
+        config["proxy_slice"] = list(proxy_slice)
     with BundleWriter(out, codec=codec, task="classification",
                       num_classes=len(clf.label_names), label_names=clf.label_names,
                       proxy_fingerprint=fingerprint(ds, spec),
@@ -56,9 +64,21 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       model_fingerprint=clf.meta.get("model_fingerprint")
                       or fingerprint_model(clf.model),
                       config=config, seed=seed, overwrite=overwrite) as writer, \
-            progress_bar(len(values), "emitting logits", progress) as advance:
-        for start in range(0, len(values), 1024):
-            chunk = values[start:start + 1024]
+            progress_bar(stop - first, "emitting logits", progress) as advance:
+        for start in range(first, stop, 1024):
+            chunk = values[start:min(start + 1024, stop)]
             logits = predict_logits(clf, chunk, batch_size, progress=advance)
             writer.add(range(start, start + len(chunk)), logits)
     return writer.manifest
+
+
+def slice_bounds(proxy_slice: tuple[int, int] | None, size: int) -> tuple[int, int]:
+    """The example range ``[first, stop)`` of slice ``(i, n)`` (1-based) of ``size`` examples:
+    slice i holds examples ``floor((i-1) * size / n)`` up to ``floor(i * size / n)``."""
+    if proxy_slice is None:
+        return 0, size
+    i, n = proxy_slice
+    if not (isinstance(i, int) and isinstance(n, int) and 1 <= i <= n <= size):
+        raise ValueError(f"proxy slice must be I/N with 1 <= I <= N <= {size} (the proxy "
+                         f"set's size), got {i}/{n}")
+    return (i - 1) * size // n, i * size // n

@@ -51,6 +51,7 @@ class Federation:
     schedule: str = "mixed"
     from_student: bool = False
     declare_label_counts: bool = False
+    proxy_slices: int = 1
     seed: int = 0
     progress: bool = False
     log: Callable[[str], None] = print
@@ -74,10 +75,14 @@ class Federation:
     def student_dir(self, r: int, rule: str | None = None) -> Path:
         return round_dir(self.root, r) / "students" / (rule or self.rule)
 
+    def slice_of(self, r: int) -> tuple[int, int] | None:
+        """The proxy slice round ``r`` emits on: a fresh one each round, in turn."""
+        return None if self.proxy_slices == 1 else ((r - 1) % self.proxy_slices + 1,
+                                                    self.proxy_slices)
+
     def run_round(self, r: int, meter) -> dict[str, Any]:
         """Specialists, bundles, the consensus and the student of round ``r``; returns the
         round's record (scores and the bytes each direction carried)."""
-        from .aggregate import aggregate
         from .emit import emit_logits
         from .evaluate import evaluate
         from .train_specialist import train_specialist
@@ -113,7 +118,8 @@ class Federation:
                                      temperature=self.distilling["temperature"],
                                      **{**self.train, "epochs": self.round_epochs})
                 emit_logits(model_dir, parts / "proxy", bundle, client_id=f"client-{i}",
-                            declare_label_counts=self.declare_label_counts, seed=self.seed,
+                            declare_label_counts=self.declare_label_counts,
+                            proxy_slice=self.slice_of(r), seed=self.seed,
                             progress=self.progress)
                 uploads.append(dir_bytes(bundle))
                 specialists.append({"client_id": f"client-{i}", "architecture": arch,
@@ -151,7 +157,13 @@ class Federation:
                      + (f" (continuing round {r - 1}'s student, {epochs:g} epochs)"
                         if warm else ""))
             out = self.student_dir(r, rule)
-            distill(source, self.parts / "proxy", self.teacher_dir(r, rule), out,
+            teacher = self.teacher_dir(r, rule)
+            latest = [self.teacher_dir(q, rule)
+                      for q in range(max(1, r - self.proxy_slices + 1), r + 1)]
+            if len(latest) > 1:  # slices: the newest consensus of each slice, side by side
+                teacher = round_dir(self.root, r) / "teachers" / f"{rule}-all-slices"
+                aggregate(latest, teacher, rule="mean", seed=self.seed, progress=False)
+            distill(source, self.parts / "proxy", teacher, out,
                     **{**self.distilling, "epochs": epochs})
             evaluated = evaluate(out, self.parts / "test")
             return scores(evaluated, architecture=self.student, nll=evaluated["nll"],

@@ -66,6 +66,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
              batch_size: int = 32, temperature: float = 2.0, rounds: int = 1,
              round_epochs: float = 10.0, round_distill_epochs: float = 30.0,
              digest_weight: float = 0.5, schedule: str = "mixed", from_student: bool = False,
+             proxy_slices: int = 1,
              baselines: Sequence[str] = BASELINES, fedavg_rounds: int = 20,
              fedavg_local_epochs: float = 3.0, fedavg_fraction: float = 1.0,
              target_fraction: float = 0.95, privacy: bool = True, seed: int = 0,
@@ -82,7 +83,9 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     specialists from it and their private data for ``round_epochs`` (``schedule`` and
     ``digest_weight`` as in :func:`~fdcli.stages.train_specialist.train_specialist`), or start
     from the current student with ``from_student``; the student continues for
-    ``round_distill_epochs`` on each new consensus. The fd curve gets one point per round,
+    ``round_distill_epochs`` on each new consensus. ``proxy_slices`` > 1 gives each round
+    a fresh slice of the proxy set to emit on, in turn (the student learns the newest
+    consensus of every slice). The fd curve gets one point per round,
     with bytes both ways (:mod:`fdcli.stages.federation`). ``compare_rules`` students are
     distilled from the last round's bundles.
     """
@@ -104,6 +107,8 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     if rounds < 1 or not round_epochs > 0 or not round_distill_epochs > 0:
         raise ValueError(f"rounds must be >= 1, round_epochs and round_distill_epochs > 0; "
                          f"got {rounds}, {round_epochs} and {round_distill_epochs}")
+    if proxy_slices < 1:
+        raise ValueError(f"proxy_slices must be >= 1, got {proxy_slices}")
     if schedule not in SCHEDULES or not 0 < digest_weight <= 1:
         raise ValueError(f"schedule must be one of {list(SCHEDULES)} and digest_weight in "
                          f"(0, 1]; got {schedule!r} and {digest_weight}")
@@ -134,7 +139,8 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                   "batch_size": batch_size, "temperature": temperature, "rounds": rounds,
                   "round_epochs": round_epochs, "round_distill_epochs": round_distill_epochs,
                   "digest_weight": digest_weight, "schedule": schedule,
-                  "from_student": from_student, "baselines": list(baselines), "fedavg_rounds": fedavg_rounds,
+                  "from_student": from_student, "proxy_slices": proxy_slices,
+                  "baselines": list(baselines), "fedavg_rounds": fedavg_rounds,
                   "fedavg_local_epochs": fedavg_local_epochs,
                   "fedavg_fraction": fedavg_fraction, "target_fraction": target_fraction,
                   "seed": seed}
@@ -149,7 +155,8 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                          student, rule, train, distilling, round_epochs=round_epochs,
                          round_distill_epochs=round_distill_epochs, digest_weight=digest_weight,
                          schedule=schedule, from_student=from_student,
-                         declare_label_counts="coverage" in [rule, *compare_rules], seed=seed,
+                         declare_label_counts="coverage" in [rule, *compare_rules],
+                         proxy_slices=proxy_slices, seed=seed,
                          progress=progress, log=log)
         for r in range(1, rounds + 1):
             fed.run_round(r, meter)
