@@ -6,12 +6,13 @@ and the combination rule from one that comes from distillation::
 
     python benchmarks/teacher_probe.py sim-alpha0.1
 
-Combinations (probabilities over clients, per example): ``mean``; ``confidence`` (the
-shipped rule, softmax over clients of max-probability); ``class_count_weighted`` (client k's
-vote for class c weighted by its share of the federation's training examples of c, read from
-each specialist's fd.json: a rule that needs the clients' label histograms, which fd bundles
-do not carry); ``prior_corrected`` (each client's probabilities divided by its smoothed label
-prior before mixing, then count-weighted). Prints JSON.
+Combinations (probabilities over clients, per example): ``mean``; ``confidence``
+(softmax over clients of max-probability); ``class_count_weighted`` (the ``coverage`` rule
+without its prior correction: client k's vote for class c weighted by its share of the
+federation's training examples of c, read from each specialist's fd.json);
+``prior_corrected`` (the ``coverage`` rule: each client's probabilities divided by its
+smoothed label prior before mixing, then count-weighted). ``--round R`` probes round R's
+bundles of a simulation with rounds. Prints JSON.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sim", type=Path, help="an fd simulate output folder")
+    parser.add_argument("--round", type=int, default=1, help="which round's bundles")
     args = parser.parse_args()
 
     import datasets
@@ -34,8 +36,9 @@ def main() -> None:
     from fdcli.rules import RULES
 
     sim = args.sim
+    base = sim if args.round == 1 else sim / "rounds" / f"round-{args.round}"
     labels = torch.tensor(datasets.load_from_disk(str(sim / "partition" / "proxy-labels"))["label"])
-    bundles = sorted((sim / "bundles").iterdir(), key=lambda p: int(p.name.split("-")[-1]))
+    bundles = sorted((base / "bundles").iterdir(), key=lambda p: int(p.name.split("-")[-1]))
     probs, counts, ids = [], [], None
     for b in bundles:
         block = read_bundle(b).read_all()
@@ -43,7 +46,7 @@ def main() -> None:
             raise SystemExit(f"{b}: covers other proxy examples than {bundles[0]}")
         ids = block.example_ids
         probs.append(block.dense().double().exp())
-        meta = json.loads((sim / "specialists" / b.name / "fd.json").read_text())
+        meta = json.loads((base / "specialists" / b.name / "fd.json").read_text())
         counts.append([meta["label_histogram"][n] for n in meta["label_names"]])
     p = torch.stack(probs)                                # [clients, examples, classes]
     n = torch.tensor(counts, dtype=torch.float64)         # [clients, classes]
@@ -53,17 +56,15 @@ def main() -> None:
         return round(float((q.argmax(-1) == truth).double().mean()), 4)
 
     present = torch.ones(p.shape[:2], dtype=torch.bool)
-    share = n / n.sum(0, keepdim=True).clamp_min(1)
-    prior = (n + 1) / (n + 1).sum(1, keepdim=True)
-    corrected = p / prior[:, None, :]
-    corrected = corrected / corrected.sum(-1, keepdim=True)
     print(json.dumps({
-        "sim": str(sim), "clients": len(bundles), "proxy_examples": len(ids),
-        "best_single_client": max(accuracy(q) for q in p),
+        "sim": str(sim), "round": args.round, "clients": len(bundles),
+        "proxy_examples": len(ids), "best_single_client": max(accuracy(q) for q in p),
         "mean": accuracy(RULES["mean"](p, present)),
         "confidence": accuracy(RULES["confidence"](p, present, measure="max", tau=1.0)),
-        "class_count_weighted": accuracy((share[:, None, :] * p).sum(0)),
-        "prior_corrected": accuracy((share[:, None, :] * corrected).sum(0)),
+        "entropy_reduction": accuracy(RULES["entropy-reduction"](p, present)),
+        "class_count_weighted": accuracy(RULES["coverage"](p, present, n,
+                                                           prior_correction=False)),
+        "prior_corrected": accuracy(RULES["coverage"](p, present, n)),
     }))
 
 

@@ -542,10 +542,12 @@ def simulate(
     = 1.0,
     proxy_fraction: Annotated[float, typer.Option(help="Share of the data that becomes the "
                                                        "shared proxy set.")] = 0.2,
-    rule: Annotated[str, typer.Option(help="Aggregation rule for the student.")]
-    = "confidence",
-    compare_rules: Annotated[str, typer.Option(help="Other rules to distill a student with, "
-                                                    "comma-separated ('' for none).")] = "mean",
+    rule: Annotated[Optional[str], typer.Option(
+        help="Aggregation rule (default: coverage, whose bundles declare their label counts; "
+             "confidence for causal-lm).")] = None,
+    compare_rules: Annotated[Optional[str], typer.Option(
+        help="Other rules to distill a student with from the last round's bundles, "
+             "comma-separated, '' for none (default: none; mean for causal-lm).")] = None,
     architectures: Annotated[Optional[str], typer.Option(
         help="Specialist architectures, assigned in turn (default: vit,resnet; gpt2,llama "
              "for causal-lm).")] = None,
@@ -637,7 +639,10 @@ def simulate(
         given["architectures"] = [a for a in architectures.split(",") if a]
     if student is not None:
         given["student"] = student
-    rules = [r for r in compare_rules.split(",") if r]
+    if rule is not None:
+        given["rule"] = rule
+    if compare_rules is not None:
+        given["compare_rules"] = [r for r in compare_rules.split(",") if r]
     with reporting_errors():
         _check_task(task)
         if task == "causal-lm":
@@ -647,8 +652,7 @@ def simulate(
             if rounds_given:
                 raise ValueError(f"{', '.join('--' + o.replace('_', '-') for o in rounds_given)}"
                                  " apply to classification; --task causal-lm is one-shot")
-            results = simulate_lm(out_dir, rule=rule, compare_rules=rules,
-                                  max_length=max_length, k=k, client_chars=client_chars,
+            results = simulate_lm(out_dir, max_length=max_length, k=k, client_chars=client_chars,
                                   proxy_chars=proxy_chars, test_chars=min(40_000, client_chars),
                                   seed=seed, overwrite=overwrite, progress=False, log=log,
                                   **given)
@@ -656,7 +660,6 @@ def simulate(
             if "hard_weight" in given:
                 raise ValueError("--hard-weight applies to --task causal-lm here")
             results = run(out_dir, data=data, alpha=alpha, proxy_fraction=proxy_fraction,
-                          rule=rule, compare_rules=rules,
                           baselines=[b for b in baselines.split(",") if b],
                           fedavg_rounds=fedavg_rounds, fedavg_local_epochs=fedavg_local_epochs,
                           fedavg_fraction=fedavg_fraction, target_fraction=target_fraction,

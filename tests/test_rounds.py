@@ -171,7 +171,8 @@ def test_simulate_rounds_count_bytes_both_ways(tmp_path):
     out = tmp_path / "sim"
     result = run("simulate", "--out", out, "--num-clients", 2, "--epochs", 2,
                  "--distill-epochs", 2, "--rounds", 2, "--round-epochs", 1,
-                 "--round-distill-epochs", 1, "--compare-rules", "coverage",
+                 "--round-distill-epochs", 1, "--rule", "confidence",
+                 "--compare-rules", "coverage",
                  "--baselines", "standalone", "--no-privacy", "--json")
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)

@@ -159,7 +159,8 @@ class Federation:
             out = self.student_dir(r, rule)
             teacher = self.teacher_dir(r, rule)
             latest = [self.teacher_dir(q, rule)
-                      for q in range(max(1, r - self.proxy_slices + 1), r + 1)]
+                      for q in range(max(1, r - self.proxy_slices + 1), r + 1)
+                      if self.teacher_dir(q, rule).is_dir()]
             if len(latest) > 1:  # slices: the newest consensus of each slice, side by side
                 teacher = round_dir(self.root, r) / "teachers" / f"{rule}-all-slices"
                 aggregate(latest, teacher, rule="mean", seed=self.seed, progress=False)

@@ -59,11 +59,11 @@ def digits_dataset():
 
 
 def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: int = 5,
-             alpha: float = 1.0, proxy_fraction: float = 0.2, rule: str = "confidence",
-             compare_rules: Sequence[str] = ("mean",),
+             alpha: float = 1.0, proxy_fraction: float = 0.2, rule: str = "coverage",
+             compare_rules: Sequence[str] = (),
              architectures: Sequence[str] | None = None, student: str | None = None,
              epochs: float = 60.0, distill_epochs: float = 100.0, learning_rate: float = 2e-3,
-             batch_size: int = 32, temperature: float = 2.0, rounds: int = 1,
+             batch_size: int = 32, temperature: float = 2.0, rounds: int = 3,
              round_epochs: float = 10.0, round_distill_epochs: float = 30.0,
              digest_weight: float = 0.5, schedule: str = "mixed", from_student: bool = False,
              proxy_slices: int = 1,
