@@ -205,7 +205,7 @@ def train_specialist_cmd(
         help="With --teacher: the proxy dataset the consensus was made on.")] = None,
     digest_weight: Annotated[float, typer.Option(
         help="With --teacher: weight of KD toward the consensus; 1 - it goes to "
-             "cross-entropy on DATA.")] = 0.5,
+             "cross-entropy on DATA.")] = 0.2,
     schedule: Annotated[str, typer.Option(
         help="With --teacher: mixed (proxy and private examples in the same batches, one "
              "loss) or alternate (FedMD: digest for --epochs, then revisit for --epochs).")]
@@ -352,6 +352,9 @@ def aggregate(
     prior_correction: Annotated[bool, typer.Option(
         "--prior-correction/--no-prior-correction",
         help="coverage: divide each client's probabilities by its label prior first.")] = True,
+    sharpen: Annotated[Optional[float], typer.Option(
+        help="Classification: sharpen the result to softmax(p / T) at this temperature "
+             "(DS-FL's entropy reduction, after any rule; 0.1 is DS-FL's).")] = None,
     k: Annotated[int, typer.Option(help="Token bundles: ids kept per row in the result.")] = 16,
     value_dtype: Annotated[str, typer.Option(help="Token bundles: int8 or fp16 values.")]
     = "int8",
@@ -369,7 +372,7 @@ def aggregate(
     with reporting_errors():
         m = run(bundles, out_dir, rule=rule, confidence_measure=confidence, tau=tau,
                 era_temperature=era_temperature, trim=trim,
-                prior_correction=prior_correction, k=k, value_dtype=value_dtype,
+                prior_correction=prior_correction, sharpen=sharpen, k=k, value_dtype=value_dtype,
                 seed=seed, overwrite=overwrite)
     _report({"out": str(out_dir), "rule": rule, "inputs": len(bundles), "task": m.task,
              "examples": m.examples, "rows": m.rows,
@@ -577,13 +580,13 @@ def simulate(
              "the clients, which update their specialists from it and their data (default: "
              "3; 1 is one-shot).")] = None,
     round_epochs: Annotated[Optional[float], typer.Option(
-        help="Specialist epochs in each round after the first (default: 10).")] = None,
+        help="Specialist epochs in each round after the first (default: 5).")] = None,
     round_distill_epochs: Annotated[Optional[float], typer.Option(
         help="Epochs the student continues on each later round's consensus (default: 30)."
     )] = None,
     digest_weight: Annotated[Optional[float], typer.Option(
         help="Later rounds: weight of KD toward the consensus in the specialists' loss "
-             "(default: 0.5).")] = None,
+             "(default: 0.2).")] = None,
     schedule: Annotated[Optional[str], typer.Option(
         help="Later rounds: mixed or alternate (see fd train-specialist).")] = None,
     from_student: Annotated[bool, typer.Option(
@@ -592,6 +595,9 @@ def simulate(
     proxy_slices: Annotated[Optional[int], typer.Option(
         help="Emit on a fresh slice of the proxy set each round, in turn, out of this many "
              "(default: 1, the whole proxy set every round).")] = None,
+    sharpen: Annotated[Optional[float], typer.Option(
+        help="Sharpen every consensus to softmax(p / T) at this temperature (see fd "
+             "aggregate).")] = None,
     baselines: Annotated[str, typer.Option(
         help="Baselines to run, comma-separated: fedavg (Flower FedAvg, fp32 and 8-bit), "
              "standalone (each specialist alone; a student from one teacher), centralized "
@@ -631,7 +637,7 @@ def simulate(
         learning_rate=lr, batch_size=batch_size, temperature=temperature,
         hard_weight=hard_weight, rounds=rounds, round_epochs=round_epochs,
         round_distill_epochs=round_distill_epochs, digest_weight=digest_weight,
-        schedule=schedule, proxy_slices=proxy_slices).items()
+        schedule=schedule, proxy_slices=proxy_slices, sharpen=sharpen).items()
         if value is not None}
     if from_student:
         given["from_student"] = True
@@ -648,7 +654,7 @@ def simulate(
         if task == "causal-lm":
             rounds_given = sorted({"rounds", "round_epochs", "round_distill_epochs",
                                    "digest_weight", "schedule", "from_student",
-                                   "proxy_slices"} & set(given))
+                                   "proxy_slices", "sharpen"} & set(given))
             if rounds_given:
                 raise ValueError(f"{', '.join('--' + o.replace('_', '-') for o in rounds_given)}"
                                  " apply to classification; --task causal-lm is one-shot")

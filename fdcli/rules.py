@@ -92,17 +92,26 @@ def confidence(probs: torch.Tensor, present: torch.Tensor, measure: str = "max",
                             confidence_weights(probs, present, measure, tau, mult), mult)
 
 
-def entropy_reduction(probs: torch.Tensor, present: torch.Tensor, temperature: float = 0.1,
-                      mult: torch.Tensor | None = None) -> torch.Tensor:
-    """DS-FL's entropy reduction aggregation: softmax(mean probability / temperature)."""
+def sharpen(combined: torch.Tensor, temperature: float,
+            mult: torch.Tensor | None = None) -> torch.Tensor:
+    """DS-FL's entropy reduction of an aggregated distribution: softmax(p / temperature)
+    over ``[N, C]`` probabilities (a temperature below 1 sharpens; the argmax is kept)."""
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    scores = mean(probs, present, mult) / temperature
+    scores = combined / temperature
     if mult is None:
         return torch.softmax(scores, dim=-1)
     # column j holds mult_j ids of equal score: softmax over ids, read back per id
     total = torch.softmax(scores + mult.clamp_min(1e-300).log(), dim=-1)
     return torch.where(mult > 0, total / mult.clamp_min(1), torch.zeros_like(total))
+
+
+def entropy_reduction(probs: torch.Tensor, present: torch.Tensor, temperature: float = 0.1,
+                      mult: torch.Tensor | None = None) -> torch.Tensor:
+    """DS-FL's entropy reduction aggregation: softmax(mean probability / temperature)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return sharpen(mean(probs, present, mult), temperature, mult)
 
 
 def by_sample_count(probs: torch.Tensor, present: torch.Tensor,

@@ -257,7 +257,8 @@ def test_simulate_on_a_text_dataset_without_fedavg(tmp_path):
     data = make_csv(tmp_path / "tickets.csv", 300, seed=5)
     out = tmp_path / "sim"
     result = run("simulate", "--data", data, "--out", out, "--num-clients", 2, "--epochs", 12,
-                 "--distill-epochs", 12, "--rounds", 1, "--compare-rules", "",
+                 "--distill-epochs", 12, "--rounds", 1, "--rule", "confidence",
+                 "--compare-rules", "",
                  "--baselines", "centralized",
                  "--no-privacy", "--json")
     assert result.exit_code == 0, result.output

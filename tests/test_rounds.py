@@ -67,6 +67,20 @@ def test_coverage_consensus_records_its_rule_and_counts(world):
     assert m.producer.config["round"] == 1
 
 
+def test_aggregate_sharpens_the_consensus(world, tmp_path):
+    result = run("aggregate", world / "bundle-0", world / "bundle-1", "--rule", "coverage",
+                 "--sharpen", 0.1, "--out", tmp_path / "sharp")
+    assert result.exit_code == 0, result.output
+    sharp = read_bundle(tmp_path / "sharp")
+    assert sharp.manifest.producer.config["sharpen"] == 0.1
+    soft = read_bundle(world / "consensus").read_all().dense().double().exp()
+    expected = torch.softmax(soft / 0.1, dim=-1)
+    assert torch.allclose(sharp.read_all().dense().double().exp(), expected, atol=2e-3)
+    result = run("aggregate", world / "bundle-0", "--sharpen", 0, "--out", tmp_path / "zero")
+    assert result.exit_code == 1 and "sharpen must be a positive temperature" in result.stderr
+    assert not (tmp_path / "zero").exists()
+
+
 def test_coverage_refuses_bundles_without_label_counts(world, tmp_path):
     result = run("emit-logits", world / "spec-1", world / "parts" / "proxy", "--out",
                  tmp_path / "silent")
@@ -94,7 +108,7 @@ def test_round_two_specialist_digests_the_consensus(world, tmp_path, schedule):
     assert meta["consensus"]["clients"] == ["spec-0", "spec-1"]
     assert meta["client_id"] == "spec-0"  # kept from the previous round's model
     assert meta["proxy_examples"] == read_bundle(world / "consensus").manifest.examples
-    assert meta["config"]["schedule"] == schedule and meta["config"]["digest_weight"] == 0.5
+    assert meta["config"]["schedule"] == schedule and meta["config"]["digest_weight"] == 0.2
     before = json.loads((world / "spec-0" / "fd.json").read_text())
     assert meta["train_examples"] == before["train_examples"]  # the proxy is not private data
     assert meta["model_fingerprint"] != before["model_fingerprint"]
@@ -268,3 +282,30 @@ def test_simulate_with_a_fresh_proxy_slice_each_round(tmp_path):
     assert results["config"]["proxy_slices"] == 2
     consensus = sum(p.stat().st_size for p in (dirs[1] / "teachers" / "mean").iterdir())
     assert results["rounds"][2]["downloaded_bytes"] == 2 * consensus
+
+
+def test_a_later_round_keeps_the_models_label_space(world, tmp_path):
+    # this round's private data lacks 'praise'; the model's fd.json names the label space
+    make_csv(tmp_path / "two.csv", 40, seed=6, labels=LABELS[:2])
+    result = run("train-specialist", tmp_path / "two.csv", "--model", world / "spec-0",
+                 "--teacher", world / "consensus", "--proxy", world / "parts" / "proxy",
+                 "--epochs", 1, "--out", tmp_path / "r2")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "r2" / "fd.json").read_text())
+    assert meta["label_names"] == LABELS
+    assert meta["label_histogram"]["praise"] == 0 and meta["train_examples"] == 40
+
+
+def test_sharpen_and_coverage_refuse_token_bundles(tmp_path):
+    from fdcli.bundle import TopKCodec
+    from fdcli.errors import IncompatibleBundlesError
+    from fdcli.stages.aggregate import aggregate
+
+    from .helpers import make_bundle
+
+    make_bundle(tmp_path / "tok", TopKCodec(k=4))
+    with pytest.raises(IncompatibleBundlesError, match="--sharpen applies to classification"):
+        aggregate([tmp_path / "tok"], tmp_path / "a", sharpen=0.1)
+    with pytest.raises(IncompatibleBundlesError, match="rule 'coverage' weights clients"):
+        aggregate([tmp_path / "tok"], tmp_path / "b", rule="coverage")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

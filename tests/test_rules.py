@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fdcli.rules import (RULES, by_sample_count, confidence, confidence_weights, coverage,
-                         entropy_reduction, mean, median, trimmed_mean)
+                         entropy_reduction, mean, median, sharpen, trimmed_mean)
 
 P1, P2 = [0.9, 0.1], [0.5, 0.5]
 
@@ -134,3 +134,13 @@ def test_coverage_refuses_bad_counts_and_token_rows():
     with pytest.raises(ValueError, match="classification bundles"):
         coverage(probs(P1, P2), everyone(2), [[1, 1], [1, 1]], mult=torch.ones(1, 2))
     assert RULES["coverage"] is coverage
+
+
+def test_sharpen_is_entropy_reduction_after_any_rule():
+    combined = torch.tensor([[0.7, 0.3]], dtype=torch.float64)
+    assert close(sharpen(combined, 0.1), [0.982014, 0.017986])  # softmax([7, 3])
+    assert close(sharpen(combined, 1.0), [0.598688, 0.401312])  # softmax([0.7, 0.3])
+    assert torch.allclose(sharpen(mean(probs(P1, P2), everyone(2)), 0.1),
+                          entropy_reduction(probs(P1, P2), everyone(2)))
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        sharpen(combined, 0.0)

@@ -12,7 +12,7 @@ import torch
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, SparseRows, TopKCodec, read_bundle
 from ..errors import IncompatibleBundlesError
 from ..progress import progress_bar
-from ..rules import CONFIDENCE_MEASURES, RULES, aggregate_sparse
+from ..rules import CONFIDENCE_MEASURES, RULES, aggregate_sparse, sharpen
 
 
 def _manifest_digest(path: Path) -> str:
@@ -53,10 +53,12 @@ def check_compatible(readers: Sequence) -> None:
 
 def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "confidence",
               confidence_measure: str = "max", tau: float = 1.0, era_temperature: float = 0.1,
-              trim: float = 0.2, prior_correction: bool = True, k: int = 16, value_dtype: str = "int8", seed: int = 0,
+              trim: float = 0.2, prior_correction: bool = True,
+              sharpen: float | None = None, k: int = 16, value_dtype: str = "int8", seed: int = 0,
               overwrite: bool = False, progress: bool = True) -> BundleManifest:
     """Combine bundles per example with ``rule`` (see :mod:`fdcli.rules`) and write the result,
-    with a provenance that lists every input and its sha256.
+    with a provenance that lists every input and its sha256. ``sharpen`` T applies DS-FL's
+    entropy reduction, softmax(p / T), to any rule's result (classification).
 
     Classification bundles become a dense bundle. Token bundles are streamed and combined row
     by row over the union of the clients' kept ids, each client's tail mass spread evenly over
@@ -66,8 +68,13 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
         raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
     if confidence_measure not in CONFIDENCE_MEASURES:
         raise ValueError(f"confidence measure must be one of {CONFIDENCE_MEASURES}")
+    if sharpen is not None and not sharpen > 0:
+        raise ValueError(f"sharpen must be a positive temperature, got {sharpen}")
     readers = [read_bundle(b) for b in bundles]
     check_compatible(readers)
+    if sharpen is not None and readers[0].manifest.task != "classification":
+        raise IncompatibleBundlesError(f"{readers[0].path}: --sharpen applies to "
+                                       "classification bundles, not token bundles")
     params = _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim,
                           prior_correction)
     first = readers[0].manifest
@@ -78,6 +85,7 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
     rounds = [r.manifest.producer.config.get("round") for r in readers]
     config = {"rule": rule, **params,
               "round": max([x for x in rounds if isinstance(x, int) and x > 0] or [1]),
+              "sharpen": sharpen,
               "inputs": [str(b) for b in bundles],
               "coverage": {str(r.path): r.manifest.examples for r in readers}}
     common = dict(proxy_fingerprint=first.proxy_fingerprint, client_id="coordinator",
@@ -90,11 +98,11 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
         config.update(k=k, value_dtype=value_dtype)
         return _aggregate_tokens(readers, out, rule, params, TopKCodec(k, value_dtype),
                                  config, common, progress)
-    return _aggregate_classes(readers, out, rule, params, config, common, progress)
+    return _aggregate_classes(readers, out, rule, params, config, common, progress, sharpen)
 
 
-def _aggregate_classes(readers, out, rule, params, config, common,
-                       progress) -> BundleManifest:
+def _aggregate_classes(readers, out, rule, params, config, common, progress,
+                       sharpening) -> BundleManifest:
     """Stream classification bundles in step, one shard per bundle decoded at a time, and
     combine up to 4,096 examples at a time into a dense bundle: memory is bounded by the
     shards and the chunk, not by the number of clients times the proxy size."""
@@ -117,6 +125,8 @@ def _aggregate_classes(readers, out, rule, params, config, common,
                         probs[k, i] = part["logp"][0].double().exp()
                         present[k, i] = True
             combined = RULES[rule](probs, present, **params)
+            if sharpening is not None:
+                combined = sharpen(combined, sharpening)
             writer.add(torch.tensor([e for e, _, _ in pending]),
                        combined.clamp_min(1e-30).log().float())
             advance(len(pending))

@@ -45,13 +45,14 @@ class Federation:
     rule: str
     train: dict[str, Any]            # train_specialist settings of round 1
     distilling: dict[str, Any]       # distill settings of round 1
-    round_epochs: float = 10.0
+    round_epochs: float = 5.0
     round_distill_epochs: float = 30.0
-    digest_weight: float = 0.5
+    digest_weight: float = 0.2
     schedule: str = "mixed"
     from_student: bool = False
     declare_label_counts: bool = False
     proxy_slices: int = 1
+    sharpen: float | None = None
     seed: int = 0
     progress: bool = False
     log: Callable[[str], None] = print
@@ -112,7 +113,8 @@ class Federation:
                                  f"and revisits its data ({self.schedule}, "
                                  f"{self.round_epochs:g} epochs)")
                     train_specialist(parts / f"client-{i}", start, model_dir,
-                                     client_id=f"client-{i}", teacher=consensus,
+                                     client_id=f"client-{i}", labels=self.label_names,
+                                     teacher=consensus,
                                      proxy=parts / "proxy", digest_weight=self.digest_weight,
                                      schedule=self.schedule,
                                      temperature=self.distilling["temperature"],
@@ -147,7 +149,7 @@ class Federation:
             self.log(f"aggregating {self.num_clients} bundles with rule {rule!r}"
                      + (f" (round {r})" if r > 1 else ""))
             aggregate(self.bundle_dirs(r), self.teacher_dir(r, rule), rule=rule,
-                      seed=self.seed, progress=self.progress)
+                      sharpen=self.sharpen, seed=self.seed, progress=self.progress)
         with meter.stage(f"distill_{rule}{suffix}"):
             warm = r > 1 and not fresh
             source = self.student_dir(r - 1, rule) if warm else \

@@ -64,9 +64,9 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
              architectures: Sequence[str] | None = None, student: str | None = None,
              epochs: float = 60.0, distill_epochs: float = 100.0, learning_rate: float = 2e-3,
              batch_size: int = 32, temperature: float = 2.0, rounds: int = 3,
-             round_epochs: float = 10.0, round_distill_epochs: float = 30.0,
-             digest_weight: float = 0.5, schedule: str = "mixed", from_student: bool = False,
-             proxy_slices: int = 1,
+             round_epochs: float = 5.0, round_distill_epochs: float = 30.0,
+             digest_weight: float = 0.2, schedule: str = "mixed", from_student: bool = False,
+             proxy_slices: int = 1, sharpen: float | None = None,
              baselines: Sequence[str] = BASELINES, fedavg_rounds: int = 20,
              fedavg_local_epochs: float = 3.0, fedavg_fraction: float = 1.0,
              target_fraction: float = 0.95, privacy: bool = True, seed: int = 0,
@@ -85,7 +85,8 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     from the current student with ``from_student``; the student continues for
     ``round_distill_epochs`` on each new consensus. ``proxy_slices`` > 1 gives each round
     a fresh slice of the proxy set to emit on, in turn (the student learns the newest
-    consensus of every slice). The fd curve gets one point per round,
+    consensus of every slice). ``sharpen`` applies DS-FL's entropy reduction at that
+    temperature to every consensus. The fd curve gets one point per round,
     with bytes both ways (:mod:`fdcli.stages.federation`). ``compare_rules`` students are
     distilled from the last round's bundles.
     """
@@ -140,6 +141,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                   "round_epochs": round_epochs, "round_distill_epochs": round_distill_epochs,
                   "digest_weight": digest_weight, "schedule": schedule,
                   "from_student": from_student, "proxy_slices": proxy_slices,
+                  "sharpen": sharpen,
                   "baselines": list(baselines), "fedavg_rounds": fedavg_rounds,
                   "fedavg_local_epochs": fedavg_local_epochs,
                   "fedavg_fraction": fedavg_fraction, "target_fraction": target_fraction,
@@ -156,7 +158,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                          round_distill_epochs=round_distill_epochs, digest_weight=digest_weight,
                          schedule=schedule, from_student=from_student,
                          declare_label_counts="coverage" in [rule, *compare_rules],
-                         proxy_slices=proxy_slices, seed=seed,
+                         proxy_slices=proxy_slices, sharpen=sharpen, seed=seed,
                          progress=progress, log=log)
         for r in range(1, rounds + 1):
             fed.run_round(r, meter)

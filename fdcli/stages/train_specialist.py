@@ -4,6 +4,7 @@ rounds update it from the coordinator's consensus on the proxy set (see docs/rou
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Any
 from .. import __version__
 from ..data import label_ids, load_local, resolve
 from ..errors import IncompatibleBundlesError
-from ..models import fingerprint_model, load_classifier, predict_logits, save_classifier
+from ..models import (FD_META, fingerprint_model, load_classifier, predict_logits,
+                      save_classifier)
 from ..outputs import atomic_dir, check_free
 
 SCHEDULES = ("mixed", "alternate")
@@ -26,7 +28,7 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                      epochs: float = 3.0, learning_rate: float = 5e-5, batch_size: int = 16,
                      val_fraction: float = 0.0, teacher: str | Path | None = None,
                      proxy: str | Path | None = None, proxy_split: str | None = None,
-                     digest_weight: float = 0.5, schedule: str = "mixed",
+                     digest_weight: float = 0.2, schedule: str = "mixed",
                      temperature: float = 2.0, seed: int = 0, overwrite: bool = False,
                      progress: bool = True) -> dict[str, Any]:
     """Train ``model`` (a model directory or a config file) on the labelled dataset ``data``
@@ -61,6 +63,8 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                                     overwrite)
         config.update(teacher=str(teacher), proxy=str(proxy), proxy_split=proxy_split,
                       digest_weight=digest_weight, schedule=schedule, temperature=temperature)
+    if labels is None:  # a model fd trained (a previous round's) names the label space
+        labels = _fd_label_names(model)
     ds = load_local(data, split)
     spec = resolve(ds, str(data), text_column=text_column, image_column=image_column,
                    label_column=label_column, label_names=labels)
@@ -112,6 +116,17 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
             meta["proxy_examples"] = len(digest[0])
         save_classifier(clf, tmp, meta)
     return meta
+
+
+def _fd_label_names(model: str | Path) -> list[str] | None:
+    meta = Path(model) / FD_META
+    if not meta.is_file():
+        return None
+    try:
+        names = json.loads(meta.read_text()).get("label_names")
+    except (ValueError, AttributeError):
+        return None  # load_classifier reports an unreadable model folder
+    return list(names) if isinstance(names, list) else None
 
 
 def _open_consensus(teacher, digest_weight, schedule, temperature, out, overwrite):
