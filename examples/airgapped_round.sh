@@ -8,8 +8,8 @@
 # labelled billing / outage / praise. Everyone has the same public proxy set of unlabelled
 # tickets. Round 1: each institution trains a specialist and writes a logit bundle that
 # declares its label counts; the bundles travel to the coordinator "on a USB stick" (a folder
-# copy); the coordinator verifies them, aggregates them with the coverage rule (the consensus)
-# and distills a student. Round 2 (and later): the consensus travels back; each institution
+# copy); the coordinator verifies them, aggregates them with the coverage rule, sharpened (the
+# consensus), and distills a student. Round 2 (and later): the consensus travels back; each institution
 # updates its specialist from the consensus and its private data and writes a new bundle; the
 # coordinator aggregates again and continues the student. See docs/rounds.md.
 # The data are generated here, and the models are tiny BERTs built from a config, with a
@@ -82,7 +82,8 @@ for r in $(seq 1 "$ROUNDS"); do
 
   echo "== round $r, coordinator: verify, aggregate, distill"
   for site in $SITES; do fd verify "$C/usb-$r/$site"; done
-  fd aggregate "$C/usb-$r"/hospital-{a,b,c} --rule coverage --out "$C/consensus-$r"
+  fd aggregate "$C/usb-$r"/hospital-{a,b,c} --rule coverage --sharpen 0.1 \
+     --out "$C/consensus-$r"
   if [ "$r" = 1 ]; then start="$W/shared/bert-tiny.json"; else start="$C/student-$((r - 1))"; fi
   fd distill "$start" "$W/shared/proxy.csv" "$C/consensus-$r" \
      --tokenizer "$W/shared/tokenizer" --epochs "$EPOCHS" --lr 3e-3 --out "$C/student-$r"

@@ -578,7 +578,7 @@ def simulate(
     rounds: Annotated[Optional[int], typer.Option(
         help="Rounds of federated distillation: after the first, the consensus goes back to "
              "the clients, which update their specialists from it and their data (default: "
-             "3; 1 is one-shot).")] = None,
+             "2; 1 is one-shot).")] = None,
     round_epochs: Annotated[Optional[float], typer.Option(
         help="Specialist epochs in each round after the first (default: 5).")] = None,
     round_distill_epochs: Annotated[Optional[float], typer.Option(
@@ -597,7 +597,7 @@ def simulate(
              "(default: 1, the whole proxy set every round).")] = None,
     sharpen: Annotated[Optional[float], typer.Option(
         help="Sharpen every consensus to softmax(p / T) at this temperature (see fd "
-             "aggregate).")] = None,
+             "aggregate; default 0.1, 0 for none).")] = None,
     baselines: Annotated[str, typer.Option(
         help="Baselines to run, comma-separated: fedavg (Flower FedAvg, fp32 and 8-bit), "
              "standalone (each specialist alone; a student from one teacher), centralized "
@@ -639,6 +639,8 @@ def simulate(
         round_distill_epochs=round_distill_epochs, digest_weight=digest_weight,
         schedule=schedule, proxy_slices=proxy_slices, sharpen=sharpen).items()
         if value is not None}
+    if given.get("sharpen") == 0:
+        given["sharpen"] = None
     if from_student:
         given["from_student"] = True
     if architectures is not None:

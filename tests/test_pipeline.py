@@ -168,8 +168,14 @@ def test_label_space_differs_between_bundles(text_world, tmp_path):
 
     other = tmp_path / "other.csv"
     make_csv(other, 30, seed=4, labels=["billing", "outage"])
+    # a model fd trained keeps its label space (data may lack labels), but not a foreign one
+    foreign = make_csv(tmp_path / "foreign.csv", 30, seed=4, labels=["billing", "zebra"])
+    expect_failure(["train-specialist", foreign, "--model", text_world / "spec-0",
+                    "--out", tmp_path / "m"], "label(s) ['zebra'] not in the label space",
+                   tmp_path / "m")
     expect_failure(["train-specialist", other, "--model", text_world / "spec-0",
-                    "--out", tmp_path / "m"], "differs from the data's", tmp_path / "m")
+                    "--labels", "billing,outage", "--out", tmp_path / "m"],
+                   "differs from the data's", tmp_path / "m")
     run("train-specialist", other, "--model", text_world / "bert.json", "--tokenizer",
         text_world / "tokenizer", "--epochs", 1, "--out", tmp_path / "m2")
     run("emit-logits", tmp_path / "m2", text_world / "parts" / "proxy", "--out",
