@@ -81,22 +81,13 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
         digest = _digest_rows(consensus, clf, proxy, proxy_split, temperature, text_column,
                               image_column)
     with atomic_dir(out, overwrite) as tmp:
-        common = dict(learning_rate=learning_rate, batch_size=batch_size, seed=seed,
-                      progress=progress)
+        common = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                      seed=seed, progress=progress)
         if digest is None:
-            metrics = fit(clf, train_values, train_labels, epochs=epochs, **common)
-        elif schedule == "mixed":
-            proxy_values, rows, teacher_rows = digest
-            metrics = fit(clf, train_values + proxy_values,
-                          train_labels + [-100] * len(proxy_values), epochs=epochs,
-                          teacher=teacher_rows, example_ids=[None] * len(train_values) + rows,
-                          hard_weight=1 - digest_weight, **common)
+            metrics = fit(clf, train_values, train_labels, **common)
         else:
-            proxy_values, rows, teacher_rows = digest
-            digested = fit(clf, proxy_values, None, epochs=epochs, teacher=teacher_rows,
-                           example_ids=rows, **common)
-            metrics = fit(clf, train_values, train_labels, epochs=epochs, **common)
-            metrics.update({f"digest_{k}": v for k, v in digested.items()})
+            metrics = _digest_and_revisit(clf, train_values, train_labels, digest, schedule,
+                                          digest_weight, common)
         if val:
             logits = predict_logits(clf, [values[i] for i in val])
             hits = sum(int(p == labels[i]) for p, i in zip(logits.argmax(-1).tolist(), val))
@@ -116,6 +107,22 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
             meta["proxy_examples"] = len(digest[0])
         save_classifier(clf, tmp, meta)
     return meta
+
+
+def _digest_and_revisit(clf, values, labels, digest, schedule, digest_weight,
+                        common) -> dict[str, float]:
+    """Train on the private examples and on the consensus over the proxy examples: in the
+    same batches (``mixed``), or one after the other (``alternate``)."""
+    from ..training import fit
+
+    proxy_values, rows, teacher_rows = digest
+    if schedule == "mixed":
+        return fit(clf, values + proxy_values, labels + [-100] * len(proxy_values),
+                   teacher=teacher_rows, example_ids=[None] * len(values) + rows,
+                   hard_weight=1 - digest_weight, **common)
+    digested = fit(clf, proxy_values, None, teacher=teacher_rows, example_ids=rows, **common)
+    metrics = fit(clf, values, labels, **common)
+    return {**metrics, **{f"digest_{k}": v for k, v in digested.items()}}
 
 
 def _fd_label_names(model: str | Path) -> list[str] | None:
@@ -149,7 +156,8 @@ def _open_consensus(teacher, digest_weight, schedule, temperature, out, overwrit
                                        "not supported yet)")
     digest = hashlib.sha256((Path(teacher) / "manifest.json").read_bytes()).hexdigest()
     seen = m.producer.config.get("round")
-    record = {"sha256": digest, "round": seen if isinstance(seen, int) and seen > 0 else 1, "path": str(teacher), "examples": m.examples,
+    record = {"sha256": digest, "round": seen if isinstance(seen, int) and seen > 0 else 1,
+              "path": str(teacher), "examples": m.examples,
               "clients": [p.get("client_id") for p in m.provenance if isinstance(p, dict)]}
     return {"reader": reader, "record": record}
 
