@@ -12,7 +12,8 @@ import torch
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, SparseRows, TopKCodec, read_bundle
 from ..errors import IncompatibleBundlesError
 from ..progress import progress_bar
-from ..rules import CONFIDENCE_MEASURES, RULES, aggregate_sparse, sharpen
+from ..rules import CONFIDENCE_MEASURES, RULES, aggregate_sparse
+from ..rules import sharpen as sharpen_probs
 
 
 def _manifest_digest(path: Path) -> str:
@@ -126,7 +127,7 @@ def _aggregate_classes(readers, out, rule, params, config, common, progress,
                         present[k, i] = True
             combined = RULES[rule](probs, present, **params)
             if sharpening is not None:
-                combined = sharpen(combined, sharpening)
+                combined = sharpen_probs(combined, sharpening)
             writer.add(torch.tensor([e for e, _, _ in pending]),
                        combined.clamp_min(1e-30).log().float())
             advance(len(pending))
