@@ -25,7 +25,7 @@ import torch
 
 from .bundle.manifest import fingerprint_labels
 from .data import TEXT_COLUMNS, DataError, _pick
-from .models import FD_META, ModelError, _read_config_file, _tokenizer
+from .models import FD_META, ModelError, _read_config_file, _tokenizer, read_fd_meta
 
 DEFAULT_LM_MAX_LENGTH = 128
 
@@ -67,7 +67,7 @@ def load_lm(source: str | os.PathLike, *, tokenizer: str | os.PathLike | None = 
             raise ModelError(f"{path}: not a model directory; expected a config.json (a folder"
                              " that from_pretrained reads) or a config file")
         tok = _load_tokenizer(path, tokenizer, str(path))
-        meta = json.loads((path / FD_META).read_text()) if (path / FD_META).exists() else {}
+        meta = read_fd_meta(path)
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path))
         except Exception as exc:

@@ -93,6 +93,11 @@ def _tokenizer(source: Path | None, tokenizer: str | os.PathLike | None, where: 
     return None
 
 
+def read_fd_meta(path: Path) -> dict[str, Any]:
+    """The fd.json of a model folder fd wrote, or {} for any other folder."""
+    return json.loads((path / FD_META).read_text()) if (path / FD_META).exists() else {}
+
+
 def load_classifier(source: str | os.PathLike, kind: str, label_names: Sequence[str] | None,
                     *, tokenizer: str | os.PathLike | None = None, seed: int = 0) -> Classifier:
     """Load a classifier for ``kind`` inputs over ``label_names``.
@@ -106,7 +111,7 @@ def load_classifier(source: str | os.PathLike, kind: str, label_names: Sequence[
         if not (path / "config.json").exists():
             raise ModelError(f"{path}: not a model directory; expected a config.json (a folder"
                              " that from_pretrained reads) or a config file")
-        meta = json.loads((path / FD_META).read_text()) if (path / FD_META).exists() else {}
+        meta = read_fd_meta(path)
         own = meta.get("label_names")
         if own is not None and label_names is not None and list(own) != list(label_names):
             raise DataError(f"{path}: the model's label space {own} differs from the data's "

@@ -109,8 +109,6 @@ def sharpen(combined: torch.Tensor, temperature: float,
 def entropy_reduction(probs: torch.Tensor, present: torch.Tensor, temperature: float = 0.1,
                       mult: torch.Tensor | None = None) -> torch.Tensor:
     """DS-FL's entropy reduction aggregation: softmax(mean probability / temperature)."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
     return sharpen(mean(probs, present, mult), temperature, mult)
 
 

@@ -33,6 +33,17 @@ def make_csv(path, n, seed, labels=LABELS):
     return path
 
 
+def text_recipe(root, n, seed, layers):
+    """A labelled CSV of ``n`` tickets (all.csv), a word tokenizer trained on its texts and a
+    tiny BERT config with ``layers`` layers (bert.json), in ``root``."""
+    make_csv(root / "all.csv", n, seed=seed)
+    texts = [line.split(",")[0] for line in (root / "all.csv").read_text().splitlines()[1:]]
+    train_word_tokenizer(texts, root / "tokenizer")
+    (root / "bert.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": layers,
+        "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 32}))
+
+
 def run(*args):
     result = runner.invoke(app, [str(a) for a in args])
     return result
@@ -41,12 +52,7 @@ def run(*args):
 @pytest.fixture(scope="module")
 def text_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("text")
-    make_csv(root / "all.csv", 240, seed=1)
-    texts = [line.split(",")[0] for line in (root / "all.csv").read_text().splitlines()[1:]]
-    train_word_tokenizer(texts, root / "tokenizer")
-    (root / "bert.json").write_text(json.dumps({
-        "model_type": "bert", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 32}))
+    text_recipe(root, 240, seed=1, layers=2)
     result = run("partition", root / "all.csv", "--num-clients", 2, "--alpha", 1.0,
                  "--out", root / "parts", "--json")
     assert result.exit_code == 0, result.output

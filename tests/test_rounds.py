@@ -12,22 +12,15 @@ import torch
 from fdcli.bundle import read_bundle, verify_bundle
 from fdcli.training import TeacherRows, _Collator
 
-from .test_pipeline import LABELS, make_csv, run
+from .test_pipeline import LABELS, make_csv, run, text_recipe
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Two clients with a round-1 specialist each, bundles that declare their label counts,
     and a coverage consensus."""
-    from fdcli.models import train_word_tokenizer
-
     root = tmp_path_factory.mktemp("rounds")
-    make_csv(root / "all.csv", 200, seed=3)
-    texts = [line.split(",")[0] for line in (root / "all.csv").read_text().splitlines()[1:]]
-    train_word_tokenizer(texts, root / "tokenizer")
-    (root / "bert.json").write_text(json.dumps({
-        "model_type": "bert", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 32}))
+    text_recipe(root, 200, seed=3, layers=1)
     assert run("partition", root / "all.csv", "--num-clients", 2, "--alpha", 0.5,
                "--out", root / "parts").exit_code == 0
     common = ["--tokenizer", root / "tokenizer", "--epochs", 4, "--lr", 3e-3]

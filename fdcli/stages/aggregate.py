@@ -16,7 +16,9 @@ from ..rules import CONFIDENCE_MEASURES, RULES, aggregate_sparse
 from ..rules import sharpen as sharpen_probs
 
 
-def _manifest_digest(path: Path) -> str:
+def manifest_digest(path: Path) -> str:
+    """The sha256 of a bundle's manifest.json, which lists every shard's sha256: it pins the
+    whole bundle."""
     return hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
 
 
@@ -80,7 +82,7 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
                           prior_correction)
     first = readers[0].manifest
     provenance = [{"path": str(r.path), "client_id": r.manifest.producer.client_id,
-                   "manifest_sha256": _manifest_digest(r.path),
+                   "manifest_sha256": manifest_digest(r.path),
                    "shards_sha256": [s.sha256 for s in r.manifest.shards],
                    "examples": r.manifest.examples} for r in readers]
     rounds = [r.manifest.producer.config.get("round") for r in readers]

@@ -91,6 +91,11 @@ class Federation:
         parts, test = self.parts, self.parts / "test"
         specialists, uploads = [], []
         downloaded = 0
+        if r > 1:  # what each client receives: the consensus (and the student it starts from)
+            consensus = self.teacher_dir(r - 1)
+            each = dir_bytes(consensus) + (dir_bytes(self.student_dir(r - 1))
+                                           if self.from_student else 0)
+            downloaded = each * self.num_clients
         with meter.stage("specialists" if r == 1 else f"round_{r}_specialists"):
             for i, (model_dir, bundle) in enumerate(zip(self.specialist_dirs(r),
                                                         self.bundle_dirs(r))):
@@ -102,12 +107,8 @@ class Federation:
                                      model_dir, client_id=f"client-{i}",
                                      labels=self.label_names, **self.train)
                 else:
-                    consensus = self.teacher_dir(r - 1)
                     start = self.student_dir(r - 1) if self.from_student else \
                         self.specialist_dirs(r - 1)[i]
-                    downloaded += dir_bytes(consensus)
-                    if self.from_student:
-                        downloaded += dir_bytes(start)
                     if i == 0:
                         self.log(f"round {r}: each client digests the round-{r - 1} consensus "
                                  f"and revisits its data ({self.schedule}, "

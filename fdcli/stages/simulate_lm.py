@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from .. import __version__
 from ..outputs import fresh_dir
-from .federation import dir_bytes as _dir_bytes
+from .federation import dir_bytes
 
 #: tiny random-init causal LMs; ``n_positions``/``max_position_embeddings`` and the vocabulary
 #: come from the simulation's settings.
@@ -171,7 +171,7 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
             bundle = root / "bundles" / f"client-{i}"
             m = emit_token_logits(model_dir, proxy, bundle, k=k, client_id=f"client-{i}",
                                   max_length=max_length, seed=seed, progress=progress)
-            uploads.append(_dir_bytes(bundle))
+            uploads.append(dir_bytes(bundle))
             specialists.append({"client_id": f"client-{i}", "domain": pkg, "architecture": arch,
                                 "train_tokens": meta["train_tokens"], **scores(model_dir),
                                 "uploaded_bytes": uploads[-1],

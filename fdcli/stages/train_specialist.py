@@ -3,8 +3,6 @@ rounds update it from the coordinator's consensus on the proxy set (see docs/rou
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -13,9 +11,9 @@ from typing import Any
 from .. import __version__
 from ..data import label_ids, load_local, resolve
 from ..errors import IncompatibleBundlesError
-from ..models import (FD_META, fingerprint_model, load_classifier, predict_logits,
+from ..models import (fingerprint_model, load_classifier, predict_logits, read_fd_meta,
                       save_classifier)
-from ..outputs import atomic_dir, check_free
+from ..outputs import atomic_dir
 
 SCHEDULES = ("mixed", "alternate")
 
@@ -63,8 +61,8 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                                     overwrite)
         config.update(teacher=str(teacher), proxy=str(proxy), proxy_split=proxy_split,
                       digest_weight=digest_weight, schedule=schedule, temperature=temperature)
-    if labels is None:  # a model fd trained (a previous round's) names the label space
-        labels = _fd_label_names(model)
+    if labels is None and Path(model).is_dir():  # a model fd trained names its label space
+        labels = read_fd_meta(Path(model)).get("label_names")
     ds = load_local(data, split)
     spec = resolve(ds, str(data), text_column=text_column, image_column=image_column,
                    label_column=label_column, label_names=labels)
@@ -125,38 +123,24 @@ def _digest_and_revisit(clf, values, labels, digest, schedule, digest_weight,
     return {**metrics, **{f"digest_{k}": v for k, v in digested.items()}}
 
 
-def _fd_label_names(model: str | Path) -> list[str] | None:
-    meta = Path(model) / FD_META
-    if not meta.is_file():
-        return None
-    try:
-        names = json.loads(meta.read_text()).get("label_names")
-    except (ValueError, AttributeError):
-        return None  # load_classifier reports an unreadable model folder
-    return list(names) if isinstance(names, list) else None
-
-
 def _open_consensus(teacher, digest_weight, schedule, temperature, out, overwrite):
     """Check the round settings and open the consensus bundle: a classification bundle,
-    identified by the sha256 of its manifest (which lists every shard's sha256)."""
-    from ..bundle import read_bundle
+    identified by the sha256 of its manifest."""
+    from .aggregate import manifest_digest
+    from .distill import open_teacher
 
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
     if not 0 < digest_weight <= 1:
         raise ValueError(f"digest_weight must be in (0, 1], got {digest_weight}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    check_free(Path(out), overwrite)
-    reader = read_bundle(teacher)
+    reader = open_teacher(teacher, out, task="classification", temperature=temperature,
+                          hard_weight=1 - digest_weight, overwrite=overwrite,
+                          hint="a specialist digests a classification consensus (rounds of "
+                               "causal LMs are not supported yet)")
     m = reader.manifest
-    if m.task != "classification":
-        raise IncompatibleBundlesError(f"{teacher}: task {m.task!r}; a specialist digests a "
-                                       "classification consensus (rounds of causal LMs are "
-                                       "not supported yet)")
-    digest = hashlib.sha256((Path(teacher) / "manifest.json").read_bytes()).hexdigest()
     seen = m.producer.config.get("round")
-    record = {"sha256": digest, "round": seen if isinstance(seen, int) and seen > 0 else 1,
+    record = {"sha256": manifest_digest(Path(teacher)),
+              "round": seen if isinstance(seen, int) and seen > 0 else 1,
               "path": str(teacher), "examples": m.examples,
               "clients": [p.get("client_id") for p in m.provenance if isinstance(p, dict)]}
     return {"reader": reader, "record": record}
