@@ -17,6 +17,7 @@ from typing import Annotated, Iterator, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .errors import FdError
@@ -44,9 +45,19 @@ def reporting_errors() -> Iterator[None]:
     try:
         yield
     except (FdError, ValueError) as exc:
-        err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False,
-                  soft_wrap=True)
+        err.print(_ERROR + plain(str(exc)), highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+_ERROR = Text("error: ", style="bold red")
+
+
+def plain(message: str) -> Text:
+    """A message as literal text: its strings may come from another institution's bundle, so
+    rich markup in them is not interpreted and control characters (terminal escape sequences)
+    are shown escaped, as ``\\x1b``."""
+    return Text("".join(c if c == "\n" or c.isprintable() else ascii(c)[1:-1]
+                        for c in message))
 
 
 def _version_callback(value: bool) -> None:
@@ -127,10 +138,10 @@ def verify(
                   f"{report.rows_checked} rows, {m.examples} examples, encoding "
                   f"{m.encoding['name']}", highlight=False)
     else:
-        err.print(f"[bold red]error:[/bold red] {bundle_dir}: {len(report.problems)} "
-                  "problem(s) found:", highlight=False)
+        err.print(_ERROR + plain(f"{bundle_dir}: {len(report.problems)} problem(s) found:"),
+                  highlight=False)
         for p in report.problems:
-            err.print(f"  - {p}", markup=False, highlight=False, soft_wrap=True)
+            err.print(plain(f"  - {p}"), highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 

@@ -302,3 +302,24 @@ def test_sharpen_and_coverage_refuse_token_bundles(tmp_path):
     with pytest.raises(IncompatibleBundlesError, match="rule 'coverage' weights clients"):
         aggregate([tmp_path / "tok"], tmp_path / "b", rule="coverage")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_hostile_label_histograms_are_reported_as_plain_text(tmp_path):
+    from fdcli.bundle import DenseCodec
+
+    from .helpers import load_manifest, make_bundle, save_manifest
+
+    for name, key in (("markup", "[/x]"), ("escape", "\x1b[31mred")):
+        make_bundle(tmp_path / name, DenseCodec(), task="classification", vocab=3,
+                    labels=["x", "y", "z"])
+        m = load_manifest(tmp_path / name)
+        m["producer"]["config"]["label_histogram"] = {key: 1, "x": 1, "y": 1, "z": 1}
+        m["producer"]["config"]["round"] = "9" * 10_000
+        save_manifest(tmp_path / name, m)
+    result = run("aggregate", tmp_path / "markup", tmp_path / "escape", "--rule", "coverage",
+                 "--out", tmp_path / "t")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "unknown: ['[/x]']" in result.stderr
+    assert "\x1b" not in result.stderr and "unknown: ['\\x1b[31mred']" in result.stderr
+    assert not (tmp_path / "t").exists()
