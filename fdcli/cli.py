@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .errors import FdError
+from .errors import FdError, FdWarning
 
 app = typer.Typer(
     name="fd",
@@ -41,15 +41,29 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 @contextmanager
 def reporting_errors() -> Iterator[None]:
     """Turn an FdError (or a ValueError from a library parameter check) into a message on
-    stderr and exit code 1."""
-    try:
-        yield
-    except (FdError, ValueError) as exc:
-        err.print(_ERROR + plain(str(exc)), highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    stderr and exit code 1, and print every FdWarning to stderr as ``warning: ...``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            if issubclass(category, FdWarning):
+                err.print(_WARNING + plain(str(message)), highlight=False, soft_wrap=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.simplefilter("always", FdWarning)
+        warnings.showwarning = show
+        try:
+            yield
+        except (FdError, ValueError) as exc:
+            err.print(_ERROR + plain(str(exc)), highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
 
 _ERROR = Text("error: ", style="bold red")
+_WARNING = Text("warning: ", style="bold yellow")
 
 
 def plain(message: str) -> Text:
@@ -281,11 +295,13 @@ def emit_logits_cmd(
     proxy: Annotated[Path, typer.Argument(help="The shared proxy dataset.")],
     out_dir: OutOpt,
     encoding: Annotated[Optional[str], typer.Option(
-        help="dense or topk; causal-lm also sample. Default: dense for classification, topk "
-             "for causal-lm.")] = None,
-    k: Annotated[int, typer.Option(help="Ids kept per row for topk.")] = 16,
+        help="dense or topk; causal-lm also sample. Default: dense for classification; for "
+             "causal-lm topk, or sample when --draws is given.")] = None,
+    k: Annotated[Optional[int], typer.Option(help="Ids kept per row for topk (default: 16).")]
+    = None,
     value_dtype: Annotated[str, typer.Option(help="topk values: int8 or fp16.")] = "int8",
-    draws: Annotated[int, typer.Option(help="sample: ids drawn per token.")] = 16,
+    draws: Annotated[Optional[int], typer.Option(
+        help="sample: ids drawn per token (default: 8).")] = None,
     sample_temperature: Annotated[float, typer.Option(
         help="sample: temperature the ids are drawn at (distill at the same one).")] = 1.0,
     client_id: Annotated[Optional[str], typer.Option(help="Institution name (default: from "
@@ -308,7 +324,7 @@ def emit_logits_cmd(
     [bold]Example[/bold]: fd emit-logits specialist/ proxy.csv --out usb/hospital-a-bundle
     """
     from .stages.emit import emit_logits
-    from .stages.lm import emit_token_logits
+    from .stages.lm import LM_DRAWS, LM_ENCODING, emit_token_logits
 
     with reporting_errors():
         _check_task(task)
@@ -316,14 +332,23 @@ def emit_logits_cmd(
             if declare_label_counts or proxy_slice:
                 raise ValueError("--declare-label-counts and --slice apply to --task "
                                  "classification")
-            m = emit_token_logits(model, proxy, out_dir, encoding=encoding or "topk", k=k,
-                                  value_dtype=value_dtype, draws=draws,
+            encoding = encoding or ("sample" if draws is not None else LM_ENCODING)
+            if (k is not None and encoding != "topk") or (draws is not None
+                                                          and encoding != "sample"):
+                raise ValueError(f"--{'k' if k is not None else 'draws'} does not apply to "
+                                 f"--encoding {encoding}; --k is for topk, --draws for sample")
+            m = emit_token_logits(model, proxy, out_dir, encoding=encoding,
+                                  k=16 if k is None else k, value_dtype=value_dtype,
+                                  draws=LM_DRAWS if draws is None else draws,
                                   sample_temperature=sample_temperature, tokenizer=tokenizer,
                                   client_id=client_id, text_column=text_column, split=split,
                                   max_length=max_length, packing=packing,
                                   batch_size=batch_size or 8, seed=seed, overwrite=overwrite)
         else:
-            m = emit_logits(model, proxy, out_dir, encoding=encoding or "dense", k=k,
+            if draws is not None:
+                raise ValueError("--draws applies to --task causal-lm (--encoding sample)")
+            m = emit_logits(model, proxy, out_dir, encoding=encoding or "dense",
+                            k=16 if k is None else k,
                             value_dtype=value_dtype, client_id=client_id,
                             declare_label_counts=declare_label_counts,
                             proxy_slice=_slice(proxy_slice),
@@ -396,9 +421,11 @@ def distill(
     proxy: Annotated[Path, typer.Argument(help="The proxy dataset the bundle was made on.")],
     teacher: Annotated[Path, typer.Argument(help="The aggregated bundle.")],
     out_dir: OutOpt,
-    temperature: Annotated[float, typer.Option(help="Distillation temperature T.")] = 2.0,
-    hard_weight: Annotated[float, typer.Option(help="Weight of cross-entropy on proxy labels "
-                                                    "(needs labels).")] = 0.0,
+    temperature: Annotated[Optional[float], typer.Option(
+        help="Distillation temperature T (default: 2).")] = None,
+    hard_weight: Annotated[Optional[float], typer.Option(
+        help="Weight of cross-entropy on the proxy's labels, or for causal-lm on the proxy "
+             "text's next tokens (default: 0, or 0.5 for causal-lm).")] = None,
     text_column: TextCol = None, image_column: ImageCol = None, label_column: LabelCol = None,
     tokenizer: TokenizerOpt = None, split: SplitOpt = None,
     epochs: Epochs = 3.0, lr: LR = 5e-5, batch_size: Annotated[Optional[int], typer.Option(
@@ -419,22 +446,23 @@ def distill(
 
     with reporting_errors():
         _check_task(task)
+        loss = {k: v for k, v in dict(temperature=temperature, hard_weight=hard_weight).items()
+                if v is not None}
         if task == "causal-lm":
             meta = distill_lm(student, proxy, teacher, out_dir, tokenizer=tokenizer,
-                              temperature=temperature, hard_weight=hard_weight, epochs=epochs,
+                              epochs=epochs,
                               learning_rate=lr, batch_size=batch_size or 8,
                               text_column=text_column, split=split, max_length=max_length,
-                              seed=seed, overwrite=overwrite)
+                              seed=seed, overwrite=overwrite, **loss)
             _report({"out": str(out_dir), "architecture": meta["architecture"],
                      "proxy_examples": meta["proxy_examples"],
                      "proxy_tokens": meta["proxy_tokens"], **meta["metrics"]}, json_out,
                     "student")
             return
-        meta = run(student, proxy, teacher, out_dir, temperature=temperature,
-                   hard_weight=hard_weight, epochs=epochs, learning_rate=lr,
+        meta = run(student, proxy, teacher, out_dir, epochs=epochs, learning_rate=lr,
                    batch_size=batch_size or 16, seed=seed, text_column=text_column,
                    image_column=image_column, label_column=label_column, tokenizer=tokenizer,
-                   split=split, overwrite=overwrite)
+                   split=split, overwrite=overwrite, **loss)
     _report({"out": str(out_dir), "architecture": meta["architecture"],
              "proxy_examples": meta["proxy_examples"], **meta["metrics"]}, json_out, "student")
 
@@ -576,7 +604,7 @@ def simulate(
     batch_size: Annotated[Optional[int], typer.Option(
         help="Batch size (default: 32; 16 blocks for causal-lm).")] = None,
     temperature: Annotated[Optional[float], typer.Option(
-        help="Distillation temperature (default: 2; 1 for causal-lm).")] = None,
+        help="Distillation temperature (default: 2).")] = None,
     max_length: Annotated[int, typer.Option(help="causal-lm: tokens per block.")] = 64,
     hard_weight: Annotated[Optional[float], typer.Option(
         help="causal-lm: share of next-token cross-entropy on the proxy in the student's "

@@ -30,3 +30,8 @@ class BundleError(FdError):
 
 class IncompatibleBundlesError(BundleError):
     """Bundles that cannot be combined: their proxy set, label space, task or encoding differ."""
+
+
+class FdWarning(UserWarning):
+    """Something the user should know and can act on, though fd can go on (a weak teacher).
+    The CLI prints it to stderr as ``warning: ...``."""

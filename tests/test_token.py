@@ -67,6 +67,25 @@ def test_encode_sparse_relists_the_top_ids_and_keeps_the_mass(tmp_path):
     assert torch.allclose(dense_before.exp(), dense_after.exp(), atol=1e-4)
 
 
+def test_encode_sparse_of_rows_without_a_tail_keeps_ids_distinct():
+    """Sampled rows carry all their mass on a few ids (no tail), padded with id 0 at -inf:
+    re-sparsifying to more ids than they list must not repeat an id (a bundle whose ids
+    repeat is refused on reading), and must keep the mass where it was."""
+    inf = math.inf
+    v = 40
+    ids = torch.tensor([[0, 3, 7, 0, 0], [5, 0, 0, 0, 0]])
+    logp = torch.tensor([[0.5, 0.25, 0.25, 0, 0], [1.0, 0, 0, 0, 0]]).log()
+    rows = SparseRows(ids, logp, torch.full((2,), -inf), v)
+    codec = TopKCodec(6, "int8")
+    t = codec.encode_sparse(rows)
+    got = t["ids"].long()
+    assert got.shape == (2, 6) and bool((got[:, 1:] > got[:, :-1]).all())
+    assert codec.check_values(t, v) == []
+    back = codec.sparse(t, v).to_dense().exp()
+    assert torch.allclose(back[0, [0, 3, 7]], torch.tensor([0.5, 0.25, 0.25]), atol=0.01)
+    assert math.isclose(float(back[1, 5]), 1.0, abs_tol=0.01)
+
+
 # -- aggregation ---------------------------------------------------------------------------
 def _clients(v=12, n=5, ks=(3, 4, 2), seed=0):
     torch.manual_seed(seed)
@@ -315,15 +334,17 @@ def test_causal_lm_student_from_a_sampled_bundle(lm_world):
     if not (w / "spec-b").exists():
         pytest.skip("needs the specialists of test_causal_lm_pipeline_end_to_end")
     r = _fd("emit-logits", w / "spec-b", w / "proxy.jsonl", "--task", "causal-lm",
-            "--max-length", "32", "--encoding", "sample", "--draws", "12", "--out",
-            w / "sampled-b", "--json")
+            "--max-length", "32", "--draws", "12", "--out", w / "sampled-b", "--json")
     assert r.exit_code == 0, r.output
     m = read_bundle(w / "sampled-b").manifest
     assert m.encoding == {"name": "sample", "draws": 12, "temperature": 1.0}
+    # without --temperature, a sampled teacher is read at the temperature it was drawn at
     r = _fd("distill", w / "gpt2.json", w / "proxy.jsonl", w / "sampled-b", "--task",
-            "causal-lm", "--tokenizer", w / "tok", "--temperature", "1", "--epochs", "3",
-            "--lr", "3e-3", "--out", w / "student-sampled")
+            "causal-lm", "--tokenizer", w / "tok", "--epochs", "3", "--lr", "3e-3",
+            "--out", w / "student-sampled")
     assert r.exit_code == 0, r.output
+    assert json.loads((w / "student-sampled" / "fd.json").read_text())["config"][
+        "temperature"] == 1.0
     kl = {}
     for name, model in (("student", w / "student-sampled"), ("untrained", w / "gpt2.json")):
         r = _fd("evaluate", model, w / "test.jsonl", "--task", "causal-lm", "--max-length", "32",
@@ -357,6 +378,10 @@ def test_causal_lm_student_from_a_sampled_bundle(lm_world):
      "no text column found; expected one of"),
     (["evaluate", "{w}/spec-a", "{w}/test.jsonl", "--task", "causal-lm", "--max-length",
       "128"], "it reads at most 64 positions, but --max-length is 128"),
+    (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--task", "causal-lm", "--encoding",
+      "sample", "--k", "8"], "--k does not apply to --encoding sample; --k is for topk"),
+    (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--draws", "8"],
+     "--draws applies to --task causal-lm (--encoding sample)"),
     (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--task", "regression"],
      "--task must be one of ['classification', 'causal-lm'], got 'regression'"),
 ])

@@ -246,6 +246,7 @@ class TopKCodec(Codec):
         live = torch.isfinite(logp)
         listed = live.sum(-1)
         need = (k - listed).clamp(min=0)
+        fill = torch.zeros_like(live)
         if bool((need > 0).any()):
             cand = torch.arange(2 * k)
             used = (cand[None, :, None] == torch.where(live, ids, -1)[:, None, :]).any(-1)
@@ -254,8 +255,14 @@ class TopKCodec(Codec):
             share = (tail - others.log())[:, None].expand_as(pick)
             ids = torch.cat([ids, torch.where(pick, cand, 0)], -1)
             logp = torch.cat([logp, torch.where(pick, share, -math.inf)], -1)
+            fill = torch.cat([fill, pick], -1)
             tail = tail + torch.log1p(-need / others)
-        vals, pos = logp.topk(k, dim=-1, sorted=False)
+        # padding entries rank below the unlisted ids given out above, even when those carry
+        # no mass (a tail of zero, as in sampled rows): padding ids may repeat a kept id
+        key = torch.where(torch.isfinite(logp) | ~fill, logp,
+                          torch.full_like(logp, torch.finfo(logp.dtype).min))
+        pos = key.topk(k, dim=-1, sorted=False).indices
+        vals = logp.gather(1, pos)
         dropped = logp.scatter(1, pos, -math.inf)
         tail = torch.logsumexp(torch.cat([dropped, tail[:, None]], -1), -1)
         ids, order = ids.gather(1, pos).sort(dim=-1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from .. import __version__
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, SampleCodec, TopKCodec, read_bundle
 from ..data import DataError, load_local
-from ..errors import IncompatibleBundlesError
+from ..errors import FdWarning, IncompatibleBundlesError
 from ..lm import (DEFAULT_LM_MAX_LENGTH, TextBlocks, iter_token_logits, load_lm,
                   max_positions, save_lm, text_blocks, vocab_fingerprint)
 from ..losses import dense_kd_loss, sparse_kd_loss
@@ -28,6 +29,15 @@ from ..progress import progress_bar
 from .distill import open_teacher
 
 TOKEN_ENCODINGS = ("topk", "sample", "dense")
+#: defaults chosen by benchmarks/lm_cli_defaults.py (docs/token-distillation.md): top-16
+#: bundles (8 draws per token for ``sample``), and a student trained on KD at T = 2 mixed half
+#: and half with cross-entropy on the proxy text's next tokens
+LM_ENCODING = "topk"
+LM_DRAWS = 8
+LM_TEMPERATURE = 2.0
+LM_HARD_WEIGHT = 0.5
+#: ``fd distill`` warns when a top-k teacher leaves more than this share of its mass in the tail
+WEAK_TEACHER_TAIL_MASS = 0.5
 
 
 def _blocks(data, split, lm, text_column, max_length, packing, model=None) -> TextBlocks:
@@ -96,7 +106,7 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     return meta
 
 
-def token_codec(encoding: str, k: int = 16, value_dtype: str = "int8", draws: int = 16,
+def token_codec(encoding: str, k: int = 16, value_dtype: str = "int8", draws: int = LM_DRAWS,
                 sample_temperature: float = 1.0):
     if encoding == "topk":
         return TopKCodec(k=k, value_dtype=value_dtype)
@@ -108,8 +118,8 @@ def token_codec(encoding: str, k: int = 16, value_dtype: str = "int8", draws: in
 
 
 def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
-                      encoding: str = "topk", k: int = 16, value_dtype: str = "int8",
-                      draws: int = 16, sample_temperature: float = 1.0,
+                      encoding: str = LM_ENCODING, k: int = 16, value_dtype: str = "int8",
+                      draws: int = LM_DRAWS, sample_temperature: float = 1.0,
                       tokenizer: str | Path | None = None, client_id: str | None = None,
                       text_column: str | None = None, split: str | None = None,
                       max_length: int | None = None, packing: bool = True,
@@ -117,8 +127,9 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       progress: bool = True) -> BundleManifest:
     """Write a token bundle: the model's next-token distribution at every position of every
     proxy block, streamed into shards (memory does not grow with the proxy size).
-    ``topk`` keeps ``k`` ids per token; ``sample`` draws ``draws`` ids per token from the
-    model at ``sample_temperature`` (distill must then use that temperature)."""
+    ``topk`` (the default) keeps the ``k`` most likely ids per token and their tail mass;
+    ``sample`` draws ``draws`` ids per token from the model at ``sample_temperature`` (distill
+    must then use that temperature), an unbiased estimate."""
     codec = token_codec(encoding, k, value_dtype, draws, sample_temperature)
     check_free(Path(out), overwrite)
     lm = load_lm(model, tokenizer=tokenizer)
@@ -178,24 +189,57 @@ def _check_rows(block, tb: TextBlocks, teacher) -> None:
                             f"{found}; the bundle does not belong to this proxy set")
 
 
+def warn_weak_teacher(manifest: BundleManifest, teacher, hard_weight: float) -> None:
+    """Warn when a top-k token bundle keeps less than half of the teacher's probability in its
+    ids: the tail-bucket loss then fixes only how much mass the student puts outside them."""
+    tail = manifest.fidelity.get("mean_tail_mass")
+    if manifest.encoding.get("name") != "topk" or not isinstance(tail, (int, float)) \
+            or not tail > WEAK_TEACHER_TAIL_MASS:
+        return
+    head = (f"{teacher}: its {manifest.encoding.get('k')} ids per token hold "
+            f"{1 - tail:.0%} of the teacher's probability (mean tail mass {tail:.2f}, above "
+            f"{WEAK_TEACHER_TAIL_MASS}), so top-k KD says little about the rest of the "
+            "vocabulary")
+    if hard_weight == 0:
+        advice = ("with no cross-entropy on the proxy text, such students measured twice the "
+                  "perplexity of training on the proxy text alone; use --hard-weight "
+                  f"{LM_HARD_WEIGHT} (the default)")
+    else:
+        advice = (f"the proxy text's next tokens (--hard-weight {hard_weight}) supply the rest; "
+                  "in fd's measurements a larger --k did not help, while 8 sampled ids per "
+                  "token (fd emit-logits --draws 8, fd distill --temperature 1) did with four "
+                  "clients or a strong teacher, and did not with two weak ones "
+                  "(docs/token-distillation.md)")
+    warnings.warn(f"{head}; {advice}", FdWarning, stacklevel=3)
+
+
 def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out: str | Path,
-               *, tokenizer: str | Path | None = None, temperature: float = 2.0,
-               hard_weight: float = 0.0, epochs: float = 3.0, learning_rate: float = 5e-5,
-               batch_size: int = 8, text_column: str | None = None, split: str | None = None,
+               *, tokenizer: str | Path | None = None, temperature: float | None = None,
+               hard_weight: float = LM_HARD_WEIGHT, epochs: float = 3.0,
+               learning_rate: float = 5e-5, batch_size: int = 8,
+               text_column: str | None = None, split: str | None = None,
                max_length: int | None = None, packing: bool | None = None, seed: int = 0,
                overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Distill a causal-LM student (any architecture sharing the teachers' tokenizer) on the
     proxy text against a token bundle. The loss is KL at ``temperature`` times T^2: the
     tail-bucket loss for topk teachers, the sampled-target loss for sample teachers, full KL for
-    dense ones; ``hard_weight`` mixes in next-token cross-entropy on the proxy text. The
-    teacher stays in the bundle's compact tensors; rows are decoded a batch at a time."""
+    dense ones; ``hard_weight`` mixes in next-token cross-entropy on the proxy text (the text
+    is always labelled for an LM). ``temperature`` None means 2, or for a sample teacher the
+    temperature its ids were drawn at. The teacher stays in the bundle's compact tensors;
+    rows are decoded a batch at a time. Warns (:class:`~fdcli.errors.FdWarning`) when a top-k
+    teacher keeps less than half of its probability mass in its ids."""
     from ..training import TeacherRows, fit_lm
 
-    reader = open_teacher(teacher, out, task="token", temperature=temperature,
+    reader = open_teacher(teacher, out, task="token",
+                          temperature=LM_TEMPERATURE if temperature is None else temperature,
                           hard_weight=hard_weight, overwrite=overwrite,
                           hint="a causal-LM student needs a token bundle (fd emit-logits "
                                "--task causal-lm)")
     m = reader.manifest
+    if temperature is None:
+        temperature = float(m.encoding.get("temperature", LM_TEMPERATURE)) \
+            if m.encoding.get("name") == "sample" else LM_TEMPERATURE
+    warn_weak_teacher(m, teacher, hard_weight)
     lm = load_lm(student, tokenizer=tokenizer, seed=seed)
     _check_vocab(lm, m, student, teacher)
     tb = _teacher_blocks(proxy, teacher, m, lm, student, split, text_column, max_length,

@@ -19,12 +19,14 @@ import json
 import math
 import sysconfig
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import __version__
 from ..outputs import fresh_dir
 from .federation import dir_bytes
+from .lm import LM_HARD_WEIGHT, LM_TEMPERATURE
 
 #: tiny random-init causal LMs; ``n_positions``/``max_position_embeddings`` and the vocabulary
 #: come from the simulation's settings.
@@ -83,23 +85,66 @@ def _write_jsonl(path: Path, texts: Sequence[str]) -> Path:
     return path
 
 
+@dataclass
+class StdlibCorpus:
+    """The files :func:`write_stdlib_corpus` wrote."""
+
+    clients: list[Path]        # data/client-<i>.jsonl: one package's private text each
+    tests: dict[str, Path]     # package -> data/test-<package>.jsonl (its held-out files)
+    proxy: Path                # data/proxy.jsonl: the top-level modules
+    tokenizer: Path            # tokenizer/: byte-level BPE trained on the proxy
+    configs: dict[str, Path]   # architecture -> configs/<name>.json
+
+
+def write_stdlib_corpus(root: Path, domains: dict[str, list[Path]], *,
+                        client_chars: int = 300_000, proxy_chars: int = 600_000,
+                        test_chars: int = 40_000, vocab_size: int = 2048,
+                        max_length: int = 64) -> StdlibCorpus:
+    """Write the language-model federation's files under ``root``: every fifth file of each
+    package (``domains``, from :func:`stdlib_domains`) is its held-out test text, the rest its
+    client's private text; the proxy is the standard library's top-level modules; one shared
+    tokenizer; and a config per architecture of :data:`LM_ARCHITECTURES` reading
+    ``max_length`` positions."""
+    from ..lm import train_bpe_tokenizer
+
+    data = root / "data"
+    clients, tests = [], {}
+    for i, (pkg, files) in enumerate(domains.items()):
+        held = files[::5]
+        private = [f for f in files if f not in held]
+        clients.append(_write_jsonl(data / f"client-{i}.jsonl", _read(private, client_chars)))
+        tests[pkg] = _write_jsonl(data / f"test-{pkg}.jsonl", _read(held, test_chars))
+    top = sorted(stdlib_root().glob("*.py"))
+    proxy = _write_jsonl(data / "proxy.jsonl", _read(top, proxy_chars))
+    tok = train_bpe_tokenizer(_texts(proxy), root / "tokenizer", vocab_size=vocab_size)
+    configs = {}
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    for name, cfg in LM_ARCHITECTURES.items():
+        pos = "n_positions" if name == "gpt2" else "max_position_embeddings"
+        configs[name] = root / "configs" / f"{name}.json"
+        configs[name].write_text(json.dumps({**cfg, pos: max_length}))
+    return StdlibCorpus(clients, tests, proxy, tok, configs)
+
+
 def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidence",
                 compare_rules: Sequence[str] = ("mean",),
                 architectures: Sequence[str] = ("gpt2", "llama"), student: str = "gpt2",
                 client_chars: int = 300_000, proxy_chars: int = 600_000,
                 test_chars: int = 40_000, vocab_size: int = 2048, max_length: int = 64,
                 k: int = 16, epochs: float = 2.0, distill_epochs: float = 2.0,
-                learning_rate: float = 2e-3, batch_size: int = 16, temperature: float = 1.0,
-                hard_weight: float = 0.5, seed: int = 0, overwrite: bool = False,
-                progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+                learning_rate: float = 2e-3, batch_size: int = 16,
+                temperature: float = LM_TEMPERATURE, hard_weight: float = LM_HARD_WEIGHT,
+                seed: int = 0, overwrite: bool = False, progress: bool = True,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the language-model federation and write ``out/results.json``; returns the results.
 
     Perplexities are per domain (each client's held-out files) and their geometric mean
-    (``mean_ppl``); bytes are the bundles each client uploads. The student mixes
-    ``hard_weight`` of next-token cross-entropy on the proxy text into its KD loss: with teachers
-    this small and a proxy outside every domain, pure top-k KD (``hard_weight=0``) leaves the
-    student's tail unconstrained and scores below the proxy-only reference."""
-    from ..lm import load_lm, text_blocks, train_bpe_tokenizer
+    (``mean_ppl``); bytes are the top-``k`` bundles each client uploads. The student is
+    distilled with ``fd distill``'s defaults: KD at T = 2 mixed half and half with next-token
+    cross-entropy on the proxy text (with teachers this small, pure top-k KD leaves the
+    student's tail unconstrained and scores below the proxy-only reference;
+    docs/token-distillation.md)."""
+    from ..lm import load_lm, text_blocks
     from ..data import load_local
     from .aggregate import aggregate
     from .lm import distill_lm, emit_token_logits, token_metrics, train_lm_specialist
@@ -124,21 +169,11 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                  max_length=max_length, progress=progress)
     with fresh_dir(out, overwrite) as root:
         t = time.perf_counter()
-        data = root / "data"
-        tests: dict[str, Path] = {}
-        for i, (pkg, files) in enumerate(domains.items()):
-            held = files[::5]
-            private = [f for f in files if f not in held]
-            _write_jsonl(data / f"client-{i}.jsonl", _read(private, client_chars))
-            tests[pkg] = _write_jsonl(data / f"test-{pkg}.jsonl", _read(held, test_chars))
-        top = sorted(stdlib_root().glob("*.py"))
-        proxy = _write_jsonl(data / "proxy.jsonl", _read(top, proxy_chars))
-        tok = train_bpe_tokenizer(_texts(proxy), root / "tokenizer", vocab_size=vocab_size)
+        corpus = write_stdlib_corpus(root, domains, client_chars=client_chars,
+                                     proxy_chars=proxy_chars, test_chars=test_chars,
+                                     vocab_size=vocab_size, max_length=max_length)
+        data, tests, proxy, tok = root / "data", corpus.tests, corpus.proxy, corpus.tokenizer
         configs = root / "configs"
-        configs.mkdir()
-        for name, cfg in LM_ARCHITECTURES.items():
-            pos = "n_positions" if name == "gpt2" else "max_position_embeddings"
-            (configs / f"{name}.json").write_text(json.dumps({**cfg, pos: max_length}))
         timing["data_and_tokenizer_s"] = time.perf_counter() - t
 
         test_blocks: dict[str, Any] = {}
