@@ -226,7 +226,9 @@ def main() -> None:
         bundles = []
         for i, spec in enumerate(sources):
             b = root / "bundles" / tag / f"client-{i}"
-            if not (b / "manifest.json").exists():
+            # bundles made with explicit options are reused; the defaults' are made afresh,
+            # since what the defaults are may have changed since they were written
+            if not emit or not (b / "manifest.json").exists():
                 t = time.perf_counter()
                 fd("emit-logits", spec, proxy, "--task", "causal-lm", *emit, "--out", b,
                    "--overwrite")
