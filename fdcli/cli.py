@@ -422,7 +422,8 @@ def distill(
     teacher: Annotated[Path, typer.Argument(help="The aggregated bundle.")],
     out_dir: OutOpt,
     temperature: Annotated[Optional[float], typer.Option(
-        help="Distillation temperature T (default: 2).")] = None,
+        help="Distillation temperature T (default: 2; causal-lm: 1, or 2 for a top-k teacher "
+             "whose mean tail mass is above 0.75, or a sampled teacher's own).")] = None,
     hard_weight: Annotated[Optional[float], typer.Option(
         help="Weight of cross-entropy on the proxy's labels, or for causal-lm on the proxy "
              "text's next tokens (default: 0, or 0.5 for causal-lm).")] = None,
@@ -437,7 +438,8 @@ def distill(
 ) -> None:
     """Train a student of any architecture on the proxy set against a teacher bundle. With
     [bold]--task causal-lm[/bold] the student is a causal LM that shares the teachers'
-    tokenizer, trained per token with the sparse (tail-bucket) or sampled KD loss.
+    tokenizer, trained per token with the sparse (tail-bucket) or sampled KD loss, mixed half
+    and half with cross-entropy on the proxy text's next tokens.
 
     [bold]Example[/bold]: fd distill student.json proxy.csv teacher/ --out student
     """
@@ -604,7 +606,7 @@ def simulate(
     batch_size: Annotated[Optional[int], typer.Option(
         help="Batch size (default: 32; 16 blocks for causal-lm).")] = None,
     temperature: Annotated[Optional[float], typer.Option(
-        help="Distillation temperature (default: 2).")] = None,
+        help="Distillation temperature (default: 2; causal-lm: as fd distill picks).")] = None,
     max_length: Annotated[int, typer.Option(help="causal-lm: tokens per block.")] = 64,
     hard_weight: Annotated[Optional[float], typer.Option(
         help="causal-lm: share of next-token cross-entropy on the proxy in the student's "

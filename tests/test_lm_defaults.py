@@ -6,15 +6,30 @@ student trained on the proxy text alone, and the average specialist."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
 
 from fdcli.cli import app
+from fdcli.stages.lm import default_temperature
 from fdcli.stages.simulate_lm import stdlib_domains, write_stdlib_corpus
 
 runner = CliRunner()
 TRAIN = ["--epochs", "3", "--lr", "2e-3"]
+
+
+@pytest.mark.parametrize("encoding,tail,want", [
+    ({"name": "topk", "k": 16}, 0.86, 2.0),      # flat: T = 2 measured better
+    ({"name": "topk", "k": 16}, 0.75, 1.0),      # at the threshold: 1
+    ({"name": "topk", "k": 16}, 0.58, 1.0),      # sharper: T = 1 measured better
+    ({"name": "topk", "k": 16}, None, 1.0),      # no fidelity recorded
+    ({"name": "dense"}, 0.0, 1.0),
+    ({"name": "sample", "draws": 8, "temperature": 1.5}, 0.9, 1.5),  # its draw temperature
+])
+def test_default_temperature_follows_the_teacher(encoding, tail, want):
+    manifest = SimpleNamespace(encoding=encoding, fidelity={"mean_tail_mass": tail})
+    assert default_temperature(manifest) == want
 
 
 def _fd(*args) -> dict:
@@ -58,11 +73,12 @@ def test_distill_defaults_beat_the_proxy_text_alone_and_the_mean_specialist(worl
     run = _fd("distill", c.configs["gpt2"], c.proxy, root / "teacher", *lm, *TRAIN,
               "--out", root / "student")
     meta = json.loads((root / "student" / "fd.json").read_text())
+    # T = 2: this teacher is flat (tail above 0.75, asserted below)
     assert (meta["config"]["temperature"], meta["config"]["hard_weight"]) == (2.0, 0.5)
     # top-16 ids of teachers this small hold little of their mass: fd distill says so, and
     # that the proxy text supplies the rest
     tail = _tail(root / "teacher")
-    assert tail > 0.5
+    assert tail > 0.75
     message = " ".join(run["stderr"].split())
     assert f"warning: {root / 'teacher'}: its 16 ids per token hold {1 - tail:.0%} of the " \
         f"teacher's probability (mean tail mass {tail:.2f}, above 0.5)" in message

@@ -30,12 +30,13 @@ from .distill import open_teacher
 
 TOKEN_ENCODINGS = ("topk", "sample", "dense")
 #: defaults chosen by benchmarks/lm_cli_defaults.py (docs/token-distillation.md): top-16
-#: bundles (8 draws per token for ``sample``), and a student trained on KD at T = 2 mixed half
-#: and half with cross-entropy on the proxy text's next tokens
+#: bundles (8 draws per token for ``sample``), and a student trained on KD mixed half and half
+#: with cross-entropy on the proxy text's next tokens, at T = 1, or T = 2 for a flat top-k
+#: teacher (mean tail mass above FLAT_TEACHER_TAIL_MASS; see :func:`default_temperature`)
 LM_ENCODING = "topk"
 LM_DRAWS = 8
-LM_TEMPERATURE = 2.0
 LM_HARD_WEIGHT = 0.5
+FLAT_TEACHER_TAIL_MASS = 0.75
 #: ``fd distill`` warns when a top-k teacher leaves more than this share of its mass in the tail
 WEAK_TEACHER_TAIL_MASS = 0.5
 
@@ -189,6 +190,19 @@ def _check_rows(block, tb: TextBlocks, teacher) -> None:
                             f"{found}; the bundle does not belong to this proxy set")
 
 
+def default_temperature(manifest: BundleManifest) -> float:
+    """The distillation temperature for a token bundle when none is given: a sample bundle's
+    draw temperature (it can be read at no other); 2 for a top-k teacher whose kept ids hold
+    under a quarter of its mass (``mean_tail_mass`` above :data:`FLAT_TEACHER_TAIL_MASS`);
+    else 1. Measured: T = 1 beat T = 2 by 15% with teachers of tail mass 0.58 and 0.68, and
+    lost by 8-9% with teachers of 0.84 and 0.86 (docs/token-distillation.md)."""
+    if manifest.encoding.get("name") == "sample":
+        return float(manifest.encoding.get("temperature", 1.0))
+    tail = manifest.fidelity.get("mean_tail_mass")
+    flat = isinstance(tail, (int, float)) and tail > FLAT_TEACHER_TAIL_MASS
+    return 2.0 if manifest.encoding.get("name") == "topk" and flat else 1.0
+
+
 def warn_weak_teacher(manifest: BundleManifest, teacher, hard_weight: float) -> None:
     """Warn when a top-k token bundle keeps less than half of the teacher's probability in its
     ids: the tail-bucket loss then fixes only how much mass the student puts outside them."""
@@ -207,8 +221,8 @@ def warn_weak_teacher(manifest: BundleManifest, teacher, hard_weight: float) -> 
     else:
         advice = (f"the proxy text's next tokens (--hard-weight {hard_weight}) supply the rest; "
                   "in fd's measurements a larger --k did not help, while 8 sampled ids per "
-                  "token (fd emit-logits --draws 8, fd distill --temperature 1) did with four "
-                  "clients or a strong teacher, and did not with two weak ones "
+                  "token (fd emit-logits --draws 8) did with four clients or a strong teacher, "
+                  "and did not with two weak ones "
                   "(docs/token-distillation.md)")
     warnings.warn(f"{head}; {advice}", FdWarning, stacklevel=3)
 
@@ -224,21 +238,20 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
     proxy text against a token bundle. The loss is KL at ``temperature`` times T^2: the
     tail-bucket loss for topk teachers, the sampled-target loss for sample teachers, full KL for
     dense ones; ``hard_weight`` mixes in next-token cross-entropy on the proxy text (the text
-    is always labelled for an LM). ``temperature`` None means 2, or for a sample teacher the
-    temperature its ids were drawn at. The teacher stays in the bundle's compact tensors;
+    is always labelled for an LM). ``temperature`` None picks one from the teacher
+    (:func:`default_temperature`). The teacher stays in the bundle's compact tensors;
     rows are decoded a batch at a time. Warns (:class:`~fdcli.errors.FdWarning`) when a top-k
     teacher keeps less than half of its probability mass in its ids."""
     from ..training import TeacherRows, fit_lm
 
     reader = open_teacher(teacher, out, task="token",
-                          temperature=LM_TEMPERATURE if temperature is None else temperature,
+                          temperature=1.0 if temperature is None else temperature,
                           hard_weight=hard_weight, overwrite=overwrite,
                           hint="a causal-LM student needs a token bundle (fd emit-logits "
                                "--task causal-lm)")
     m = reader.manifest
     if temperature is None:
-        temperature = float(m.encoding.get("temperature", LM_TEMPERATURE)) \
-            if m.encoding.get("name") == "sample" else LM_TEMPERATURE
+        temperature = default_temperature(m)
     warn_weak_teacher(m, teacher, hard_weight)
     lm = load_lm(student, tokenizer=tokenizer, seed=seed)
     _check_vocab(lm, m, student, teacher)

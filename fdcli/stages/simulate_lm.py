@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 from .. import __version__
 from ..outputs import fresh_dir
 from .federation import dir_bytes
-from .lm import LM_HARD_WEIGHT, LM_TEMPERATURE
+from .lm import LM_HARD_WEIGHT
 
 #: tiny random-init causal LMs; ``n_positions``/``max_position_embeddings`` and the vocabulary
 #: come from the simulation's settings.
@@ -133,17 +133,18 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                 test_chars: int = 40_000, vocab_size: int = 2048, max_length: int = 64,
                 k: int = 16, epochs: float = 2.0, distill_epochs: float = 2.0,
                 learning_rate: float = 2e-3, batch_size: int = 16,
-                temperature: float = LM_TEMPERATURE, hard_weight: float = LM_HARD_WEIGHT,
+                temperature: float | None = None, hard_weight: float = LM_HARD_WEIGHT,
                 seed: int = 0, overwrite: bool = False, progress: bool = True,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the language-model federation and write ``out/results.json``; returns the results.
 
     Perplexities are per domain (each client's held-out files) and their geometric mean
     (``mean_ppl``); bytes are the top-``k`` bundles each client uploads. The student is
-    distilled with ``fd distill``'s defaults: KD at T = 2 mixed half and half with next-token
+    distilled with ``fd distill``'s defaults: KD mixed half and half with next-token
     cross-entropy on the proxy text (with teachers this small, pure top-k KD leaves the
-    student's tail unconstrained and scores below the proxy-only reference;
-    docs/token-distillation.md)."""
+    student's tail unconstrained and scores below the proxy-only reference), at the
+    temperature ``distill_lm`` picks from the teacher when ``temperature`` is None, recorded
+    per student (docs/token-distillation.md)."""
     from ..lm import load_lm, text_blocks
     from ..data import load_local
     from .aggregate import aggregate
@@ -220,11 +221,12 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
             teacher = root / "teachers" / r
             aggregate(bundles, teacher, rule=r, k=k, seed=seed, progress=progress)
             student_dir = root / "students" / r
-            distill_lm(configs / f"{student}.json", proxy, teacher, student_dir, tokenizer=tok,
-                       temperature=temperature, hard_weight=hard_weight, epochs=distill_epochs,
-                       learning_rate=learning_rate, batch_size=batch_size, seed=seed,
-                       progress=progress)
-            students[r] = {"architecture": student, **scores(student_dir)}
+            meta = distill_lm(configs / f"{student}.json", proxy, teacher, student_dir,
+                              tokenizer=tok, temperature=temperature, hard_weight=hard_weight,
+                              epochs=distill_epochs, learning_rate=learning_rate,
+                              batch_size=batch_size, seed=seed, progress=progress)
+            students[r] = {"architecture": student,
+                           "temperature": meta["config"]["temperature"], **scores(student_dir)}
         timing["aggregate_distill_s"] = time.perf_counter() - t
         t = time.perf_counter()
         log(f"references: a {student} on the proxy alone, and on the union of the private text")
