@@ -215,8 +215,8 @@ def warn_weak_teacher(manifest: BundleManifest, teacher, hard_weight: float) -> 
             f"{WEAK_TEACHER_TAIL_MASS}), so top-k KD says little about the rest of the "
             "vocabulary")
     if hard_weight == 0:
-        advice = ("with no cross-entropy on the proxy text, such students measured twice the "
-                  "perplexity of training on the proxy text alone; use --hard-weight "
+        advice = ("with no cross-entropy on the proxy text, such students measured 1.5-2.1 "
+                  "times the perplexity of training on the proxy text alone; use --hard-weight "
                   f"{LM_HARD_WEIGHT} (the default)")
     else:
         advice = (f"the proxy text's next tokens (--hard-weight {hard_weight}) supply the rest; "
