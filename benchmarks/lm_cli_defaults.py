@@ -40,6 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from typer.testing import CliRunner  # noqa: E402
 
 from fdcli.cli import app  # noqa: E402
+from fdcli.stages.federation import dir_bytes  # noqa: E402
 from fdcli.stages.simulate_lm import stdlib_domains, write_stdlib_corpus  # noqa: E402
 
 TRAIN = ["--epochs", "3", "--lr", "1e-3"]
@@ -223,9 +224,12 @@ def main() -> None:
 
     def teacher(emit: list[str], agg: list[str], sources: list[Path]) -> tuple[Path, dict]:
         tag = _emit_tag(emit) + ("" if sources == specialists else "_" + sources[0].name)
-        bundles = []
-        for i, spec in enumerate(sources):
-            b = root / "bundles" / tag / f"client-{i}"
+        key = (tag, _emit_tag(agg))
+        out = root / "teachers" / "__".join(key)
+        if key in teachers:
+            return out, teachers[key]
+        bundles = [root / "bundles" / tag / f"client-{i}" for i in range(len(sources))]
+        for i, (spec, b) in enumerate(zip(sources, bundles)):
             # bundles made with explicit options are reused; the defaults' are made afresh,
             # since what the defaults are may have changed since they were written
             if not emit or not (b / "manifest.json").exists():
@@ -233,21 +237,19 @@ def main() -> None:
                 fd("emit-logits", spec, proxy, "--task", "causal-lm", *emit, "--out", b,
                    "--overwrite")
                 timing[f"emit_{tag}_{i}"] = round(time.perf_counter() - t, 1)
-            bundles.append(b)
-        out = root / "teachers" / f"{tag}__{_emit_tag(agg)}"
-        if (tag, _emit_tag(agg)) not in teachers:
-            info = fd("aggregate", *bundles, *agg, "--out", out, "--overwrite", "--json")
-            manifest = json.loads((out / "manifest.json").read_text())
-            up = [sum(f.stat().st_size for f in b.iterdir()) for b in bundles]
-            rows = manifest["rows"]
-            teachers[(tag, _emit_tag(agg))] = {
-                "bundle_bytes_per_token": [round(u / rows, 2) for u in up],
-                "teacher_bytes_per_token": round(info["bytes"] / rows, 2),
-                "teacher_mean_tail_mass": manifest.get("fidelity", {}).get("mean_tail_mass"),
-                "client_mean_tail_mass": [json.loads((b / "manifest.json").read_text())
-                                          .get("fidelity", {}).get("mean_tail_mass")
-                                          for b in bundles]}
-        return out, teachers[(tag, _emit_tag(agg))]
+        info = fd("aggregate", *bundles, *agg, "--out", out, "--overwrite", "--json")
+        rows = info["rows"]
+
+        def tail(bundle: Path):
+            return json.loads((bundle / "manifest.json").read_text()).get(
+                "fidelity", {}).get("mean_tail_mass")
+
+        teachers[key] = {
+            "bundle_bytes_per_token": [round(dir_bytes(b) / rows, 2) for b in bundles],
+            "teacher_bytes_per_token": round(info["bytes"] / rows, 2),
+            "teacher_mean_tail_mass": tail(out),
+            "client_mean_tail_mass": [tail(b) for b in bundles]}
+        return out, teachers[key]
 
     students = results.setdefault("students", {})
     for name in names:

@@ -326,6 +326,7 @@ def emit_logits_cmd(
     from .stages.emit import emit_logits
     from .stages.lm import LM_DRAWS, LM_ENCODING, emit_token_logits
 
+    kept = 16 if k is None else k
     with reporting_errors():
         _check_task(task)
         if task == "causal-lm":
@@ -338,7 +339,7 @@ def emit_logits_cmd(
                 raise ValueError(f"--{'k' if k is not None else 'draws'} does not apply to "
                                  f"--encoding {encoding}; --k is for topk, --draws for sample")
             m = emit_token_logits(model, proxy, out_dir, encoding=encoding,
-                                  k=16 if k is None else k, value_dtype=value_dtype,
+                                  k=kept, value_dtype=value_dtype,
                                   draws=LM_DRAWS if draws is None else draws,
                                   sample_temperature=sample_temperature, tokenizer=tokenizer,
                                   client_id=client_id, text_column=text_column, split=split,
@@ -347,8 +348,7 @@ def emit_logits_cmd(
         else:
             if draws is not None:
                 raise ValueError("--draws applies to --task causal-lm (--encoding sample)")
-            m = emit_logits(model, proxy, out_dir, encoding=encoding or "dense",
-                            k=16 if k is None else k,
+            m = emit_logits(model, proxy, out_dir, encoding=encoding or "dense", k=kept,
                             value_dtype=value_dtype, client_id=client_id,
                             declare_label_counts=declare_label_counts,
                             proxy_slice=_slice(proxy_slice),

@@ -190,6 +190,15 @@ def _check_rows(block, tb: TextBlocks, teacher) -> None:
                             f"{found}; the bundle does not belong to this proxy set")
 
 
+def _topk_tail(manifest: BundleManifest) -> float | None:
+    """The mean tail mass a top-k token bundle records, or None (another encoding, or none
+    recorded)."""
+    tail = manifest.fidelity.get("mean_tail_mass")
+    if manifest.encoding.get("name") != "topk" or not isinstance(tail, (int, float)):
+        return None
+    return float(tail)
+
+
 def default_temperature(manifest: BundleManifest) -> float:
     """The distillation temperature for a token bundle when none is given: a sample bundle's
     draw temperature (it can be read at no other); 2 for a top-k teacher whose kept ids hold
@@ -198,17 +207,15 @@ def default_temperature(manifest: BundleManifest) -> float:
     lost by 8-9% with teachers of 0.84 and 0.86 (docs/token-distillation.md)."""
     if manifest.encoding.get("name") == "sample":
         return float(manifest.encoding.get("temperature", 1.0))
-    tail = manifest.fidelity.get("mean_tail_mass")
-    flat = isinstance(tail, (int, float)) and tail > FLAT_TEACHER_TAIL_MASS
-    return 2.0 if manifest.encoding.get("name") == "topk" and flat else 1.0
+    tail = _topk_tail(manifest)
+    return 2.0 if tail is not None and tail > FLAT_TEACHER_TAIL_MASS else 1.0
 
 
 def warn_weak_teacher(manifest: BundleManifest, teacher, hard_weight: float) -> None:
     """Warn when a top-k token bundle keeps less than half of the teacher's probability in its
     ids: the tail-bucket loss then fixes only how much mass the student puts outside them."""
-    tail = manifest.fidelity.get("mean_tail_mass")
-    if manifest.encoding.get("name") != "topk" or not isinstance(tail, (int, float)) \
-            or not tail > WEAK_TEACHER_TAIL_MASS:
+    tail = _topk_tail(manifest)
+    if tail is None or not tail > WEAK_TEACHER_TAIL_MASS:
         return
     head = (f"{teacher}: its {manifest.encoding.get('k')} ids per token hold "
             f"{1 - tail:.0%} of the teacher's probability (mean tail mass {tail:.2f}, above "

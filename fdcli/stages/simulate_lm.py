@@ -173,8 +173,8 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
         corpus = write_stdlib_corpus(root, domains, client_chars=client_chars,
                                      proxy_chars=proxy_chars, test_chars=test_chars,
                                      vocab_size=vocab_size, max_length=max_length)
-        data, tests, proxy, tok = root / "data", corpus.tests, corpus.proxy, corpus.tokenizer
-        configs = root / "configs"
+        tests, proxy, tok, configs = (corpus.tests, corpus.proxy, corpus.tokenizer,
+                                      corpus.configs)
         timing["data_and_tokenizer_s"] = time.perf_counter() - t
 
         test_blocks: dict[str, Any] = {}
@@ -201,7 +201,7 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
             arch = architectures[i % len(architectures)]
             model_dir = root / "specialists" / f"client-{i}"
             log(f"client {i} ({pkg}): training a {arch}")
-            meta = train_lm_specialist(data / f"client-{i}.jsonl", configs / f"{arch}.json",
+            meta = train_lm_specialist(corpus.clients[i], configs[arch],
                                        model_dir, tokenizer=tok, client_id=f"client-{i}",
                                        **train)
             bundle = root / "bundles" / f"client-{i}"
@@ -221,7 +221,7 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
             teacher = root / "teachers" / r
             aggregate(bundles, teacher, rule=r, k=k, seed=seed, progress=progress)
             student_dir = root / "students" / r
-            meta = distill_lm(configs / f"{student}.json", proxy, teacher, student_dir,
+            meta = distill_lm(configs[student], proxy, teacher, student_dir,
                               tokenizer=tok, temperature=temperature, hard_weight=hard_weight,
                               epochs=distill_epochs, learning_rate=learning_rate,
                               batch_size=batch_size, seed=seed, progress=progress)
@@ -231,13 +231,13 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
         t = time.perf_counter()
         log(f"references: a {student} on the proxy alone, and on the union of the private text")
         proxy_only = root / "proxy-only"
-        train_lm_specialist(proxy, configs / f"{student}.json", proxy_only, tokenizer=tok,
+        train_lm_specialist(proxy, configs[student], proxy_only, tokenizer=tok,
                             client_id="proxy-only", **{**train, "epochs": distill_epochs})
         union = _write_jsonl(root / "union.jsonl", [
             line for i in range(num_clients)
-            for line in _texts(data / f"client-{i}.jsonl")])
+            for line in _texts(corpus.clients[i])])
         central = root / "centralized"
-        train_lm_specialist(union, configs / f"{student}.json", central, tokenizer=tok,
+        train_lm_specialist(union, configs[student], central, tokenizer=tok,
                             client_id="centralized", **train)
         timing["references_s"] = time.perf_counter() - t
         results = {
