@@ -21,10 +21,64 @@ def check_free(path: Path, overwrite: bool) -> None:
         raise FdError(f"{path}: exists and is not a folder; outputs are folders")
 
 
-def temporary_sibling(path: Path) -> Path:
-    """A new hidden folder next to ``path``, on the same file system."""
+def make_parents(path: Path) -> list[Path]:
+    """Create the missing parent folders of ``path``; the ones created, outermost first, for
+    :func:`remove_created` to take away again if the output fails."""
+    missing = []
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    return missing[::-1]
+
+
+def remove_created(created: list[Path]) -> None:
+    """Remove folders :func:`make_parents` created, innermost first, while they are empty."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale(path: Path) -> list[Path]:
+    """Remove the hidden ``.NAME.tmp-PID-*`` folders that runs killed while writing ``path``
+    left next to it (those whose process no longer exists on this machine)."""
+    removed = []
+    try:
+        entries = list(path.parent.glob(f".{glob_escape(path.name)}.tmp-*"))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) \
+                and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A new hidden folder next to ``path``, on the same file system, named after this
+    process so that a later run can clear it away if this one is killed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     return tmp
 
@@ -57,12 +111,18 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     any error it is removed and ``path`` is left as it was."""
     path = Path(path)
     check_free(path, overwrite)
-    tmp = temporary_sibling(path)
+    created = make_parents(path)
+    try:
+        tmp = temporary_sibling(path)
+    except BaseException:
+        remove_created(created)
+        raise
     try:
         yield tmp
         move_into_place(tmp, path, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_created(created)
         raise
 
 
@@ -74,9 +134,11 @@ def fresh_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     check_free(path, overwrite)
     if path.exists():
         shutil.rmtree(path)
-    path.mkdir(parents=True)
+    created = make_parents(path)
+    path.mkdir()
     try:
         yield path
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
+        remove_created(created)
         raise

@@ -188,6 +188,21 @@ def trimmed_mean(probs: torch.Tensor, present: torch.Tensor, trim: float = 0.2,
     return _normalise(kept.sum(0) / keep.sum(0)[:, None], mult)
 
 
+def consensus_distance(probs: torch.Tensor, present: torch.Tensor,
+                       mult: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far each client is from the others, per example: ``(tv, agree)``, both ``[K, N]``.
+
+    ``tv`` is the total-variation distance between client k's distribution and the
+    coordinate-wise :func:`median` of the present clients (a consensus that a minority cannot
+    move far), ``agree`` whether their most likely class is the same. Absent entries hold
+    NaN and False."""
+    cons = median(probs, present, mult)
+    diff = (probs - cons[None]).abs()
+    tv = 0.5 * (diff if mult is None else diff * mult[None]).sum(-1)
+    agree = (probs.argmax(-1) == cons.argmax(-1)[None]) & present
+    return torch.where(present, tv, torch.full_like(tv, math.nan)), agree
+
+
 def union_support(clients: list[SparseRows], present: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Put K clients' sparse rows over one support per row.
@@ -228,12 +243,15 @@ def union_support(clients: list[SparseRows], present: torch.Tensor
 
 
 def aggregate_sparse(clients: list[SparseRows], present: torch.Tensor, rule: str,
-                     **params) -> SparseRows:
+                     distances: list | None = None, **params) -> SparseRows:
     """Combine K clients' sparse rows with ``rule`` over their union support
     (:func:`union_support`); the result lists the union and carries the mass of every other
-    id in its tail. Re-sparsify it by encoding it (``TopKCodec.encode_sparse``)."""
+    id in its tail. Re-sparsify it by encoding it (``TopKCodec.encode_sparse``). When a
+    ``distances`` list is given, :func:`consensus_distance` of the rows is appended to it."""
     ids, probs, mult = union_support(clients, present)
     combined = RULES[rule](probs, present, mult=mult, **params)
+    if distances is not None:
+        distances.append(consensus_distance(probs, present, mult))
     v = clients[0].num_classes
     logp = torch.where(ids < v, combined[:, :-1].clamp_min(1e-300).log(),
                        torch.full_like(combined[:, :-1], -math.inf)).float()

@@ -8,15 +8,16 @@ from typing import Any
 
 from ..errors import BundleError
 from .reader import read_manifest
-from .shards import MAX_SHARD_BYTES, decompress_bounded, parse_header
+from .safeio import DEFAULT_LIMITS, Limits, read_regular
+from .shards import decompress_shard
 
 
-def describe(path: str | Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> dict[str, Any]:
+def describe(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """``{"kind", "summary", ...}`` for a bundle folder or a ``shard-*.safetensors.zst`` file."""
     path = Path(path)
-    if path.is_file():
-        return _describe_shard(path, max_shard_bytes)
-    m = read_manifest(path)
+    if not path.is_dir() and path.name.endswith(".safetensors.zst"):
+        return _describe_shard(path, limits)
+    m = read_manifest(path, limits)
     stored = sum(s.bytes for s in m.shards)
     names = m.label_space.get("names")
     summary = {
@@ -45,11 +46,12 @@ def describe(path: str | Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> dict[s
     return {"kind": "bundle", "summary": summary, "manifest": m.to_dict()}
 
 
-def _describe_shard(path: Path, max_shard_bytes: int) -> dict[str, Any]:
-    if not path.name.endswith(".safetensors.zst"):
-        raise BundleError(f"{path}: expected a bundle folder or a '.safetensors.zst' shard")
-    raw = decompress_bounded(path.read_bytes(), None, str(path), max_shard_bytes)
-    header, meta = parse_header(raw, str(path))
+def _describe_shard(path: Path, limits: Limits) -> dict[str, Any]:
+    try:
+        data = read_regular(path, limits.max_shard_bytes, "max_shard_bytes")
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no such file") from None
+    raw, header, meta = decompress_shard(data, None, str(path), limits.max_shard_bytes)
     tensors = {name: f"{e['dtype']}{e['shape']}" for name, e in sorted(header.items())}
     summary: dict[str, Any] = dict(meta)
     if "encoding" in summary:
@@ -58,6 +60,6 @@ def _describe_shard(path: Path, max_shard_bytes: int) -> dict[str, Any]:
         except json.JSONDecodeError:
             pass
     summary.update({f"tensor {k}": v for k, v in tensors.items()})
-    summary["stored_bytes"] = path.stat().st_size
+    summary["stored_bytes"] = len(data)
     summary["raw_bytes"] = len(raw)
     return {"kind": "shard", "summary": summary, "metadata": meta, "tensors": tensors}

@@ -18,8 +18,19 @@ FORMAT_NAME = "fd-logit-bundle"
 FORMAT_VERSION = 1
 TASKS = ("classification", "token")
 MANIFEST = "manifest.json"
+SIGNATURE = "signature.json"
+#: the most classes (or vocabulary ids) a manifest may declare unless a caller allows more.
+MAX_CLASSES = 1 << 20
+#: the longest producer.client_id.
+MAX_CLIENT_ID = 256
 SHARD_RE = re.compile(r"^shard-\d{5}\.safetensors\.zst$")
 _FINGERPRINT_RE = re.compile(r"^[a-z0-9]+:[0-9a-f]{8,128}$")
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: values in messages come from a bundle."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def fingerprint_labels(names: list[str]) -> str:
@@ -85,15 +96,16 @@ class BundleManifest:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = MANIFEST) -> "BundleManifest":
+    def from_dict(cls, d: Any, where: str = MANIFEST,
+                  max_classes: int = MAX_CLASSES) -> "BundleManifest":
         if not isinstance(d, dict):
             raise BundleError(f"{where}: expected a JSON object, found {type(d).__name__}")
         if d.get("format") != FORMAT_NAME:
             raise BundleError(f"{where}: field 'format': expected {FORMAT_NAME!r}, found "
-                              f"{d.get('format')!r}; this is not an fd logit bundle")
+                              f"{_show(d.get('format'))}; this is not an fd logit bundle")
         if d.get("version") != FORMAT_VERSION:
             raise BundleError(f"{where}: field 'version': this fd reads bundle format version "
-                              f"{FORMAT_VERSION}, found version {d.get('version')!r}; use an fd "
+                              f"{FORMAT_VERSION}, found version {_show(d.get('version'))}; use an fd "
                               "release that knows that version, or re-emit the bundle")
         p: list[str] = []
 
@@ -103,7 +115,7 @@ class BundleManifest:
             if not ok:
                 tname = kind.__name__ if isinstance(kind, type) else "/".join(
                     k.__name__ for k in kind)
-                p.append(f"field '{prefix}{key}': expected {tname}, found {value!r}")
+                p.append(f"field '{prefix}{key}': expected {tname}, found {_show(value)}")
                 return None
             return value
 
@@ -123,14 +135,15 @@ class BundleManifest:
             except BundleError as exc:
                 p.append(str(exc))
         num_classes = count("num_classes", minimum=2)
-        if num_classes is not None and num_classes > 1 << 32:
-            p.append(f"field 'num_classes': expected at most {1 << 32}, found {num_classes}")
+        if num_classes is not None and num_classes > max_classes:
+            p.append(f"field 'num_classes': expected at most {max_classes} (the max_classes "
+                     f"limit; raise it with --limit max_classes=N), found {num_classes}")
         for key in ("label_space", "proxy"):
             obj = need(key, dict)
             if obj is not None:
                 fp = need("fingerprint", str, obj, f"{key}.")
                 if fp is not None and not _FINGERPRINT_RE.match(fp):
-                    p.append(f"field '{key}.fingerprint': expected 'algo:hexdigest', found {fp!r}")
+                    p.append(f"field '{key}.fingerprint': expected 'algo:hexdigest', found {_show(fp)}")
         names = (d.get("label_space") or {}).get("names") if isinstance(
             d.get("label_space"), dict) else None
         if names is not None:
@@ -145,6 +158,10 @@ class BundleManifest:
         if prod is not None:
             for key in ("client_id", "model_fingerprint", "fd_version", "created"):
                 need(key, str, prod, "producer.")
+            cid = prod.get("client_id")
+            if isinstance(cid, str) and not 0 < len(cid) <= MAX_CLIENT_ID:
+                p.append(f"field 'producer.client_id': expected 1 to {MAX_CLIENT_ID} characters, "
+                         f"found {len(cid)}")
             need("config", dict, prod, "producer.")
         rows = count("rows")
         examples = count("examples")
@@ -154,18 +171,18 @@ class BundleManifest:
         for i, s in enumerate(shards_raw or []):
             pre = f"shards[{i}]."
             if not isinstance(s, dict):
-                p.append(f"field 'shards[{i}]': expected an object, found {s!r}")
+                p.append(f"field 'shards[{i}]': expected an object, found {_show(s)}")
                 continue
             fname = need("file", str, s, pre)
             if fname is not None and not SHARD_RE.match(fname):
                 p.append(f"field '{pre}file': expected a name like 'shard-00000.safetensors.zst',"
-                         f" found {fname!r}")
+                         f" found {_show(fname)}")
             elif fname in seen:
-                p.append(f"field '{pre}file': {fname!r} is listed twice")
+                p.append(f"field '{pre}file': {_show(fname)} is listed twice")
             seen.add(fname)
             digest = need("sha256", str, s, pre)
             if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
-                p.append(f"field '{pre}sha256': expected 64 hex digits, found {digest!r}")
+                p.append(f"field '{pre}sha256': expected 64 hex digits, found {_show(digest)}")
             vals = [count(k, s, pre) for k in ("rows", "examples")]
             vals += [count(k, s, pre, minimum=1) for k in ("bytes", "raw_bytes")]
             if all(v is not None for v in vals) and fname and digest:
@@ -184,10 +201,10 @@ class BundleManifest:
         for key, value in (fidelity or {}).items():
             if value is not None and (isinstance(value, bool)
                                       or not isinstance(value, (int, float))):
-                p.append(f"field 'fidelity.{key}': expected a number or null, found {value!r}")
+                p.append(f"field 'fidelity.{key}': expected a number or null, found {_show(value)}")
         provenance = d.get("provenance", [])
         if not isinstance(provenance, list):
-            p.append(f"field 'provenance': expected a list, found {provenance!r}")
+            p.append(f"field 'provenance': expected a list, found {_show(provenance)}")
         if p:
             raise BundleError.collected(where, p)
         return cls(task=task, encoding=encoding, num_classes=num_classes,

@@ -18,9 +18,9 @@ import torch
 from ..errors import BundleError
 from .codecs import Codec
 from .sparse import SparseRows, concat_rows
-from .manifest import MANIFEST, SHARD_RE, BundleManifest, ShardInfo
-from .shards import (MAX_SHARD_BYTES, check_header, decompress_bounded, load_tensors,
-                     parse_header, sha256_bytes)
+from .manifest import MANIFEST, SHARD_RE, SIGNATURE, BundleManifest, ShardInfo
+from .safeio import DEFAULT_LIMITS, Limits, parse_json, read_regular
+from .shards import check_header, decompress_shard, load_tensors, sha256_bytes
 
 
 @dataclass
@@ -66,26 +66,40 @@ class VerifyReport:
     manifest: BundleManifest | None = None
     shards_checked: int = 0
     rows_checked: int = 0
+    #: the key id that signed the bundle, or None when it is unsigned
+    signer: str | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def read_manifest(path: str | os.PathLike) -> BundleManifest:
-    """The checked manifest of the bundle at ``path``."""
+def manifest_bytes(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The raw bytes of the manifest of the bundle folder ``path``, read within ``limits``."""
     path = Path(path)
     where = path / MANIFEST
-    if not path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not is_dir:
         raise BundleError(f"{path}: not a folder; a bundle is a folder holding {MANIFEST} and "
                           "shard-NNNNN.safetensors.zst files")
-    if not where.is_file():
-        raise BundleError(f"{where}: missing; the bundle is incomplete or not a bundle")
     try:
-        data = json.loads(where.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{where}: not valid JSON ({exc})") from None
-    return BundleManifest.from_dict(data, str(where))
+        return read_regular(where, limits.max_manifest_bytes, "max_manifest_bytes")
+    except FileNotFoundError:
+        raise BundleError(f"{where}: missing; the bundle is incomplete or not a bundle") from None
+
+
+def parse_manifest(data: bytes, where: str, limits: Limits = DEFAULT_LIMITS) -> BundleManifest:
+    """A manifest's bytes, parsed and checked within ``limits``."""
+    return BundleManifest.from_dict(parse_json(data, where, limits), where,
+                                    max_classes=limits.max_classes)
+
+
+def read_manifest(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> BundleManifest:
+    """The checked manifest of the bundle at ``path``, read within ``limits``."""
+    return parse_manifest(manifest_bytes(path, limits), str(Path(path) / MANIFEST), limits)
 
 
 class BundleReader:
@@ -96,11 +110,14 @@ class BundleReader:
     ...     sparse = block.sparse(temperature=2.0)   # ids, logp, tail_logp, all [rows, ...]
     """
 
-    def __init__(self, path: str | os.PathLike, max_shard_bytes: int = MAX_SHARD_BYTES):
+    def __init__(self, path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS):
         self.path = Path(path)
-        self.manifest = read_manifest(self.path)
+        self.limits = limits
+        self.manifest_bytes = manifest_bytes(self.path, limits)
+        #: pins the whole bundle: the manifest lists every shard's sha256
+        self.manifest_sha256 = sha256_bytes(self.manifest_bytes)
+        self.manifest = parse_manifest(self.manifest_bytes, str(self.path / MANIFEST), limits)
         self.codec = self.manifest.codec
-        self.max_shard_bytes = max_shard_bytes
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -111,51 +128,33 @@ class BundleReader:
         where = f"{self.path / info.file}"
         file = self.path / info.file
         try:
-            data = file.read_bytes()
+            data = read_regular(file, self.limits.max_shard_bytes, "max_shard_bytes",
+                                expected=info.bytes)
         except FileNotFoundError:
             raise BundleError(f"{where}: listed in {MANIFEST} but missing") from None
-        except OSError as exc:
-            raise BundleError(f"{where}: cannot be read ({exc})") from None
-        if len(data) != info.bytes:
-            raise BundleError(f"{where}: {len(data)} bytes on disk, the manifest declares "
-                              f"{info.bytes}; the file is truncated or was replaced")
         digest = sha256_bytes(data)
         if digest != info.sha256:
             raise BundleError(f"{where}: sha256 is {digest}, the manifest declares {info.sha256};"
                               " the file is corrupt or was changed")
-        raw = decompress_bounded(data, info.raw_bytes, where, self.max_shard_bytes)
-        header, meta = parse_header(raw, where)
-        m = self.manifest
-        problems = []
-        expect_meta = {"format": m.format, "version": str(m.version), "task": m.task,
-                       "num_classes": str(m.num_classes), "label_fingerprint": m.label_fingerprint,
-                       "proxy_fingerprint": m.proxy_fingerprint, "rows": str(info.rows),
-                       "examples": str(info.examples)}
-        for key, want in expect_meta.items():
-            if meta.get(key) != want:
-                problems.append(f"{where}: metadata '{key}' is {meta.get(key)!r}, the manifest "
-                                f"says {want!r}")
-        try:
-            if json.loads(meta.get("encoding", "null")) != m.encoding:
-                problems.append(f"{where}: metadata 'encoding' is {meta.get('encoding')!r}, the "
-                                f"manifest says {m.encoding}")
-        except json.JSONDecodeError:
-            problems.append(f"{where}: metadata 'encoding' is not JSON")
-        widths = self.codec.widths(header)
-        problems += self.codec.check_widths(widths)
-        if problems:
-            raise BundleError.collected(where, problems)
-        expected = {"example_ids": (torch.int64, (info.examples,))}
-        if m.task == "token":
-            expected["row_offsets"] = (torch.int64, (info.examples + 1,))
-        expected.update(self.codec.expected(info.rows, m.num_classes, widths))
-        problems = check_header(header, expected, where)
-        if problems:
-            raise BundleError.collected(where, problems)
+        widths: dict = {}
+
+        def check(header, meta) -> None:  # before the body is inflated
+            problems = self._check_meta(meta, info, where)
+            widths.update(self.codec.widths(header))
+            problems += self.codec.check_widths(widths)
+            if not problems:
+                problems = check_header(header, self._expected(info, widths), where)
+            if problems:
+                raise BundleError.collected(where, problems)
+
+        raw, _, _ = decompress_shard(data, info.raw_bytes, where, self.limits.max_shard_bytes,
+                                     check)
+        del data
         try:
             tensors = load_tensors(raw)
         except Exception as exc:  # safetensors raises its own error types
             raise BundleError(f"{where}: safetensors could not load the shard ({exc})") from None
+        problems = []
         ids = tensors.pop("example_ids")
         offsets = tensors.pop("row_offsets", None)
         if offsets is None:
@@ -170,10 +169,48 @@ class BundleReader:
             problems.append("tensor 'example_ids': negative example ids")
         elif len(torch.unique(ids)) != len(ids):
             problems.append("tensor 'example_ids': an example id appears twice")
-        problems += self.codec.check_values(tensors, m.num_classes)
+        problems += self.codec.check_values(tensors, self.manifest.num_classes)
         if problems:
             raise BundleError.collected(where, problems)
-        return LogitBlock(ids, offsets, tensors, self.codec, m.num_classes)
+        return LogitBlock(ids, offsets, tensors, self.codec, self.manifest.num_classes)
+
+    def _check_meta(self, meta: dict, info: ShardInfo, where: str) -> list[str]:
+        m = self.manifest
+        problems = []
+        expect_meta = {"format": m.format, "version": str(m.version), "task": m.task,
+                       "num_classes": str(m.num_classes), "label_fingerprint": m.label_fingerprint,
+                       "proxy_fingerprint": m.proxy_fingerprint, "rows": str(info.rows),
+                       "examples": str(info.examples)}
+        for key, want in expect_meta.items():
+            if meta.get(key) != want:
+                problems.append(f"{where}: metadata '{key}' is {meta.get(key)!r:.200}, the "
+                                f"manifest says {want!r}")
+        try:
+            if json.loads(meta.get("encoding", "null")) != m.encoding:
+                problems.append(f"{where}: metadata 'encoding' is {meta.get('encoding')!r:.200},"
+                                f" the manifest says {m.encoding}")
+        except (json.JSONDecodeError, RecursionError):
+            problems.append(f"{where}: metadata 'encoding' is not JSON")
+        return problems
+
+    def _expected(self, info: ShardInfo, widths: dict) -> dict:
+        m = self.manifest
+        expected = {"example_ids": (torch.int64, (info.examples,))}
+        if m.task == "token":
+            expected["row_offsets"] = (torch.int64, (info.examples + 1,))
+        expected.update(self.codec.expected(info.rows, m.num_classes, widths))
+        return expected
+
+    def check_dense(self, rows: int, clients: int = 1, itemsize: int = 4) -> None:
+        """Refuse to build a dense ``[clients, rows, num_classes]`` array over the
+        ``max_dense_bytes`` limit."""
+        need = clients * rows * self.manifest.num_classes * itemsize
+        if need > self.limits.max_dense_bytes:
+            raise BundleError(
+                f"{self.path}: this needs a dense array of {need} bytes ({clients} x {rows} "
+                f"rows x {self.manifest.num_classes} classes x {itemsize} bytes), over the "
+                f"max_dense_bytes limit of {self.limits.max_dense_bytes}; raise it with "
+                "--limit max_dense_bytes=... if the machine has the memory")
 
     def iter_blocks(self) -> Iterator[LogitBlock]:
         """One checked :class:`LogitBlock` per shard, in order."""
@@ -200,24 +237,37 @@ class BundleReader:
                           tensors, self.codec, self.manifest.num_classes)
 
 
-def read_bundle(path: str | os.PathLike, max_shard_bytes: int = MAX_SHARD_BYTES) -> BundleReader:
+def read_bundle(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> BundleReader:
     """Open the bundle at ``path`` (its manifest is checked now, each shard when read)."""
-    return BundleReader(path, max_shard_bytes=max_shard_bytes)
+    return BundleReader(path, limits=limits)
 
 
-def verify_bundle(path: str | os.PathLike,
-                  max_shard_bytes: int = MAX_SHARD_BYTES) -> VerifyReport:
-    """Check everything in a bundle and collect every problem; never raises BundleError."""
+def verify_bundle(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS,
+                  trusted_keys: dict | None = None) -> VerifyReport:
+    """Check everything in a bundle and collect every problem; never raises BundleError.
+
+    A signature is checked when present; with ``trusted_keys`` (see
+    :func:`fdcli.bundle.signing.load_trusted_keys`) one by a trusted key is required."""
+    from .signing import check_signature
+
     report = VerifyReport(Path(path))
     try:
-        reader = read_bundle(path, max_shard_bytes)
+        reader = read_bundle(path, limits)
+        entries = sorted(os.listdir(reader.path))
     except BundleError as exc:
         report.problems.extend(exc.problems)
         return report
+    except OSError as exc:
+        report.problems.append(f"{path}: cannot list the folder ({exc.strerror})")
+        return report
     report.manifest = reader.manifest
+    try:
+        report.signer = check_signature(reader.path, reader.manifest_bytes, trusted_keys, limits)
+    except BundleError as exc:
+        report.problems.extend(exc.problems)
     listed = {s.file for s in reader.manifest.shards}
-    for entry in sorted(os.listdir(reader.path)):
-        if entry != MANIFEST and entry not in listed:
+    for entry in entries:
+        if entry not in (MANIFEST, SIGNATURE) and entry not in listed:
             hint = " (a leftover of an interrupted write?)" if not SHARD_RE.match(entry) else ""
             report.problems.append(f"{reader.path / entry}: not listed in {MANIFEST}{hint}")
     seen: list[torch.Tensor] = []

@@ -22,8 +22,9 @@ from safetensors.torch import save as st_save
 from ..errors import BundleError
 
 #: no shard may decompress to more than this, whatever its manifest says (override per read).
-MAX_SHARD_BYTES = 1 << 31
+MAX_SHARD_BYTES = 1 << 30
 ZSTD_LEVEL = 9
+MAX_HEADER_BYTES = 16 << 20
 
 _ST_DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "U16": torch.uint16,
@@ -55,13 +56,70 @@ def write_file_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def decompress_bounded(data: bytes, expected_size: int | None, where: str,
-                       limit: int = MAX_SHARD_BYTES) -> bytes:
-    """Decompress one zstd frame that must grow to exactly ``expected_size`` bytes (or, when
-    that is None, to at most ``limit`` bytes, as its frame header declares)."""
+#: compressed bytes fed to the decompressor at a time: a zstd block of at most 128 KiB can be
+#: coded in 4 bytes, so one step never inflates more than about 64 MiB past what was asked.
+_STEP = 2048
+
+
+class FrameReader:
+    """Bounded streaming decompression of exactly one complete zstd frame.
+
+    :meth:`read` inflates only as much as it is asked for (plus at most one step), so a
+    bomb is refused after a few MiB, not after it has been inflated in full; :meth:`finish`
+    requires the frame to end (its checksum included) exactly where the data ends."""
+
+    def __init__(self, data: bytes, where: str, expected_size: int):
+        self.data, self.where, self.expected = data, where, expected_size
+        self._dobj = zstandard.ZstdDecompressor().decompressobj()
+        self._pos, self._buf, self._out = 0, bytearray(), 0
+
+    def _step(self) -> bool:
+        if self._dobj.eof or self._pos >= len(self.data):
+            return False
+        chunk = self.data[self._pos:self._pos + _STEP]
+        self._pos += len(chunk)
+        try:
+            got = self._dobj.decompress(chunk)
+        except zstandard.ZstdError as exc:
+            raise BundleError(f"{self.where}: corrupt zstd data ({exc})") from None
+        self._out += len(got)
+        if self._out > self.expected:
+            raise BundleError(f"{self.where}: decompressed to more than {self.expected} bytes, "
+                              "the size the manifest declares; refusing to inflate it further")
+        self._buf += got
+        return True
+
+    def read(self, n: int) -> bytes:
+        """The next ``n`` bytes of the frame (fewer only if it ends first)."""
+        while len(self._buf) < n and self._step():
+            pass
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def finish(self) -> None:
+        """Require the frame to be complete and to be the whole of the data."""
+        while self._step():
+            pass
+        if self._buf:
+            raise BundleError(f"{self.where}: decompressed to more than {self.expected} bytes")
+        if not self._dobj.eof:
+            raise BundleError(f"{self.where}: the zstd frame is incomplete (its end or checksum "
+                              "is missing); the file was truncated")
+        extra = len(self._dobj.unused_data) + len(self.data) - self._pos
+        if extra:
+            raise BundleError(f"{self.where}: {extra} byte(s) follow the zstd frame; a shard is "
+                              "exactly one frame")
+
+
+def frame_size(data: bytes, expected_size: int | None, where: str,
+               limit: int = MAX_SHARD_BYTES) -> int:
+    """The uncompressed size of the zstd frame ``data``: ``expected_size`` (the manifest's),
+    which the frame header must not contradict, or, when that is None, the size the frame
+    header declares. Either must be at most ``limit``."""
     if expected_size is not None and expected_size > limit:
         raise BundleError(f"{where}: the manifest declares {expected_size} uncompressed bytes, "
-                          f"over the limit of {limit}; refusing to decompress")
+                          f"over the max_shard_bytes limit of {limit}; refusing to decompress")
     try:
         declared = zstandard.get_frame_parameters(data).content_size
     except zstandard.ZstdError as exc:
@@ -74,39 +132,75 @@ def decompress_bounded(data: bytes, expected_size: int | None, where: str,
             raise BundleError(f"{where}: the zstd frame declares "
                               f"{'no' if declared is None else declared} uncompressed size; "
                               f"expected a declared size of at most {limit} bytes")
-        expected_size = declared
-    elif declared is not None and declared != expected_size:
+        return declared
+    if declared is not None and declared != expected_size:
         raise BundleError(f"{where}: the zstd frame declares {declared} uncompressed bytes, "
                           f"the manifest {expected_size}; refusing to decompress")
-    try:
-        reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
-        parts, got = [], 0
-        while got <= expected_size:
-            chunk = reader.read(expected_size + 1 - got)
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
-        out = parts[0] if len(parts) == 1 else b"".join(parts)
-    except zstandard.ZstdError as exc:
-        raise BundleError(f"{where}: corrupt zstd data ({exc})") from None
-    if len(out) != expected_size:
-        grew = "more than" if len(out) > expected_size else "only"
-        raise BundleError(f"{where}: decompressed to {grew} {len(out)} bytes; expected "
-                          f"{expected_size}")
+    return expected_size
+
+
+def decompress_shard(data: bytes, expected_size: int | None, where: str,
+                     limit: int = MAX_SHARD_BYTES, check=None) -> tuple[bytes, dict, dict]:
+    """Decompress a shard, header first: ``(raw safetensors bytes, header, metadata)``.
+
+    The safetensors header is parsed, and passed to ``check(header, metadata)`` (which raises
+    to refuse it), before the body is inflated; the frame must be complete."""
+    size = frame_size(data, expected_size, where, limit)
+    frame = FrameReader(data, where, size)
+    head = frame.read(8)
+    if len(head) < 8:
+        raise BundleError(f"{where}: {len(head)} bytes is too short for a safetensors file")
+    (n,) = struct.unpack("<Q", head)
+    if n > size - 8:
+        raise BundleError(f"{where}: safetensors header length {n} runs past the end of the "
+                          f"{size}-byte file")
+    if n > MAX_HEADER_BYTES:
+        raise BundleError(f"{where}: safetensors header of {n} bytes, over {MAX_HEADER_BYTES}; "
+                          "an fd shard's header is a few hundred bytes")
+    blob = frame.read(n)
+    header, meta = parse_header_json(blob, size - 8 - n, where)
+    if check is not None:
+        check(header, meta)
+    body = frame.read(size - 8 - n)
+    if len(body) != size - 8 - n:
+        raise BundleError(f"{where}: decompressed to only {8 + n + len(body)} bytes; expected "
+                          f"{size}")
+    frame.finish()
+    return head + blob + body, header, meta
+
+
+def decompress_bounded(data: bytes, expected_size: int | None, where: str,
+                       limit: int = MAX_SHARD_BYTES) -> bytes:
+    """Decompress one complete zstd frame that must grow to exactly ``expected_size`` bytes
+    (or, when that is None, to the size its frame header declares, at most ``limit``)."""
+    size = frame_size(data, expected_size, where, limit)
+    frame = FrameReader(data, where, size)
+    out = frame.read(size)
+    if len(out) != size:
+        raise BundleError(f"{where}: decompressed to only {len(out)} bytes; expected {size}")
+    frame.finish()
     return out
 
 
 def parse_header(raw: bytes, where: str) -> tuple[dict[str, dict], dict[str, str]]:
-    """The safetensors header (tensor entries, metadata), checked for internal consistency."""
+    """The safetensors header (tensor entries, metadata) of a whole file, checked."""
     if len(raw) < 8:
         raise BundleError(f"{where}: {len(raw)} bytes is too short for a safetensors file")
     (n,) = struct.unpack("<Q", raw[:8])
     if n > len(raw) - 8:
         raise BundleError(f"{where}: safetensors header length {n} runs past the end of the "
                           f"{len(raw)}-byte file")
+    return parse_header_json(raw[8:8 + n], len(raw) - 8 - n, where)
+
+
+def parse_header_json(blob: bytes, body: int,
+                      where: str) -> tuple[dict[str, dict], dict[str, str]]:
+    """A safetensors header (its JSON ``blob``) checked against a ``body`` of that many
+    bytes: every tensor's dtype, shape and span, no overlaps."""
     try:
-        header = json.loads(raw[8:8 + n])
+        header = json.loads(blob)
+    except RecursionError:
+        raise BundleError(f"{where}: safetensors header is nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{where}: safetensors header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
@@ -114,7 +208,6 @@ def parse_header(raw: bytes, where: str) -> tuple[dict[str, dict], dict[str, str
     meta = header.pop("__metadata__", {}) or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise BundleError(f"{where}: safetensors '__metadata__' must map strings to strings")
-    body = len(raw) - 8 - n
     spans = []
     for name, entry in header.items():
         ok = (isinstance(entry, dict) and entry.get("dtype") in _ST_DTYPES
@@ -124,7 +217,7 @@ def parse_header(raw: bytes, where: str) -> tuple[dict[str, dict], dict[str, str
               and all(isinstance(o, int) for o in entry["data_offsets"]))
         if not ok:
             raise BundleError(f"{where}: safetensors entry for tensor '{name}' is malformed: "
-                              f"{entry!r}")
+                              f"{entry!r}"[:500])
         start, end = entry["data_offsets"]
         numel = 1
         for d in entry["shape"]:

@@ -19,9 +19,10 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import FdError
-from ..outputs import check_free, fsync_dir, move_into_place, temporary_sibling
+from ..outputs import (check_free, fsync_dir, make_parents, move_into_place, remove_created,
+                       temporary_sibling)
 from .codecs import Codec
-from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, TASKS, BundleManifest, Producer,
+from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, SIGNATURE, TASKS, BundleManifest, Producer,
                        ShardInfo, fingerprint_labels)
 from .shards import ZSTD_LEVEL, encode_shard, sha256_bytes, write_file_atomic
 from .sparse import SparseRows, concat_rows, kl_rows, log_softmax_rows
@@ -76,7 +77,7 @@ class BundleWriter:
                  seed: int = 0, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
                  max_shard_rows: int | None = None, overwrite: bool = False,
                  zstd_level: int = ZSTD_LEVEL, created: str | None = None,
-                 fd_version: str | None = None):
+                 fd_version: str | None = None, sign_key=None):
         from .. import __version__
 
         if task not in TASKS:
@@ -94,6 +95,7 @@ class BundleWriter:
         self.codec, self.task, self.num_classes = codec, task, int(num_classes)
         self.max_shard_bytes, self.max_shard_rows = max_shard_bytes, max_shard_rows
         self.zstd_level = zstd_level
+        self.sign_key = sign_key
         self.generator = torch.Generator().manual_seed(seed)
         label_space: dict[str, Any] = {"fingerprint": label_fingerprint}
         if label_names is not None:
@@ -109,6 +111,7 @@ class BundleWriter:
                     timespec="seconds"),
                 config={"seed": seed, **(config or {})}),
             rows=0, examples=0, shards=[], fidelity={}, provenance=list(provenance or []))
+        self._created = make_parents(self.path)
         self._tmp = temporary_sibling(self.path)
         self._pending: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
         self._pending_rows = 0
@@ -240,6 +243,12 @@ class BundleWriter:
         m.rows += rows
         m.examples += len(ids)
 
+    def update_provenance(self, entries: list[dict]) -> None:
+        """Replace the provenance the manifest will record (before :meth:`close`)."""
+        if self.manifest is not None:
+            raise RuntimeError("this BundleWriter is closed")
+        self._manifest.provenance = list(entries)
+
     # -- finishing -----------------------------------------------------------------------
     def close(self) -> BundleManifest:
         """Write the last shard and the manifest, then move the bundle into place. On any
@@ -268,7 +277,12 @@ class BundleWriter:
         for key, val in m.fidelity.items():
             if val is not None and not math.isfinite(val):
                 m.fidelity[key] = None
-        write_file_atomic(self._tmp / MANIFEST, m.to_json().encode())
+        manifest = m.to_json().encode()
+        write_file_atomic(self._tmp / MANIFEST, manifest)
+        if self.sign_key is not None:
+            from .signing import signature_document
+
+            write_file_atomic(self._tmp / SIGNATURE, signature_document(manifest, self.sign_key))
         fsync_dir(self._tmp)
         move_into_place(self._tmp, self.path, self.overwrite)
         return m
@@ -276,6 +290,7 @@ class BundleWriter:
     def abort(self) -> None:
         """Discard everything written so far."""
         shutil.rmtree(self._tmp, ignore_errors=True)
+        remove_created(self._created)
         self._pending = []
 
     def __enter__(self) -> "BundleWriter":

@@ -10,24 +10,56 @@ from typing import Sequence
 import torch
 
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, SparseRows, TopKCodec, read_bundle
-from ..errors import IncompatibleBundlesError
+from ..bundle.reader import manifest_bytes
+from ..bundle.safeio import DEFAULT_LIMITS, Limits
+from ..bundle.signing import check_signature
+from ..errors import FdError, IncompatibleBundlesError
 from ..progress import progress_bar
-from ..rules import CONFIDENCE_MEASURES, RULES, aggregate_sparse
+from ..rules import CONFIDENCE_MEASURES, RULES, aggregate_sparse, consensus_distance
 from ..rules import sharpen as sharpen_probs
+
+#: a client whose mean distance from the consensus has a robust z-score above this is flagged.
+OUTLIER_Z = 3.5
 
 
 def manifest_digest(path: Path) -> str:
     """The sha256 of a bundle's manifest.json, which lists every shard's sha256: it pins the
     whole bundle."""
-    return hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
+    return hashlib.sha256(manifest_bytes(path)).hexdigest()
+
+
+def check_paths(bundles: Sequence[str | Path], out: str | Path) -> None:
+    """Refuse a bundle folder given twice, and an output inside an input (it would corrupt
+    it) or around one (--overwrite would delete it)."""
+    seen: dict[Path, str] = {}
+    target = Path(out).resolve()
+    for b in bundles:
+        real = Path(b).resolve()
+        if real in seen:
+            raise IncompatibleBundlesError(f"{b}: given twice (also as {seen[real]}); each "
+                                           "client's bundle may count only once")
+        seen[real] = str(b)
+        if target == real or real in target.parents:
+            raise FdError(f"{out}: the output would be inside the input bundle {b}, which "
+                          "writing it would corrupt; choose an --out outside every input")
+        if target in real.parents:
+            raise FdError(f"{out}: the output folder holds the input bundle {b}; choose an "
+                          "--out that is not a parent of any input")
 
 
 def check_compatible(readers: Sequence) -> None:
-    """Refuse bundles that differ in task, label space or proxy set, naming the bundle."""
+    """Refuse bundles that differ in task, label space or proxy set, and the same bundle or
+    the same client twice, naming the bundles."""
     if not readers:
         raise IncompatibleBundlesError("aggregate needs at least one bundle")
     first = readers[0]
     problems = []
+    by_digest: dict[str, Path] = {}
+    for r in readers:
+        if r.manifest_sha256 in by_digest:
+            problems.append(f"{r.path}: the same bundle as {by_digest[r.manifest_sha256]} "
+                            "(identical manifests); each bundle may count only once")
+        by_digest.setdefault(r.manifest_sha256, r.path)
     for r in readers[1:]:
         for field, a, b in (
                 ("task", first.manifest.task, r.manifest.task),
@@ -58,10 +90,17 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
               confidence_measure: str = "max", tau: float = 1.0, era_temperature: float = 0.1,
               trim: float = 0.2, prior_correction: bool = True,
               sharpen: float | None = None, k: int = 16, value_dtype: str = "int8", seed: int = 0,
-              overwrite: bool = False, progress: bool = True) -> BundleManifest:
+              overwrite: bool = False, progress: bool = True, limits: Limits = DEFAULT_LIMITS,
+              trusted_keys: dict | None = None, sign_key=None) -> BundleManifest:
     """Combine bundles per example with ``rule`` (see :mod:`fdcli.rules`) and write the result,
-    with a provenance that lists every input and its sha256. ``sharpen`` T applies DS-FL's
+    with a provenance that lists every input, its sha256, its signer and its distance from
+    the consensus (``outlier`` marks a client to look at). ``sharpen`` T applies DS-FL's
     entropy reduction, softmax(p / T), to any rule's result (classification).
+
+    The same bundle or client twice is refused, as is an ``out`` inside an input. With
+    ``trusted_keys`` (:func:`fdcli.bundle.signing.load_trusted_keys`) every input must be
+    signed by one of them; ``sign_key`` signs the result. ``limits`` bound what reading the
+    inputs may cost (:class:`fdcli.bundle.safeio.Limits`).
 
     Classification bundles become a dense bundle. Token bundles are streamed and combined row
     by row over the union of the clients' kept ids, each client's tail mass spread evenly over
@@ -73,8 +112,10 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
         raise ValueError(f"confidence measure must be one of {CONFIDENCE_MEASURES}")
     if sharpen is not None and not sharpen > 0:
         raise ValueError(f"sharpen must be a positive temperature, got {sharpen}")
-    readers = [read_bundle(b) for b in bundles]
+    check_paths(bundles, out)
+    readers = [read_bundle(b, limits) for b in bundles]
     check_compatible(readers)
+    signers = [check_signature(r.path, r.manifest_bytes, trusted_keys, limits) for r in readers]
     if sharpen is not None and readers[0].manifest.task != "classification":
         raise IncompatibleBundlesError(f"{readers[0].path}: --sharpen applies to "
                                        "classification bundles, not token bundles")
@@ -82,9 +123,9 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
                           prior_correction)
     first = readers[0].manifest
     provenance = [{"path": str(r.path), "client_id": r.manifest.producer.client_id,
-                   "manifest_sha256": manifest_digest(r.path),
+                   "manifest_sha256": r.manifest_sha256, "signer": signer,
                    "shards_sha256": [s.sha256 for s in r.manifest.shards],
-                   "examples": r.manifest.examples} for r in readers]
+                   "examples": r.manifest.examples} for r, signer in zip(readers, signers)]
     rounds = [r.manifest.producer.config.get("round") for r in readers]
     config = {"rule": rule, **params,
               "round": max([x for x in rounds if isinstance(x, int) and x > 0] or [1]),
@@ -94,7 +135,7 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
     common = dict(proxy_fingerprint=first.proxy_fingerprint, client_id="coordinator",
                   model_fingerprint="sha256:" + hashlib.sha256(
                       "".join(p["manifest_sha256"] for p in provenance).encode()).hexdigest(),
-                  provenance=provenance, seed=seed, overwrite=overwrite)
+                  provenance=provenance, seed=seed, overwrite=overwrite, sign_key=sign_key)
     if first.task == "token":
         for key in ("max_length", "packing", "text_column"):  # how the proxy was tokenized
             config[key] = first.producer.config.get(key)
@@ -110,24 +151,28 @@ def _aggregate_classes(readers, out, rule, params, config, common, progress,
     combine up to 4,096 examples at a time into a dense bundle: memory is bounded by the
     shards and the chunk, not by the number of clients times the proxy size."""
     first = readers[0].manifest
-    streams = [_Examples(r, decode=True) for r in readers]
+    clients, c = len(readers), first.num_classes
+    readers[0].check_dense(1, clients=clients, itemsize=8)  # one example of every client
+    chunk = max(1, min(4096, readers[0].limits.max_dense_bytes // (3 * clients * c * 8)))
+    streams = [_Examples(r, decode=True, window=chunk) for r in readers]
+    tally = OutlierTally(clients)
     with BundleWriter(out, codec=DenseCodec(), task="classification",
-                      num_classes=first.num_classes, label_names=first.label_space.get("names"),
+                      num_classes=c, label_names=first.label_space.get("names"),
                       label_fingerprint=first.label_fingerprint, config=config,
                       **common) as writer, \
             progress_bar(first.examples, "aggregating examples", progress) as advance:
         pending: list[tuple[int, int, list]] = []
 
         def flush() -> None:
-            probs = torch.zeros(len(readers), len(pending), first.num_classes,
-                                dtype=torch.float64)
-            present = torch.zeros(len(readers), len(pending), dtype=torch.bool)
+            probs = torch.zeros(clients, len(pending), c, dtype=torch.float64)
+            present = torch.zeros(clients, len(pending), dtype=torch.bool)
             for i, (_, _, parts) in enumerate(pending):
                 for k, part in enumerate(parts):
                     if part is not None:
                         probs[k, i] = part["logp"][0].double().exp()
                         present[k, i] = True
             combined = RULES[rule](probs, present, **params)
+            tally.add(*consensus_distance(probs, present))
             if sharpening is not None:
                 combined = sharpen_probs(combined, sharpening)
             writer.add(torch.tensor([e for e, _, _ in pending]),
@@ -137,11 +182,44 @@ def _aggregate_classes(readers, out, rule, params, config, common, progress,
 
         for item in _in_step(streams):
             pending.append(item)
-            if len(pending) >= 4096:
+            if len(pending) >= chunk:
                 flush()
         if pending:
             flush()
+        writer.update_provenance(tally.annotate(common["provenance"]))
     return writer.manifest
+
+
+class OutlierTally:
+    """Each client's mean distance from the consensus and top-class agreement, accumulated
+    over the examples it has (:func:`fdcli.rules.consensus_distance`)."""
+
+    def __init__(self, clients: int):
+        self.tv = torch.zeros(clients, dtype=torch.float64)
+        self.agree = torch.zeros(clients, dtype=torch.float64)
+        self.count = torch.zeros(clients, dtype=torch.float64)
+
+    def add(self, tv: torch.Tensor, agree: torch.Tensor) -> None:
+        have = ~torch.isnan(tv)
+        self.tv += torch.where(have, tv, 0.0).sum(1)
+        self.agree += agree.double().sum(1)
+        self.count += have.double().sum(1)
+
+    def report(self) -> list[dict]:
+        """Per client: mean total-variation distance from the consensus, top-class agreement,
+        a robust z-score of the distance (median and MAD over clients) and ``outlier``."""
+        n = self.count.clamp_min(1)
+        tv, agree = self.tv / n, self.agree / n
+        med = tv.median()
+        mad = (tv - med).abs().median() * 1.4826
+        # a floor on the spread, so that near-identical honest clients do not flag each other
+        z = (tv - med) / max(float(mad), 0.02)
+        return [{"distance_from_consensus": round(float(t), 6), "agreement": round(float(a), 6),
+                 "robust_z": round(float(zz), 3), "outlier": bool(zz > OUTLIER_Z)}
+                for t, a, zz in zip(tv, agree, z)]
+
+    def annotate(self, provenance: list[dict]) -> list[dict]:
+        return [{**p, **r} for p, r in zip(provenance, self.report())]
 
 
 def _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim,
@@ -158,6 +236,13 @@ def _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim,
         if missing:
             raise IncompatibleBundlesError(f"rule 'weighted' needs each bundle to declare its "
                                            f"client's train_examples; missing in {missing}")
+        negative = [str(r.path) for r, c in zip(readers, counts) if c < 0]
+        if negative:
+            raise IncompatibleBundlesError(f"rule 'weighted': producer.config.train_examples is "
+                                           f"negative in {negative}")
+        if not any(counts):
+            raise IncompatibleBundlesError("rule 'weighted': every bundle declares 0 "
+                                           "train_examples; there is nothing to weight by")
         return {"counts": counts}
     if rule == "coverage":
         return {"counts": _label_counts(readers), "prior_correction": prior_correction}
@@ -196,24 +281,38 @@ def _label_counts(readers) -> list[list[int]]:
 
 
 class _Examples:
-    """One bundle's examples in file order, one at a time, checking that ids increase."""
+    """One bundle's examples in file order, one at a time, checking that ids increase. With
+    ``decode``, rows are decoded to dense log-probabilities ``window`` rows at a time."""
 
-    def __init__(self, reader, decode: bool = False):
+    def __init__(self, reader, decode: bool = False, window: int = 4096):
         self.reader, self.blocks, self.decode = reader, reader.iter_blocks(), decode
-        self.block, self.i, self.last, self.logp = None, 0, -1, None
+        self.window = max(1, window)
+        if decode:
+            reader.check_dense(self.window)
+        self.block, self.i, self.last = None, 0, -1
+        self.logp, self.w0, self.w1 = None, 0, 0
         self._advance()
 
     def _advance(self) -> None:
         while self.block is None or self.i >= len(self.block.example_ids):
-            self.block, self.i = next(self.blocks, None), 0
+            self.block, self.i, self.logp = next(self.blocks, None), 0, None
             if self.block is None:
                 return
-            if self.decode:  # whole shard at once (low-rank factors are per shard)
-                self.logp = self.block.dense()
 
     @property
     def current(self) -> int | None:
         return None if self.block is None else int(self.block.example_ids[self.i])
+
+    def _dense(self, a: int, z: int) -> torch.Tensor:
+        """Dense log-probabilities of rows ``a:z`` of the current block (low-rank factors
+        are per shard, so rows are decoded from the block's own tensors)."""
+        if self.logp is None or a < self.w0 or z > self.w1:
+            b = self.block
+            self.w0, self.w1 = a, min(b.rows, max(z, a + self.window))
+            shared = b.codec.shared_tensors
+            part = {k: (v if k in shared else v[self.w0:self.w1]) for k, v in b.tensors.items()}
+            self.logp = b.codec.dense_at(part, b.num_classes, 1.0)
+        return self.logp[a - self.w0:z - self.w0]
 
     def pop(self) -> tuple[int, dict[str, torch.Tensor]]:
         b, i = self.block, self.i
@@ -225,16 +324,28 @@ class _Examples:
                 "with fd emit-logits")
         self.last = e
         a, z = int(b.row_offsets[i]), int(b.row_offsets[i + 1])
-        part = {"logp": self.logp[a:z]} if self.decode else \
+        part = {"logp": self._dense(a, z)} if self.decode else \
             {k: v[a:z] for k, v in b.tensors.items()}
         self.i += 1
         self._advance()
         return z - a, part
 
 
+def _same_client(streams: Sequence[_Examples]) -> list[list[int]]:
+    """Groups (of two or more) of the bundles that name the same client id."""
+    groups: dict[str, list[int]] = {}
+    for k, s in enumerate(streams):
+        groups.setdefault(s.reader.manifest.producer.client_id, []).append(k)
+    return [g for g in groups.values() if len(g) > 1]
+
+
 def _in_step(streams: Sequence[_Examples]):
     """The bundles' examples in increasing id order: ``(id, rows, parts)`` where
-    ``parts[k]`` is bundle k's rows of that example, or None where it lacks it."""
+    ``parts[k]`` is bundle k's rows of that example, or None where it lacks it.
+
+    Bundles of one client id may cover different examples (proxy slices), but one client
+    may not give the same example twice."""
+    same = _same_client(streams)
     while True:
         current = [s.current for s in streams]
         live = [c for c in current if c is not None]
@@ -253,6 +364,13 @@ def _in_step(streams: Sequence[_Examples]):
                     f"{n_rows}; the bundles tokenized the proxy differently")
             n_rows, source = n, s.reader.path
             parts.append(part)
+        for group in same:
+            both = [streams[k].reader.path for k in group if parts[k] is not None]
+            if len(both) > 1:
+                cid = streams[group[0]].reader.manifest.producer.client_id
+                raise IncompatibleBundlesError(
+                    f"{both[1]}: client {cid!r} gives example {e} a second time (also in "
+                    f"{both[0]}); each client may vote once per example")
         yield e, n_rows, parts
 
 
@@ -267,6 +385,7 @@ def _aggregate_tokens(readers, out, rule, params, codec, config, common,
                                            "streamed; emit token bundles as topk or sample")
     streams = [_Examples(r) for r in readers]
     v = first.num_classes
+    tally = OutlierTally(len(readers))
     with BundleWriter(out, codec=codec, task="token", num_classes=v,
                       label_fingerprint=first.label_fingerprint, config=config,
                       **common) as writer, \
@@ -288,7 +407,9 @@ def _aggregate_tokens(readers, out, rule, params, codec, config, common,
                     joined = {name: torch.cat([p[name] for p in got]) for name in got[0]}
                     sp = r.codec.sparse_at(joined, v, 1.0)
                 clients.append(_scatter_rows(sp, rows_k, v))
-            combined = aggregate_sparse(clients, present, rule, **params)
+            distances: list = []
+            combined = aggregate_sparse(clients, present, rule, distances=distances, **params)
+            tally.add(*distances[0])
             writer.add_sparse([e for e, _, _ in pending], combined, row_counts=counts)
             advance(total)
             pending.clear()
@@ -302,6 +423,7 @@ def _aggregate_tokens(readers, out, rule, params, codec, config, common,
                 rows = 0
         if pending:
             flush()
+        writer.update_provenance(tally.annotate(common["provenance"]))
     return writer.manifest
 
 
