@@ -36,6 +36,16 @@ out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
+LimitOpt = Annotated[Optional[list[str]], typer.Option(
+    "--limit", metavar="NAME=VALUE",
+    help="Change a resource limit on reading bundles (repeatable): max_manifest_bytes (8MiB), "
+         "max_json_depth (32), max_shard_bytes (1GiB), max_classes (1048576), "
+         "max_dense_bytes (2GiB). See docs/bundle-format.md.")]
+TrustedOpt = Annotated[Optional[Path], typer.Option(
+    help="Folder of trusted public keys (NAME.pub, from fd keygen): refuse bundles that are "
+         "unsigned, signed by another key, or altered after signing.")]
+SignOpt = Annotated[Optional[Path], typer.Option(
+    help="Private key (NAME.key, from fd keygen) to sign the bundle's manifest with.")]
 
 
 @contextmanager
@@ -59,6 +69,11 @@ def reporting_errors() -> Iterator[None]:
             yield
         except (FdError, ValueError) as exc:
             err.print(_ERROR + plain(str(exc)), highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except OSError as exc:  # permissions, a full disk, a vanished file: one line
+            where = f"{exc.filename}: " if exc.filename else ""
+            err.print(_ERROR + plain(f"{where}{exc.strerror or exc}"), highlight=False,
+                      soft_wrap=True)
             raise typer.Exit(1) from None
 
 
@@ -101,7 +116,7 @@ def _human(n: float) -> str:
 def inspect(
     path: Annotated[Path, typer.Argument(help="A bundle folder, or one shard file "
                                               "(shard-NNNNN.safetensors.zst).")],
-    json_out: JsonOpt = False,
+    limit: LimitOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Describe a logit bundle, or a single shard, without trusting more than it must.
 
@@ -113,51 +128,80 @@ def inspect(
     from .bundle.inspect import describe
 
     with reporting_errors():
-        info = describe(path)
+        info = describe(path, _limits(limit))
     if json_out:
-        out.print_json(json.dumps(info))
+        _print_json(info)
         return
-    table = Table(title=f"{info['kind']}: {path}", show_header=False, title_justify="left")
+    table = Table(title=plain(f"{info['kind']}: {path}"), show_header=False,
+                  title_justify="left")
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for key, value in info["summary"].items():
-        table.add_row(key, _human(value) if key.endswith("bytes") and isinstance(
-            value, (int, float)) else str(value))
+        table.add_row(plain(str(key)), _human(value) if key.endswith("bytes") and isinstance(
+            value, (int, float)) else plain(str(value)))
     out.print(table)
 
 
 @app.command()
 def verify(
     bundle_dir: Annotated[Path, typer.Argument(help="The bundle folder to check.")],
-    json_out: JsonOpt = False,
+    trusted_keys: TrustedOpt = None, limit: LimitOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Check everything in a bundle: the manifest, every shard's size and sha256, bounded
-    decompression, tensor shapes and dtypes, and the values themselves.
+    """Check everything in a bundle: the manifest, its signature if it has one, every
+    shard's size and sha256, bounded decompression, tensor shapes and dtypes, and the values
+    themselves. With [bold]--trusted-keys[/bold] an unsigned bundle, or one signed by a key
+    not in that folder, is refused.
 
     Exits 0 on a sound bundle and 1 otherwise, listing every problem found.
 
-    [bold]Example[/bold]: fd verify usb-stick/hospital-a-bundle
+    [bold]Example[/bold]: fd verify usb-stick/hospital-a-bundle --trusted-keys keys/
     """
     from .bundle import verify_bundle
 
-    report = verify_bundle(bundle_dir)
+    with reporting_errors():
+        report = verify_bundle(bundle_dir, _limits(limit), _trusted(trusted_keys))
     if json_out:
-        out.print_json(json.dumps({"path": str(bundle_dir), "ok": report.ok,
-                                   "problems": report.problems,
-                                   "shards_checked": report.shards_checked,
-                                   "rows_checked": report.rows_checked}))
+        _print_json({"path": str(bundle_dir), "ok": report.ok, "problems": report.problems,
+                     "signer": report.signer, "shards_checked": report.shards_checked,
+                     "rows_checked": report.rows_checked})
     elif report.ok:
         m = report.manifest
-        out.print(f"[green]OK[/green] {bundle_dir}: {report.shards_checked} shard(s), "
-                  f"{report.rows_checked} rows, {m.examples} examples, encoding "
-                  f"{m.encoding['name']}", highlight=False)
+        signed = (f"signed by {report.signer}" + ("" if trusted_keys else
+                                                  " (not checked against trusted keys)")
+                  if report.signer else "unsigned")
+        out.print(Text("OK ", style="green") + plain(
+            f"{bundle_dir}: {report.shards_checked} shard(s), {report.rows_checked} rows, "
+            f"{m.examples} examples, encoding {m.encoding['name']}, {signed}"), soft_wrap=True)
     else:
-        err.print(_ERROR + plain(f"{bundle_dir}: {len(report.problems)} problem(s) found:"),
-                  highlight=False)
-        for p in report.problems:
-            err.print(plain(f"  - {p}"), highlight=False, soft_wrap=True)
+        problems = report.problems
+        if len(problems) == 1:
+            err.print(_ERROR + plain(problems[0]), highlight=False, soft_wrap=True)
+        else:
+            err.print(_ERROR + plain(f"{bundle_dir}: {len(problems)} problem(s) found:"),
+                      highlight=False, soft_wrap=True)
+            for p in problems:
+                err.print(plain(f"  - {p}"), highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def keygen(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the key files.")],
+    name: Annotated[str, typer.Option(help="Key name: writes NAME.key and NAME.pub.")] = "fd",
+    overwrite: Overwrite = False, json_out: JsonOpt = False,
+) -> None:
+    """Make an Ed25519 key pair for signing bundles: NAME.key stays with the institution
+    (mode 0600); NAME.pub goes to the coordinator's [bold]--trusted-keys[/bold] folder.
+
+    [bold]Example[/bold]: fd keygen --out keys --name hospital-a; then fd emit-logits ...
+    --sign-key keys/hospital-a.key
+    """
+    from .bundle.signing import keygen as run
+
+    with reporting_errors():
+        result = run(out_dir, name, overwrite=overwrite)
+    _report(result, json_out, "key pair")
 
 
 # -- stages ------------------------------------------------------------------------------
@@ -196,15 +240,40 @@ def _check_task(task: str) -> None:
 
 def _report(result: dict, json_out: bool, title: str, keys: list[str] | None = None) -> None:
     if json_out:
-        out.print_json(json.dumps(result, default=str))
+        _print_json(result)
         return
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = Table(title=plain(title), show_header=False, title_justify="left")
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for key in keys or list(result):
         value = result.get(key)
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(plain(key), plain(f"{value:.4f}" if isinstance(value, float)
+                                        else str(value)))
     out.print(table)
+
+
+def _print_json(value) -> None:
+    """JSON on stdout, written as plain text (strings from bundles are JSON-escaped, never
+    read as markup)."""
+    sys.stdout.write(json.dumps(value, indent=2, default=str, ensure_ascii=True) + "\n")
+
+
+def _limits(items: list[str] | None):
+    from .bundle.safeio import DEFAULT_LIMITS
+
+    return DEFAULT_LIMITS.with_overrides(items)
+
+
+def _trusted(folder: Path | None):
+    from .bundle.signing import load_trusted_keys
+
+    return None if folder is None else load_trusted_keys(folder)
+
+
+def _sign_key(path: Path | None):
+    from .bundle.signing import load_private_key
+
+    return None if path is None else load_private_key(path)
 
 
 @app.command("train-specialist")
@@ -316,6 +385,7 @@ def emit_logits_cmd(
     text_column: TextCol = None, image_column: ImageCol = None, tokenizer: TokenizerOpt = None,
     split: SplitOpt = None, batch_size: Annotated[Optional[int], typer.Option(
         help="Batch size (default: 64, or 8 blocks for causal-lm).")] = None,
+    sign_key: SignOpt = None,
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Run a model over the proxy dataset and write a logit bundle to carry out. With
@@ -329,6 +399,7 @@ def emit_logits_cmd(
     kept = 16 if k is None else k
     with reporting_errors():
         _check_task(task)
+        key = _sign_key(sign_key)
         if task == "causal-lm":
             if declare_label_counts or proxy_slice:
                 raise ValueError("--declare-label-counts and --slice apply to --task "
@@ -344,7 +415,8 @@ def emit_logits_cmd(
                                   sample_temperature=sample_temperature, tokenizer=tokenizer,
                                   client_id=client_id, text_column=text_column, split=split,
                                   max_length=max_length, packing=packing,
-                                  batch_size=batch_size or 8, seed=seed, overwrite=overwrite)
+                                  batch_size=batch_size or 8, seed=seed, overwrite=overwrite,
+                                  sign_key=key)
         else:
             if draws is not None:
                 raise ValueError("--draws applies to --task causal-lm (--encoding sample)")
@@ -353,7 +425,8 @@ def emit_logits_cmd(
                             declare_label_counts=declare_label_counts,
                             proxy_slice=_slice(proxy_slice),
                             text_column=text_column, image_column=image_column, split=split,
-                            batch_size=batch_size or 64, seed=seed, overwrite=overwrite)
+                            batch_size=batch_size or 64, seed=seed, overwrite=overwrite,
+                            sign_key=key)
     size = sum(s.bytes for s in m.shards)
     _report({"out": str(out_dir), "client_id": m.producer.client_id, "examples": m.examples,
              "rows": m.rows, "encoding": m.encoding, "bytes": size,
@@ -394,14 +467,19 @@ def aggregate(
     k: Annotated[int, typer.Option(help="Token bundles: ids kept per row in the result.")] = 16,
     value_dtype: Annotated[str, typer.Option(help="Token bundles: int8 or fp16 values.")]
     = "int8",
+    trusted_keys: TrustedOpt = None, sign_key: SignOpt = None, limit: LimitOpt = None,
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Check bundles against each other and combine them per example into one teacher.
 
     Token bundles (causal-lm) are streamed and combined per token over the union of the
-    clients' kept ids, then re-sparsified to [bold]--k[/bold] ids.
+    clients' kept ids, then re-sparsified to [bold]--k[/bold] ids. The same bundle twice,
+    one client voting twice on an example, and an [bold]--out[/bold] inside an input are
+    refused. Prints each client's distance from the consensus (the median of all clients)
+    and flags outliers, clients to look at; the teacher's provenance records the same.
 
-    [bold]Example[/bold]: fd aggregate usb/a usb/b usb/c --rule confidence --out teacher
+    [bold]Example[/bold]: fd aggregate usb/a usb/b usb/c --rule median --trusted-keys keys/
+    --out teacher
     """
     from .stages.aggregate import aggregate as run
 
@@ -409,10 +487,30 @@ def aggregate(
         m = run(bundles, out_dir, rule=rule, confidence_measure=confidence, tau=tau,
                 era_temperature=era_temperature, trim=trim,
                 prior_correction=prior_correction, sharpen=sharpen, k=k, value_dtype=value_dtype,
-                seed=seed, overwrite=overwrite)
-    _report({"out": str(out_dir), "rule": rule, "inputs": len(bundles), "task": m.task,
-             "examples": m.examples, "rows": m.rows,
-             "bytes": sum(s.bytes for s in m.shards)}, json_out, "aggregated bundle")
+                seed=seed, overwrite=overwrite, limits=_limits(limit),
+                trusted_keys=_trusted(trusted_keys), sign_key=_sign_key(sign_key))
+    clients = [{key: p.get(key) for key in ("path", "client_id", "signer", "examples",
+                                            "distance_from_consensus", "agreement",
+                                            "robust_z", "outlier")} for p in m.provenance]
+    summary = {"out": str(out_dir), "rule": rule, "inputs": len(bundles), "task": m.task,
+               "examples": m.examples, "rows": m.rows,
+               "bytes": sum(s.bytes for s in m.shards),
+               "outliers": [c["client_id"] for c in clients if c["outlier"]]}
+    if json_out:
+        _print_json({**summary, "clients": clients})
+        return
+    _report(summary, False, "aggregated bundle")
+    table = Table(title="clients: distance from the consensus", title_justify="left")
+    for name in ("client", "bundle", "signer"):
+        table.add_column(name, overflow="fold")
+    for name in ("distance", "agreement", "robust z", ""):
+        table.add_column(name)
+    for c in clients:
+        table.add_row(plain(c["client_id"]), plain(c["path"]), plain(str(c["signer"] or "-")),
+                      f"{c['distance_from_consensus']:.3f}", f"{c['agreement']:.3f}",
+                      f"{c['robust_z']:.1f}",
+                      Text("outlier", style="bold red") if c["outlier"] else "")
+    out.print(table)
 
 
 @app.command()
@@ -434,6 +532,7 @@ def distill(
     task: TaskOpt = "classification",
     max_length: Annotated[Optional[int], typer.Option(
         help="causal-lm: tokens per block (default: the teacher bundle's).")] = None,
+    trusted_keys: TrustedOpt = None, limit: LimitOpt = None,
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Train a student of any architecture on the proxy set against a teacher bundle. With
@@ -450,6 +549,7 @@ def distill(
         _check_task(task)
         loss = {k: v for k, v in dict(temperature=temperature, hard_weight=hard_weight).items()
                 if v is not None}
+        loss.update(limits=_limits(limit), trusted_keys=_trusted(trusted_keys))
         if task == "causal-lm":
             meta = distill_lm(student, proxy, teacher, out_dir, tokenizer=tokenizer,
                               epochs=epochs,
@@ -671,7 +771,7 @@ def simulate(
     from .stages.simulate_lm import simulate_lm
 
     def log(message: str) -> None:
-        err.print(f"[dim]fd simulate:[/dim] {message}", highlight=False)
+        err.print(Text("fd simulate: ", style="dim") + plain(message), highlight=False)
 
     given = {key: value for key, value in dict(
         num_clients=num_clients, epochs=epochs, distill_epochs=distill_epochs,
@@ -715,14 +815,15 @@ def simulate(
                           privacy=privacy, seed=seed, overwrite=overwrite, progress=False,
                           log=log, **given)
     if json_out:
-        out.print_json(json.dumps(results))
+        _print_json(results)
         return
     if task == "causal-lm":
         _lm_table(results, out_dir)
         return
     n_rounds = len(results["rounds"])
-    table = Table(title=f"fd simulate: {len(results['specialists'])} clients, alpha={alpha}, "
-                        f"{n_rounds} round(s) ({out_dir}/results.json)", title_justify="left")
+    table = Table(title=plain(f"fd simulate: {len(results['specialists'])} clients, "
+                              f"alpha={alpha}, {n_rounds} round(s) ({out_dir}/results.json)"),
+                  title_justify="left")
     for col in ("model", "architecture", "accuracy", "macro-F1", "sent (up + down)"):
         table.add_column(col)
     for s in results["specialists"]:
@@ -743,14 +844,14 @@ def simulate(
         reached = {k: _human(v["bytes"]) if v["reached"] else "not reached"
                    for k, v in hits.items()}
         out.print(f"bytes to {results['target_accuracy']:.3f} accuracy: " +
-                  ", ".join(f"{k} {v}" for k, v in reached.items()))
-    out.print(f"report: {out_dir}/report.md")
+                  ", ".join(f"{k} {v}" for k, v in reached.items()), highlight=False)
+    out.print(plain(f"report: {out_dir}/report.md"))
 
 
 def _lm_table(results: dict, out_dir: Path) -> None:
     domains = list(results["domains"])
-    table = Table(title=f"fd simulate --task causal-lm: perplexity by domain "
-                        f"({out_dir}/results.json)", title_justify="left")
+    table = Table(title=plain(f"fd simulate --task causal-lm: perplexity by domain "
+                              f"({out_dir}/results.json)"), title_justify="left")
     for col in ("model", "architecture", *domains, "mean", "uploaded"):
         table.add_column(col)
 

@@ -14,9 +14,12 @@ class BundleError(FdError):
     ``problems`` lists every problem found, when a check collected more than one.
     """
 
+    #: longest message kept whole; strings from a hostile bundle may be megabytes long.
+    MAX_PROBLEM = 1000
+
     def __init__(self, message: str, problems: list[str] | None = None):
-        self.problems = list(problems) if problems else [message]
-        super().__init__(message)
+        self.problems = [_cut(p, self.MAX_PROBLEM) for p in (problems or [message])]
+        super().__init__(_cut(message, self.MAX_PROBLEM * max(1, len(self.problems))))
 
     @classmethod
     def collected(cls, where: str, problems: list[str]) -> "BundleError":
@@ -26,6 +29,10 @@ class BundleError(FdError):
             return cls(problems[0], problems)
         head = f"{where}: {len(problems)} problem(s) found:"
         return cls("\n".join([head, *(f"  - {p}" for p in problems)]), problems)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class IncompatibleBundlesError(BundleError):

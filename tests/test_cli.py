@@ -107,7 +107,8 @@ def test_inspect_a_lone_file_that_is_not_a_shard(tmp_path):
     f.write_text("hello")
     result = runner.invoke(app, ["inspect", str(f)])
     assert result.exit_code == 1
-    assert "expected a bundle folder or a '.safetensors.zst' shard" in result.stderr
+    assert "not a folder; expected a bundle folder (holding manifest.json" in result.stderr
+    assert "or a '.safetensors.zst' shard" in result.stderr
 
 
 def test_unknown_option_is_a_usage_error(bundle):

@@ -496,14 +496,14 @@ CODECS: dict[str, type[Codec]] = {c.name: c for c in (DenseCodec, TopKCodec, Sam
 def codec_from_spec(spec: Any, where: str = "encoding") -> Codec:
     """Build a codec from a manifest's ``encoding`` object (``{"name": ..., **params}``)."""
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise BundleError(f"{where}: expected an object with a 'name' string, found {spec!r}")
+        raise BundleError(f"{where}: expected an object with a 'name' string, found {repr(spec)[:80]}")
     params = {k: v for k, v in spec.items() if k != "name"}
     cls = CODECS.get(spec["name"])
     if cls is None:
-        raise BundleError(f"{where}.name: unknown encoding {spec['name']!r}; expected one of "
+        raise BundleError(f"{where}.name: unknown encoding {spec['name']!r:.80}; expected one of "
                           f"{sorted(CODECS)}")
     try:
         return cls(**params)
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{where}: invalid parameters {params} for encoding "
-                          f"{spec['name']!r}: {exc}") from None
+                          f"{spec['name']!r:.80}: {exc}") from None

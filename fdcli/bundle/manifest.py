@@ -127,7 +127,7 @@ class BundleManifest:
 
         task = need("task", str)
         if task is not None and task not in TASKS:
-            p.append(f"field 'task': expected one of {list(TASKS)}, found {task!r}")
+            p.append(f"field 'task': expected one of {list(TASKS)}, found {_show(task)}")
         encoding = need("encoding", dict)
         if encoding is not None:
             try:

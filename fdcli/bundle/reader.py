@@ -83,8 +83,8 @@ def manifest_bytes(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> 
     except OSError as exc:
         raise BundleError(f"{path}: cannot be read ({exc.strerror})") from None
     if not is_dir:
-        raise BundleError(f"{path}: not a folder; a bundle is a folder holding {MANIFEST} and "
-                          "shard-NNNNN.safetensors.zst files")
+        raise BundleError(f"{path}: not a folder; expected a bundle folder (holding {MANIFEST} "
+                          "and shard-NNNNN.safetensors.zst files) or a '.safetensors.zst' shard")
     try:
         return read_regular(where, limits.max_manifest_bytes, "max_manifest_bytes")
     except FileNotFoundError:

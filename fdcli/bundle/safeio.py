@@ -96,8 +96,8 @@ def read_regular(path: Path, max_bytes: int, what: str = "file",
     except OSError as exc:
         raise BundleError(f"{path}: cannot be read ({exc.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise BundleError(f"{path}: is {_kind(st.st_mode)}; a bundle holds only regular "
-                          "files, and fd does not follow links out of the bundle folder")
+        link = " (fd does not follow links)" if stat.S_ISLNK(st.st_mode) else ""
+        raise BundleError(f"{path}: is {_kind(st.st_mode)}; expected a regular file{link}")
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, flags)

@@ -231,6 +231,10 @@ def parse_header_json(blob: bytes, body: int,
     spans.sort()
     if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
         raise BundleError(f"{where}: safetensors tensors overlap")
+    covered = sum(b - a for a, b in spans)
+    if covered != body:
+        raise BundleError(f"{where}: the safetensors tensors cover {covered} bytes of a "
+                          f"{body}-byte body; the rest is not part of any tensor")
     return header, meta
 
 

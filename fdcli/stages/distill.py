@@ -7,6 +7,8 @@ from typing import Any
 
 from .. import __version__
 from ..bundle import read_bundle
+from ..bundle.safeio import DEFAULT_LIMITS, Limits
+from ..bundle.signing import check_signature
 from ..data import DataError, fingerprint, label_ids, load_local, resolve
 from ..errors import IncompatibleBundlesError
 from ..models import fingerprint_model, load_classifier, save_classifier
@@ -14,15 +16,18 @@ from ..outputs import atomic_dir, check_free
 
 
 def open_teacher(teacher: str | Path, out: str | Path, *, task: str, temperature: float,
-                 hard_weight: float, overwrite: bool, hint: str):
-    """Check the loss settings and the output folder, then open the teacher bundle, refusing
-    one of another ``task`` (``hint`` says what to use instead)."""
+                 hard_weight: float, overwrite: bool, hint: str,
+                 limits: Limits = DEFAULT_LIMITS, trusted_keys: dict | None = None):
+    """Check the loss settings and the output folder, then open the teacher bundle within
+    ``limits``, refusing one of another ``task`` (``hint`` says what to use instead) and,
+    with ``trusted_keys``, one not signed by a trusted key."""
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if not 0 <= hard_weight <= 1:
         raise ValueError(f"hard_weight must be in [0, 1], got {hard_weight}")
     check_free(Path(out), overwrite)
-    reader = read_bundle(teacher)
+    reader = read_bundle(teacher, limits)
+    check_signature(reader.path, reader.manifest_bytes, trusted_keys, limits)
     if reader.manifest.task != task:
         raise IncompatibleBundlesError(f"{teacher}: task {reader.manifest.task!r}; {hint}")
     return reader
@@ -60,15 +65,18 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
             text_column: str | None = None, image_column: str | None = None,
             label_column: str | None = None, tokenizer: str | Path | None = None,
             split: str | None = None, overwrite: bool = False,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, limits: Limits = DEFAULT_LIMITS,
+            trusted_keys: dict | None = None) -> dict[str, Any]:
     """Distill ``student`` (model directory or config file, any architecture) on ``proxy``
     against the teacher bundle. The soft loss is KL at ``temperature`` times T^2; topk
     teachers use the tail-bucket loss. ``hard_weight`` > 0 mixes in cross-entropy on the
-    proxy labels, which the proxy must then have."""
+    proxy labels, which the proxy must then have. ``limits`` and ``trusted_keys`` are as in
+    :func:`open_teacher`."""
     from ..training import fit
 
     reader = open_teacher(teacher, out, task="classification", temperature=temperature,
-                          hard_weight=hard_weight, overwrite=overwrite,
+                          hard_weight=hard_weight, overwrite=overwrite, limits=limits,
+                          trusted_keys=trusted_keys,
                           hint="a classifier is distilled from a classification bundle (for a "
                                "token bundle, distill a causal LM with --task causal-lm)")
     m = reader.manifest

@@ -20,7 +20,7 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                 image_column: str | None = None, split: str | None = None,
                 batch_size: int = 64, proxy_slice: tuple[int, int] | None = None,
                 seed: int = 0, overwrite: bool = False,
-                progress: bool = True) -> BundleManifest:
+                progress: bool = True, sign_key=None) -> BundleManifest:
     """Write the bundle of ``model``'s predictions on every example of ``proxy``.
 
     ``declare_label_counts`` copies the model's training label histogram (from its fd.json)
@@ -29,7 +29,8 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
 
     ``proxy_slice`` ``(i, n)`` emits only the i-th of n contiguous slices of the proxy set
     (1-based; example ids stay those of the whole set), so that each round of a federation
-    can use a fresh slice (docs/rounds.md)."""
+    can use a fresh slice (docs/rounds.md). ``sign_key`` (an Ed25519 private key,
+    :func:`fdcli.bundle.signing.load_private_key`) signs the manifest."""
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
     ds = load_local(proxy, split)
@@ -63,7 +64,8 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       client_id=client_id or clf.meta.get("client_id") or Path(model).name,
                       model_fingerprint=clf.meta.get("model_fingerprint")
                       or fingerprint_model(clf.model),
-                      config=config, seed=seed, overwrite=overwrite) as writer, \
+                      config=config, seed=seed, overwrite=overwrite,
+                      sign_key=sign_key) as writer, \
             progress_bar(stop - first, "emitting logits", progress) as advance:
         for start in range(first, stop, 1024):
             chunk = values[start:min(start + 1024, stop)]

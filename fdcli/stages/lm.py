@@ -18,6 +18,7 @@ import torch
 
 from .. import __version__
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, SampleCodec, TopKCodec, read_bundle
+from ..bundle.safeio import DEFAULT_LIMITS, Limits
 from ..data import DataError, load_local
 from ..errors import FdWarning, IncompatibleBundlesError
 from ..lm import (DEFAULT_LM_MAX_LENGTH, TextBlocks, iter_token_logits, load_lm,
@@ -125,7 +126,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       text_column: str | None = None, split: str | None = None,
                       max_length: int | None = None, packing: bool = True,
                       batch_size: int = 8, seed: int = 0, overwrite: bool = False,
-                      progress: bool = True) -> BundleManifest:
+                      progress: bool = True, sign_key=None) -> BundleManifest:
     """Write a token bundle: the model's next-token distribution at every position of every
     proxy block, streamed into shards (memory does not grow with the proxy size).
     ``topk`` (the default) keeps the ``k`` most likely ids per token and their tail mass;
@@ -148,7 +149,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       client_id=client_id or lm.meta.get("client_id") or Path(model).name,
                       model_fingerprint=lm.meta.get("model_fingerprint")
                       or fingerprint_model(lm.model), config=config, seed=seed,
-                      overwrite=overwrite) as writer, \
+                      overwrite=overwrite, sign_key=sign_key) as writer, \
             progress_bar(tb.tokens, "emitting token logits", progress) as advance:
         for index, logits, counts, _ in iter_token_logits(lm, tb.blocks, batch_size):
             writer.add(index, logits, row_counts=counts)
@@ -240,7 +241,9 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
                learning_rate: float = 5e-5, batch_size: int = 8,
                text_column: str | None = None, split: str | None = None,
                max_length: int | None = None, packing: bool | None = None, seed: int = 0,
-               overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+               overwrite: bool = False, progress: bool = True,
+               limits: Limits = DEFAULT_LIMITS, trusted_keys: dict | None = None
+               ) -> dict[str, Any]:
     """Distill a causal-LM student (any architecture sharing the teachers' tokenizer) on the
     proxy text against a token bundle. The loss is KL at ``temperature`` times T^2: the
     tail-bucket loss for topk teachers, the sampled-target loss for sample teachers, full KL for
@@ -253,7 +256,8 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
 
     reader = open_teacher(teacher, out, task="token",
                           temperature=1.0 if temperature is None else temperature,
-                          hard_weight=hard_weight, overwrite=overwrite,
+                          hard_weight=hard_weight, overwrite=overwrite, limits=limits,
+                          trusted_keys=trusted_keys,
                           hint="a causal-LM student needs a token bundle (fd emit-logits "
                                "--task causal-lm)")
     m = reader.manifest
