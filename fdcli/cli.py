@@ -739,6 +739,12 @@ def simulate(
     sharpen: Annotated[Optional[float], typer.Option(
         help="Sharpen every consensus to softmax(p / T) at this temperature (see fd "
              "aggregate; default 0.1, 0 for none).")] = None,
+    poison: Annotated[Optional[float], typer.Option(
+        help="Share of the clients that are hostile (e.g. 0.2): their bundles are replaced "
+             "by --poison-kind predictions every round.")] = None,
+    poison_kind: Annotated[Optional[str], typer.Option(
+        help="random (confident noise), flip (every class moved to the next) or "
+             "overconfident (certainty on a wrong class). Default: flip.")] = None,
     baselines: Annotated[str, typer.Option(
         help="Baselines to run, comma-separated: fedavg (Flower FedAvg, fp32 and 8-bit), "
              "standalone (each specialist alone; a student from one teacher), centralized "
@@ -778,7 +784,8 @@ def simulate(
         learning_rate=lr, batch_size=batch_size, temperature=temperature,
         hard_weight=hard_weight, rounds=rounds, round_epochs=round_epochs,
         round_distill_epochs=round_distill_epochs, digest_weight=digest_weight,
-        schedule=schedule, proxy_slices=proxy_slices, sharpen=sharpen).items()
+        schedule=schedule, proxy_slices=proxy_slices, sharpen=sharpen, poison=poison,
+        poison_kind=poison_kind).items()
         if value is not None}
     if given.get("sharpen") == 0:
         given["sharpen"] = None
@@ -797,10 +804,12 @@ def simulate(
         if task == "causal-lm":
             rounds_given = sorted({"rounds", "round_epochs", "round_distill_epochs",
                                    "digest_weight", "schedule", "from_student",
-                                   "proxy_slices", "sharpen"} & set(given))
+                                   "proxy_slices", "sharpen", "poison", "poison_kind"}
+                                  & set(given))
             if rounds_given:
                 raise ValueError(f"{', '.join('--' + o.replace('_', '-') for o in rounds_given)}"
-                                 " apply to classification; --task causal-lm is one-shot")
+                                 " apply to classification; --task causal-lm is one-shot "
+                                 "and unpoisoned")
             results = simulate_lm(out_dir, max_length=max_length, k=k, client_chars=client_chars,
                                   proxy_chars=proxy_chars, test_chars=min(40_000, client_chars),
                                   seed=seed, overwrite=overwrite, progress=False, log=log,
@@ -839,6 +848,10 @@ def simulate(
         table.add_row(name, arch, f"{b['accuracy']:.3f}", f"{b['macro_f1']:.3f}",
                       _human(sent) if sent else "")
     out.print(table)
+    if results["poisoned_clients"]:
+        out.print(plain(f"poisoned ({results['config']['poison_kind']}): "
+                        f"{', '.join(results['poisoned_clients'])}; flagged as outliers by "
+                        f"the aggregate: {', '.join(results['outliers_flagged']) or 'none'}"))
     hits = results["bytes_to_target"]
     if hits:
         reached = {k: _human(v["bytes"]) if v["reached"] else "not reached"

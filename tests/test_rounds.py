@@ -323,3 +323,30 @@ def test_hostile_label_histograms_are_reported_as_plain_text(tmp_path):
     assert "unknown: ['[/x]']" in result.stderr
     assert "\x1b" not in result.stderr and "unknown: ['\\x1b[31mred']" in result.stderr
     assert not (tmp_path / "t").exists()
+
+
+def test_signed_bundles_through_the_cli(world, tmp_path):
+    """fd keygen, emit-logits --sign-key, verify/aggregate/distill --trusted-keys."""
+    keys, trusted = tmp_path / "keys", tmp_path / "trusted"
+    result = run("keygen", "--out", keys, "--name", "client-0", "--json")
+    assert result.exit_code == 0, result.output
+    key_id = json.loads(result.stdout)["key_id"]
+    trusted.mkdir()
+    (trusted / "client-0.pub").write_bytes((keys / "client-0.pub").read_bytes())
+    signed = tmp_path / "signed"
+    result = run("emit-logits", world / "spec-0", world / "parts" / "proxy", "--out", signed,
+                 "--sign-key", keys / "client-0.key")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in signed.iterdir())[-1] == "signature.json"
+    result = run("verify", signed, "--trusted-keys", trusted, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["signer"] == key_id
+    result = run("aggregate", signed, "--out", tmp_path / "teacher", "--trusted-keys", trusted,
+                 "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["clients"][0]["signer"] == key_id
+    # the round-1 consensus of the fixture is unsigned: a student may not learn from it
+    result = run("distill", world / "bert.json", world / "parts" / "proxy", world / "consensus",
+                 "--out", tmp_path / "student", "--tokenizer", world / "tokenizer",
+                 "--trusted-keys", trusted)
+    assert result.exit_code == 1 and "unsigned (no signature.json)" in result.stderr
+    assert not (tmp_path / "student").exists()

@@ -53,6 +53,7 @@ class Federation:
     declare_label_counts: bool = False
     proxy_slices: int = 1
     sharpen: float | None = None
+    poisoned: dict[int, str] = field(default_factory=dict)  # client index -> poison kind
     seed: int = 0
     progress: bool = False
     log: Callable[[str], None] = print
@@ -84,6 +85,7 @@ class Federation:
     def run_round(self, r: int, meter) -> dict[str, Any]:
         """Specialists, bundles, the consensus and the student of round ``r``; returns the
         round's record (scores and the bytes each direction carried)."""
+        from ..poison import poison_bundle
         from .emit import emit_logits
         from .evaluate import evaluate
         from .train_specialist import train_specialist
@@ -124,6 +126,8 @@ class Federation:
                             declare_label_counts=self.declare_label_counts,
                             proxy_slice=self.slice_of(r), seed=self.seed,
                             progress=self.progress)
+                if i in self.poisoned:  # a hostile client: it sends what it likes
+                    poison_bundle(bundle, self.poisoned[i], seed=self.seed + 1000 * r + i)
                 uploads.append(dir_bytes(bundle))
                 specialists.append({"client_id": f"client-{i}", "architecture": arch,
                                     "train_examples": self.sizes[i],

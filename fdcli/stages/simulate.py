@@ -44,6 +44,13 @@ DEFAULTS = {"image": (("vit", "resnet"), "resnet"), "text": (("bert", "distilber
 BASELINES = ("fedavg", "standalone", "centralized")
 
 
+def _flagged(teacher: Path) -> list[str]:
+    """The clients the aggregate's outlier report flagged in ``teacher``'s provenance."""
+    from ..bundle import read_manifest
+
+    return [p["client_id"] for p in read_manifest(teacher).provenance if p.get("outlier")]
+
+
 def digits_dataset():
     """scikit-learn's 1,797 handwritten digits as an image dataset with named labels."""
     import datasets
@@ -67,6 +74,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
              round_epochs: float = 5.0, round_distill_epochs: float = 30.0,
              digest_weight: float = 0.2, schedule: str = "mixed", from_student: bool = False,
              proxy_slices: int = 1, sharpen: float | None = 0.1,
+             poison: float = 0.0, poison_kind: str = "flip",
              baselines: Sequence[str] = BASELINES, fedavg_rounds: int = 20,
              fedavg_local_epochs: float = 3.0, fedavg_fraction: float = 1.0,
              target_fraction: float = 0.95, privacy: bool = True, seed: int = 0,
@@ -89,6 +97,10 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     temperature to every consensus. The fd curve gets one point per round,
     with bytes both ways (:mod:`fdcli.stages.federation`). ``compare_rules`` students are
     distilled from the last round's bundles.
+
+    ``poison`` is the fraction of clients that are hostile: their bundles are replaced by
+    ``poison_kind`` predictions (:mod:`fdcli.poison`) every round. The results name them
+    and the clients the aggregate's outlier report flagged.
     """
     from ..meter import StageMeter
     from ..report import bytes_to_target, markdown, one_shot_curve, plot, ratios_to
@@ -96,6 +108,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     from .evaluate import evaluate
     from .federation import Federation, scores
     from .partition import partition
+    from ..poison import POISON_KINDS, poisoned_clients
     from .train_specialist import SCHEDULES, train_specialist
 
     unknown = [b for b in baselines if b not in BASELINES]
@@ -110,6 +123,10 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                          f"got {rounds}, {round_epochs} and {round_distill_epochs}")
     if proxy_slices < 1:
         raise ValueError(f"proxy_slices must be >= 1, got {proxy_slices}")
+    if poison_kind not in POISON_KINDS:
+        raise ValueError(f"poison kind must be one of {list(POISON_KINDS)}, got "
+                         f"{poison_kind!r}")
+    poisoned = {i: poison_kind for i in poisoned_clients(num_clients, poison, seed)}
     if schedule not in SCHEDULES or not 0 < digest_weight <= 1:
         raise ValueError(f"schedule must be one of {list(SCHEDULES)} and digest_weight in "
                          f"(0, 1]; got {schedule!r} and {digest_weight}")
@@ -141,7 +158,8 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                   "round_epochs": round_epochs, "round_distill_epochs": round_distill_epochs,
                   "digest_weight": digest_weight, "schedule": schedule,
                   "from_student": from_student, "proxy_slices": proxy_slices,
-                  "sharpen": sharpen,
+                  "sharpen": sharpen, "poison": poison,
+                  "poison_kind": poison_kind if poisoned else None,
                   "baselines": list(baselines), "fedavg_rounds": fedavg_rounds,
                   "fedavg_local_epochs": fedavg_local_epochs,
                   "fedavg_fraction": fedavg_fraction, "target_fraction": target_fraction,
@@ -158,7 +176,8 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                          round_distill_epochs=round_distill_epochs, digest_weight=digest_weight,
                          schedule=schedule, from_student=from_student,
                          declare_label_counts="coverage" in [rule, *compare_rules],
-                         proxy_slices=proxy_slices, sharpen=sharpen, seed=seed,
+                         proxy_slices=proxy_slices, sharpen=sharpen, poisoned=poisoned,
+                         seed=seed,
                          progress=progress, log=log)
         for r in range(1, rounds + 1):
             fed.run_round(r, meter)
@@ -263,6 +282,8 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                 name: bytes_to_target(c, students[rule]["accuracy"])
                 for name, c in curves.items()},
             "privacy": privacy_report,
+            "poisoned_clients": [f"client-{i}" for i in sorted(poisoned)],
+            "outliers_flagged": _flagged(fed.teacher_dir(rounds)),
         }
         if central:
             results["centralized"] = {"architecture": student, **central}
