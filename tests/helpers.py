@@ -33,11 +33,12 @@ def make_bundle(path: Path, codec, *, task="token", vocab=64, examples=6, rows_p
     ids = torch.arange(examples) * 10 + 3
     names = labels or [f"label-{i}" for i in range(vocab)]
     kw.setdefault("proxy_fingerprint", PROXY_FP)
+    kw.setdefault("client_id", "client-a")
     with BundleWriter(path, codec=codec, task=task, num_classes=vocab,
                       label_names=names if task == "classification" else None,
                       label_fingerprint=None if task == "classification"
                       else fingerprint_labels(names),
-                      client_id="client-a", model_fingerprint=MODEL_FP, **kw) as w:
+                      model_fingerprint=MODEL_FP, **kw) as w:
         w.add(ids, logits, row_counts=rows_per_example if task == "token" else None)
     return w.manifest, logits, ids, torch.tensor(rows_per_example)
 

@@ -131,7 +131,8 @@ def test_aggregate_stage_streams_token_bundles_and_resparsifies(tmp_path):
     counts = [3, 1, 5, 2]
     for i, k in enumerate((4, 6)):
         make_bundle(tmp_path / f"b{i}", TopKCodec(k, "fp16"), vocab=40, examples=4,
-                    rows_per_example=counts, data_seed=i, max_shard_rows=4 + i)
+                    rows_per_example=counts, data_seed=i, max_shard_rows=4 + i,
+                    client_id=f"client-{i}")
     m = aggregate([tmp_path / "b0", tmp_path / "b1"], tmp_path / "t", rule="mean", k=5,
                   value_dtype="fp16", progress=False)
     assert (m.task, m.rows, m.examples, m.encoding["k"]) == ("token", 11, 4, 5)
@@ -162,7 +163,8 @@ def test_aggregate_refuses_mismatched_token_rows(tmp_path):
     from fdcli.stages.aggregate import aggregate
 
     make_bundle(tmp_path / "a", TopKCodec(4), vocab=40, examples=3, rows_per_example=[2, 2, 2])
-    make_bundle(tmp_path / "b", TopKCodec(4), vocab=40, examples=3, rows_per_example=[2, 3, 2])
+    make_bundle(tmp_path / "b", TopKCodec(4), vocab=40, examples=3, rows_per_example=[2, 3, 2],
+                client_id="client-b")
     with pytest.raises(IncompatibleBundlesError, match=r"example 13 has 3 token rows, but .*a "
                                                        "has 2; the bundles tokenized"):
         aggregate([tmp_path / "a", tmp_path / "b"], tmp_path / "t", progress=False)

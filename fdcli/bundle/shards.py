@@ -56,60 +56,77 @@ def write_file_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-#: compressed bytes fed to the decompressor at a time: a zstd block of at most 128 KiB can be
-#: coded in 4 bytes, so one step never inflates more than about 64 MiB past what was asked.
-_STEP = 2048
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def frame_extent(data: bytes, where: str) -> None:
+    """Require ``data`` to be exactly one complete zstd frame: its blocks walked from the
+    frame header to the last one, then the 4-byte checksum when the frame has one, and
+    nothing after. (zstd's streaming decoder accepts a frame cut before its checksum.)"""
+    if data[:4] != _ZSTD_MAGIC:
+        raise BundleError(f"{where}: not a zstd frame (bad magic number); expected a "
+                          "zstd-compressed safetensors file")
+    try:
+        pos = zstandard.frame_header_size(data)
+        checksum = zstandard.get_frame_parameters(data).has_checksum
+    except zstandard.ZstdError as exc:
+        raise BundleError(f"{where}: not a zstd frame ({exc})") from None
+    while True:
+        if pos + 3 > len(data):
+            raise BundleError(f"{where}: the zstd frame is incomplete (it ends inside a "
+                              "block); the file was truncated")
+        head = int.from_bytes(data[pos:pos + 3], "little")
+        last, kind, size = head & 1, (head >> 1) & 3, head >> 3
+        if kind == 3:
+            raise BundleError(f"{where}: corrupt zstd data (a reserved block type)")
+        pos += 3 + (1 if kind == 1 else size)
+        if last:
+            break
+    end = pos + (4 if checksum else 0)
+    if end > len(data):
+        raise BundleError(f"{where}: the zstd frame is incomplete (its end or checksum is "
+                          "missing); the file was truncated")
+    if end < len(data):
+        raise BundleError(f"{where}: {len(data) - end} byte(s) follow the zstd frame; a shard "
+                          "is exactly one frame")
 
 
 class FrameReader:
-    """Bounded streaming decompression of exactly one complete zstd frame.
-
-    :meth:`read` inflates only as much as it is asked for (plus at most one step), so a
-    bomb is refused after a few MiB, not after it has been inflated in full; :meth:`finish`
-    requires the frame to end (its checksum included) exactly where the data ends."""
+    """Bounded streaming decompression of exactly one complete zstd frame: :meth:`read`
+    inflates only as much as it is asked for, so a bomb is refused after its header, not
+    after it has been inflated in full; :meth:`finish` requires the frame to end exactly
+    where the data ends, after exactly ``expected_size`` bytes."""
 
     def __init__(self, data: bytes, where: str, expected_size: int):
-        self.data, self.where, self.expected = data, where, expected_size
-        self._dobj = zstandard.ZstdDecompressor().decompressobj()
-        self._pos, self._buf, self._out = 0, bytearray(), 0
-
-    def _step(self) -> bool:
-        if self._dobj.eof or self._pos >= len(self.data):
-            return False
-        chunk = self.data[self._pos:self._pos + _STEP]
-        self._pos += len(chunk)
-        try:
-            got = self._dobj.decompress(chunk)
-        except zstandard.ZstdError as exc:
-            raise BundleError(f"{self.where}: corrupt zstd data ({exc})") from None
-        self._out += len(got)
-        if self._out > self.expected:
-            raise BundleError(f"{self.where}: decompressed to more than {self.expected} bytes, "
-                              "the size the manifest declares; refusing to inflate it further")
-        self._buf += got
-        return True
+        frame_extent(data, where)
+        self.where, self.expected = where, expected_size
+        self._reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
+        self._got = 0
 
     def read(self, n: int) -> bytes:
         """The next ``n`` bytes of the frame (fewer only if it ends first)."""
-        while len(self._buf) < n and self._step():
-            pass
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
+        parts = []
+        try:
+            while n > 0:
+                chunk = self._reader.read(n)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                n -= len(chunk)
+        except zstandard.ZstdError as exc:
+            raise BundleError(f"{self.where}: corrupt zstd data ({exc})") from None
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._got += len(out)
         return out
 
     def finish(self) -> None:
-        """Require the frame to be complete and to be the whole of the data."""
-        while self._step():
-            pass
-        if self._buf:
-            raise BundleError(f"{self.where}: decompressed to more than {self.expected} bytes")
-        if not self._dobj.eof:
-            raise BundleError(f"{self.where}: the zstd frame is incomplete (its end or checksum "
-                              "is missing); the file was truncated")
-        extra = len(self._dobj.unused_data) + len(self.data) - self._pos
-        if extra:
-            raise BundleError(f"{self.where}: {extra} byte(s) follow the zstd frame; a shard is "
-                              "exactly one frame")
+        """Require the frame to hold nothing past ``expected_size`` bytes."""
+        if self._got != self.expected:
+            raise BundleError(f"{self.where}: decompressed to only {self._got} bytes; expected "
+                              f"{self.expected}")
+        if self.read(1):
+            raise BundleError(f"{self.where}: decompressed to more than {self.expected} bytes, "
+                              "the size the manifest declares")
 
 
 def frame_size(data: bytes, expected_size: int | None, where: str,
@@ -162,9 +179,6 @@ def decompress_shard(data: bytes, expected_size: int | None, where: str,
     if check is not None:
         check(header, meta)
     body = frame.read(size - 8 - n)
-    if len(body) != size - 8 - n:
-        raise BundleError(f"{where}: decompressed to only {8 + n + len(body)} bytes; expected "
-                          f"{size}")
     frame.finish()
     return head + blob + body, header, meta
 
@@ -176,8 +190,6 @@ def decompress_bounded(data: bytes, expected_size: int | None, where: str,
     size = frame_size(data, expected_size, where, limit)
     frame = FrameReader(data, where, size)
     out = frame.read(size)
-    if len(out) != size:
-        raise BundleError(f"{where}: decompressed to only {len(out)} bytes; expected {size}")
     frame.finish()
     return out
 
