@@ -70,8 +70,9 @@ def run(args) -> dict:
     scenarios = [("clean", 0.0)] + [(k, f) for f in args.fractions for k in args.kinds]
     rows = []
     for kind, fraction in scenarios:
-        bad = poisoned_clients(args.clients, fraction, args.seed) if kind != "clean" else []
-        here = out / f"{kind}-{fraction:g}"
+        bad = poisoned_clients(args.clients, fraction, args.poison_seed) \
+            if kind != "clean" else []
+        here = out / f"seed{args.poison_seed}" / f"{kind}-{fraction:g}"
         if here.exists():
             shutil.rmtree(here)
         bundles = []
@@ -79,7 +80,7 @@ def run(args) -> dict:
             dst = here / "bundles" / src.name
             shutil.copytree(src, dst)
             if i in bad:
-                poison_bundle(dst, kind, seed=args.seed + i)
+                poison_bundle(dst, kind, seed=args.poison_seed + i)
             bundles.append(dst)
         for rule in args.rules:
             teacher = here / "teachers" / rule
@@ -100,6 +101,7 @@ def run(args) -> dict:
             print(json.dumps(rows[-1]), flush=True, file=__import__("sys").stderr)
     return {"config": {"clients": args.clients, "alpha": args.alpha, "epochs": args.epochs,
                        "distill_epochs": args.distill_epochs, "seed": args.seed,
+                       "poison_seed": args.poison_seed,
                        "student": sim_results["config"]["student"],
                        "architectures": sim_results["config"]["architectures"]},
             "specialists_accuracy": [s["accuracy"] for s in sim_results["specialists"]],
@@ -138,7 +140,9 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument("--kinds", nargs="+", default=["random", "flip", "overconfident"])
     parser.add_argument("--rules", nargs="+", default=list(RULES))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Federation and student seed.")
+    parser.add_argument("--poison-seed", type=int, default=0,
+                        help="Which clients are poisoned (fdcli.poison.poisoned_clients).")
     args = parser.parse_args()
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))

@@ -467,6 +467,9 @@ def aggregate(
     k: Annotated[int, typer.Option(help="Token bundles: ids kept per row in the result.")] = 16,
     value_dtype: Annotated[str, typer.Option(help="Token bundles: int8 or fp16 values.")]
     = "int8",
+    outlier_z: Annotated[float, typer.Option(
+        help="Flag a client whose distance from the consensus has a robust z-score above "
+             "this.")] = 2.0,
     trusted_keys: TrustedOpt = None, sign_key: SignOpt = None, limit: LimitOpt = None,
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
@@ -488,7 +491,8 @@ def aggregate(
                 era_temperature=era_temperature, trim=trim,
                 prior_correction=prior_correction, sharpen=sharpen, k=k, value_dtype=value_dtype,
                 seed=seed, overwrite=overwrite, limits=_limits(limit),
-                trusted_keys=_trusted(trusted_keys), sign_key=_sign_key(sign_key))
+                trusted_keys=_trusted(trusted_keys), sign_key=_sign_key(sign_key),
+                outlier_z=outlier_z)
     clients = [{key: p.get(key) for key in ("path", "client_id", "signer", "examples",
                                             "distance_from_consensus", "agreement",
                                             "robust_z", "outlier")} for p in m.provenance]

@@ -117,7 +117,7 @@ def read_regular(path: Path, max_bytes: int, what: str = "file",
                               "the file is trusted)")
         parts, got = [], 0
         while got <= size:  # one byte more than fstat said, to notice a growing file
-            chunk = os.read(fd, min(size + 1 - got, 16 * _MIB))
+            chunk = os.read(fd, size + 1 - got)  # size was checked against max_bytes
             if not chunk:
                 break
             parts.append(chunk)
@@ -128,7 +128,7 @@ def read_regular(path: Path, max_bytes: int, what: str = "file",
         os.close(fd)
     if got != size:
         raise BundleError(f"{path}: changed while it was read ({got} bytes, fstat said {size})")
-    return b"".join(parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def json_depth(value) -> int:

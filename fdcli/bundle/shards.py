@@ -97,8 +97,9 @@ class FrameReader:
     after it has been inflated in full; :meth:`finish` requires the frame to end exactly
     where the data ends, after exactly ``expected_size`` bytes."""
 
-    def __init__(self, data: bytes, where: str, expected_size: int):
-        frame_extent(data, where)
+    def __init__(self, data: bytes, where: str, expected_size: int, walked: bool = False):
+        if not walked:
+            frame_extent(data, where)
         self.where, self.expected = where, expected_size
         self._reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
         self._got = 0
@@ -178,9 +179,11 @@ def decompress_shard(data: bytes, expected_size: int | None, where: str,
     header, meta = parse_header_json(blob, size - 8 - n, where)
     if check is not None:
         check(header, meta)
-    body = frame.read(size - 8 - n)
+    # inflate again from the start into one buffer: cheaper than joining the pieces
+    frame = FrameReader(data, where, size, walked=True)
+    raw = frame.read(size)
     frame.finish()
-    return head + blob + body, header, meta
+    return raw, header, meta
 
 
 def decompress_bounded(data: bytes, expected_size: int | None, where: str,

@@ -18,8 +18,9 @@ from ..progress import progress_bar
 from ..rules import CONFIDENCE_MEASURES, RULES, aggregate_sparse, consensus_distance
 from ..rules import sharpen as sharpen_probs
 
-#: a client whose mean distance from the consensus has a robust z-score above this is flagged.
-OUTLIER_Z = 3.5
+#: a client whose mean distance from the consensus has a robust z-score above this is flagged
+#: (on benchmarks/poison_table.py: 17 of 18 poisoned clients, 1 of 82 honest ones).
+OUTLIER_Z = 2.0
 
 
 def manifest_digest(path: Path) -> str:
@@ -91,10 +92,12 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
               trim: float = 0.2, prior_correction: bool = True,
               sharpen: float | None = None, k: int = 16, value_dtype: str = "int8", seed: int = 0,
               overwrite: bool = False, progress: bool = True, limits: Limits = DEFAULT_LIMITS,
-              trusted_keys: dict | None = None, sign_key=None) -> BundleManifest:
+              trusted_keys: dict | None = None, sign_key=None,
+              outlier_z: float = OUTLIER_Z) -> BundleManifest:
     """Combine bundles per example with ``rule`` (see :mod:`fdcli.rules`) and write the result,
     with a provenance that lists every input, its sha256, its signer and its distance from
-    the consensus (``outlier`` marks a client to look at). ``sharpen`` T applies DS-FL's
+    the consensus (``outlier`` marks a client to look at: a robust z-score of its distance
+    above ``outlier_z``). ``sharpen`` T applies DS-FL's
     entropy reduction, softmax(p / T), to any rule's result (classification).
 
     The same bundle or client twice is refused, as is an ``out`` inside an input. With
@@ -141,12 +144,13 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
             config[key] = first.producer.config.get(key)
         config.update(k=k, value_dtype=value_dtype)
         return _aggregate_tokens(readers, out, rule, params, TopKCodec(k, value_dtype),
-                                 config, common, progress)
-    return _aggregate_classes(readers, out, rule, params, config, common, progress, sharpen)
+                                 config, common, progress, outlier_z)
+    return _aggregate_classes(readers, out, rule, params, config, common, progress, sharpen,
+                              outlier_z)
 
 
 def _aggregate_classes(readers, out, rule, params, config, common, progress,
-                       sharpening) -> BundleManifest:
+                       sharpening, outlier_z) -> BundleManifest:
     """Stream classification bundles in step, one shard per bundle decoded at a time, and
     combine up to 4,096 examples at a time into a dense bundle: memory is bounded by the
     shards and the chunk, not by the number of clients times the proxy size."""
@@ -155,7 +159,7 @@ def _aggregate_classes(readers, out, rule, params, config, common, progress,
     readers[0].check_dense(1, clients=clients, itemsize=8)  # one example of every client
     chunk = max(1, min(4096, readers[0].limits.max_dense_bytes // (3 * clients * c * 8)))
     streams = [_Examples(r, decode=True, window=chunk) for r in readers]
-    tally = OutlierTally(clients)
+    tally = OutlierTally(clients, outlier_z)
     with BundleWriter(out, codec=DenseCodec(), task="classification",
                       num_classes=c, label_names=first.label_space.get("names"),
                       label_fingerprint=first.label_fingerprint, config=config,
@@ -194,7 +198,8 @@ class OutlierTally:
     """Each client's mean distance from the consensus and top-class agreement, accumulated
     over the examples it has (:func:`fdcli.rules.consensus_distance`)."""
 
-    def __init__(self, clients: int):
+    def __init__(self, clients: int, threshold: float = OUTLIER_Z):
+        self.threshold = threshold
         self.tv = torch.zeros(clients, dtype=torch.float64)
         self.agree = torch.zeros(clients, dtype=torch.float64)
         self.count = torch.zeros(clients, dtype=torch.float64)
@@ -215,7 +220,7 @@ class OutlierTally:
         # a floor on the spread, so that near-identical honest clients do not flag each other
         z = (tv - med) / max(float(mad), 0.02)
         return [{"distance_from_consensus": round(float(t), 6), "agreement": round(float(a), 6),
-                 "robust_z": round(float(zz), 3), "outlier": bool(zz > OUTLIER_Z)}
+                 "robust_z": round(float(zz), 3), "outlier": bool(zz > self.threshold)}
                 for t, a, zz in zip(tv, agree, z)]
 
     def annotate(self, provenance: list[dict]) -> list[dict]:
@@ -375,7 +380,7 @@ def _in_step(streams: Sequence[_Examples]):
 
 
 def _aggregate_tokens(readers, out, rule, params, codec, config, common,
-                      progress) -> BundleManifest:
+                      progress, outlier_z) -> BundleManifest:
     """Stream token bundles in step, example by example, combining a few thousand rows at a
     time over the union of the clients' kept ids (:func:`fdcli.rules.aggregate_sparse`)."""
     first = readers[0].manifest
@@ -385,7 +390,7 @@ def _aggregate_tokens(readers, out, rule, params, codec, config, common,
                                            "streamed; emit token bundles as topk or sample")
     streams = [_Examples(r) for r in readers]
     v = first.num_classes
-    tally = OutlierTally(len(readers))
+    tally = OutlierTally(len(readers), outlier_z)
     with BundleWriter(out, codec=codec, task="token", num_classes=v,
                       label_fingerprint=first.label_fingerprint, config=config,
                       **common) as writer, \
