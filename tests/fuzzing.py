@@ -3,7 +3,8 @@ and raw, resealed so that the deeper checks are reached) and file types (symlink
 folders, empty files, strays). Every case runs verify, a full read, inspect and aggregate;
 only :class:`~fdcli.errors.FdError` may escape.
 
-Run as ``python -m tests.fuzzing [--scale N]``: it prints ``{"cases", "seconds", "max_rss_mib"}`` as JSON.
+Run as ``python -m tests.fuzzing [--scale N]``: it prints ``{"cases", "seconds",
+"max_rss_mib"}`` as JSON.
 ``tests/test_fuzz.py`` runs it in a child process, to bound its time and its peak memory.
 """
 

@@ -496,7 +496,8 @@ CODECS: dict[str, type[Codec]] = {c.name: c for c in (DenseCodec, TopKCodec, Sam
 def codec_from_spec(spec: Any, where: str = "encoding") -> Codec:
     """Build a codec from a manifest's ``encoding`` object (``{"name": ..., **params}``)."""
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise BundleError(f"{where}: expected an object with a 'name' string, found {repr(spec)[:80]}")
+        raise BundleError(f"{where}: expected an object with a 'name' string, found "
+                          f"{repr(spec)[:80]}")
     params = {k: v for k, v in spec.items() if k != "name"}
     cls = CODECS.get(spec["name"])
     if cls is None:

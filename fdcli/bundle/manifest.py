@@ -105,7 +105,8 @@ class BundleManifest:
                               f"{_show(d.get('format'))}; this is not an fd logit bundle")
         if d.get("version") != FORMAT_VERSION:
             raise BundleError(f"{where}: field 'version': this fd reads bundle format version "
-                              f"{FORMAT_VERSION}, found version {_show(d.get('version'))}; use an fd "
+                              f"{FORMAT_VERSION}, found version {_show(d.get('version'))}; "
+                              "use an fd "
                               "release that knows that version, or re-emit the bundle")
         p: list[str] = []
 
@@ -143,7 +144,8 @@ class BundleManifest:
             if obj is not None:
                 fp = need("fingerprint", str, obj, f"{key}.")
                 if fp is not None and not _FINGERPRINT_RE.match(fp):
-                    p.append(f"field '{key}.fingerprint': expected 'algo:hexdigest', found {_show(fp)}")
+                    p.append(f"field '{key}.fingerprint': expected 'algo:hexdigest', found "
+                             f"{_show(fp)}")
         names = (d.get("label_space") or {}).get("names") if isinstance(
             d.get("label_space"), dict) else None
         if names is not None:

@@ -22,8 +22,8 @@ from ..errors import FdError
 from ..outputs import (check_free, fsync_dir, make_parents, move_into_place, remove_created,
                        temporary_sibling)
 from .codecs import Codec
-from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, SIGNATURE, TASKS, BundleManifest, Producer,
-                       ShardInfo, fingerprint_labels)
+from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, SIGNATURE, TASKS, BundleManifest,
+                       Producer, ShardInfo, fingerprint_labels)
 from .shards import ZSTD_LEVEL, encode_shard, sha256_bytes, write_file_atomic
 from .sparse import SparseRows, concat_rows, kl_rows, log_softmax_rows
 

@@ -1,0 +1,109 @@
+"""``fd inspect``, ``fd verify`` and ``fd keygen``: looking at bundles and signing them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from . import cli_options as opts
+from .cli import app
+from .cli_options import JsonOpt, LimitOpt, Overwrite, TrustedOpt
+from .console import _ERROR, err, human, out, plain, print_json, report, reporting_errors
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A bundle folder, or one shard file "
+                                              "(shard-NNNNN.safetensors.zst).")],
+    limit: LimitOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Describe a logit bundle, or a single shard, without trusting more than it must.
+
+    For a bundle this reads only the manifest: task, encoding, label space, producer, sizes
+    and fidelity. Use [bold]fd verify[/bold] to check every shard.
+
+    [bold]Example[/bold]: fd inspect clients/hospital-a/bundle --json
+    """
+    from .bundle.inspect import describe
+
+    with reporting_errors():
+        info = describe(path, opts.limits(limit))
+    if json_out:
+        print_json(info)
+        return
+    table = Table(title=plain(f"{info['kind']}: {path}"), show_header=False,
+                  title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in info["summary"].items():
+        table.add_row(plain(str(key)), human(value) if key.endswith("bytes") and isinstance(
+            value, (int, float)) else plain(str(value)))
+    out.print(table)
+
+
+@app.command()
+def verify(
+    bundle_dir: Annotated[Path, typer.Argument(help="The bundle folder to check.")],
+    trusted_keys: TrustedOpt = None, limit: LimitOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Check everything in a bundle: the manifest, its signature if it has one, every
+    shard's size and sha256, bounded decompression, tensor shapes and dtypes, and the values
+    themselves. With [bold]--trusted-keys[/bold] an unsigned bundle, or one signed by a key
+    not in that folder, is refused.
+
+    Exits 0 on a sound bundle and 1 otherwise, listing every problem found.
+
+    [bold]Example[/bold]: fd verify usb-stick/hospital-a-bundle --trusted-keys keys/
+    """
+    from .bundle import verify_bundle
+
+    with reporting_errors():
+        report = verify_bundle(bundle_dir, opts.limits(limit), opts.trusted(trusted_keys))
+    if json_out:
+        print_json({"path": str(bundle_dir), "ok": report.ok, "problems": report.problems,
+                     "signer": report.signer, "shards_checked": report.shards_checked,
+                     "rows_checked": report.rows_checked})
+    elif report.ok:
+        m = report.manifest
+        signed = (f"signed by {report.signer}" + ("" if trusted_keys else
+                                                  " (not checked against trusted keys)")
+                  if report.signer else "unsigned")
+        out.print(Text("OK ", style="green") + plain(
+            f"{bundle_dir}: {report.shards_checked} shard(s), {report.rows_checked} rows, "
+            f"{m.examples} examples, encoding {m.encoding['name']}, {signed}"), soft_wrap=True)
+    else:
+        problems = report.problems
+        if len(problems) == 1:
+            err.print(_ERROR + plain(problems[0]), highlight=False, soft_wrap=True)
+        else:
+            err.print(_ERROR + plain(f"{bundle_dir}: {len(problems)} problem(s) found:"),
+                      highlight=False, soft_wrap=True)
+            for p in problems:
+                err.print(plain(f"  - {p}"), highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def keygen(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the key files.")],
+    name: Annotated[str, typer.Option(help="Key name: writes NAME.key and NAME.pub.")] = "fd",
+    overwrite: Overwrite = False, json_out: JsonOpt = False,
+) -> None:
+    """Make an Ed25519 key pair for signing bundles: NAME.key stays with the institution
+    (mode 0600); NAME.pub goes to the coordinator's [bold]--trusted-keys[/bold] folder.
+
+    [bold]Example[/bold]: fd keygen --out keys --name hospital-a; then fd emit-logits ...
+    --sign-key keys/hospital-a.key
+    """
+    from .bundle.signing import keygen as run
+
+    with reporting_errors():
+        result = run(out_dir, name, overwrite=overwrite)
+    report(result, json_out, "key pair")
+
+

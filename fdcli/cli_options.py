@@ -1,0 +1,74 @@
+"""The options the ``fd`` commands share, and the helpers that turn them into library
+arguments (imported lazily: ``fd --help`` loads no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
+LimitOpt = Annotated[Optional[list[str]], typer.Option(
+    "--limit", metavar="NAME=VALUE",
+    help="Change a resource limit on reading bundles (repeatable): max_manifest_bytes (8MiB), "
+         "max_json_depth (32), max_shard_bytes (1GiB), max_classes (1048576), "
+         "max_dense_bytes (2GiB). See docs/bundle-format.md.")]
+TrustedOpt = Annotated[Optional[Path], typer.Option(
+    help="Folder of trusted public keys (NAME.pub, from fd keygen): refuse bundles that are "
+         "unsigned, signed by another key, or altered after signing.")]
+SignOpt = Annotated[Optional[Path], typer.Option(
+    help="Private key (NAME.key, from fd keygen) to sign the bundle's manifest with.")]
+
+
+DataOpt = Annotated[Path, typer.Argument(help="A local dataset: csv, json/jsonl, parquet, txt, "
+                                              "an imagefolder or a save_to_disk folder.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not exist).")]
+TextCol = Annotated[Optional[str], typer.Option(help="Text column (default: text, sentence, "
+                                                     "content or document).")]
+ImageCol = Annotated[Optional[str], typer.Option(help="Image column (default: image or img, or "
+                                                      "any Image feature).")]
+LabelCol = Annotated[Optional[str], typer.Option(help="Label column (default: label, labels, "
+                                                      "target or class).")]
+SplitOpt = Annotated[Optional[str], typer.Option(help="Split of a multi-split dataset folder.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed, recorded in the output.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+Epochs = Annotated[float, typer.Option(help="Training epochs.")]
+LR = Annotated[float, typer.Option("--lr", help="Learning rate.")]
+Batch = Annotated[int, typer.Option(help="Batch size.")]
+TokenizerOpt = Annotated[Optional[Path], typer.Option(
+    help="Tokenizer folder, for text models built from a config file.")]
+TaskOpt = Annotated[str, typer.Option(help="classification, or causal-lm for token-level "
+                                           "distillation of language models.")]
+MaxLen = Annotated[Optional[int], typer.Option(
+    help="causal-lm: tokens per example block (default: the length fd trained the model "
+         "with, else 128 or the model's positions if fewer).")]
+Packing = Annotated[bool, typer.Option("--packing/--no-packing",
+                                       help="causal-lm: pack documents into full blocks, or "
+                                            "truncate each document.")]
+TASKS = ("classification", "causal-lm")
+
+
+def check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"--task must be one of {list(TASKS)}, got {task!r}")
+
+
+def limits(items: list[str] | None):
+    from .bundle.safeio import DEFAULT_LIMITS
+
+    return DEFAULT_LIMITS.with_overrides(items)
+
+
+def trusted(folder: Path | None):
+    from .bundle.signing import load_trusted_keys
+
+    return None if folder is None else load_trusted_keys(folder)
+
+
+def sign_key(path: Path | None):
+    from .bundle.signing import load_private_key
+
+    return None if path is None else load_private_key(path)
+
+

@@ -1,0 +1,225 @@
+"""``fd simulate``: a whole federation on this machine, and its tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from . import cli_options as opts
+from .cli import app
+from .cli_options import JsonOpt, Overwrite, SeedOpt, TaskOpt
+from .console import err, human, out, plain, print_json, reporting_errors
+
+
+@app.command()
+def simulate(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
+        "fd-simulation"),
+    task: TaskOpt = "classification",
+    data: Annotated[Optional[Path], typer.Option(help="A labelled image or text dataset (default: "
+                                                      "scikit-learn's digits).")] = None,
+    num_clients: Annotated[Optional[int], typer.Option(
+        help="Number of institutions (default: 5, or 4 for causal-lm).")] = None,
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration of the label split.")]
+    = 1.0,
+    proxy_fraction: Annotated[float, typer.Option(help="Share of the data that becomes the "
+                                                       "shared proxy set.")] = 0.2,
+    rule: Annotated[Optional[str], typer.Option(
+        help="Aggregation rule (default: coverage, whose bundles declare their label counts; "
+             "confidence for causal-lm).")] = None,
+    compare_rules: Annotated[Optional[str], typer.Option(
+        help="Other rules to distill a student with from the last round's bundles, "
+             "comma-separated, '' for none (default: none; mean for causal-lm).")] = None,
+    architectures: Annotated[Optional[str], typer.Option(
+        help="Specialist architectures, assigned in turn (default: vit,resnet; gpt2,llama "
+             "for causal-lm).")] = None,
+    student: Annotated[Optional[str], typer.Option(
+        help="Student architecture (default: resnet; gpt2 for causal-lm).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(
+        help="Specialist epochs (default: 60; 2 for causal-lm).")] = None,
+    distill_epochs: Annotated[Optional[float], typer.Option(
+        help="Distillation epochs (default: 100; 2 for causal-lm).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: 2e-3).")]
+    = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="Batch size (default: 32; 16 blocks for causal-lm).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(
+        help="Distillation temperature (default: 2; causal-lm: as fd distill picks).")] = None,
+    max_length: Annotated[int, typer.Option(help="causal-lm: tokens per block.")] = 64,
+    hard_weight: Annotated[Optional[float], typer.Option(
+        help="causal-lm: share of next-token cross-entropy on the proxy in the student's "
+             "loss (default 0.5).")] = None,
+    k: Annotated[int, typer.Option(help="causal-lm: ids kept per token in the bundles.")] = 16,
+    client_chars: Annotated[int, typer.Option(
+        help="causal-lm: characters of source per institution.")] = 300_000,
+    proxy_chars: Annotated[int, typer.Option(
+        help="causal-lm: characters of source in the proxy set.")] = 600_000,
+    rounds: Annotated[Optional[int], typer.Option(
+        help="Rounds of federated distillation: after the first, the consensus goes back to "
+             "the clients, which update their specialists from it and their data (default: "
+             "2; 1 is one-shot).")] = None,
+    round_epochs: Annotated[Optional[float], typer.Option(
+        help="Specialist epochs in each round after the first (default: 5).")] = None,
+    round_distill_epochs: Annotated[Optional[float], typer.Option(
+        help="Epochs the student continues on each later round's consensus (default: 30)."
+    )] = None,
+    digest_weight: Annotated[Optional[float], typer.Option(
+        help="Later rounds: weight of KD toward the consensus in the specialists' loss "
+             "(default: 0.2).")] = None,
+    schedule: Annotated[Optional[str], typer.Option(
+        help="Later rounds: mixed or alternate (see fd train-specialist).")] = None,
+    from_student: Annotated[bool, typer.Option(
+        "--from-student", help="Later rounds: start each specialist from the current student "
+        "(a public model; its weights count as downloaded bytes).")] = False,
+    proxy_slices: Annotated[Optional[int], typer.Option(
+        help="Emit on a fresh slice of the proxy set each round, in turn, out of this many "
+             "(default: 1, the whole proxy set every round).")] = None,
+    sharpen: Annotated[Optional[float], typer.Option(
+        help="Sharpen every consensus to softmax(p / T) at this temperature (see fd "
+             "aggregate; default 0.1, 0 for none).")] = None,
+    poison: Annotated[Optional[float], typer.Option(
+        help="Share of the clients that are hostile (e.g. 0.2): their bundles are replaced "
+             "by --poison-kind predictions every round.")] = None,
+    poison_kind: Annotated[Optional[str], typer.Option(
+        help="random (confident noise), flip (every class moved to the next) or "
+             "overconfident (certainty on a wrong class). Default: flip.")] = None,
+    baselines: Annotated[str, typer.Option(
+        help="Baselines to run, comma-separated: fedavg (Flower FedAvg, fp32 and 8-bit), "
+             "standalone (each specialist alone; a student from one teacher), centralized "
+             "('' for none).")] = "fedavg,standalone,centralized",
+    fedavg_rounds: Annotated[int, typer.Option(help="FedAvg rounds.")] = 20,
+    fedavg_local_epochs: Annotated[float, typer.Option(
+        help="FedAvg local epochs per round.")] = 3.0,
+    fedavg_fraction: Annotated[float, typer.Option(
+        help="Share of the clients FedAvg samples each round.")] = 1.0,
+    target_fraction: Annotated[float, typer.Option(
+        help="bytes_to_target's target, as a share of the centralized accuracy.")] = 0.95,
+    privacy: Annotated[bool, typer.Option(
+        help="Run the membership-inference attacks.")] = True,
+    seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
+) -> None:
+    """Run a whole federation on this machine and compare the student with each specialist
+    and with the baselines: Flower FedAvg (fp32 and 8-bit), standalone training and
+    centralized training. Writes OUT/results.json, OUT/report.md, OUT/accuracy_vs_bytes.png
+    and every artifact on the way.
+
+    With no arguments it uses scikit-learn's digits and tiny random-init ViTs and ResNets;
+    a text dataset (--data) gets tiny BERTs and DistilBERTs and a word tokenizer trained on
+    the proxy texts.
+    With [bold]--task causal-lm[/bold], institutions hold the source of different Python
+    standard-library packages and train small GPT-2 and Llama models. Neither needs a download.
+
+    [bold]Example[/bold]: fd simulate --alpha 0.1 --out sim-alpha0.1
+    """
+    from .stages.simulate import simulate as run
+    from .stages.simulate_lm import simulate_lm
+
+    def log(message: str) -> None:
+        err.print(Text("fd simulate: ", style="dim") + plain(message), highlight=False)
+
+    given = {key: value for key, value in dict(
+        num_clients=num_clients, epochs=epochs, distill_epochs=distill_epochs,
+        learning_rate=lr, batch_size=batch_size, temperature=temperature,
+        hard_weight=hard_weight, rounds=rounds, round_epochs=round_epochs,
+        round_distill_epochs=round_distill_epochs, digest_weight=digest_weight,
+        schedule=schedule, proxy_slices=proxy_slices, sharpen=sharpen, poison=poison,
+        poison_kind=poison_kind).items()
+        if value is not None}
+    if given.get("sharpen") == 0:
+        given["sharpen"] = None
+    if from_student:
+        given["from_student"] = True
+    if architectures is not None:
+        given["architectures"] = [a for a in architectures.split(",") if a]
+    if student is not None:
+        given["student"] = student
+    if rule is not None:
+        given["rule"] = rule
+    if compare_rules is not None:
+        given["compare_rules"] = [r for r in compare_rules.split(",") if r]
+    with reporting_errors():
+        opts.check_task(task)
+        if task == "causal-lm":
+            rounds_given = sorted({"rounds", "round_epochs", "round_distill_epochs",
+                                   "digest_weight", "schedule", "from_student",
+                                   "proxy_slices", "sharpen", "poison", "poison_kind"}
+                                  & set(given))
+            if rounds_given:
+                raise ValueError(f"{', '.join('--' + o.replace('_', '-') for o in rounds_given)}"
+                                 " apply to classification; --task causal-lm is one-shot "
+                                 "and unpoisoned")
+            results = simulate_lm(out_dir, max_length=max_length, k=k, client_chars=client_chars,
+                                  proxy_chars=proxy_chars, test_chars=min(40_000, client_chars),
+                                  seed=seed, overwrite=overwrite, progress=False, log=log,
+                                  **given)
+        else:
+            if "hard_weight" in given:
+                raise ValueError("--hard-weight applies to --task causal-lm here")
+            results = run(out_dir, data=data, alpha=alpha, proxy_fraction=proxy_fraction,
+                          baselines=[b for b in baselines.split(",") if b],
+                          fedavg_rounds=fedavg_rounds, fedavg_local_epochs=fedavg_local_epochs,
+                          fedavg_fraction=fedavg_fraction, target_fraction=target_fraction,
+                          privacy=privacy, seed=seed, overwrite=overwrite, progress=False,
+                          log=log, **given)
+    if json_out:
+        print_json(results)
+        return
+    if task == "causal-lm":
+        _lm_table(results, out_dir)
+        return
+    n_rounds = len(results["rounds"])
+    table = Table(title=plain(f"fd simulate: {len(results['specialists'])} clients, "
+                              f"alpha={alpha}, {n_rounds} round(s) ({out_dir}/results.json)"),
+                  title_justify="left")
+    for col in ("model", "architecture", "accuracy", "macro-F1", "sent (up + down)"):
+        table.add_column(col)
+    for s in results["specialists"]:
+        table.add_row(f"specialist {s['client_id']}", s["architecture"], f"{s['accuracy']:.3f}",
+                      f"{s['macro_f1']:.3f}", human(s["uploaded_bytes"]) + " (last round up)")
+    for name, s in results["students_by_rule"].items():
+        sent = results["bytes"]["fd"]["total"] if name == results["config"]["rule"] else None
+        table.add_row(f"student ({name})", s["architecture"], f"{s['accuracy']:.3f}",
+                      f"{s['macro_f1']:.3f}", human(sent) if sent else "")
+    for name, b in results["baselines"].items():
+        sent = results["bytes"].get(name, {}).get("total")
+        arch = "each alone (mean)" if name == "standalone" else results["student"]["architecture"]
+        table.add_row(name, arch, f"{b['accuracy']:.3f}", f"{b['macro_f1']:.3f}",
+                      human(sent) if sent else "")
+    out.print(table)
+    if results["poisoned_clients"]:
+        out.print(plain(f"poisoned ({results['config']['poison_kind']}): "
+                        f"{', '.join(results['poisoned_clients'])}; flagged as outliers by "
+                        f"the aggregate: {', '.join(results['outliers_flagged']) or 'none'}"))
+    hits = results["bytes_to_target"]
+    if hits:
+        reached = {k: human(v["bytes"]) if v["reached"] else "not reached"
+                   for k, v in hits.items()}
+        out.print(f"bytes to {results['target_accuracy']:.3f} accuracy: " +
+                  ", ".join(f"{k} {v}" for k, v in reached.items()), highlight=False)
+    out.print(plain(f"report: {out_dir}/report.md"))
+
+
+def _lm_table(results: dict, out_dir: Path) -> None:
+    domains = list(results["domains"])
+    table = Table(title=plain(f"fd simulate --task causal-lm: perplexity by domain "
+                              f"({out_dir}/results.json)"), title_justify="left")
+    for col in ("model", "architecture", *domains, "mean", "uploaded"):
+        table.add_column(col)
+
+    def row(name: str, s: dict, uploaded: str = "") -> None:
+        table.add_row(name, s["architecture"], *[f"{s['ppl_by_domain'][d]:.1f}" for d in domains],
+                      f"{s['mean_ppl']:.1f}", uploaded)
+
+    for s in results["specialists"]:
+        row(f"specialist {s['client_id']} ({s['domain']})", s, human(s["uploaded_bytes"]))
+    for name, s in results["students_by_rule"].items():
+        row(f"student ({name})", s)
+    row("proxy only (no teachers)", results["proxy_only"])
+    row("centralized", results["centralized"])
+    out.print(table)
+
+

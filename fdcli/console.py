@@ -1,0 +1,92 @@
+"""What the ``fd`` commands print, and how: every string that comes from a bundle or a path
+goes out as plain text (:func:`plain`), errors as one line on stderr (:func:`reporting_errors`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .errors import FdError, FdWarning
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+@contextmanager
+def reporting_errors() -> Iterator[None]:
+    """Turn an FdError (or a ValueError from a library parameter check) into a message on
+    stderr and exit code 1, and print every FdWarning to stderr as ``warning: ...``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            if issubclass(category, FdWarning):
+                err.print(_WARNING + plain(str(message)), highlight=False, soft_wrap=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.simplefilter("always", FdWarning)
+        warnings.showwarning = show
+        try:
+            yield
+        except (FdError, ValueError) as exc:
+            err.print(_ERROR + plain(str(exc)), highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except OSError as exc:  # permissions, a full disk, a vanished file: one line
+            where = f"{exc.filename}: " if exc.filename else ""
+            err.print(_ERROR + plain(f"{where}{exc.strerror or exc}"), highlight=False,
+                      soft_wrap=True)
+            raise typer.Exit(1) from None
+
+
+_ERROR = Text("error: ", style="bold red")
+_WARNING = Text("warning: ", style="bold yellow")
+
+
+def plain(message: str) -> Text:
+    """A message as literal text: its strings may come from another institution's bundle, so
+    rich markup in them is not interpreted and control characters (terminal escape sequences)
+    are shown escaped, as ``\\x1b``."""
+    return Text("".join(c if c == "\n" or c.isprintable() else ascii(c)[1:-1]
+                        for c in message))
+
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n}"
+
+
+
+def report(result: dict, json_out: bool, title: str, keys: list[str] | None = None) -> None:
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title=plain(title), show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key in keys or list(result):
+        value = result.get(key)
+        table.add_row(plain(key), plain(f"{value:.4f}" if isinstance(value, float)
+                                        else str(value)))
+    out.print(table)
+
+
+def print_json(value) -> None:
+    """JSON on stdout, written as plain text (strings from bundles are JSON-escaped, never
+    read as markup)."""
+    sys.stdout.write(json.dumps(value, indent=2, default=str, ensure_ascii=True) + "\n")
+
