@@ -95,7 +95,7 @@ def main() -> None:
         raw = zstandard.ZstdDecompressor().stream_reader(data).read(info.raw_bytes + 1)
         header, _ = parse_header(raw, str(shard))
         widths = reader.codec.widths(header)
-        assert not check_header(header, reader._expected(info, widths), str(shard))
+        assert not check_header(header, reader.expected_tensors(info, widths), str(shard))
         tensors = load_tensors(raw)
         ids, offsets = tensors.pop("example_ids"), tensors.pop("row_offsets")
         assert len(torch.unique(ids)) == len(ids) and not bool((offsets[1:] < offsets[:-1]).any())

@@ -7,7 +7,8 @@ student is distilled from each teacher and scored on the test split. The same se
 and settings throughout, so the rows differ only in the teacher::
 
     python benchmarks/poison_table.py --out /tmp/poison > benchmarks/results/poison_table.json
-    python benchmarks/poison_table.py --markdown benchmarks/results/poison_table.json
+    python benchmarks/poison_table.py --out /tmp/poison --poison-seed 1 > poison_table_seed1.json
+    python benchmarks/poison_table.py --markdown poison_table.json poison_table_seed1.json
 
 Each row: kind, fraction, poisoned clients, rule, the teacher's accuracy on the (labelled)
 proxy split, the student's test accuracy and macro-F1, and the clients the aggregate's
@@ -109,22 +110,28 @@ def run(args) -> dict:
             "rows": rows, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def markdown(results: dict) -> str:
-    rows = results["rows"]
-    clean = {r["rule"]: r["student_accuracy"] for r in rows if r["kind"] == "clean"}
-    rules = list(clean)
-    lines = ["| poison | " + " | ".join(rules) + " |", "|---" * (len(rules) + 1) + "|"]
-    lines.append("| none | " + " | ".join(f"{clean[r]:.3f}" for r in rules) + " |")
-    seen = []
-    for r in rows:
-        key = (r["kind"], r["fraction"])
-        if r["kind"] == "clean" or key in seen:
-            continue
-        seen.append(key)
-        cells = {x["rule"]: x["student_accuracy"] for x in rows
-                 if (x["kind"], x["fraction"]) == key}
-        lines.append(f"| {r['kind']} {r['fraction']:.0%} | " + " | ".join(
-            f"{cells[q]:.3f} ({cells[q] - clean[q]:+.3f})" for q in rules) + " |")
+def markdown(runs: list[dict]) -> str:
+    """Student accuracy per poison level and rule, the mean over ``runs`` (poison seeds),
+    with the change from the clean student; the worst run's change in brackets when there
+    are several."""
+    cells: dict[tuple, list[float]] = {}
+    for results in runs:
+        for r in results["rows"]:
+            cells.setdefault((r["kind"], r["fraction"], r["rule"]), []).append(
+                r["student_accuracy"])
+    rules = list(dict.fromkeys(r["rule"] for r in runs[0]["rows"]))
+    clean = {q: cells[("clean", 0.0, q)] for q in rules}
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    lines = ["| poison | " + " | ".join(rules) + " |", "|---" * (len(rules) + 1) + "|",
+             "| none | " + " | ".join(f"{mean(clean[q]):.3f}" for q in rules) + " |"]
+    for kind, fraction in dict.fromkeys((k, f) for k, f, _ in cells if k != "clean"):
+        row = []
+        for q in rules:
+            got = cells[(kind, fraction, q)]
+            deltas = [g - c for g, c in zip(got, clean[q])]
+            worst = f" [{min(deltas):+.3f}]" if len(deltas) > 1 else ""
+            row.append(f"{mean(got):.3f} ({mean(deltas):+.3f}){worst}")
+        lines.append(f"| {kind} {fraction:.0%} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -132,11 +139,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="Work folder (the trained federation is "
                                                  "kept there and reused).")
-    parser.add_argument("--markdown", type=Path, help="Print a results file as a table.")
+    parser.add_argument("--markdown", type=Path, nargs="+",
+                        help="Print results files (one per poison seed) as one table.")
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--epochs", type=float, default=60)
-    parser.add_argument("--distill-epochs", type=float, default=40)
+    parser.add_argument("--distill-epochs", type=float, default=30)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument("--kinds", nargs="+", default=["random", "flip", "overconfident"])
     parser.add_argument("--rules", nargs="+", default=list(RULES))
@@ -145,7 +153,7 @@ def main() -> None:
                         help="Which clients are poisoned (fdcli.poison.poisoned_clients).")
     args = parser.parse_args()
     if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text())))
+        print(markdown([json.loads(p.read_text()) for p in args.markdown]))
         return
     print(json.dumps(run(args), indent=1))
 

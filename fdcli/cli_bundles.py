@@ -12,7 +12,7 @@ from rich.text import Text
 from . import cli_options as opts
 from .cli import app
 from .cli_options import JsonOpt, LimitOpt, Overwrite, TrustedOpt
-from .console import _ERROR, err, human, out, plain, print_json, report, reporting_errors
+from .console import ERROR, err, human, out, plain, print_json, report, reporting_errors
 
 
 @app.command()
@@ -78,9 +78,9 @@ def verify(
     else:
         problems = report.problems
         if len(problems) == 1:
-            err.print(_ERROR + plain(problems[0]), highlight=False, soft_wrap=True)
+            err.print(ERROR + plain(problems[0]), highlight=False, soft_wrap=True)
         else:
-            err.print(_ERROR + plain(f"{bundle_dir}: {len(problems)} problem(s) found:"),
+            err.print(ERROR + plain(f"{bundle_dir}: {len(problems)} problem(s) found:"),
                       highlight=False, soft_wrap=True)
             for p in problems:
                 err.print(plain(f"  - {p}"), highlight=False, soft_wrap=True)

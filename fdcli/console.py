@@ -31,7 +31,7 @@ def reporting_errors() -> Iterator[None]:
 
         def show(message, category, *args, **kwargs):
             if issubclass(category, FdWarning):
-                err.print(_WARNING + plain(str(message)), highlight=False, soft_wrap=True)
+                err.print(WARNING + plain(str(message)), highlight=False, soft_wrap=True)
             else:
                 shown(message, category, *args, **kwargs)
 
@@ -40,17 +40,17 @@ def reporting_errors() -> Iterator[None]:
         try:
             yield
         except (FdError, ValueError) as exc:
-            err.print(_ERROR + plain(str(exc)), highlight=False, soft_wrap=True)
+            err.print(ERROR + plain(str(exc)), highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except OSError as exc:  # permissions, a full disk, a vanished file: one line
             where = f"{exc.filename}: " if exc.filename else ""
-            err.print(_ERROR + plain(f"{where}{exc.strerror or exc}"), highlight=False,
+            err.print(ERROR + plain(f"{where}{exc.strerror or exc}"), highlight=False,
                       soft_wrap=True)
             raise typer.Exit(1) from None
 
 
-_ERROR = Text("error: ", style="bold red")
-_WARNING = Text("warning: ", style="bold yellow")
+ERROR = Text("error: ", style="bold red")
+WARNING = Text("warning: ", style="bold yellow")
 
 
 def plain(message: str) -> Text:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import uuid
@@ -57,7 +58,7 @@ def remove_stale(path: Path) -> list[Path]:
     left next to it (those whose process no longer exists on this machine)."""
     removed = []
     try:
-        entries = list(path.parent.glob(f".{glob_escape(path.name)}.tmp-*"))
+        entries = list(path.parent.glob(f".{glob.escape(path.name)}.tmp-*"))
     except OSError:
         return removed
     for entry in entries:
@@ -67,10 +68,6 @@ def remove_stale(path: Path) -> list[Path]:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def temporary_sibling(path: Path) -> Path:

@@ -136,20 +136,18 @@ class BundleReader:
         if digest != info.sha256:
             raise BundleError(f"{where}: sha256 is {digest}, the manifest declares {info.sha256};"
                               " the file is corrupt or was changed")
-        widths: dict = {}
 
         def check(header, meta) -> None:  # before the body is inflated
             problems = self._check_meta(meta, info, where)
-            widths.update(self.codec.widths(header))
+            widths = self.codec.widths(header)
             problems += self.codec.check_widths(widths)
             if not problems:
-                problems = check_header(header, self._expected(info, widths), where)
+                problems = check_header(header, self.expected_tensors(info, widths), where)
             if problems:
                 raise BundleError.collected(where, problems)
 
         raw, _, _ = decompress_shard(data, info.raw_bytes, where, self.limits.max_shard_bytes,
                                      check)
-        del data
         try:
             tensors = load_tensors(raw)
         except Exception as exc:  # safetensors raises its own error types
@@ -193,7 +191,8 @@ class BundleReader:
             problems.append(f"{where}: metadata 'encoding' is not JSON")
         return problems
 
-    def _expected(self, info: ShardInfo, widths: dict) -> dict:
+    def expected_tensors(self, info: ShardInfo, widths: dict) -> dict:
+        """``{name: (dtype, shape)}`` of every tensor the shard ``info`` must hold."""
         m = self.manifest
         expected = {"example_ids": (torch.int64, (info.examples,))}
         if m.task == "token":

@@ -186,17 +186,6 @@ def decompress_shard(data: bytes, expected_size: int | None, where: str,
     return raw, header, meta
 
 
-def decompress_bounded(data: bytes, expected_size: int | None, where: str,
-                       limit: int = MAX_SHARD_BYTES) -> bytes:
-    """Decompress one complete zstd frame that must grow to exactly ``expected_size`` bytes
-    (or, when that is None, to the size its frame header declares, at most ``limit``)."""
-    size = frame_size(data, expected_size, where, limit)
-    frame = FrameReader(data, where, size)
-    out = frame.read(size)
-    frame.finish()
-    return out
-
-
 def parse_header(raw: bytes, where: str) -> tuple[dict[str, dict], dict[str, str]]:
     """The safetensors header (tensor entries, metadata) of a whole file, checked."""
     if len(raw) < 8:

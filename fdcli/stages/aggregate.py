@@ -100,7 +100,8 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
     above ``outlier_z``). ``sharpen`` T applies DS-FL's
     entropy reduction, softmax(p / T), to any rule's result (classification).
 
-    The same bundle or client twice is refused, as is an ``out`` inside an input. With
+    The same bundle twice, a client giving an example twice, and an ``out`` inside (or
+    around) an input are refused. With
     ``trusted_keys`` (:func:`fdcli.bundle.signing.load_trusted_keys`) every input must be
     signed by one of them; ``sign_key`` signs the result. ``limits`` bound what reading the
     inputs may cost (:class:`fdcli.bundle.safeio.Limits`).
@@ -151,9 +152,10 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
 
 def _aggregate_classes(readers, out, rule, params, config, common, progress,
                        sharpening, outlier_z) -> BundleManifest:
-    """Stream classification bundles in step, one shard per bundle decoded at a time, and
-    combine up to 4,096 examples at a time into a dense bundle: memory is bounded by the
-    shards and the chunk, not by the number of clients times the proxy size."""
+    """Stream classification bundles in step, one shard per bundle read at a time and decoded
+    a window of rows at a time, and combine up to 4,096 examples at a time (fewer when the
+    ``max_dense_bytes`` limit asks) into a dense bundle: memory is bounded by the shards and
+    the chunk, not by the number of clients times the proxy size."""
     first = readers[0].manifest
     clients, c = len(readers), first.num_classes
     readers[0].check_dense(1, clients=clients, itemsize=8)  # one example of every client
