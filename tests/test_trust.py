@@ -138,15 +138,20 @@ def test_deeply_nested_manifest(three):
     assert run("inspect", three[1], "--limit", "max_json_depth=64").exit_code == 0
 
 
-def test_huge_client_id_is_refused_and_messages_stay_short(three):
+def test_huge_strings_are_refused_and_messages_stay_short(three):
     m = load_manifest(three[0])
-    m["producer"]["client_id"] = "x" * 100_000
-    m["task"] = "y" * 100_000
+    m["producer"]["config"]["note"] = "x" * 100_000
+    save_manifest(three[0], m)
+    one_line_error(run("verify", three[0]), "a string of 100000 characters, over the "
+                   "max_string_chars limit of 4096")
+    m["producer"]["config"]["note"] = "short"
+    m["producer"]["client_id"] = "x" * 1000
+    m["task"] = "y" * 4000
     save_manifest(three[0], m)
     result = run("verify", three[0])
     assert result.exit_code == 1
-    assert "expected 1 to 256 characters, found 100000" in result.stderr
-    assert len(result.stderr) < 3000
+    assert "expected 1 to 256 characters, found 1000" in result.stderr
+    assert "field 'task'" in result.stderr and len(result.stderr) < 1500
 
 
 # -- allocations sized by untrusted fields ------------------------------------------------

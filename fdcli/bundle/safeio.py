@@ -29,6 +29,8 @@ class Limits:
     max_manifest_bytes: int = 8 * _MIB
     #: deepest nesting of JSON objects and lists in a manifest.
     max_json_depth: int = 32
+    #: longest string (value or key) in a manifest, in characters.
+    max_string_chars: int = 4096
     #: largest shard, compressed on disk or decompressed, in bytes.
     max_shard_bytes: int = MAX_SHARD_BYTES
     #: most classes (or vocabulary ids) a bundle may declare.
@@ -131,21 +133,26 @@ def read_regular(path: Path, max_bytes: int, what: str = "file",
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def json_depth(value) -> int:
-    """Nesting depth of a parsed JSON value (a scalar is 0), without recursion."""
-    depth, stack = 0, [(value, 1)]
+def json_shape(value) -> tuple[int, int]:
+    """(nesting depth, longest string or key) of a parsed JSON value, without recursion; a
+    scalar has depth 0."""
+    depth, longest, stack = 0, 0, [(value, 1)]
     while stack:
         v, d = stack.pop()
+        if isinstance(v, str):
+            longest = max(longest, len(v))
+            continue
         if isinstance(v, dict):
+            longest = max([longest, *map(len, v)])
             v = list(v.values())
         if isinstance(v, list):
             depth = max(depth, d)
-            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
-    return depth
+            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list, str)))
+    return depth, longest
 
 
 def parse_json(data: bytes, where, limits: Limits = DEFAULT_LIMITS):
-    """A small JSON document from a bundle, within the nesting-depth limit."""
+    """A small JSON document from a bundle, within the nesting-depth and string limits."""
     too_deep = (f"{where}: JSON nested more than {limits.max_json_depth} levels deep "
                 "(max_json_depth); refusing it")
     try:
@@ -154,6 +161,10 @@ def parse_json(data: bytes, where, limits: Limits = DEFAULT_LIMITS):
         raise BundleError(too_deep) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{where}: not valid JSON ({exc})") from None
-    if json_depth(value) > limits.max_json_depth:
+    depth, longest = json_shape(value)
+    if depth > limits.max_json_depth:
         raise BundleError(too_deep)
+    if longest > limits.max_string_chars:
+        raise BundleError(f"{where}: a string of {longest} characters, over the "
+                          f"max_string_chars limit of {limits.max_string_chars}; refusing it")
     return value
