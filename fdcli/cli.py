@@ -83,6 +83,9 @@ def train_specialist_cmd(
     = "mixed",
     temperature: Annotated[float, typer.Option(
         help="With --teacher: distillation temperature.")] = 2.0,
+    trusted_keys: Annotated[Optional[Path], typer.Option(
+        help="With --teacher: folder of trusted public keys; refuse a consensus that is not "
+             "signed by one of them (fd aggregate --sign-key).")] = None,
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Fine-tune a specialist on this institution's private data: labelled examples, or text
@@ -115,10 +118,10 @@ def train_specialist_cmd(
                                        val_fraction=val_fraction, seed=seed,
                                        overwrite=overwrite)
             report({"out": str(out_dir), "client_id": meta["client_id"],
-                     "architecture": meta["architecture"],
-                     "train_examples": meta["train_examples"],
-                     "train_tokens": meta["train_tokens"], **meta["metrics"]}, json_out,
-                    "specialist")
+                    "architecture": meta["architecture"],
+                    "train_examples": meta["train_examples"],
+                    "train_tokens": meta["train_tokens"], **meta["metrics"]}, json_out,
+                   "specialist")
             return
         meta = train_specialist(data, model, out_dir, client_id=client_id,
                                 labels=labels.split(",") if labels else None,
@@ -127,12 +130,13 @@ def train_specialist_cmd(
                                 epochs=epochs, learning_rate=lr, batch_size=batch_size,
                                 val_fraction=val_fraction, teacher=teacher, proxy=proxy,
                                 digest_weight=digest_weight, schedule=schedule,
-                                temperature=temperature, seed=seed, overwrite=overwrite)
+                                temperature=temperature, seed=seed, overwrite=overwrite,
+                                trusted_keys=opts.trusted(trusted_keys))
     extra = {"round": meta["round"], "consensus_sha256": meta["consensus"]["sha256"]} \
         if "round" in meta else {}
     report({"out": str(out_dir), "client_id": meta["client_id"],
-             "architecture": meta["architecture"], "train_examples": meta["train_examples"],
-             **extra, **meta["metrics"]}, json_out, "specialist")
+            "architecture": meta["architecture"], "train_examples": meta["train_examples"],
+            **extra, **meta["metrics"]}, json_out, "specialist")
 
 
 @app.command("emit-logits")
@@ -206,8 +210,8 @@ def emit_logits_cmd(
                             sign_key=key)
     size = sum(s.bytes for s in m.shards)
     report({"out": str(out_dir), "client_id": m.producer.client_id, "examples": m.examples,
-             "rows": m.rows, "encoding": m.encoding, "bytes": size,
-             "bytes_per_row": size / max(m.rows, 1), **m.fidelity}, json_out, "bundle")
+            "rows": m.rows, "encoding": m.encoding, "bytes": size,
+            "bytes_per_row": size / max(m.rows, 1), **m.fidelity}, json_out, "bundle")
 
 
 def _slice(text: str | None) -> tuple[int, int] | None:
@@ -338,16 +342,16 @@ def distill(
                               text_column=text_column, split=split, max_length=max_length,
                               seed=seed, overwrite=overwrite, **loss)
             report({"out": str(out_dir), "architecture": meta["architecture"],
-                     "proxy_examples": meta["proxy_examples"],
-                     "proxy_tokens": meta["proxy_tokens"], **meta["metrics"]}, json_out,
-                    "student")
+                    "proxy_examples": meta["proxy_examples"],
+                    "proxy_tokens": meta["proxy_tokens"], **meta["metrics"]}, json_out,
+                   "student")
             return
         meta = run(student, proxy, teacher, out_dir, epochs=epochs, learning_rate=lr,
                    batch_size=batch_size or 16, seed=seed, text_column=text_column,
                    image_column=image_column, label_column=label_column, tokenizer=tokenizer,
                    split=split, overwrite=overwrite, **loss)
     report({"out": str(out_dir), "architecture": meta["architecture"],
-             "proxy_examples": meta["proxy_examples"], **meta["metrics"]}, json_out, "student")
+            "proxy_examples": meta["proxy_examples"], **meta["metrics"]}, json_out, "student")
 
 
 @app.command()
@@ -447,11 +451,11 @@ def partition(
     from .stages.partition import partition as run
 
     with reporting_errors():
-        report = run(data, out_dir, num_clients=num_clients, alpha=alpha,
-                     proxy_fraction=proxy_fraction, test_fraction=test_fraction,
-                     text_column=text_column, image_column=image_column,
-                     label_column=label_column, split=split, seed=seed, overwrite=overwrite)
-    report({"out": str(out_dir), **report["sizes"]}, json_out, "partition")
+        made = run(data, out_dir, num_clients=num_clients, alpha=alpha,
+                   proxy_fraction=proxy_fraction, test_fraction=test_fraction,
+                   text_column=text_column, image_column=image_column,
+                   label_column=label_column, split=split, seed=seed, overwrite=overwrite)
+    report({"out": str(out_dir), **made["sizes"]}, json_out, "partition")
 
 
 

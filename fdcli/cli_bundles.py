@@ -62,21 +62,21 @@ def verify(
     from .bundle import verify_bundle
 
     with reporting_errors():
-        report = verify_bundle(bundle_dir, opts.limits(limit), opts.trusted(trusted_keys))
+        checked = verify_bundle(bundle_dir, opts.limits(limit), opts.trusted(trusted_keys))
     if json_out:
-        print_json({"path": str(bundle_dir), "ok": report.ok, "problems": report.problems,
-                     "signer": report.signer, "shards_checked": report.shards_checked,
-                     "rows_checked": report.rows_checked})
-    elif report.ok:
-        m = report.manifest
-        signed = (f"signed by {report.signer}" + ("" if trusted_keys else
+        print_json({"path": str(bundle_dir), "ok": checked.ok, "problems": checked.problems,
+                     "signer": checked.signer, "shards_checked": checked.shards_checked,
+                     "rows_checked": checked.rows_checked})
+    elif checked.ok:
+        m = checked.manifest
+        signed = (f"signed by {checked.signer}" + ("" if trusted_keys else
                                                   " (not checked against trusted keys)")
-                  if report.signer else "unsigned")
+                  if checked.signer else "unsigned")
         out.print(Text("OK ", style="green") + plain(
-            f"{bundle_dir}: {report.shards_checked} shard(s), {report.rows_checked} rows, "
+            f"{bundle_dir}: {checked.shards_checked} shard(s), {checked.rows_checked} rows, "
             f"{m.examples} examples, encoding {m.encoding['name']}, {signed}"), soft_wrap=True)
     else:
-        problems = report.problems
+        problems = checked.problems
         if len(problems) == 1:
             err.print(ERROR + plain(problems[0]), highlight=False, soft_wrap=True)
         else:
@@ -84,7 +84,7 @@ def verify(
                       highlight=False, soft_wrap=True)
             for p in problems:
                 err.print(plain(f"  - {p}"), highlight=False, soft_wrap=True)
-    if not report.ok:
+    if not checked.ok:
         raise typer.Exit(1)
 
 

@@ -314,7 +314,7 @@ def test_hostile_label_histograms_are_reported_as_plain_text(tmp_path):
                     labels=["x", "y", "z"])
         m = load_manifest(tmp_path / name)
         m["producer"]["config"]["label_histogram"] = {key: 1, "x": 1, "y": 1, "z": 1}
-        m["producer"]["config"]["round"] = "9" * 10_000
+        m["producer"]["config"]["round"] = "9" * 1_000  # (10,000 is over max_string_chars)
         save_manifest(tmp_path / name, m)
     result = run("aggregate", tmp_path / "markup", tmp_path / "escape", "--rule", "coverage",
                  "--out", tmp_path / "t")
@@ -350,3 +350,15 @@ def test_signed_bundles_through_the_cli(world, tmp_path):
                  "--trusted-keys", trusted)
     assert result.exit_code == 1 and "unsigned (no signature.json)" in result.stderr
     assert not (tmp_path / "student").exists()
+    # a round 2 specialist accepts the consensus only when the coordinator signed it
+    common = ["--model", world / "spec-0", "--proxy", world / "parts" / "proxy", "--epochs", 1,
+              "--tokenizer", world / "tokenizer", "--trusted-keys", trusted]
+    result = run("train-specialist", world / "parts" / "client-0", "--teacher",
+                 world / "consensus", "--out", tmp_path / "spec-2", *common)
+    assert result.exit_code == 1 and "unsigned (no signature.json)" in result.stderr
+    result = run("aggregate", signed, "--out", tmp_path / "signed-teacher", "--sign-key",
+                 keys / "client-0.key")
+    assert result.exit_code == 0, result.output
+    result = run("train-specialist", world / "parts" / "client-0", "--teacher",
+                 tmp_path / "signed-teacher", "--out", tmp_path / "spec-2", *common)
+    assert result.exit_code == 0, result.output

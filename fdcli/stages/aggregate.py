@@ -10,7 +10,6 @@ from typing import Sequence
 import torch
 
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, SparseRows, TopKCodec, read_bundle
-from ..bundle.reader import manifest_bytes
 from ..bundle.safeio import DEFAULT_LIMITS, Limits
 from ..bundle.signing import check_signature
 from ..errors import FdError, IncompatibleBundlesError
@@ -21,12 +20,6 @@ from ..rules import sharpen as sharpen_probs
 #: a client whose mean distance from the consensus has a robust z-score above this is flagged
 #: (benchmarks/poison_table.py: 32 of 36 poisoned clients flagged, 2 of 164 honest ones).
 OUTLIER_Z = 2.0
-
-
-def manifest_digest(path: Path) -> str:
-    """The sha256 of a bundle's manifest.json, which lists every shard's sha256: it pins the
-    whole bundle."""
-    return hashlib.sha256(manifest_bytes(path)).hexdigest()
 
 
 def check_paths(bundles: Sequence[str | Path], out: str | Path) -> None:

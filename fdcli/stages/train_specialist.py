@@ -28,7 +28,8 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                      proxy: str | Path | None = None, proxy_split: str | None = None,
                      digest_weight: float = 0.2, schedule: str = "mixed",
                      temperature: float = 2.0, seed: int = 0, overwrite: bool = False,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True, trusted_keys: dict | None = None
+                     ) -> dict[str, Any]:
     """Train ``model`` (a model directory or a config file) on the labelled dataset ``data``
     and write a model directory to ``out``: weights, tokenizer or image processor, and fd.json
     with the configuration, the label names, the training label histogram and the metrics.
@@ -42,7 +43,8 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     ``schedule`` ``mixed`` (the default) shuffles proxy and private examples together and
     minimises ``digest_weight`` * KD(consensus, T=``temperature``) + (1 - ``digest_weight``)
     * CE per batch; ``alternate`` (FedMD) digests for ``epochs`` over the proxy, then
-    revisits for ``epochs``. fd.json records the round and the consensus's sha256."""
+    revisits for ``epochs``. fd.json records the round and the consensus's sha256. With
+    ``trusted_keys`` the consensus must be signed by one of them (the coordinator's key)."""
     from ..training import fit
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dict(
@@ -58,7 +60,7 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     consensus = None
     if teacher is not None:
         consensus = _open_consensus(teacher, digest_weight, schedule, temperature, out,
-                                    overwrite)
+                                    overwrite, trusted_keys)
         config.update(teacher=str(teacher), proxy=str(proxy), proxy_split=proxy_split,
                       digest_weight=digest_weight, schedule=schedule, temperature=temperature)
     if labels is None and Path(model).is_dir():  # a model fd trained names its label space
@@ -123,10 +125,10 @@ def _digest_and_revisit(clf, values, labels, digest, schedule, digest_weight,
     return {**metrics, **{f"digest_{k}": v for k, v in digested.items()}}
 
 
-def _open_consensus(teacher, digest_weight, schedule, temperature, out, overwrite):
+def _open_consensus(teacher, digest_weight, schedule, temperature, out, overwrite,
+                    trusted_keys=None):
     """Check the round settings and open the consensus bundle: a classification bundle,
     identified by the sha256 of its manifest."""
-    from .aggregate import manifest_digest
     from .distill import open_teacher
 
     if schedule not in SCHEDULES:
@@ -135,11 +137,12 @@ def _open_consensus(teacher, digest_weight, schedule, temperature, out, overwrit
         raise ValueError(f"digest_weight must be in (0, 1], got {digest_weight}")
     reader = open_teacher(teacher, out, task="classification", temperature=temperature,
                           hard_weight=1 - digest_weight, overwrite=overwrite,
+                          trusted_keys=trusted_keys,
                           hint="a specialist digests a classification consensus (rounds of "
                                "causal LMs are not supported yet)")
     m = reader.manifest
     seen = m.producer.config.get("round")
-    record = {"sha256": manifest_digest(Path(teacher)),
+    record = {"sha256": reader.manifest_sha256,
               "round": seen if isinstance(seen, int) and seen > 0 else 1,
               "path": str(teacher), "examples": m.examples,
               "clients": [p.get("client_id") for p in m.provenance if isinstance(p, dict)]}
