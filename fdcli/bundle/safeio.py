@@ -114,9 +114,10 @@ def read_regular(path: Path, max_bytes: int, what: str = "file",
             raise BundleError(f"{path}: {size} bytes on disk, the manifest declares {expected};"
                               " the file is truncated or was replaced")
         if size > max_bytes:
+            hint = (f" (raise it with --limit {what}=... if the file is trusted)"
+                    if what in Limits.names() else "")
             raise BundleError(f"{path}: {size} bytes, over the {what} limit of {max_bytes} "
-                              "bytes; refusing to read it (raise the limit with --limit if "
-                              "the file is trusted)")
+                              f"bytes; refusing to read it{hint}")
         parts, got = [], 0
         while got <= size:  # one byte more than fstat said, to notice a growing file
             chunk = os.read(fd, size + 1 - got)  # size was checked against max_bytes
