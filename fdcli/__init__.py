@@ -12,20 +12,37 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from .bundle import (BundleManifest, BundleReader, BundleWriter, DenseCodec, LogitBlock,
-                     LowRankCodec, SampleCodec, SparseRows, TopKCodec, VerifyReport,
-                     codec_from_spec, fingerprint_labels, read_bundle, read_manifest,
-                     verify_bundle, write_bundle)
-from .errors import BundleError, FdError, IncompatibleBundlesError
-from .stages.aggregate import aggregate
-from .stages.distill import distill
-from .stages.emit import emit_logits
-from .stages.evaluate import evaluate, membership_inference
-from .stages.lm import distill_lm, emit_token_logits, evaluate_lm, train_lm_specialist
-from .stages.partition import partition
-from .stages.simulate import simulate
-from .stages.simulate_lm import simulate_lm
-from .stages.train_specialist import train_specialist
+#: public name -> the module that defines it; resolved on first use (module ``__getattr__``),
+#: so that ``import fdcli`` (and ``fd --version``) loads neither torch nor transformers.
+_LAZY = {
+    **dict.fromkeys(["BundleManifest", "BundleReader", "BundleWriter", "DenseCodec",
+                     "LogitBlock", "LowRankCodec", "SampleCodec", "SparseRows", "TopKCodec",
+                     "VerifyReport", "codec_from_spec", "fingerprint_labels", "read_bundle",
+                     "read_manifest", "verify_bundle", "write_bundle"], ".bundle"),
+    **dict.fromkeys(["BundleError", "FdError", "IncompatibleBundlesError"], ".errors"),
+    "aggregate": ".stages.aggregate", "distill": ".stages.distill",
+    "emit_logits": ".stages.emit", "evaluate": ".stages.evaluate",
+    "membership_inference": ".stages.evaluate",
+    **dict.fromkeys(["distill_lm", "emit_token_logits", "evaluate_lm", "train_lm_specialist"],
+                    ".stages.lm"),
+    "partition": ".stages.partition", "simulate": ".stages.simulate",
+    "simulate_lm": ".stages.simulate_lm", "train_specialist": ".stages.train_specialist",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'fdcli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "__version__", "FdError", "BundleError", "IncompatibleBundlesError", "BundleManifest",

@@ -23,7 +23,7 @@ from . import cli_options as opts
 from .cli_options import (Batch, DataOpt, Epochs, ImageCol, JsonOpt, LabelCol, LimitOpt, LR,
                           MaxLen, OutOpt, Overwrite, Packing, SeedOpt, SignOpt, SplitOpt,
                           TaskOpt, TextCol, TokenizerOpt, TrustedOpt)
-from .console import out, plain, print_json, report, reporting_errors
+from .console import configure_output, out, plain, print_json, report, reporting_errors
 
 app = typer.Typer(
     name="fd",
@@ -48,8 +48,16 @@ def root(
     version: Annotated[bool, typer.Option("--version", callback=_version_callback,
                                           is_eager=True, help="Print fd's version and exit.")]
     = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Also show other libraries' progress bars and reports "
+                                "(transformers, datasets).")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print only results and errors.")] = False,
 ) -> None:
     """fd: federated distillation for open foundation models."""
+    if verbose and quiet:
+        raise typer.BadParameter("--verbose and --quiet exclude each other")
+    configure_output(verbose=verbose, quiet=quiet)
 
 
 

@@ -7,12 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from . import cli_options as opts
 from .cli import app
 from .cli_options import JsonOpt, Overwrite, SeedOpt, TaskOpt
-from .console import err, human, out, plain, print_json, reporting_errors
+from . import console
+from .console import human, out, plain, print_json, reporting_errors
 
 
 @app.command()
@@ -119,7 +119,7 @@ def simulate(
     from .stages.simulate_lm import simulate_lm
 
     def log(message: str) -> None:
-        err.print(Text("fd simulate: ", style="dim") + plain(message), highlight=False)
+        console.log("fd simulate", message)
 
     given = {key: value for key, value in dict(
         num_clients=num_clients, epochs=epochs, distill_epochs=distill_epochs,

@@ -5,6 +5,7 @@ goes out as plain text (:func:`plain`), errors as one line on stderr (:func:`rep
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -19,6 +20,45 @@ from .errors import FdError, FdWarning
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
+#: set by ``fd --quiet``: print only results and errors
+QUIET = False
+
+#: the libraries' own switches for their progress bars and reports (read when they are
+#: imported; fd imports them lazily, after :func:`configure_output`)
+_LIBRARY_SWITCHES = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "DATASETS_VERBOSITY": "error"}
+
+
+def configure_output(verbose: bool = False, quiet: bool = False) -> None:
+    """fd owns its output: other libraries' progress bars and load reports stay silent unless
+    ``verbose`` (a variable the user set is left as it is); ``quiet`` also silences fd's
+    progress bars, log lines and warnings, leaving results and errors."""
+    global QUIET
+    from . import progress
+
+    QUIET = quiet
+    progress.ENABLED = not quiet
+    if verbose:
+        return
+    for key, value in _LIBRARY_SWITCHES.items():
+        os.environ.setdefault(key, value)
+    if "transformers" in sys.modules:  # imported already (fd used as a library, or tests)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.utils.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+
+
+def log(prefix: str, message: str) -> None:
+    """One of fd's own log lines on stderr (``PREFIX: message``), unless ``--quiet``."""
+    if not QUIET:
+        err.print(Text(f"{prefix}: ", style="dim") + plain(message), highlight=False)
+
 
 @contextmanager
 def reporting_errors() -> Iterator[None]:
@@ -31,7 +71,8 @@ def reporting_errors() -> Iterator[None]:
 
         def show(message, category, *args, **kwargs):
             if issubclass(category, FdWarning):
-                err.print(WARNING + plain(str(message)), highlight=False, soft_wrap=True)
+                if not QUIET:
+                    err.print(WARNING + plain(str(message)), highlight=False, soft_wrap=True)
             else:
                 shown(message, category, *args, **kwargs)
 

@@ -78,9 +78,10 @@ def load_lm(source: str | os.PathLike, *, tokenizer: str | os.PathLike | None = 
         meta = {}
         model_type = cfg.pop("model_type")
         cfg.setdefault("vocab_size", len(tok))
+        # special ids come from the tokenizer, or are unset when it has none, so that no
+        # architecture default (GPT-2's 50256) outside the vocabulary remains
         for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
-            if getattr(tok, key, None) is not None:
-                cfg.setdefault(key, getattr(tok, key))
+            cfg.setdefault(key, getattr(tok, key, None))
         try:
             config = AutoConfig.for_model(model_type, **cfg)
             torch.manual_seed(seed)
@@ -153,7 +154,10 @@ def text_blocks(ds, where: str, tokenizer, *, text_column: str | None = None,
     blocks: list[list[int]] = []
     stream: list[int] = []
     for start in range(0, len(texts), 1000):
-        encoded = tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]
+        # verbose=False: the "longer than the maximum sequence length" warning does not apply,
+        # since the documents are cut into blocks here
+        encoded = tokenizer(texts[start:start + 1000], add_special_tokens=False,
+                            verbose=False)["input_ids"]
         for ids in encoded:
             if packing:
                 stream.extend(ids + ([eos] if eos is not None else []))

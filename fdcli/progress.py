@@ -5,12 +5,15 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+#: False silences every bar (``fd --quiet``).
+ENABLED = True
+
 
 @contextmanager
 def progress_bar(total: int, description: str, enabled: bool = True
                  ) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; draws a transient bar on stderr when enabled."""
-    if not enabled:
+    if not (enabled and ENABLED):
         yield lambda n: None
         return
     from rich.console import Console

@@ -136,15 +136,29 @@ def _trainer_class():
 def _train(model, dataset, collator, *, epochs: float, learning_rate: float, batch_size: int,
            seed: int, teacher: TeacherRows | None, hard_weight: float, vocab: int | None,
            progress: bool) -> dict[str, float]:
+    from contextlib import ExitStack
+
     from transformers import TrainingArguments
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_callback import (PrinterCallback, ProgressCallback,
+                                               TrainerCallback)
 
-    class BarOnly(ProgressCallback):
-        """The progress bar (stderr) without the metrics dict it writes to stdout at the
-        end, which would break ``--json`` output."""
+    from .progress import progress_bar
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            return None
+    class FdBar(TrainerCallback):
+        """fd's own progress display for the training steps (stderr), in place of the
+        Trainer's tqdm bar and of the metrics dict it prints to stdout (which would break
+        ``--json`` output)."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.stack = ExitStack()
+            self.advance = self.stack.enter_context(progress_bar(state.max_steps,
+                                                                 "training", True))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.advance(1)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.stack.close()
 
     with tempfile.TemporaryDirectory(prefix="fd-trainer-") as work:
         args = TrainingArguments(
@@ -152,14 +166,15 @@ def _train(model, dataset, collator, *, epochs: float, learning_rate: float, bat
             per_device_train_batch_size=batch_size, seed=seed, data_seed=seed,
             report_to=[], save_strategy="no", logging_strategy="no",
             remove_unused_columns=False, dataloader_num_workers=0,
-            disable_tqdm=not progress, use_cpu=not torch.cuda.is_available())
+            disable_tqdm=True, use_cpu=not torch.cuda.is_available())
         trainer = _trainer_class()(model=model, args=args, train_dataset=dataset,
                                    data_collator=collator)
         trainer.fd_temperature = teacher.temperature if teacher is not None else 1.0
         trainer.fd_hard_weight, trainer.fd_vocab = hard_weight, vocab
         trainer.remove_callback(PrinterCallback)  # results go to stdout only from fd itself
-        if trainer.pop_callback(ProgressCallback) is not None:
-            trainer.add_callback(BarOnly)
+        trainer.remove_callback(ProgressCallback)
+        if progress:
+            trainer.add_callback(FdBar)
         result = trainer.train()
     model.eval()
     return {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}

@@ -1,0 +1,135 @@
+"""What a newcomer sees: fast light commands that import no heavy library, fd's own output
+only (third-party bars and reports behind --verbose, everything but results behind --quiet),
+no out-of-vocabulary special ids, no tokenizer length warning where fd cuts blocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fdcli.bundle import DenseCodec, write_bundle
+
+from .test_pipeline import LABELS, make_csv, run, text_recipe
+
+PROBE = """
+import sys
+from fdcli.cli import main
+sys.argv = ["fd", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+print("HEAVY:" + ",".join(m for m in ("torch", "transformers", "datasets", "flwr")
+                          if m in sys.modules))
+"""
+
+
+def _heavy(*args) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True,
+                         text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
+    line = next(x for x in out.splitlines() if x.startswith("HEAVY:"))
+    return [m for m in line[6:].split(",") if m]
+
+
+def test_light_commands_import_no_heavy_library(tmp_path):
+    write_bundle(tmp_path / "b", torch.arange(4), torch.randn(4, 3), codec=DenseCodec(),
+                 task="classification", num_classes=3, label_names=["a", "b", "c"],
+                 proxy_fingerprint="sha256:" + "ab" * 32, client_id="c",
+                 model_fingerprint="sha256:" + "cd" * 32)
+    assert _heavy("--version") == []
+    assert _heavy("--help") == []
+    assert _heavy("aggregate", "--help") == []
+    # reading bundles needs torch (the codecs), never transformers, datasets or flwr
+    assert _heavy("inspect", tmp_path / "b") == ["torch"]
+    assert _heavy("verify", tmp_path / "b") == ["torch"]
+
+
+def test_the_library_resolves_its_names_lazily():
+    code = ("import sys, fdcli; assert 'torch' not in sys.modules; "
+            "from fdcli import read_bundle, aggregate, FdError, simulate_lm; "
+            "assert 'torch' in sys.modules and callable(aggregate); "
+            "print(sorted(set(fdcli.__all__) - set(dir(fdcli))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    import fdcli
+
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        fdcli.nope  # noqa: B018
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    text_recipe(root, 60, seed=5, layers=1)
+    make_csv(root / "train.csv", 40, seed=6)
+    return root
+
+
+def _fd(*args) -> subprocess.CompletedProcess:
+    """The installed ``fd`` entry point in a child process, as a user runs it."""
+    return subprocess.run([sys.executable, "-c", "from fdcli.cli import main; main()",
+                           *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_other_libraries_stay_silent_unless_verbose(tiny, tmp_path):
+    common = ["train-specialist", tiny / "train.csv", "--model", tiny / "bert.json",
+              "--tokenizer", tiny / "tokenizer", "--labels", ",".join(LABELS), "--epochs", 1]
+    quiet = _fd(*common, "--out", tmp_path / "a")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.strip() == "", quiet.stderr  # nothing but fd's own (none here)
+    loud = _fd("--verbose", *common, "--out", tmp_path / "b")
+    assert loud.returncode == 0, loud.stderr
+    assert "Writing model shards" in loud.stderr  # transformers' bar, shown on request
+    both = _fd("--verbose", "--quiet", "verify", tmp_path)
+    assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+def test_quiet_leaves_only_results_and_errors(tmp_path):
+    result = run("--quiet", "simulate", "--out", tmp_path / "sim", "--num-clients", 2,
+                 "--epochs", 1, "--distill-epochs", 1, "--rounds", 1, "--compare-rules", "",
+                 "--baselines", "", "--no-privacy", "--json")
+    assert result.exit_code == 0, result.output
+    assert "fd simulate:" not in result.stderr
+    assert json.loads(result.stdout)["student"]["architecture"] == "resnet"
+    result = run("--quiet", "verify", tmp_path / "nowhere")
+    assert result.exit_code == 1 and result.stderr.startswith("error: ")
+    run("simulate", "--help")  # a later command without --quiet logs again
+    from fdcli import console
+
+    console.configure_output()
+    assert not console.QUIET
+
+
+def test_config_lm_takes_special_ids_from_its_tokenizer(tiny):
+    from fdcli.lm import load_lm
+
+    gpt2 = tiny / "gpt2.json"
+    gpt2.write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2,
+                                "n_positions": 32}))
+    lm = load_lm(gpt2, tokenizer=tiny / "tokenizer")  # a WordPiece tokenizer: no bos/eos
+    assert lm.tokenizer.bos_token_id is None and lm.tokenizer.eos_token_id is None
+    assert lm.model.config.bos_token_id is None and lm.model.config.eos_token_id is None
+    assert lm.model.config.pad_token_id == lm.tokenizer.pad_token_id
+    assert lm.model.config.vocab_size == len(lm.tokenizer)
+
+
+def test_no_length_warning_where_fd_cuts_blocks(tiny, capfd):
+    import datasets
+    from transformers import AutoTokenizer
+
+    from fdcli.lm import text_blocks
+
+    tok = AutoTokenizer.from_pretrained(str(tiny / "tokenizer"))
+    tok.model_max_length = 8  # the documents are far longer
+    ds = datasets.Dataset.from_dict({"text": [" ".join(LABELS * 40)]})
+    blocks = text_blocks(ds, "proxy", tok, max_length=8, packing=True)
+    assert len(blocks.blocks) > 5
+    assert "Token indices sequence length" not in capfd.readouterr().err
