@@ -73,10 +73,14 @@ def tiny(tmp_path_factory):
 
 
 def _fd(*args) -> subprocess.CompletedProcess:
-    """The installed ``fd`` entry point in a child process, as a user runs it."""
+    """The ``fd`` entry point in a child process, as a user runs it: without the libraries'
+    output switches that earlier in-process commands of this test session set."""
+    from fdcli.console import _LIBRARY_SWITCHES
+
+    env = {k: v for k, v in os.environ.items() if k not in _LIBRARY_SWITCHES}
     return subprocess.run([sys.executable, "-c", "from fdcli.cli import main; main()",
                            *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          env={**env, "HF_HUB_OFFLINE": "1"})
 
 
 def test_other_libraries_stay_silent_unless_verbose(tiny, tmp_path):
