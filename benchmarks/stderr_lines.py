@@ -1,6 +1,7 @@
 """What an fd command prints on stderr, counted, as JSON: every line (each redraw of a
-progress bar, ended by a carriage return, counts as one), how many are fd's own (``fd simulate: ...``,
-``warning: ...``, ``error: ...``) and the most frequent of the others::
+progress bar, ended by a carriage return, counts as one), how many are fd's own
+(``fd simulate: ...``, ``warning: ...``, ``error: ...``) and the most frequent of the
+others::
 
     python benchmarks/stderr_lines.py -- simulate --out /tmp/fd-simulation   # the README job
 """

@@ -25,7 +25,7 @@ QUIET = False
 
 #: the libraries' own switches for their progress bars and reports (read when they are
 #: imported; fd imports them lazily, after :func:`configure_output`)
-_LIBRARY_SWITCHES = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+LIBRARY_SWITCHES = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                      "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "DATASETS_VERBOSITY": "error"}
 
 
@@ -40,7 +40,7 @@ def configure_output(verbose: bool = False, quiet: bool = False) -> None:
     progress.ENABLED = not quiet
     if verbose:
         return
-    for key, value in _LIBRARY_SWITCHES.items():
+    for key, value in LIBRARY_SWITCHES.items():
         os.environ.setdefault(key, value)
     if "transformers" in sys.modules:  # imported already (fd used as a library, or tests)
         from transformers.utils import logging as hf_logging

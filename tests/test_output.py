@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -75,9 +74,9 @@ def tiny(tmp_path_factory):
 def _fd(*args) -> subprocess.CompletedProcess:
     """The ``fd`` entry point in a child process, as a user runs it: without the libraries'
     output switches that earlier in-process commands of this test session set."""
-    from fdcli.console import _LIBRARY_SWITCHES
+    from fdcli.console import LIBRARY_SWITCHES
 
-    env = {k: v for k, v in os.environ.items() if k not in _LIBRARY_SWITCHES}
+    env = {k: v for k, v in os.environ.items() if k not in LIBRARY_SWITCHES}
     return subprocess.run([sys.executable, "-c", "from fdcli.cli import main; main()",
                            *map(str, args)], capture_output=True, text=True,
                           env={**env, "HF_HUB_OFFLINE": "1"})
