@@ -12,7 +12,8 @@ from rich.text import Text
 from . import cli_options as opts
 from .cli import app
 from .cli_options import JsonOpt, LimitOpt, Overwrite, TrustedOpt
-from .console import ERROR, err, human, out, plain, print_json, report, reporting_errors
+from .console import human, out, plain, print_json, report, reporting_errors
+from .errors import BundleError
 
 
 @app.command()
@@ -63,11 +64,13 @@ def verify(
 
     with reporting_errors():
         checked = verify_bundle(bundle_dir, opts.limits(limit), opts.trusted(trusted_keys))
+        if not (checked.ok or json_out):
+            raise BundleError.collected(str(bundle_dir), checked.problems)
     if json_out:
         print_json({"path": str(bundle_dir), "ok": checked.ok, "problems": checked.problems,
-                     "signer": checked.signer, "shards_checked": checked.shards_checked,
-                     "rows_checked": checked.rows_checked})
-    elif checked.ok:
+                    "signer": checked.signer, "shards_checked": checked.shards_checked,
+                    "rows_checked": checked.rows_checked})
+    else:
         m = checked.manifest
         signed = (f"signed by {checked.signer}" + ("" if trusted_keys else
                                                   " (not checked against trusted keys)")
@@ -75,15 +78,6 @@ def verify(
         out.print(Text("OK ", style="green") + plain(
             f"{bundle_dir}: {checked.shards_checked} shard(s), {checked.rows_checked} rows, "
             f"{m.examples} examples, encoding {m.encoding['name']}, {signed}"), soft_wrap=True)
-    else:
-        problems = checked.problems
-        if len(problems) == 1:
-            err.print(ERROR + plain(problems[0]), highlight=False, soft_wrap=True)
-        else:
-            err.print(ERROR + plain(f"{bundle_dir}: {len(problems)} problem(s) found:"),
-                      highlight=False, soft_wrap=True)
-            for p in problems:
-                err.print(plain(f"  - {p}"), highlight=False, soft_wrap=True)
     if not checked.ok:
         raise typer.Exit(1)
 

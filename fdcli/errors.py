@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def quoted(value, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: values quoted in messages come from a
+    bundle and may be megabytes long."""
+    return _cut(repr(value), limit)
+
+
 class FdError(Exception):
     """A problem the user can fix: the message names the file, the field, what was expected,
     what was found and what to do."""

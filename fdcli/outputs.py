@@ -71,9 +71,9 @@ def remove_stale(path: Path) -> list[Path]:
 
 
 def temporary_sibling(path: Path) -> Path:
-    """A new hidden folder next to ``path``, on the same file system, named after this
-    process so that a later run can clear it away if this one is killed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """A new hidden folder next to ``path`` (whose parent exists: :func:`make_parents`), on
+    the same file system, named after this process so that a later run can clear it away if
+    this one is killed."""
     remove_stale(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

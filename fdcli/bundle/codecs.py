@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import BundleError
+from ..errors import BundleError, quoted
 from .sparse import (SparseRows, index_dtype, kl_rows, log_softmax_rows, plogp_rows,
                      temper_sparse)
 
@@ -497,14 +497,14 @@ def codec_from_spec(spec: Any, where: str = "encoding") -> Codec:
     """Build a codec from a manifest's ``encoding`` object (``{"name": ..., **params}``)."""
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise BundleError(f"{where}: expected an object with a 'name' string, found "
-                          f"{repr(spec)[:80]}")
+                          f"{quoted(spec)}")
     params = {k: v for k, v in spec.items() if k != "name"}
     cls = CODECS.get(spec["name"])
     if cls is None:
-        raise BundleError(f"{where}.name: unknown encoding {spec['name']!r:.80}; expected one of "
+        raise BundleError(f"{where}.name: unknown encoding {quoted(spec['name'])}; expected one of "
                           f"{sorted(CODECS)}")
     try:
         return cls(**params)
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{where}: invalid parameters {params} for encoding "
-                          f"{spec['name']!r:.80}: {exc}") from None
+                          f"{quoted(spec['name'])}: {exc}") from None

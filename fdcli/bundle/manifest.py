@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import BundleError
+from ..errors import BundleError, quoted
 from .codecs import Codec, codec_from_spec
 
 FORMAT_NAME = "fd-logit-bundle"
@@ -25,12 +25,6 @@ MAX_CLASSES = 1 << 20
 MAX_CLIENT_ID = 256
 SHARD_RE = re.compile(r"^shard-\d{5}\.safetensors\.zst$")
 _FINGERPRINT_RE = re.compile(r"^[a-z0-9]+:[0-9a-f]{8,128}$")
-
-
-def _show(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters: values in messages come from a bundle."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def fingerprint_labels(names: list[str]) -> str:
@@ -102,10 +96,10 @@ class BundleManifest:
             raise BundleError(f"{where}: expected a JSON object, found {type(d).__name__}")
         if d.get("format") != FORMAT_NAME:
             raise BundleError(f"{where}: field 'format': expected {FORMAT_NAME!r}, found "
-                              f"{_show(d.get('format'))}; this is not an fd logit bundle")
+                              f"{quoted(d.get('format'))}; this is not an fd logit bundle")
         if d.get("version") != FORMAT_VERSION:
             raise BundleError(f"{where}: field 'version': this fd reads bundle format version "
-                              f"{FORMAT_VERSION}, found version {_show(d.get('version'))}; "
+                              f"{FORMAT_VERSION}, found version {quoted(d.get('version'))}; "
                               "use an fd "
                               "release that knows that version, or re-emit the bundle")
         p: list[str] = []
@@ -116,7 +110,7 @@ class BundleManifest:
             if not ok:
                 tname = kind.__name__ if isinstance(kind, type) else "/".join(
                     k.__name__ for k in kind)
-                p.append(f"field '{prefix}{key}': expected {tname}, found {_show(value)}")
+                p.append(f"field '{prefix}{key}': expected {tname}, found {quoted(value)}")
                 return None
             return value
 
@@ -128,7 +122,7 @@ class BundleManifest:
 
         task = need("task", str)
         if task is not None and task not in TASKS:
-            p.append(f"field 'task': expected one of {list(TASKS)}, found {_show(task)}")
+            p.append(f"field 'task': expected one of {list(TASKS)}, found {quoted(task)}")
         encoding = need("encoding", dict)
         if encoding is not None:
             try:
@@ -145,7 +139,7 @@ class BundleManifest:
                 fp = need("fingerprint", str, obj, f"{key}.")
                 if fp is not None and not _FINGERPRINT_RE.match(fp):
                     p.append(f"field '{key}.fingerprint': expected 'algo:hexdigest', found "
-                             f"{_show(fp)}")
+                             f"{quoted(fp)}")
         names = (d.get("label_space") or {}).get("names") if isinstance(
             d.get("label_space"), dict) else None
         if names is not None:
@@ -173,18 +167,18 @@ class BundleManifest:
         for i, s in enumerate(shards_raw or []):
             pre = f"shards[{i}]."
             if not isinstance(s, dict):
-                p.append(f"field 'shards[{i}]': expected an object, found {_show(s)}")
+                p.append(f"field 'shards[{i}]': expected an object, found {quoted(s)}")
                 continue
             fname = need("file", str, s, pre)
             if fname is not None and not SHARD_RE.match(fname):
                 p.append(f"field '{pre}file': expected a name like 'shard-00000.safetensors.zst',"
-                         f" found {_show(fname)}")
+                         f" found {quoted(fname)}")
             elif fname in seen:
-                p.append(f"field '{pre}file': {_show(fname)} is listed twice")
+                p.append(f"field '{pre}file': {quoted(fname)} is listed twice")
             seen.add(fname)
             digest = need("sha256", str, s, pre)
             if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
-                p.append(f"field '{pre}sha256': expected 64 hex digits, found {_show(digest)}")
+                p.append(f"field '{pre}sha256': expected 64 hex digits, found {quoted(digest)}")
             vals = [count(k, s, pre) for k in ("rows", "examples")]
             vals += [count(k, s, pre, minimum=1) for k in ("bytes", "raw_bytes")]
             if all(v is not None for v in vals) and fname and digest:
@@ -203,10 +197,11 @@ class BundleManifest:
         for key, value in (fidelity or {}).items():
             if value is not None and (isinstance(value, bool)
                                       or not isinstance(value, (int, float))):
-                p.append(f"field 'fidelity.{key}': expected a number or null, found {_show(value)}")
+                p.append(f"field 'fidelity.{key}': expected a number or null, found "
+                         f"{quoted(value)}")
         provenance = d.get("provenance", [])
         if not isinstance(provenance, list):
-            p.append(f"field 'provenance': expected a list, found {_show(provenance)}")
+            p.append(f"field 'provenance': expected a list, found {quoted(provenance)}")
         if p:
             raise BundleError.collected(where, p)
         return cls(task=task, encoding=encoding, num_classes=num_classes,

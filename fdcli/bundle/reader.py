@@ -15,7 +15,7 @@ from typing import Iterator
 
 import torch
 
-from ..errors import BundleError
+from ..errors import BundleError, quoted
 from .codecs import Codec
 from .sparse import SparseRows, concat_rows
 from .manifest import MANIFEST, SHARD_RE, SIGNATURE, BundleManifest, ShardInfo
@@ -181,12 +181,13 @@ class BundleReader:
                        "examples": str(info.examples)}
         for key, want in expect_meta.items():
             if meta.get(key) != want:
-                problems.append(f"{where}: metadata '{key}' is {meta.get(key)!r:.200}, the "
+                problems.append(f"{where}: metadata '{key}' is {quoted(meta.get(key), 200)}, the "
                                 f"manifest says {want!r}")
         try:
             if json.loads(meta.get("encoding", "null")) != m.encoding:
-                problems.append(f"{where}: metadata 'encoding' is {meta.get('encoding')!r:.200},"
-                                f" the manifest says {m.encoding}")
+                problems.append(f"{where}: metadata 'encoding' is "
+                                f"{quoted(meta.get('encoding'), 200)}, the manifest says "
+                                f"{m.encoding}")
         except (json.JSONDecodeError, RecursionError):
             problems.append(f"{where}: metadata 'encoding' is not JSON")
         return problems

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import BundleError, FdError
+from .manifest import MAX_CLASSES
 from .shards import MAX_SHARD_BYTES
 
 _KIB, _MIB, _GIB = 1 << 10, 1 << 20, 1 << 30
@@ -34,7 +35,7 @@ class Limits:
     #: largest shard, compressed on disk or decompressed, in bytes.
     max_shard_bytes: int = MAX_SHARD_BYTES
     #: most classes (or vocabulary ids) a bundle may declare.
-    max_classes: int = 1 << 20
+    max_classes: int = MAX_CLASSES
     #: largest dense float array built from bundle rows (rows x classes x bytes per value).
     max_dense_bytes: int = 2 * _GIB
 

@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import BundleError, FdError
+from ..errors import BundleError, FdError, quoted
 from .manifest import SIGNATURE
 from .safeio import DEFAULT_LIMITS, Limits, parse_json, read_regular
 
@@ -155,8 +155,8 @@ def check_signature(bundle: str | os.PathLike, manifest: bytes,
         raise BundleError(f"{where}: malformed public key or signature ({exc})") from None
     kid = key_id(raw)
     if doc["key_id"] != kid:
-        raise BundleError(f"{where}: key_id {doc['key_id']!r:.60} does not name its public key "
-                          f"({kid})")
+        raise BundleError(f"{where}: key_id {quoted(doc['key_id'], 60)} does not name its "
+                          f"public key ({kid})")
     if trusted is not None:
         if kid not in trusted:
             raise BundleError(f"{bundle}: signed by {kid}, which is not among the trusted keys "

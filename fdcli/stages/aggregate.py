@@ -152,6 +152,8 @@ def _aggregate_classes(readers, out, rule, params, config, common, progress,
     first = readers[0].manifest
     clients, c = len(readers), first.num_classes
     readers[0].check_dense(1, clients=clients, itemsize=8)  # one example of every client
+    # a chunk holds the clients' float64 probabilities and about two more arrays of that size
+    # in the rule and the consensus distance
     chunk = max(1, min(4096, readers[0].limits.max_dense_bytes // (3 * clients * c * 8)))
     streams = [_Examples(r, decode=True, window=chunk) for r in readers]
     tally = OutlierTally(clients, outlier_z)
