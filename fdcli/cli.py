@@ -20,9 +20,9 @@ from rich.text import Text
 
 from . import __version__
 from . import cli_options as opts
-from .cli_options import (Batch, DataOpt, Epochs, ImageCol, JsonOpt, LabelCol, LimitOpt, LR,
-                          MaxLen, OutOpt, Overwrite, Packing, SeedOpt, SignOpt, SplitOpt,
-                          TaskOpt, TextCol, TokenizerOpt, TrustedOpt)
+from .cli_options import (Batch, DataOpt, DtypeOpt, Epochs, ImageCol, JsonOpt, LabelCol,
+                          LimitOpt, LR, MaxLen, OutOpt, Overwrite, Packing, SeedOpt, SignOpt,
+                          SplitOpt, TaskOpt, TextCol, TokenizerOpt, TrustedOpt)
 from .console import configure_output, out, plain, print_json, report, reporting_errors
 
 app = typer.Typer(
@@ -94,6 +94,7 @@ def train_specialist_cmd(
     trusted_keys: Annotated[Optional[Path], typer.Option(
         help="With --teacher: folder of trusted public keys; refuse a consensus that is not "
              "signed by one of them (fd aggregate --sign-key).")] = None,
+    dtype: DtypeOpt = "auto",
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Fine-tune a specialist on this institution's private data: labelled examples, or text
@@ -115,6 +116,7 @@ def train_specialist_cmd(
 
     with reporting_errors():
         opts.check_task(task)
+        dtype = opts.dtype(dtype)
         if task == "causal-lm":
             if teacher is not None or proxy is not None:
                 raise ValueError("--teacher and --proxy (rounds) apply to --task "
@@ -124,7 +126,7 @@ def train_specialist_cmd(
                                        split=split, max_length=max_length, packing=packing,
                                        epochs=epochs, learning_rate=lr, batch_size=batch_size,
                                        val_fraction=val_fraction, seed=seed,
-                                       overwrite=overwrite)
+                                       overwrite=overwrite, dtype=dtype)
             report({"out": str(out_dir), "client_id": meta["client_id"],
                     "architecture": meta["architecture"],
                     "train_examples": meta["train_examples"],
@@ -139,7 +141,7 @@ def train_specialist_cmd(
                                 val_fraction=val_fraction, teacher=teacher, proxy=proxy,
                                 digest_weight=digest_weight, schedule=schedule,
                                 temperature=temperature, seed=seed, overwrite=overwrite,
-                                trusted_keys=opts.trusted(trusted_keys))
+                                trusted_keys=opts.trusted(trusted_keys), dtype=dtype)
     extra = {"round": meta["round"], "consensus_sha256": meta["consensus"]["sha256"]} \
         if "round" in meta else {}
     report({"out": str(out_dir), "client_id": meta["client_id"],
@@ -174,7 +176,7 @@ def emit_logits_cmd(
     text_column: TextCol = None, image_column: ImageCol = None, tokenizer: TokenizerOpt = None,
     split: SplitOpt = None, batch_size: Annotated[Optional[int], typer.Option(
         help="Batch size (default: 64, or 8 blocks for causal-lm).")] = None,
-    sign_key: SignOpt = None,
+    sign_key: SignOpt = None, dtype: DtypeOpt = "auto",
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Run a model over the proxy dataset and write a logit bundle to carry out. With
@@ -188,6 +190,7 @@ def emit_logits_cmd(
     kept = 16 if k is None else k
     with reporting_errors():
         opts.check_task(task)
+        dtype = opts.dtype(dtype)
         key = opts.sign_key(sign_key)
         if task == "causal-lm":
             if declare_label_counts or proxy_slice:
@@ -205,7 +208,7 @@ def emit_logits_cmd(
                                   client_id=client_id, text_column=text_column, split=split,
                                   max_length=max_length, packing=packing,
                                   batch_size=batch_size or 8, seed=seed, overwrite=overwrite,
-                                  sign_key=key)
+                                  sign_key=key, dtype=dtype)
         else:
             if draws is not None:
                 raise ValueError("--draws applies to --task causal-lm (--encoding sample)")
@@ -215,7 +218,7 @@ def emit_logits_cmd(
                             proxy_slice=_slice(proxy_slice),
                             text_column=text_column, image_column=image_column, split=split,
                             batch_size=batch_size or 64, seed=seed, overwrite=overwrite,
-                            sign_key=key)
+                            sign_key=key, dtype=dtype)
     size = sum(s.bytes for s in m.shards)
     report({"out": str(out_dir), "client_id": m.producer.client_id, "examples": m.examples,
             "rows": m.rows, "encoding": m.encoding, "bytes": size,
@@ -325,7 +328,7 @@ def distill(
     task: TaskOpt = "classification",
     max_length: Annotated[Optional[int], typer.Option(
         help="causal-lm: tokens per block (default: the teacher bundle's).")] = None,
-    trusted_keys: TrustedOpt = None, limit: LimitOpt = None,
+    trusted_keys: TrustedOpt = None, limit: LimitOpt = None, dtype: DtypeOpt = "auto",
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Train a student of any architecture on the proxy set against a teacher bundle. With
@@ -342,7 +345,8 @@ def distill(
         opts.check_task(task)
         loss = {k: v for k, v in dict(temperature=temperature, hard_weight=hard_weight).items()
                 if v is not None}
-        loss.update(limits=opts.limits(limit), trusted_keys=opts.trusted(trusted_keys))
+        loss.update(limits=opts.limits(limit), trusted_keys=opts.trusted(trusted_keys),
+                    dtype=opts.dtype(dtype))
         if task == "causal-lm":
             meta = distill_lm(student, proxy, teacher, out_dir, tokenizer=tokenizer,
                               epochs=epochs,
@@ -388,7 +392,7 @@ def evaluate(
         help="causal-lm: a token bundle to measure the model's agreement with.")] = None,
     proxy: Annotated[Optional[Path], typer.Option(
         help="causal-lm: the proxy text the --teacher bundle was made on.")] = None,
-    json_out: JsonOpt = False,
+    dtype: DtypeOpt = "auto", json_out: JsonOpt = False,
 ) -> None:
     """Accuracy, macro-F1, NLL and expected calibration error on labelled data (with
     [bold]--mia[/bold], membership-inference AUC and TPR at 1% and 0.1% FPR); with
@@ -408,17 +412,20 @@ def evaluate(
                              "--nonmembers (held-out examples from the same distribution)")
         if mia and task != "classification":
             raise ValueError("--mia is implemented for --task classification")
+        dtype = opts.dtype(dtype)
         if task == "causal-lm":
             result = evaluate_lm(model, data, tokenizer=tokenizer, text_column=text_column,
                                  split=split, max_length=max_length, packing=packing,
-                                 batch_size=batch_size or 8, teacher=teacher, proxy=proxy)
+                                 batch_size=batch_size or 8, teacher=teacher, proxy=proxy,
+                                 dtype=dtype)
             agreement = result.pop("teacher_agreement", None)
             if agreement:
                 result.update({f"teacher_{k}": v for k, v in agreement.items()})
             report(result, json_out, "evaluation")
             return
         result = run(model, data, text_column=text_column, image_column=image_column,
-                     label_column=label_column, split=split, batch_size=batch_size or 64)
+                     label_column=label_column, split=split, batch_size=batch_size or 64,
+                     dtype=dtype)
         keys = ["model", "accuracy", "macro_f1", "nll", "ece", "examples", "architecture"]
         if mia:
             from .stages.evaluate import membership_inference

@@ -1,4 +1,5 @@
-"""``fd inspect``, ``fd verify`` and ``fd keygen``: looking at bundles and signing them."""
+"""``fd inspect``, ``fd verify``, ``fd keygen`` and ``fd merge``: looking at bundles, signing
+them, and joining the parts of a multi-process emit."""
 
 from __future__ import annotations
 
@@ -101,3 +102,31 @@ def keygen(
     report(result, json_out, "key pair")
 
 
+
+
+@app.command()
+def merge(
+    parts: Annotated[list[Path], typer.Argument(help="The part folders of one emit "
+                                                     "(OUT.partRofN).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The merged bundle (must not "
+                                                              "exist).")],
+    sign_key: opts.SignOpt = None, trusted_keys: TrustedOpt = None, limit: LimitOpt = None,
+    overwrite: Overwrite = False, json_out: JsonOpt = False,
+) -> None:
+    """Join the parts that the processes of one [bold]fd emit-logits[/bold] under torchrun or
+    accelerate launch wrote, when they were not on one shared filesystem (docs/scaling.md).
+
+    Every part is verified; they must be the same emit (model, proxy, encoding, settings)
+    over disjoint examples. Their shards are copied byte for byte, in example order.
+
+    [bold]Example[/bold]: fd merge node0/bundle.part0of2 node1/bundle.part1of2 --out bundle
+    """
+    from .bundle.merge import merge_bundles
+
+    with reporting_errors():
+        m = merge_bundles(parts, out_dir, overwrite=overwrite, limits=opts.limits(limit),
+                          trusted_keys=opts.trusted(trusted_keys),
+                          sign_key=opts.sign_key(sign_key))
+    report({"out": str(out_dir), "parts": len(parts), "examples": m.examples, "rows": m.rows,
+            "shards": len(m.shards), "bytes": sum(s.bytes for s in m.shards)}, json_out,
+           "bundle")

@@ -46,12 +46,24 @@ MaxLen = Annotated[Optional[int], typer.Option(
 Packing = Annotated[bool, typer.Option("--packing/--no-packing",
                                        help="causal-lm: pack documents into full blocks, or "
                                             "truncate each document.")]
+DtypeOpt = Annotated[str, typer.Option(
+    help="Model precision: auto (bf16 on a GPU that supports it, else fp32), bf16, fp16 "
+         "(GPU only) or fp32. Training uses mixed precision and saves fp32 weights; emitted "
+         "logits are encoded in fp32.")]
 TASKS = ("classification", "causal-lm")
 
 
 def check_task(task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"--task must be one of {list(TASKS)}, got {task!r}")
+
+
+def dtype(name: str) -> str:
+    """``--dtype``, checked against this machine now rather than after loading the data."""
+    from .devices import resolve_dtype
+
+    resolve_dtype(name)
+    return name
 
 
 def limits(items: list[str] | None):

@@ -204,8 +204,9 @@ def token_logits(model, batch: dict[str, torch.Tensor], vocab_size: int) -> torc
 def iter_token_logits(lm: LanguageModel, blocks: Sequence[Sequence[int]], batch_size: int = 8,
                       ) -> Iterator[tuple[range, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """For each batch of blocks: their indices, the logits of every real position
-    ``[rows, V]`` (on the model's device), the rows per block, and the next-token ids of
-    those rows (-100 where the block ends)."""
+    ``[rows, V]`` (on the model's device, in its dtype), the rows per block, and the
+    next-token ids of those rows (-100 where the block ends). Nothing here waits for the
+    device: the real positions are chosen from the padding mask on the host."""
     lm.model.eval()
     device = next(lm.model.parameters()).device
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
@@ -215,7 +216,10 @@ def iter_token_logits(lm: LanguageModel, blocks: Sequence[Sequence[int]], batch_
         mask = batch["attention_mask"].bool()
         logits = token_logits(lm.model, {k: v.to(device) for k, v in batch.items()},
                               lm.vocab_size)
-        yield (range(start, start + len(chunk)), logits[mask.to(device)],
+        flat = logits.reshape(-1, logits.shape[-1])
+        if not bool(mask.all()):
+            flat = flat.index_select(0, mask.view(-1).nonzero().view(-1).to(device))
+        yield (range(start, start + len(chunk)), flat,
                torch.tensor([len(b) for b in chunk]), batch["next_ids"][mask])
 
 

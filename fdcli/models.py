@@ -205,11 +205,13 @@ def predict_logits(clf: Classifier, values: list[Any], batch_size: int = 64,
                    progress=None) -> torch.Tensor:
     """Logits ``[N, C]`` for raw inputs, in batches."""
     clf.model.eval()
-    device = next(clf.model.parameters()).device
+    param = next(clf.model.parameters())
     out = []
     for start in range(0, len(values), batch_size):
         inputs = batch_inputs(clf, values[start:start + batch_size])
-        out.append(clf.model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu())
+        inputs = {k: v.to(param.device, param.dtype if v.is_floating_point() else None)
+                  for k, v in inputs.items()}
+        out.append(clf.model(**inputs).logits.float().cpu())
         if progress is not None:
             progress(len(out[-1]))
     return torch.cat(out) if out else torch.zeros(0, len(clf.label_names))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,9 +106,17 @@ def move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
 @contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a hidden temporary folder next to ``path``; on success it replaces ``path``, on
-    any error it is removed and ``path`` is left as it was."""
+    any error it is removed and ``path`` is left as it was. Under several processes of one
+    launch (torchrun, accelerate launch: data-parallel training) only process 0 writes
+    ``path``; the others get a scratch folder that is removed afterwards."""
+    from .devices import ranks
+
     path = Path(path)
     check_free(path, overwrite)
+    if not ranks().main:
+        with tempfile.TemporaryDirectory(prefix="fd-rank-") as scratch:
+            yield Path(scratch)
+        return
     created = make_parents(path)
     try:
         tmp = temporary_sibling(path)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .bundle.reader import LogitBlock
+from .devices import ranks, trainer_precision
 from .lm import LanguageModel, pad_blocks
 from .losses import dense_kd_loss, sparse_kd_loss
 from .models import DEFAULT_MAX_LENGTH, Classifier, batch_inputs
@@ -135,7 +136,7 @@ def _trainer_class():
 
 def _train(model, dataset, collator, *, epochs: float, learning_rate: float, batch_size: int,
            seed: int, teacher: TeacherRows | None, hard_weight: float, vocab: int | None,
-           progress: bool) -> dict[str, float]:
+           progress: bool, dtype: str = "auto") -> dict[str, float]:
     from contextlib import ExitStack
 
     from transformers import TrainingArguments
@@ -166,14 +167,15 @@ def _train(model, dataset, collator, *, epochs: float, learning_rate: float, bat
             per_device_train_batch_size=batch_size, seed=seed, data_seed=seed,
             report_to=[], save_strategy="no", logging_strategy="no",
             remove_unused_columns=False, dataloader_num_workers=0,
-            disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+            disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+            **trainer_precision(dtype))
         trainer = _trainer_class()(model=model, args=args, train_dataset=dataset,
                                    data_collator=collator)
         trainer.fd_temperature = teacher.temperature if teacher is not None else 1.0
         trainer.fd_hard_weight, trainer.fd_vocab = hard_weight, vocab
         trainer.remove_callback(PrinterCallback)  # results go to stdout only from fd itself
         trainer.remove_callback(ProgressCallback)
-        if progress:
+        if progress and ranks().main:
             trainer.add_callback(FdBar)
         result = trainer.train()
     model.eval()
@@ -183,10 +185,11 @@ def _train(model, dataset, collator, *, epochs: float, learning_rate: float, bat
 def fit_lm(lm: LanguageModel, blocks: list[list[int]], *, epochs: float, learning_rate: float,
            batch_size: int, seed: int, teacher: TeacherRows | None = None,
            example_ids: list[int] | None = None, hard_weight: float = 0.0,
-           progress: bool = True) -> dict[str, float]:
+           progress: bool = True, dtype: str = "auto") -> dict[str, float]:
     """Train a causal LM in place on token blocks: next-token cross-entropy, or KD against
     ``teacher`` (whose rows for ``example_ids[i]`` belong to ``blocks[i]``) mixed with
-    ``hard_weight`` of cross-entropy."""
+    ``hard_weight`` of cross-entropy. ``dtype`` sets mixed precision (the weights stay
+    fp32)."""
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
 
     def model_inputs(values):
@@ -196,22 +199,25 @@ def fit_lm(lm: LanguageModel, blocks: list[list[int]], *, epochs: float, learnin
     return _train(lm.model, _Rows(blocks, None, targets), _Collator(model_inputs, teacher),
                   epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                   teacher=teacher, hard_weight=hard_weight, vocab=lm.vocab_size,
-                  progress=progress)
+                  progress=progress, dtype=dtype)
 
 
 def fit(clf: Classifier, values: list[Any], labels: list[int] | None, *, epochs: float,
         learning_rate: float, batch_size: int, seed: int, teacher: TeacherRows | None = None,
         example_ids: list[int] | None = None, hard_weight: float = 0.0,
-        max_length: int = DEFAULT_MAX_LENGTH, progress: bool = True) -> dict[str, float]:
+        max_length: int = DEFAULT_MAX_LENGTH, progress: bool = True,
+        dtype: str = "auto") -> dict[str, float]:
     """Train ``clf.model`` in place; returns the Trainer's training metrics. With a
-    ``teacher``, ``example_ids[i]`` names the teacher row of ``values[i]``."""
+    ``teacher``, ``example_ids[i]`` names the teacher row of ``values[i]``. ``dtype`` sets
+    mixed precision (the weights stay fp32)."""
     def model_inputs(batch_values):
         return batch_inputs(clf, batch_values, max_length)
 
     targets = example_ids if teacher is not None else None
     return _train(clf.model, _Rows(values, labels, targets), _Collator(model_inputs, teacher),
                   epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
-                  teacher=teacher, hard_weight=hard_weight, vocab=None, progress=progress)
+                  teacher=teacher, hard_weight=hard_weight, vocab=None, progress=progress,
+                  dtype=dtype)
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -16,14 +16,14 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import BundleError, quoted
+from .kernels import block_masses, topk_row_stats
 from .sparse import (SparseRows, index_dtype, kl_rows, log_softmax_rows, plogp_rows,
                      temper_sparse)
 
 #: log-probabilities are clamped here before they are rounded, so fp16 never overflows.
 FP16_FLOOR = -60000.0
-#: topk's fast path computes the tail exactly (masked log-sum-exp) below this tail mass.
-EXACT_TAIL_BELOW = 1e-2
-
+#: the sample encoder draws a run of this many ids first, then an id within the run
+SAMPLE_BLOCK = 128
 
 
 class Codec:
@@ -34,6 +34,8 @@ class Codec:
     row_wise: ClassVar[bool] = True
     #: tensors that belong to the whole shard rather than to rows.
     shared_tensors: ClassVar[tuple[str, ...]] = ()
+    #: the encoding draws at random (the writer then seeds a generator per batch).
+    random: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -46,8 +48,15 @@ class Codec:
 
     def encode_logits(self, logits: torch.Tensor, num_classes: int,
                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Tensors (on the CPU) for raw logits on any device."""
-        return self.encode(*log_softmax_rows(logits.cpu()), num_classes, generator)
+        """Tensors for raw logits (any float dtype), on the logits' device; the writer copies
+        them to the host and passes them through :meth:`finish`. ``generator`` is on that
+        device."""
+        return self.encode(*log_softmax_rows(logits), num_classes, generator)
+
+    def finish(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Host-side tidying of :meth:`encode_logits`'s tensors (decisions that would need the
+        device to synchronise)."""
+        return tensors
 
     def expected(self, rows: int, num_classes: int,
                  widths: dict[str, int]) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
@@ -214,26 +223,24 @@ class TopKCodec(Codec):
         return self._pack(ids, vals, tail, lse, num_classes)
 
     def encode_logits(self, logits, num_classes, generator=None):
-        """The fast path from raw logits, on their device: one log-sum-exp pass and one top-k
-        pass over the vocabulary, no ``[R, V]`` log-prob tensor. The tail is
-        ``log1p(-sum kept p)`` in fp64 where it holds at least ``EXACT_TAIL_BELOW`` of the mass
-        (relative error under 1e-4 there), and the exact masked log-sum-exp on the other rows."""
-        logits = logits.float()
-        lse = torch.logsumexp(logits, dim=-1)
+        """The fast path from raw logits, on their device and in their dtype: one top-k pass
+        and one fused statistics pass (:func:`~fdcli.bundle.kernels.topk_row_stats`), no
+        ``[R, V]`` log-prob tensor and no host synchronisation. The tail is the sum over the
+        entries below the k-th largest logit (plus any ties with it left out), exact however
+        small it is."""
         k = self.width(num_classes)
-        vals, ids = logits.topk(k, dim=-1, sorted=False)
+        raw, ids = logits.topk(k, dim=-1, sorted=False)
         ids, order = ids.sort(dim=-1)
-        vals = vals.gather(1, order) - lse[:, None]
+        raw = raw.gather(1, order).float()
+        thr = raw.amin(-1)
+        m, total, below, at = topk_row_stats(logits, thr)
+        lse = m + total.log()
         if k < num_classes:
-            kept = vals.double().exp().sum(-1)
-            tail = torch.log1p(-kept.clamp(max=1.0)).float()
-            sharp = (1 - kept < EXACT_TAIL_BELOW).nonzero().view(-1)
-            if len(sharp):
-                tail[sharp] = torch.logsumexp(logits[sharp].scatter(1, ids[sharp], -math.inf),
-                                              dim=-1) - lse[sharp]
+            left_out = (at - (raw == thr[:, None]).sum(-1)).clamp(min=0)
+            tail = (below + left_out * torch.exp(thr - m)).log() + m - lse
         else:
             tail = torch.full_like(lse, -math.inf)
-        return {n: t.cpu() for n, t in self._pack(ids, vals, tail, lse, num_classes).items()}
+        return self._pack(ids, raw - lse[:, None], tail, lse, num_classes)
 
     def encode_sparse(self, rows: SparseRows, lse: torch.Tensor | None = None):
         """Tensors for rows that are already sparse (an aggregated teacher): the k most likely
@@ -354,6 +361,7 @@ class SampleCodec(Codec):
     """
 
     name = "sample"
+    random = True
 
     def __init__(self, draws: int = 16, temperature: float = 1.0):
         if not isinstance(draws, int) or not 1 <= draws <= 255:
@@ -368,12 +376,58 @@ class SampleCodec(Codec):
     def encode(self, logp, lse, num_classes, generator=None):
         probs = torch.softmax(logp / self.temperature, dim=-1)
         drawn = torch.multinomial(probs, self.draws, replacement=True, generator=generator)
-        full = torch.zeros(probs.shape, dtype=torch.int16).scatter_add_(
-            1, drawn, torch.ones_like(drawn, dtype=torch.int16))
-        width = int((full > 0).sum(-1).max()) if len(full) else 1
-        counts, ids = full.topk(width, dim=-1, sorted=True)
-        ids = torch.where(counts > 0, ids, torch.zeros_like(ids))
-        return {"ids": ids.to(index_dtype(num_classes)), "counts": counts.to(torch.uint8)}
+        return self.finish(self._counts(drawn, num_classes))
+
+    def encode_logits(self, logits, num_classes, generator=None):
+        """Draws on the logits' device, with no ``[R, V]`` fp32 tensor and no host
+        synchronisation: the mass of every run of :data:`SAMPLE_BLOCK` ids comes from one fused
+        pass (:func:`~fdcli.bundle.kernels.block_masses`); each draw picks a run by inverse CDF
+        over the runs, then an id by inverse CDF within its run. The ids and counts keep
+        ``draws`` columns; :meth:`finish` trims them."""
+        rows, v = logits.shape
+        dev, b = logits.device, SAMPLE_BLOCK
+        inv_t = 1.0 / self.temperature
+        m, runs = block_masses(logits, inv_t, b)
+        cdf = runs.cumsum(-1)
+        u = torch.rand(rows, self.draws, generator=generator, device=dev) * cdf[:, -1:]
+        run = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[1] - 1)
+        before = torch.where(run > 0, cdf.gather(1, (run - 1).clamp(min=0)),
+                             torch.zeros_like(u))
+        cols = run[..., None] * b + torch.arange(b, device=dev)
+        inside = cols < v
+        x = logits.gather(1, cols.clamp(max=v - 1).view(rows, -1)).view(rows, self.draws, b)
+        e = torch.where(inside, torch.exp(x.float() * inv_t - m[:, None, None]),
+                        torch.zeros((), device=dev))
+        inner = e.cumsum(-1)
+        # the run's mass summed here may differ from the fused pass's in the last bit
+        rest = torch.minimum(u - before, torch.nextafter(inner[..., -1], torch.zeros_like(u)))
+        j = torch.searchsorted(inner, rest[..., None], right=True).squeeze(-1)
+        drawn = (run * b + j.clamp(max=b - 1)).clamp(max=v - 1)
+        return self._counts(drawn, num_classes)
+
+    def _counts(self, drawn: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+        """Unique ids and their counts per row of draws ``[R, draws]``, most frequent first
+        (ties by id), padded with id 0 and count 0 to ``min(draws, num_classes)`` columns;
+        tensor ops only."""
+        rows, d = drawn.shape
+        s = drawn.sort(-1).values
+        new = torch.ones_like(s, dtype=torch.bool)
+        new[:, 1:] = s[:, 1:] != s[:, :-1]
+        pos = torch.arange(d, device=s.device).expand(rows, d)
+        start = torch.where(new, pos, d)
+        after = torch.cat([start[:, 1:], torch.full((rows, 1), d, device=s.device)], 1)
+        nxt = after.flip(1).cummin(1).values.flip(1)  # the next run's start
+        count = torch.where(new, nxt - pos, 0)
+        key = torch.where(new, (d - count) * num_classes + s, (d + 1) * num_classes)
+        order = key.argsort(-1)[:, :min(d, num_classes)]
+        count = count.gather(1, order)
+        ids = torch.where(count > 0, s.gather(1, order), 0)
+        return {"ids": ids.to(index_dtype(num_classes)), "counts": count.to(torch.uint8)}
+
+    def finish(self, tensors):
+        width = max(1, int((tensors["counts"] > 0).sum(-1).max())) \
+            if len(tensors["counts"]) else 1
+        return {k: v[:, :width].contiguous() for k, v in tensors.items()}
 
     def widths(self, header):
         shape = header.get("ids", {}).get("shape", [0, 0])

@@ -9,10 +9,13 @@ each file fsynced, the manifest last, and the folder is renamed into place only 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
 import shutil
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,6 +32,12 @@ from .sparse import SparseRows, concat_rows, kl_rows, log_softmax_rows
 
 #: fidelity statistics are measured on at most this many evenly spaced rows of each batch.
 FIDELITY_ROWS = 256
+#: a batch is encoded this many logits (rows x classes) at a time, to bound the encoders'
+#: temporaries (the sample encoder's [rows, draws, SAMPLE_BLOCK] gathers among them)
+ENCODE_ELEMENTS = 1 << 27
+#: shards compressed and written in the background at once, besides the one being filled
+SHARD_WORKERS = 2
+_FIDELITY_KEYS = ("tail_mass", "kl", "truncation_kl")
 
 
 def _fidelity_rows(rows: int) -> torch.Tensor:
@@ -65,9 +74,17 @@ class BundleWriter:
     ...     w.add(example_ids, logits, row_counts=tokens_per_example)
     >>> w.manifest.rows
 
-    ``logits`` are raw model outputs ``[rows, num_classes]``. ``row_counts`` (token tasks only)
-    gives how many of those rows belong to each example, in order. Leaving the ``with`` block
-    by an exception discards everything written.
+    ``logits`` are raw model outputs ``[rows, num_classes]`` in any float dtype, on any
+    device. ``row_counts`` (token tasks only) gives how many of those rows belong to each
+    example, in order. Leaving the ``with`` block by an exception discards everything written.
+
+    Row-wise codecs encode on the logits' device; on a GPU only the compact tensors are copied
+    back, asynchronously, and a batch is finished on the host while the next one is computed
+    (a batch's problems, such as NaN logits, are raised by the next :meth:`add` or by
+    :meth:`close`). Shards are compressed and written by ``SHARD_WORKERS`` background threads;
+    the first failure fails the next call. Random codecs (``sample``) draw each batch from a
+    generator seeded by ``seed`` and the batch's first example id, so the same batches give
+    the same bundle rows in any process.
     """
 
     def __init__(self, path: str | os.PathLike, *, codec: Codec, task: str, num_classes: int,
@@ -96,7 +113,7 @@ class BundleWriter:
         self.max_shard_bytes, self.max_shard_rows = max_shard_bytes, max_shard_rows
         self.zstd_level = zstd_level
         self.sign_key = sign_key
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
         label_space: dict[str, Any] = {"fingerprint": label_fingerprint}
         if label_names is not None:
             label_space["names"] = label_names
@@ -119,6 +136,10 @@ class BundleWriter:
         self._sums = {"tail_mass": 0.0, "kl": 0.0, "truncation_kl": 0.0}
         self._has_truncation = False
         self._counted = 0  # rows the fidelity sums cover
+        self._inflight: deque = deque()  # batches still being copied from the device
+        self._pool: ThreadPoolExecutor | None = None
+        self._writes: deque[Future] = deque()  # shard writes, in shard order
+        self._next_shard = 0
         self.manifest: BundleManifest | None = None
 
     # -- adding rows ---------------------------------------------------------------------
@@ -132,21 +153,64 @@ class BundleWriter:
             raise ValueError(f"logits must be [rows, {self.num_classes}], got "
                              f"{list(logits.shape)}")
         counts = self._row_counts(ids, row_counts, logits.shape[0])
-        # amax propagates NaN, so this one pass finds NaN, +Inf and rows with no finite logit
-        if len(logits) and not bool(torch.isfinite(logits.float().amax(-1)).all()):
+        if self.codec.row_wise:
+            self._stage(ids, counts, logits)
+        else:
+            self._check_finite((~torch.isfinite(logits.float().amax(-1))).sum())
+            logp, lse = log_softmax_rows(logits.cpu())
+            self._buffer(ids, counts, {"logp": logp, "lse": lse})
+
+    def _check_finite(self, bad: torch.Tensor) -> None:
+        # amax propagates NaN, so one pass finds NaN, +Inf and rows with no finite logit
+        if int(bad):
             raise FdError(f"{self.path}: the model produced NaN or infinite logits, or rows with"
                           " no finite logit; refusing to write them")
-        if self.codec.row_wise:
-            # encoded where the logits are (the GPU during emission): only the compact
-            # tensors come back to the CPU
-            tensors = self.codec.encode_logits(logits, self.num_classes, self.generator)
-            sample = _fidelity_rows(logits.shape[0])
-            self._account(log_softmax_rows(logits[sample.to(logits.device)].cpu())[0],
-                          {k: v[sample] for k, v in tensors.items()})
-        else:
-            logp, lse = log_softmax_rows(logits.cpu())
-            tensors = {"logp": logp, "lse": lse}
-        self._buffer(ids, counts, tensors)
+
+    def _generator(self, ids: torch.Tensor, device: torch.device) -> torch.Generator | None:
+        if not self.codec.random:
+            return None
+        first = int(ids[0]) if len(ids) else -1
+        digest = hashlib.sha256(f"{self.seed}:{first}".encode()).digest()
+        return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little")
+                                                          >> 1)
+
+    def _stage(self, ids, counts, logits) -> None:
+        """Encode a batch where its logits are and start copying the result to the host."""
+        dev, rows = logits.device, logits.shape[0]
+        gen = self._generator(ids, dev)
+        step = max(1, ENCODE_ELEMENTS // max(self.num_classes, 1))
+        parts = [self.codec.encode_logits(chunk, self.num_classes, gen)
+                 for chunk in logits.split(step)] if rows else \
+            [self.codec.encode_logits(logits, self.num_classes, gen)]
+        tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        sample = _fidelity_rows(rows).to(dev)
+        fid = self.codec.fidelity(torch.log_softmax(logits[sample].float(), -1),
+                                  {k: v[sample] for k, v in tensors.items()}, self.num_classes)
+        zero = torch.zeros((), dtype=torch.float64, device=dev)
+        tensors["_fidelity"] = torch.stack([fid[k].double().sum() if k in fid else zero
+                                            for k in _FIDELITY_KEYS])
+        tensors["_bad"] = (~torch.isfinite(logits.amax(-1))).sum() if rows else zero
+        event = None
+        if dev.type == "cuda":
+            tensors = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+                       .copy_(v, non_blocking=True) for k, v in tensors.items()}
+            event = torch.cuda.Event()
+            event.record()
+        self._inflight.append((ids, counts, tensors, event, len(sample),
+                               "truncation_kl" in fid))
+        while len(self._inflight) > (1 if event is not None else 0):
+            self._land(*self._inflight.popleft())
+
+    def _land(self, ids, counts, tensors, event, sampled: int, truncation: bool) -> None:
+        """Finish a staged batch on the host once its copy is complete."""
+        if event is not None:
+            event.synchronize()
+        self._check_finite(tensors.pop("_bad"))
+        for key, value in zip(_FIDELITY_KEYS, tensors.pop("_fidelity").tolist()):
+            self._sums[key] += value
+        self._counted += sampled
+        self._has_truncation |= truncation
+        self._buffer(ids, counts, self.codec.finish(tensors))
 
     def add_sparse(self, example_ids, rows: SparseRows, row_counts=None) -> None:
         """Encode and buffer rows that are already sparse distributions (an aggregated
@@ -221,14 +285,15 @@ class BundleWriter:
     def _write_shard(self, ids, counts, tensors) -> None:
         if not self.codec.row_wise:
             logp = tensors["logp"]
-            tensors = self.codec.encode(logp, tensors["lse"], self.num_classes, self.generator)
+            tensors = self.codec.encode(logp, tensors["lse"], self.num_classes)
             self._account(logp, tensors)
         rows = int(counts.sum())
         out = {"example_ids": ids.contiguous()}
         if self.task == "token":
             out["row_offsets"] = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
         out.update(tensors)
-        index = len(self._manifest.shards)
+        index = self._next_shard
+        self._next_shard += 1
         name = f"shard-{index:05d}.safetensors.zst"
         m = self._manifest
         meta = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "task": m.task,
@@ -236,12 +301,25 @@ class BundleWriter:
                 "num_classes": str(m.num_classes), "label_fingerprint": m.label_fingerprint,
                 "proxy_fingerprint": m.proxy_fingerprint, "client_id": m.producer.client_id,
                 "shard_index": str(index), "rows": str(rows), "examples": str(len(ids))}
-        data, raw_size = encode_shard(out, meta, self.zstd_level)
-        write_file_atomic(self._tmp / name, data)
-        m.shards.append(ShardInfo(file=name, sha256=sha256_bytes(data), rows=rows,
-                                  examples=len(ids), bytes=len(data), raw_bytes=raw_size))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(SHARD_WORKERS, thread_name_prefix="fd-shard")
+        self._writes.append(self._pool.submit(self._encode_write, name, out, meta, rows,
+                                              len(ids)))
         m.rows += rows
         m.examples += len(ids)
+        self._collect(SHARD_WORKERS)
+
+    def _encode_write(self, name, tensors, meta, rows: int, examples: int) -> ShardInfo:
+        data, raw_size = encode_shard(tensors, meta, self.zstd_level)
+        write_file_atomic(self._tmp / name, data)
+        return ShardInfo(file=name, sha256=sha256_bytes(data), rows=rows, examples=examples,
+                         bytes=len(data), raw_bytes=raw_size)
+
+    def _collect(self, keep: int) -> None:
+        """Record finished shard writes in order, waiting while more than ``keep`` are
+        queued; a failed write raises here."""
+        while self._writes and (len(self._writes) > keep or self._writes[0].done()):
+            self._manifest.shards.append(self._writes.popleft().result())
 
     def update_provenance(self, entries: list[dict]) -> None:
         """Replace the provenance the manifest will record (before :meth:`close`)."""
@@ -262,8 +340,12 @@ class BundleWriter:
         return self.manifest
 
     def _finish(self) -> BundleManifest:
+        while self._inflight:
+            self._land(*self._inflight.popleft())
         if self._pending:
             self._flush(full_only=False)
+        self._collect(0)
+        self._shutdown()
         m = self._manifest
         if m.examples == 0:
             raise FdError(f"{self.path}: no examples were written; a bundle needs at least one")
@@ -287,8 +369,16 @@ class BundleWriter:
         move_into_place(self._tmp, self.path, self.overwrite)
         return m
 
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
     def abort(self) -> None:
-        """Discard everything written so far."""
+        """Discard everything written so far (background writes are stopped first)."""
+        self._shutdown()
+        self._writes.clear()
+        self._inflight.clear()
         shutil.rmtree(self._tmp, ignore_errors=True)
         remove_created(self._created)
         self._pending = []

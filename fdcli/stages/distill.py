@@ -66,12 +66,12 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
             label_column: str | None = None, tokenizer: str | Path | None = None,
             split: str | None = None, overwrite: bool = False,
             progress: bool = True, limits: Limits = DEFAULT_LIMITS,
-            trusted_keys: dict | None = None) -> dict[str, Any]:
+            trusted_keys: dict | None = None, dtype: str = "auto") -> dict[str, Any]:
     """Distill ``student`` (model directory or config file, any architecture) on ``proxy``
     against the teacher bundle. The soft loss is KL at ``temperature`` times T^2; topk
     teachers use the tail-bucket loss. ``hard_weight`` > 0 mixes in cross-entropy on the
     proxy labels, which the proxy must then have. ``limits`` and ``trusted_keys`` are as in
-    :func:`open_teacher`."""
+    :func:`open_teacher`. ``dtype`` sets mixed precision (the saved weights stay fp32)."""
     from ..training import fit
 
     reader = open_teacher(teacher, out, task="classification", temperature=temperature,
@@ -98,7 +98,7 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
         metrics = fit(clf, values, labels, epochs=epochs, learning_rate=learning_rate,
                       batch_size=batch_size, seed=seed, teacher=teacher_rows,
                       example_ids=rows.tolist(), hard_weight=hard_weight,
-                      progress=progress)
+                      progress=progress, dtype=dtype)
         meta = {"fd_version": __version__, "stage": "distill", "client_id": "student",
                 "task": "classification", "kind": spec.kind, "label_names": clf.label_names,
                 "architecture": clf.architecture, "proxy_examples": len(values),

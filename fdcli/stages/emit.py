@@ -7,6 +7,7 @@ from typing import Any
 
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, TopKCodec
 from ..data import load_local, resolve, fingerprint
+from ..devices import place
 from ..models import ModelError, fingerprint_model, load_classifier, predict_logits
 from ..progress import progress_bar
 
@@ -20,7 +21,7 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                 image_column: str | None = None, split: str | None = None,
                 batch_size: int = 64, proxy_slice: tuple[int, int] | None = None,
                 seed: int = 0, overwrite: bool = False,
-                progress: bool = True, sign_key=None) -> BundleManifest:
+                progress: bool = True, sign_key=None, dtype: str = "auto") -> BundleManifest:
     """Write the bundle of ``model``'s predictions on every example of ``proxy``.
 
     ``declare_label_counts`` copies the model's training label histogram (from its fd.json)
@@ -30,13 +31,15 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     ``proxy_slice`` ``(i, n)`` emits only the i-th of n contiguous slices of the proxy set
     (1-based; example ids stay those of the whole set), so that each round of a federation
     can use a fresh slice (docs/rounds.md). ``sign_key`` (an Ed25519 private key,
-    :func:`fdcli.bundle.signing.load_private_key`) signs the manifest."""
+    :func:`fdcli.bundle.signing.load_private_key`) signs the manifest. ``dtype`` is the
+    model's (``auto``: bf16 on a GPU that has it, else fp32); logits are encoded in fp32."""
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
     ds = load_local(proxy, split)
     spec = resolve(ds, str(proxy), text_column=text_column, image_column=image_column,
                    need_labels=False)
     clf = load_classifier(model, spec.kind, None)
+    place(clf.model, dtype)
     codec = DenseCodec() if encoding == "dense" else TopKCodec(k=k, value_dtype=value_dtype)
     config: dict[str, Any] = {"model": str(model), "proxy": str(proxy), "encoding": encoding,
                               "batch_size": batch_size, "split": split,

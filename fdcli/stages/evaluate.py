@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..data import label_ids, load_local, resolve
+from ..devices import place
 from ..models import load_classifier, predict_logits
 
 
@@ -36,14 +37,15 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
 
 
 def _scored(model, data, text_column, image_column, label_column, split, batch_size,
-            clf=None):
+            clf=None, dtype: str = "auto"):
     """(classifier, logits, labels) of ``model`` (or the already loaded ``clf``) on the
-    labelled dataset ``data``."""
+    labelled dataset ``data``; a model loaded here runs in ``dtype``."""
     ds = load_local(data, split)
     if clf is None:
         probe = resolve(ds, str(data), text_column=text_column, image_column=image_column,
                         label_column=label_column)
         clf = load_classifier(model, probe.kind, None)
+        place(clf.model, dtype)
     spec = resolve(ds, str(data), text_column=text_column, image_column=image_column,
                    label_column=label_column, label_names=clf.label_names)
     labels = torch.tensor(label_ids(ds, spec))
@@ -52,10 +54,12 @@ def _scored(model, data, text_column, image_column, label_column, split, batch_s
 
 def evaluate(model: str | Path, data: str | Path, *, text_column: str | None = None,
              image_column: str | None = None, label_column: str | None = None,
-             split: str | None = None, batch_size: int = 64) -> dict[str, Any]:
-    """Evaluate a model directory on a labelled dataset whose labels fit the model's."""
+             split: str | None = None, batch_size: int = 64,
+             dtype: str = "auto") -> dict[str, Any]:
+    """Evaluate a model directory on a labelled dataset whose labels fit the model's, with
+    the model in ``dtype`` (``auto``: bf16 on a GPU that has it, else fp32)."""
     clf, logits, labels = _scored(model, data, text_column, image_column, label_column, split,
-                                  batch_size)
+                                  batch_size, dtype=dtype)
     out = classification_metrics(logits, labels, len(clf.label_names))
     out.update(model=str(model), data=str(data), architecture=clf.architecture)
     return out

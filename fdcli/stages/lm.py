@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ import torch
 
 from .. import __version__
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, SampleCodec, TopKCodec, read_bundle
+from ..bundle.merge import PART_KEY, merge_bundles, part_path
 from ..bundle.safeio import DEFAULT_LIMITS, Limits
 from ..data import DataError, load_local
+from ..devices import place, ranks, share as share_of
 from ..errors import FdWarning, IncompatibleBundlesError
 from ..lm import (DEFAULT_LM_MAX_LENGTH, TextBlocks, iter_token_logits, load_lm,
                   max_positions, save_lm, text_blocks, vocab_fingerprint)
@@ -69,10 +72,11 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                         max_length: int | None = None, packing: bool = True,
                         epochs: float = 3.0, learning_rate: float = 5e-5, batch_size: int = 8,
                         val_fraction: float = 0.0, seed: int = 0, overwrite: bool = False,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, dtype: str = "auto") -> dict[str, Any]:
     """Train a causal LM (model folder or config file) on this institution's text and write a
     model folder with its tokenizer and fd.json (configuration, vocabulary fingerprint,
-    examples, tokens, metrics; ``val_perplexity`` when ``val_fraction`` > 0)."""
+    examples, tokens, metrics; ``val_perplexity`` when ``val_fraction`` > 0). ``dtype`` sets
+    mixed precision (the saved weights stay fp32)."""
     from ..training import fit_lm
 
     config = _config(task="causal-lm", data=data, model=model, tokenizer=tokenizer,
@@ -94,7 +98,7 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
         raise DataError(f"{data}: no blocks left to train on after holding out {n_val}")
     with atomic_dir(out, overwrite) as tmp:
         metrics = fit_lm(lm, train, epochs=epochs, learning_rate=learning_rate,
-                         batch_size=batch_size, seed=seed, progress=progress)
+                         batch_size=batch_size, seed=seed, progress=progress, dtype=dtype)
         if val:
             metrics["val_perplexity"] = token_metrics(lm, val, batch_size)["perplexity"]
         meta = {"fd_version": __version__, "stage": "train-specialist",
@@ -126,35 +130,100 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       text_column: str | None = None, split: str | None = None,
                       max_length: int | None = None, packing: bool = True,
                       batch_size: int = 8, seed: int = 0, overwrite: bool = False,
-                      progress: bool = True, sign_key=None) -> BundleManifest:
+                      progress: bool = True, sign_key=None, dtype: str = "auto",
+                      limits: Limits = DEFAULT_LIMITS) -> BundleManifest:
     """Write a token bundle: the model's next-token distribution at every position of every
     proxy block, streamed into shards (memory does not grow with the proxy size).
     ``topk`` (the default) keeps the ``k`` most likely ids per token and their tail mass;
     ``sample`` draws ``draws`` ids per token from the model at ``sample_temperature`` (distill
-    must then use that temperature), an unbiased estimate."""
+    must then use that temperature), an unbiased estimate. ``dtype`` (``auto``: bf16 on a GPU
+    that has it, else fp32) is the model's; logits are encoded in fp32.
+
+    Under ``torchrun`` / ``accelerate launch`` with N processes, each takes a contiguous share
+    of the batches and writes a part (:func:`~fdcli.bundle.merge.part_path`); when every part
+    is visible to process 0 (a shared filesystem) it merges them into ``out`` and removes them,
+    else ``fd merge`` joins them. The rows are those of a one-process emit, byte for byte, at
+    the same batch size."""
     codec = token_codec(encoding, k, value_dtype, draws, sample_temperature)
+    r = ranks()
     check_free(Path(out), overwrite)
     lm = load_lm(model, tokenizer=tokenizer)
     tb = _blocks(proxy, split, lm, text_column, max_length, packing, model)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    lm.model.to(device)
+    place(lm.model, dtype)
     config = _config(task="causal-lm", model=model, proxy=proxy, encoding=encoding,
                      **codec.params(), batch_size=batch_size, split=split,
                      text_column=tb.text_column, max_length=tb.max_length, packing=packing,
                      train_examples=lm.meta.get("train_examples"),
                      train_tokens=lm.meta.get("train_tokens"))
-    with BundleWriter(out, codec=codec, task="token", num_classes=lm.vocab_size,
+    target = Path(out) if r.world == 1 else part_path(out, r.rank, r.world)
+    if r.world > 1:
+        config[PART_KEY] = [r.rank, r.world]
+    mine = _batch_share(len(tb.blocks), batch_size, r)
+    with BundleWriter(target, codec=codec, task="token", num_classes=lm.vocab_size,
                       label_fingerprint=vocab_fingerprint(lm.tokenizer),
                       proxy_fingerprint=tb.fingerprint,
                       client_id=client_id or lm.meta.get("client_id") or Path(model).name,
                       model_fingerprint=lm.meta.get("model_fingerprint")
                       or fingerprint_model(lm.model), config=config, seed=seed,
                       overwrite=overwrite, sign_key=sign_key) as writer, \
-            progress_bar(tb.tokens, "emitting token logits", progress) as advance:
-        for index, logits, counts, _ in iter_token_logits(lm, tb.blocks, batch_size):
-            writer.add(index, logits, row_counts=counts)
+            progress_bar(sum(len(b) for b in tb.blocks[mine.start:mine.stop]),
+                         "emitting token logits", progress and r.main) as advance:
+        write_token_rows(lm, tb.blocks, writer, batch_size, span=mine, advance=advance)
+    if r.world == 1:
+        return writer.manifest
+    return _join_parts(out, r, overwrite, limits, sign_key) or writer.manifest
+
+
+def _batch_share(blocks: int, batch_size: int, r) -> range:
+    """The blocks rank ``r`` emits: a contiguous share of whole batches, so that every batch
+    is the batch a one-process emit computes."""
+    batches = share_of(-(-blocks // batch_size), r)
+    if not batches:
+        raise ValueError(f"{r.world} processes for {-(-blocks // batch_size)} batches of "
+                         f"--batch-size {batch_size}: process {r.rank} would have none; use "
+                         "fewer processes or a smaller --batch-size")
+    return range(min(batches.start * batch_size, blocks), min(batches.stop * batch_size, blocks))
+
+
+def write_token_rows(lm, blocks, writer: BundleWriter, batch_size: int = 8, *,
+                     span: range | None = None, advance=None) -> None:
+    """Run the model over ``blocks[span]`` (all of them by default), in batches that start
+    at ``span.start``, and add every position's logits to ``writer``. The writer encodes on
+    the model's device and finishes a batch while the next one is computed."""
+    span = span if span is not None else range(len(blocks))
+    for index, logits, counts, _ in iter_token_logits(lm, blocks[span.start:span.stop],
+                                                      batch_size):
+        writer.add(range(span.start + index.start, span.start + index.stop), logits,
+                   row_counts=counts)
+        if advance is not None:
             advance(int(counts.sum()))
-    return writer.manifest
+
+
+def _join_parts(out, r, overwrite: bool, limits: Limits, sign_key) -> BundleManifest | None:
+    """After every process has written its part: process 0 merges them into ``out`` when it
+    can see them all; returns the merged manifest there, None elsewhere."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    group = dist.new_group(backend="gloo")
+    dist.barrier(group=group)
+    merged = None
+    if r.main:
+        parts = [part_path(out, i, r.world) for i in range(r.world)]
+        missing = [str(p) for p in parts if not p.is_dir()]
+        if missing:
+            warnings.warn(f"{out}: process 0 cannot see the parts {missing} (no shared "
+                          "filesystem?); gather every part in one place and run fd merge "
+                          f"{' '.join(str(p) for p in parts)} --out {out}", FdWarning,
+                          stacklevel=3)
+        else:
+            merged = merge_bundles(parts, out, overwrite=overwrite, limits=limits,
+                                   sign_key=sign_key)
+            for p in parts:
+                shutil.rmtree(p, ignore_errors=True)
+    dist.barrier(group=group)
+    return merged
 
 
 def _check_vocab(lm, manifest: BundleManifest, student, teacher) -> None:
@@ -242,8 +311,8 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
                text_column: str | None = None, split: str | None = None,
                max_length: int | None = None, packing: bool | None = None, seed: int = 0,
                overwrite: bool = False, progress: bool = True,
-               limits: Limits = DEFAULT_LIMITS, trusted_keys: dict | None = None
-               ) -> dict[str, Any]:
+               limits: Limits = DEFAULT_LIMITS, trusted_keys: dict | None = None,
+               dtype: str = "auto") -> dict[str, Any]:
     """Distill a causal-LM student (any architecture sharing the teachers' tokenizer) on the
     proxy text against a token bundle. The loss is KL at ``temperature`` times T^2: the
     tail-bucket loss for topk teachers, the sampled-target loss for sample teachers, full KL for
@@ -280,7 +349,7 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
         metrics = fit_lm(lm, [tb.blocks[e] for e in ids], epochs=epochs,
                          learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                          teacher=teacher_rows, example_ids=ids, hard_weight=hard_weight,
-                         progress=progress)
+                         progress=progress, dtype=dtype)
         meta = {"fd_version": __version__, "stage": "distill", "client_id": "student",
                 "task": "causal-lm", "architecture": lm.architecture,
                 "vocab_size": lm.vocab_size, "vocab_fingerprint": m.label_fingerprint,
@@ -338,15 +407,14 @@ def evaluate_lm(model: str | Path, data: str | Path, *, tokenizer: str | Path | 
                 text_column: str | None = None, split: str | None = None,
                 max_length: int | None = None, packing: bool = True,
                 batch_size: int = 8, teacher: str | Path | None = None,
-                proxy: str | Path | None = None) -> dict[str, Any]:
+                proxy: str | Path | None = None, dtype: str = "auto") -> dict[str, Any]:
     """Perplexity and next-token accuracy of a causal LM on held-out text; with ``teacher``
     (a token bundle) and ``proxy`` (the text it was made on), also the model's agreement with
-    that teacher."""
+    that teacher. ``dtype`` is the model's (``auto``: bf16 on a GPU that has it)."""
     if (teacher is None) != (proxy is None):
         raise ValueError("teacher agreement needs both a teacher bundle and its proxy data")
     lm = load_lm(model, tokenizer=tokenizer)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    lm.model.to(device)
+    place(lm.model, dtype)
     tb = _blocks(data, split, lm, text_column, max_length, packing, model)
     result: dict[str, Any] = {"model": str(model), "architecture": lm.architecture,
                               **token_metrics(lm, tb.blocks, batch_size)}

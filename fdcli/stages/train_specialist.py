@@ -28,8 +28,8 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                      proxy: str | Path | None = None, proxy_split: str | None = None,
                      digest_weight: float = 0.2, schedule: str = "mixed",
                      temperature: float = 2.0, seed: int = 0, overwrite: bool = False,
-                     progress: bool = True, trusted_keys: dict | None = None
-                     ) -> dict[str, Any]:
+                     progress: bool = True, trusted_keys: dict | None = None,
+                     dtype: str = "auto") -> dict[str, Any]:
     """Train ``model`` (a model directory or a config file) on the labelled dataset ``data``
     and write a model directory to ``out``: weights, tokenizer or image processor, and fd.json
     with the configuration, the label names, the training label histogram and the metrics.
@@ -44,7 +44,9 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     minimises ``digest_weight`` * KD(consensus, T=``temperature``) + (1 - ``digest_weight``)
     * CE per batch; ``alternate`` (FedMD) digests for ``epochs`` over the proxy, then
     revisits for ``epochs``. fd.json records the round and the consensus's sha256. With
-    ``trusted_keys`` the consensus must be signed by one of them (the coordinator's key)."""
+    ``trusted_keys`` the consensus must be signed by one of them (the coordinator's key).
+    ``dtype`` sets mixed precision (``auto``: bf16 on a GPU that has it); the saved weights
+    stay fp32."""
     from ..training import fit
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dict(
@@ -82,7 +84,7 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                               image_column)
     with atomic_dir(out, overwrite) as tmp:
         common = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                      seed=seed, progress=progress)
+                      seed=seed, progress=progress, dtype=dtype)
         if digest is None:
             metrics = fit(clf, train_values, train_labels, **common)
         else:

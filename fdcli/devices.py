@@ -1,0 +1,94 @@
+"""Devices, precision and process groups: where a model runs and in which dtype, and which
+share of the work this process takes when ``torchrun`` or ``accelerate launch`` started
+several (docs/scaling.md). No training code and no I/O."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the processes of one launch (``RANK``/``WORLD_SIZE``/
+    ``LOCAL_RANK``, as torchrun and accelerate set them); one process is rank 0 of 1."""
+
+    rank: int = 0
+    world: int = 1
+    local: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def ranks() -> Ranks:
+    """The launcher's ranks from the environment; a malformed value is an error, not rank 0."""
+    values = {}
+    for key, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+        raw = os.environ.get(key)
+        try:
+            values[key] = default if raw in (None, "") else int(raw)
+        except ValueError:
+            raise ValueError(f"environment variable {key}={raw!r}; expected an integer (set by "
+                             "torchrun or accelerate launch)") from None
+    r = Ranks(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
+    if r.world < 1 or not 0 <= r.rank < r.world or r.local < 0:
+        raise ValueError(f"RANK={r.rank}, WORLD_SIZE={r.world}, LOCAL_RANK={r.local}: expected "
+                         "0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0")
+    return r
+
+
+def device() -> torch.device:
+    """The GPU this process owns (``cuda:LOCAL_RANK``), or the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", ranks().local % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, where: torch.device | str | None = None) -> torch.dtype:
+    """The torch dtype for ``--dtype``: ``auto`` is bf16 on a GPU that supports it, else fp32
+    (fp32 on the CPU). fp16 and bf16 are refused where the device cannot run them."""
+    if name not in DTYPES:
+        raise ValueError(f"--dtype must be one of {list(DTYPES)}, got {name!r}")
+    where = torch.device(where) if where is not None else device()
+    cuda = where.type == "cuda"
+    if name == "auto":
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if name == "fp16" and not cuda:
+        raise ValueError("--dtype fp16 needs a GPU; on the CPU use fp32 (or bf16)")
+    if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--dtype bf16: {torch.cuda.get_device_name(where)} does not support "
+                         "bfloat16; use fp16 or fp32")
+    return _TORCH_DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _TORCH_DTYPES.items()}[dtype]
+
+
+def place(model, dtype: str = "auto") -> torch.device:
+    """Move a model for inference to this process's device, in ``dtype`` (``--dtype``);
+    returns the device."""
+    where = device()
+    model.to(where, resolve_dtype(dtype, where))
+    model.eval()
+    return where
+
+
+def trainer_precision(dtype: str) -> dict[str, bool]:
+    """TrainingArguments for ``--dtype`` when training: mixed precision (the weights stay fp32
+    and are saved as fp32); ``auto`` is bf16 on a GPU that supports it."""
+    resolved = resolve_dtype(dtype)
+    return {"bf16": resolved == torch.bfloat16, "fp16": resolved == torch.float16}
+
+
+def share(count: int, r: Ranks) -> range:
+    """The contiguous share ``[floor(rank * count / world), floor((rank + 1) * count / world))``
+    of ``count`` items that rank ``r`` takes."""
+    return range(r.rank * count // r.world, (r.rank + 1) * count // r.world)
