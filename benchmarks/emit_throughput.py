@@ -23,7 +23,7 @@ so the same script measures main as the baseline.
 from __future__ import annotations
 
 import argparse
-import inspect
+import dataclasses
 import json
 import os
 import platform
@@ -114,6 +114,18 @@ def time_emit(lm, tb, out: Path, codec, batch_size: int, device: str) -> tuple[f
                      "mean_tail_mass": m.fidelity.get("mean_tail_mass")}
 
 
+def profile(lm, tb, out: Path, codec, batch_size: int, device: str, title: str) -> None:
+    from torch.profiler import ProfilerActivity, profile as run
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda")
+                                     else [])
+    with run(activities=acts) as prof:
+        time_emit(lm, tb, out, codec, batch_size, device)
+    key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    print(f"== profile: {title}", file=sys.stderr)
+    print(prof.key_averages().table(sort_by=key, row_limit=18), file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=8192, help="proxy tokens to emit")
@@ -129,6 +141,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--profile", action="store_true",
+                    help="also print (stderr) the busiest kernels of one emit per encoding")
     args = ap.parse_args()
 
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -164,13 +178,14 @@ def main() -> None:
         results["tokens"] = total
         results["setup_s"] = round(time.perf_counter() - t0, 2)
         for name in args.dtypes.split(","):
-            dtype = DTYPES[name]
-            prepare_model = getattr(stages_lm, "place_model", None)
-            if prepare_model is not None and "dtype" in inspect.signature(prepare_model).parameters:
-                prepare_model(lm, args.device, dtype)
-            else:
-                lm.model.to(args.device, dtype)
+            lm.model.to(args.device, DTYPES[name])
             time_forward(lm, tb.blocks[:args.batch_size], args.batch_size, args.device)  # warm
+            few = dataclasses.replace(tb, blocks=tb.blocks[:4 * args.batch_size])
+            for enc in args.encodings.split(","):  # warm: compile the encoders at this dtype
+                time_emit(lm, few, work / "warm", codecs[enc], args.batch_size, args.device)
+                if args.profile:
+                    profile(lm, few, work / "warm", codecs[enc], args.batch_size, args.device,
+                            f"{name} {enc}")
             times: dict[str, list[float]] = {"forward": []}
             info = {}
             for _ in range(args.repeats):

@@ -72,13 +72,14 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in _TORCH_DTYPES.items()}[dtype]
 
 
-def place(model, dtype: str = "auto") -> torch.device:
+def place(model, dtype: str = "auto") -> str:
     """Move a model for inference to this process's device, in ``dtype`` (``--dtype``);
-    returns the device."""
+    returns the dtype's name (``bf16``, ``fp16`` or ``fp32``)."""
     where = device()
-    model.to(where, resolve_dtype(dtype, where))
+    resolved = resolve_dtype(dtype, where)
+    model.to(where, resolved)
     model.eval()
-    return where
+    return dtype_name(resolved)
 
 
 def trainer_precision(dtype: str) -> dict[str, bool]:

@@ -22,8 +22,10 @@ from .sparse import (SparseRows, index_dtype, kl_rows, log_softmax_rows, plogp_r
 
 #: log-probabilities are clamped here before they are rounded, so fp16 never overflows.
 FP16_FLOOR = -60000.0
-#: the sample encoder draws a run of this many ids first, then an id within the run
+#: the sample encoder on a GPU draws a run of this many ids first, then an id within the run
 SAMPLE_BLOCK = 128
+#: topk on the CPU computes the tail exactly (masked log-sum-exp) below this tail mass
+EXACT_TAIL_BELOW = 1e-2
 
 
 class Codec:
@@ -223,24 +225,48 @@ class TopKCodec(Codec):
         return self._pack(ids, vals, tail, lse, num_classes)
 
     def encode_logits(self, logits, num_classes, generator=None):
-        """The fast path from raw logits, on their device and in their dtype: one top-k pass
-        and one fused statistics pass (:func:`~fdcli.bundle.kernels.topk_row_stats`), no
-        ``[R, V]`` log-prob tensor and no host synchronisation. The tail is the sum over the
-        entries below the k-th largest logit (plus any ties with it left out), exact however
-        small it is."""
+        """The fast path from raw logits, on their device and in their dtype, with no ``[R, V]``
+        log-prob tensor: :meth:`encode_fused` on a GPU. Elsewhere torch's log-sum-exp and
+        top-k (the fewest passes on a CPU), the tail as ``log1p(-sum kept p)`` in fp64 where
+        it holds at least ``EXACT_TAIL_BELOW`` of the mass (relative error under 1e-4 there)
+        and the exact masked log-sum-exp on the other rows."""
+        if logits.device.type == "cuda":
+            return self.encode_fused(logits, num_classes)
         k = self.width(num_classes)
-        raw, ids = logits.topk(k, dim=-1, sorted=False)
-        ids, order = ids.sort(dim=-1)
-        raw = raw.gather(1, order).float()
+        ids, raw = self._top(logits, k)
+        lse = torch.logsumexp(logits.float(), dim=-1)
+        tail = torch.full_like(lse, -math.inf)
+        if k < num_classes:
+            kept = (raw - lse[:, None]).double().exp().sum(-1)
+            tail = torch.log1p(-kept.clamp(max=1.0)).float()
+            sharp = (1 - kept < EXACT_TAIL_BELOW).nonzero().view(-1)
+            if len(sharp):
+                rows = logits[sharp].float().scatter(1, ids[sharp], -math.inf)
+                tail[sharp] = torch.logsumexp(rows, dim=-1) - lse[sharp]
+        return self._pack(ids, raw - lse[:, None], tail, lse, num_classes)
+
+    def encode_fused(self, logits, num_classes, generator=None):
+        """:meth:`encode_logits` with no host synchronisation (for a GPU; runs anywhere): one
+        top-k pass and one fused statistics pass
+        (:func:`~fdcli.bundle.kernels.topk_row_stats`). The tail is the sum over the entries
+        below the k-th largest logit (plus any ties with it left out), exact however small."""
+        k = self.width(num_classes)
+        ids, raw = self._top(logits, k)
         thr = raw.amin(-1)
         m, total, below, at = topk_row_stats(logits, thr)
         lse = m + total.log()
+        tail = torch.full_like(lse, -math.inf)
         if k < num_classes:
             left_out = (at - (raw == thr[:, None]).sum(-1)).clamp(min=0)
             tail = (below + left_out * torch.exp(thr - m)).log() + m - lse
-        else:
-            tail = torch.full_like(lse, -math.inf)
         return self._pack(ids, raw - lse[:, None], tail, lse, num_classes)
+
+    @staticmethod
+    def _top(logits, k):
+        """The k largest logits' ids, ascending, and those logits in fp32."""
+        raw, ids = logits.topk(k, dim=-1, sorted=False)
+        ids, order = ids.sort(dim=-1)
+        return ids, raw.gather(1, order).float()
 
     def encode_sparse(self, rows: SparseRows, lse: torch.Tensor | None = None):
         """Tensors for rows that are already sparse (an aggregated teacher): the k most likely
@@ -374,16 +400,23 @@ class SampleCodec(Codec):
         return {"draws": self.draws, "temperature": self.temperature}
 
     def encode(self, logp, lse, num_classes, generator=None):
-        probs = torch.softmax(logp / self.temperature, dim=-1)
-        drawn = torch.multinomial(probs, self.draws, replacement=True, generator=generator)
-        return self.finish(self._counts(drawn, num_classes))
+        return self.finish(self.encode_logits(logp, num_classes, generator))
 
     def encode_logits(self, logits, num_classes, generator=None):
-        """Draws on the logits' device, with no ``[R, V]`` fp32 tensor and no host
-        synchronisation: the mass of every run of :data:`SAMPLE_BLOCK` ids comes from one fused
-        pass (:func:`~fdcli.bundle.kernels.block_masses`); each draw picks a run by inverse CDF
-        over the runs, then an id by inverse CDF within its run. The ids and counts keep
-        ``draws`` columns; :meth:`finish` trims them."""
+        """Draws from raw logits on their device: :meth:`encode_fused` on a GPU, torch's
+        softmax and multinomial elsewhere. The ids and counts keep ``min(draws,
+        num_classes)`` columns; :meth:`finish` trims them."""
+        if logits.device.type == "cuda":
+            return self.encode_fused(logits, num_classes, generator)
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        drawn = torch.multinomial(probs, self.draws, replacement=True, generator=generator)
+        return self._counts(drawn, num_classes)
+
+    def encode_fused(self, logits, num_classes, generator=None):
+        """Draws with no ``[R, V]`` fp32 tensor and no host synchronisation (for a GPU; runs
+        anywhere): the mass of every run of :data:`SAMPLE_BLOCK` ids comes from one fused
+        pass (:func:`~fdcli.bundle.kernels.block_masses`); each draw picks a run by inverse
+        CDF over the runs, then an id by inverse CDF within its run."""
         rows, v = logits.shape
         dev, b = logits.device, SAMPLE_BLOCK
         inv_t = 1.0 / self.temperature

@@ -32,9 +32,10 @@ from .sparse import SparseRows, concat_rows, kl_rows, log_softmax_rows
 
 #: fidelity statistics are measured on at most this many evenly spaced rows of each batch.
 FIDELITY_ROWS = 256
-#: a batch is encoded this many logits (rows x classes) at a time, to bound the encoders'
-#: temporaries (the sample encoder's [rows, draws, SAMPLE_BLOCK] gathers among them)
-ENCODE_ELEMENTS = 1 << 27
+#: a batch is encoded this many logits (rows x classes) at a time on a GPU, to bound the
+#: encoders' temporaries (the sample encoder's [rows, draws, SAMPLE_BLOCK] gathers among them),
+#: and on a CPU, where small chunks stay in cache (measured 2x faster for log-sum-exp)
+ENCODE_ELEMENTS = {"cuda": 1 << 27, "cpu": 1 << 21}
 #: shards compressed and written in the background at once, besides the one being filled
 SHARD_WORKERS = 2
 _FIDELITY_KEYS = ("tail_mass", "kl", "truncation_kl")
@@ -178,7 +179,7 @@ class BundleWriter:
         """Encode a batch where its logits are and start copying the result to the host."""
         dev, rows = logits.device, logits.shape[0]
         gen = self._generator(ids, dev)
-        step = max(1, ENCODE_ELEMENTS // max(self.num_classes, 1))
+        step = max(1, ENCODE_ELEMENTS.get(dev.type, 1 << 21) // max(self.num_classes, 1))
         parts = [self.codec.encode_logits(chunk, self.num_classes, gen)
                  for chunk in logits.split(step)] if rows else \
             [self.codec.encode_logits(logits, self.num_classes, gen)]

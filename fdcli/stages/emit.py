@@ -39,10 +39,12 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     spec = resolve(ds, str(proxy), text_column=text_column, image_column=image_column,
                    need_labels=False)
     clf = load_classifier(model, spec.kind, None)
-    place(clf.model, dtype)
+    # the weights as stored, before any change of dtype
+    model_fp = clf.meta.get("model_fingerprint") or fingerprint_model(clf.model)
+    dtype = place(clf.model, dtype)
     codec = DenseCodec() if encoding == "dense" else TopKCodec(k=k, value_dtype=value_dtype)
     config: dict[str, Any] = {"model": str(model), "proxy": str(proxy), "encoding": encoding,
-                              "batch_size": batch_size, "split": split,
+                              "dtype": dtype, "batch_size": batch_size, "split": split,
                               "input_column": spec.input_column,
                               "train_examples": clf.meta.get("train_examples")}
     if declare_label_counts:
@@ -65,8 +67,7 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       num_classes=len(clf.label_names), label_names=clf.label_names,
                       proxy_fingerprint=fingerprint(ds, spec),
                       client_id=client_id or clf.meta.get("client_id") or Path(model).name,
-                      model_fingerprint=clf.meta.get("model_fingerprint")
-                      or fingerprint_model(clf.model),
+                      model_fingerprint=model_fp,
                       config=config, seed=seed, overwrite=overwrite,
                       sign_key=sign_key) as writer, \
             progress_bar(stop - first, "emitting logits", progress) as advance:

@@ -149,11 +149,12 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     check_free(Path(out), overwrite)
     lm = load_lm(model, tokenizer=tokenizer)
     tb = _blocks(proxy, split, lm, text_column, max_length, packing, model)
-    place(lm.model, dtype)
+    # the weights as stored, before any change of dtype
+    model_fp = lm.meta.get("model_fingerprint") or fingerprint_model(lm.model)
     config = _config(task="causal-lm", model=model, proxy=proxy, encoding=encoding,
-                     **codec.params(), batch_size=batch_size, split=split,
-                     text_column=tb.text_column, max_length=tb.max_length, packing=packing,
-                     train_examples=lm.meta.get("train_examples"),
+                     **codec.params(), dtype=place(lm.model, dtype), batch_size=batch_size,
+                     split=split, text_column=tb.text_column, max_length=tb.max_length,
+                     packing=packing, train_examples=lm.meta.get("train_examples"),
                      train_tokens=lm.meta.get("train_tokens"))
     target = Path(out) if r.world == 1 else part_path(out, r.rank, r.world)
     if r.world > 1:
@@ -163,8 +164,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       label_fingerprint=vocab_fingerprint(lm.tokenizer),
                       proxy_fingerprint=tb.fingerprint,
                       client_id=client_id or lm.meta.get("client_id") or Path(model).name,
-                      model_fingerprint=lm.meta.get("model_fingerprint")
-                      or fingerprint_model(lm.model), config=config, seed=seed,
+                      model_fingerprint=model_fp, config=config, seed=seed,
                       overwrite=overwrite, sign_key=sign_key) as writer, \
             progress_bar(sum(len(b) for b in tb.blocks[mine.start:mine.stop]),
                          "emitting token logits", progress and r.main) as advance:
