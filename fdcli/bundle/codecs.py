@@ -55,9 +55,13 @@ class Codec:
         device."""
         return self.encode(*log_softmax_rows(logits), num_classes, generator)
 
-    def finish(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Host-side tidying of :meth:`encode_logits`'s tensors (decisions that would need the
-        device to synchronise)."""
+    def finish(self, tensors: dict[str, torch.Tensor], num_classes: int
+               ) -> dict[str, torch.Tensor]:
+        """Host-side tidying of :meth:`encode_logits`'s tensors (what would make the device
+        synchronise, or what its kernels lack): ids become the stored unsigned dtype."""
+        ids = tensors.get("ids")
+        if ids is not None and ids.dtype != index_dtype(num_classes):
+            tensors = tensors | {"ids": ids.to(index_dtype(num_classes))}
         return tensors
 
     def expected(self, rows: int, num_classes: int,
@@ -101,6 +105,14 @@ class Codec:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+def _ids_out(ids: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Ids in the stored dtype on the CPU; on a GPU, whose kernels lack most unsigned types,
+    a signed one wide enough (:meth:`Codec.finish` converts them on the host)."""
+    if ids.device.type == "cpu":
+        return ids.to(index_dtype(num_classes))
+    return ids.to(torch.int32 if num_classes <= 1 << 31 else torch.int64)
 
 
 def _nonfinite(name: str, t: torch.Tensor, allow_neg_inf: bool = False) -> list[str]:
@@ -304,7 +316,7 @@ class TopKCodec(Codec):
         return self._pack(ids, vals, tail, lse, v)
 
     def _pack(self, ids, vals, tail, lse, num_classes):
-        out = {"ids": ids.to(index_dtype(num_classes)), "tail_logp": tail.float(),
+        out = {"ids": _ids_out(ids, num_classes), "tail_logp": tail.float(),
                "lse": lse.float()}
         if self.value_dtype == "fp16":
             out["logp"] = vals.clamp(min=FP16_FLOOR).half()
@@ -400,7 +412,7 @@ class SampleCodec(Codec):
         return {"draws": self.draws, "temperature": self.temperature}
 
     def encode(self, logp, lse, num_classes, generator=None):
-        return self.finish(self.encode_logits(logp, num_classes, generator))
+        return self.finish(self.encode_logits(logp, num_classes, generator), num_classes)
 
     def encode_logits(self, logits, num_classes, generator=None):
         """Draws from raw logits on their device: :meth:`encode_fused` on a GPU, torch's
@@ -455,12 +467,13 @@ class SampleCodec(Codec):
         order = key.argsort(-1)[:, :min(d, num_classes)]
         count = count.gather(1, order)
         ids = torch.where(count > 0, s.gather(1, order), 0)
-        return {"ids": ids.to(index_dtype(num_classes)), "counts": count.to(torch.uint8)}
+        return {"ids": _ids_out(ids, num_classes), "counts": count.to(torch.uint8)}
 
-    def finish(self, tensors):
+    def finish(self, tensors, num_classes):
         width = max(1, int((tensors["counts"] > 0).sum(-1).max())) \
             if len(tensors["counts"]) else 1
-        return {k: v[:, :width].contiguous() for k, v in tensors.items()}
+        return super().finish({k: v[:, :width].contiguous() for k, v in tensors.items()},
+                              num_classes)
 
     def widths(self, header):
         shape = header.get("ids", {}).get("shape", [0, 0])

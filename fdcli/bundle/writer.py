@@ -211,7 +211,7 @@ class BundleWriter:
             self._sums[key] += value
         self._counted += sampled
         self._has_truncation |= truncation
-        self._buffer(ids, counts, self.codec.finish(tensors))
+        self._buffer(ids, counts, self.codec.finish(tensors, self.num_classes))
 
     def add_sparse(self, example_ids, rows: SparseRows, row_counts=None) -> None:
         """Encode and buffer rows that are already sparse distributions (an aggregated
