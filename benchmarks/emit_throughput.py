@@ -39,6 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lm_teacher import DEFAULT_CACHE, _read, stdlib_files  # noqa: E402
 
 from fdcli.lm import load_lm, pad_blocks, text_blocks, token_logits, vocab_fingerprint  # noqa: E402
+try:  # the input path fd's emit uses (pinned, non-blocking); main copied synchronously
+    from fdcli.lm import to_device  # noqa: E402
+except ImportError:
+    def to_device(batch, device):
+        return {k: v.to(device) for k, v in batch.items()}
 from fdcli.stages import lm as stages_lm  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -79,7 +84,7 @@ def time_forward(lm, blocks, batch_size: int, device: str) -> float:
     t0 = time.perf_counter()
     for start in range(0, len(blocks), batch_size):
         batch = pad_blocks(blocks[start:start + batch_size], pad)
-        token_logits(lm.model, {k: v.to(device) for k, v in batch.items()}, lm.vocab_size)
+        token_logits(lm.model, to_device(batch, torch.device(device)), lm.vocab_size)
     sync(device)
     return time.perf_counter() - t0
 

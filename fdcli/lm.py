@@ -195,9 +195,19 @@ def pad_blocks(blocks: Sequence[Sequence[int]], pad_id: int = 0) -> dict[str, to
 
 
 def token_logits(model, batch: dict[str, torch.Tensor], vocab_size: int) -> torch.Tensor:
-    """Logits ``[B, L, vocab_size]`` of a causal LM for a padded batch."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    """Logits ``[B, L, vocab_size]`` of a causal LM for a padded batch (no key-value cache:
+    nothing is generated)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                use_cache=False)
     return out.logits[..., :vocab_size]
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch's tensors on ``device``; to a GPU through pinned memory without waiting for
+    it, so that the host can queue the next batch while the GPU runs this one."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -214,11 +224,11 @@ def iter_token_logits(lm: LanguageModel, blocks: Sequence[Sequence[int]], batch_
         chunk = blocks[start:start + batch_size]
         batch = pad_blocks(chunk, pad)
         mask = batch["attention_mask"].bool()
-        logits = token_logits(lm.model, {k: v.to(device) for k, v in batch.items()},
-                              lm.vocab_size)
+        logits = token_logits(lm.model, to_device(batch, device), lm.vocab_size)
         flat = logits.reshape(-1, logits.shape[-1])
         if not bool(mask.all()):
-            flat = flat.index_select(0, mask.view(-1).nonzero().view(-1).to(device))
+            flat = flat.index_select(0, to_device({"i": mask.view(-1).nonzero().view(-1)},
+                                                  device)["i"])
         yield (range(start, start + len(chunk)), flat,
                torch.tensor([len(b) for b in chunk]), batch["next_ids"][mask])
 

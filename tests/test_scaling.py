@@ -51,6 +51,14 @@ def test_fused_topk_counts_ties_at_the_threshold_in_the_tail():
     t = TopKCodec(k=8, value_dtype="fp16").encode_fused(logits, 50)
     assert torch.allclose(t["tail_logp"], torch.full((3,), math.log(42 / 50)), atol=1e-6)
     assert torch.allclose(t["lse"], torch.full((3,), math.log(50)), atol=1e-6)
+    # a row with 3 finite logits of 300 (not a multiple of the run length): 8 distinct real ids
+    logits = torch.full((2, 300), -math.inf)
+    logits[:, [5, 170, 299]] = torch.tensor([1.0, 2.0, 3.0])
+    t = TopKCodec(k=8, value_dtype="fp16").encode_fused(logits, 300)
+    ids = t["ids"].long()
+    assert int(ids.max()) < 300 and bool((ids[:, 1:] > ids[:, :-1]).all())
+    assert {5, 170, 299} <= set(ids[0].tolist())
+    assert torch.equal(t["tail_logp"], torch.full((2,), -math.inf))
 
 
 @pytest.mark.parametrize("vocab", [50, 300, 2 * SAMPLE_BLOCK])

@@ -16,14 +16,15 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import BundleError, quoted
-from .kernels import block_masses, topk_row_stats
+from .kernels import block_stats
 from .sparse import (SparseRows, index_dtype, kl_rows, log_softmax_rows, plogp_rows,
                      temper_sparse)
 
 #: log-probabilities are clamped here before they are rounded, so fp16 never overflows.
 FP16_FLOOR = -60000.0
-#: the sample encoder on a GPU draws a run of this many ids first, then an id within the run
-SAMPLE_BLOCK = 128
+#: the GPU encoders read the vocabulary in runs of this many ids: sample draws a run, then an
+#: id within it; topk looks for its ids only in the k runs with the largest maxima
+SAMPLE_BLOCK = TOPK_BLOCK = 128
 #: topk on the CPU computes the tail exactly (masked log-sum-exp) below this tail mass
 EXACT_TAIL_BELOW = 1e-2
 
@@ -258,19 +259,33 @@ class TopKCodec(Codec):
         return self._pack(ids, raw - lse[:, None], tail, lse, num_classes)
 
     def encode_fused(self, logits, num_classes, generator=None):
-        """:meth:`encode_logits` with no host synchronisation (for a GPU; runs anywhere): one
-        top-k pass and one fused statistics pass
-        (:func:`~fdcli.bundle.kernels.topk_row_stats`). The tail is the sum over the entries
-        below the k-th largest logit (plus any ties with it left out), exact however small."""
-        k = self.width(num_classes)
-        ids, raw = self._top(logits, k)
-        thr = raw.amin(-1)
-        m, total, below, at = topk_row_stats(logits, thr)
-        lse = m + total.log()
+        """:meth:`encode_logits` with no host synchronisation and one read of the logits (for
+        a GPU; runs anywhere). A fused pass (:func:`~fdcli.bundle.kernels.block_stats`) gives
+        the row maximum and, per run of :data:`TOPK_BLOCK` ids, the run's maximum and mass.
+        The k largest logits all lie in the k runs with the largest maxima (each kept id's run
+        has a maximum at least the k-th largest logit), so top-k runs over those runs alone.
+        The tail is the mass of the other runs plus that of the runs' ids not kept: sums of
+        positive terms, exact however small."""
+        rows, v = logits.shape
+        k, b = self.width(num_classes), TOPK_BLOCK
+        m, run_max, run_mass = block_stats(logits, 1.0, b)
+        runs = run_max.topk(min(k, run_max.shape[1]), dim=-1, sorted=False).indices
+        cols = (runs[..., None] * b + torch.arange(b, device=logits.device)).view(rows, -1)
+        inside = cols < v
+        vals = torch.where(inside, logits.gather(1, cols.clamp(max=v - 1)).float(),
+                           -math.inf)
+        # ids whose logit is -inf rank above the padding past the vocabulary
+        key = torch.where(inside, vals.nan_to_num(neginf=torch.finfo(vals.dtype).min),
+                          -math.inf)
+        pos = key.topk(k, dim=-1, sorted=False).indices
+        ids, order = cols.gather(1, pos).sort(dim=-1)
+        raw = vals.gather(1, pos).gather(1, order)
+        lse = m + run_mass.sum(-1).log()
         tail = torch.full_like(lse, -math.inf)
         if k < num_classes:
-            left_out = (at - (raw == thr[:, None]).sum(-1)).clamp(min=0)
-            tail = (below + left_out * torch.exp(thr - m)).log() + m - lse
+            others = run_mass.scatter(1, runs, 0.0).sum(-1)
+            left = torch.exp(vals - m[:, None]).scatter(1, pos, 0.0).sum(-1)
+            tail = (others + left).log() + m - lse
         return self._pack(ids, raw - lse[:, None], tail, lse, num_classes)
 
     @staticmethod
@@ -427,12 +442,12 @@ class SampleCodec(Codec):
     def encode_fused(self, logits, num_classes, generator=None):
         """Draws with no ``[R, V]`` fp32 tensor and no host synchronisation (for a GPU; runs
         anywhere): the mass of every run of :data:`SAMPLE_BLOCK` ids comes from one fused
-        pass (:func:`~fdcli.bundle.kernels.block_masses`); each draw picks a run by inverse
+        pass (:func:`~fdcli.bundle.kernels.block_stats`); each draw picks a run by inverse
         CDF over the runs, then an id by inverse CDF within its run."""
         rows, v = logits.shape
         dev, b = logits.device, SAMPLE_BLOCK
         inv_t = 1.0 / self.temperature
-        m, runs = block_masses(logits, inv_t, b)
+        m, _, runs = block_stats(logits, inv_t, b)
         cdf = runs.cumsum(-1)
         u = torch.rand(rows, self.draws, generator=generator, device=dev) * cdf[:, -1:]
         run = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[1] - 1)

@@ -39,28 +39,13 @@ def _fused(fn):
 
 
 @_fused
-def topk_row_stats(x: torch.Tensor, thr: torch.Tensor):
-    """For logits ``x`` and each row's k-th largest logit ``thr``: the row maximum ``m``, the
-    sum of ``exp(x - m)`` over the row, over the entries below ``thr``, and the number of
-    entries equal to ``thr``. Summing only the entries below the threshold gives the tail mass
-    without cancellation, however small it is."""
-    xf = x.float()
-    m = xf.amax(-1, keepdim=True)
-    e = torch.exp(xf - m)
-    t = thr[:, None]
-    below = torch.where(xf < t, e, torch.zeros_like(e)).sum(-1)
-    at = (xf == t).sum(-1)
-    return m.squeeze(-1), e.sum(-1), below, at
-
-
-@_fused
-def block_masses(x: torch.Tensor, inv_temperature: float, block: int):
-    """For logits ``x`` at temperature ``1 / inv_temperature``: the row maximum ``m`` of the
-    tempered logits and ``sum exp(x / T - m)`` over each run of ``block`` columns
-    (``[R, ceil(V / block)]``; the last run padded with zeros)."""
+def block_stats(x: torch.Tensor, inv_temperature: float, block: int):
+    """For logits ``x`` at temperature ``1 / inv_temperature``, in one read: the row maximum
+    ``m`` of the tempered logits, and for each run of ``block`` columns its maximum and its
+    ``sum exp(x / T - m)`` (``[R, ceil(V / block)]`` each; the last run padded with -inf)."""
     xf = x.float() * inv_temperature
     m = xf.amax(-1, keepdim=True)
-    e = torch.exp(xf - m)
-    pad = (-e.shape[-1]) % block
-    e = torch.nn.functional.pad(e, (0, pad))
-    return m.squeeze(-1), e.view(e.shape[0], -1, block).sum(-1)
+    pad = (-xf.shape[-1]) % block
+    xf = torch.nn.functional.pad(xf, (0, pad), value=-float("inf"))
+    runs = xf.view(xf.shape[0], -1, block)
+    return m.squeeze(-1), runs.amax(-1), torch.exp(runs - m[..., None]).sum(-1)

@@ -41,8 +41,8 @@ SHARD_WORKERS = 2
 _FIDELITY_KEYS = ("tail_mass", "kl", "truncation_kl")
 
 
-def _fidelity_rows(rows: int) -> torch.Tensor:
-    return torch.arange(0, rows, max(1, math.ceil(rows / FIDELITY_ROWS)))
+def _fidelity_rows(rows: int, device=None) -> torch.Tensor:
+    return torch.arange(0, rows, max(1, math.ceil(rows / FIDELITY_ROWS)), device=device)
 
 
 def _sparse_kl(exact: SparseRows, stored: SparseRows) -> torch.Tensor:
@@ -184,7 +184,7 @@ class BundleWriter:
                  for chunk in logits.split(step)] if rows else \
             [self.codec.encode_logits(logits, self.num_classes, gen)]
         tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        sample = _fidelity_rows(rows).to(dev)
+        sample = _fidelity_rows(rows, dev)
         fid = self.codec.fidelity(torch.log_softmax(logits[sample].float(), -1),
                                   {k: v[sample] for k, v in tensors.items()}, self.num_classes)
         zero = torch.zeros((), dtype=torch.float64, device=dev)
@@ -206,6 +206,8 @@ class BundleWriter:
         """Finish a staged batch on the host once its copy is complete."""
         if event is not None:
             event.synchronize()
+            # copies out of the pinned staging memory, which the next batches then reuse
+            tensors = {k: v.clone() for k, v in tensors.items()}
         self._check_finite(tensors.pop("_bad"))
         for key, value in zip(_FIDELITY_KEYS, tensors.pop("_fidelity").tolist()):
             self._sums[key] += value
