@@ -42,10 +42,18 @@ def _fused(fn):
 def block_stats(x: torch.Tensor, inv_temperature: float, block: int):
     """For logits ``x`` at temperature ``1 / inv_temperature``, in one read: the row maximum
     ``m`` of the tempered logits, and for each run of ``block`` columns its maximum and its
-    ``sum exp(x / T - m)`` (``[R, ceil(V / block)]`` each; the last run padded with -inf)."""
+    ``sum exp(x / T - m)`` (``[R, ceil(V / block)]`` each; the last run padded with -inf).
+    Each run is reduced on its own (its maximum, then its mass relative to it) and the runs
+    are combined afterwards, so the one kernel reads every logit once."""
     xf = x.float() * inv_temperature
-    m = xf.amax(-1, keepdim=True)
     pad = (-xf.shape[-1]) % block
-    xf = torch.nn.functional.pad(xf, (0, pad), value=-float("inf"))
-    runs = xf.view(xf.shape[0], -1, block)
-    return m.squeeze(-1), runs.amax(-1), torch.exp(runs - m[..., None]).sum(-1)
+    runs = torch.nn.functional.pad(xf, (0, pad), value=-float("inf")).view(
+        xf.shape[0], -1, block)
+    run_max = runs.amax(-1)
+    finite = torch.isfinite(run_max)
+    safe = torch.where(finite, run_max, torch.zeros_like(run_max))
+    local = torch.exp(runs - safe[..., None]).sum(-1)
+    m = run_max.amax(-1)
+    # runs of -inf logits (masked ids) hold no mass; a NaN or +inf is refused by the writer
+    mass = torch.where(finite, local * torch.exp(safe - m[:, None]), torch.zeros_like(local))
+    return m, run_max, mass

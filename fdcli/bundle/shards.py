@@ -41,9 +41,12 @@ def sha256_bytes(data: bytes) -> str:
 
 def encode_shard(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                  level: int = ZSTD_LEVEL) -> tuple[bytes, int]:
-    """(zstd-compressed safetensors bytes, uncompressed size)."""
+    """(zstd-compressed safetensors bytes, uncompressed size). zstd compresses on every core
+    (one frame still; its output is the same for any number of worker threads, so a shard's
+    bytes do not depend on the machine)."""
     raw = st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(raw), len(raw)
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=-1)
+    return compressor.compress(raw), len(raw)
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
