@@ -61,6 +61,16 @@ def test_fused_topk_counts_ties_at_the_threshold_in_the_tail():
     assert torch.equal(t["tail_logp"], torch.full((2,), -math.inf))
 
 
+@pytest.mark.parametrize("codec", [TopKCodec(k=4), SampleCodec(draws=4)])
+def test_fused_encoders_count_the_rows_the_writer_must_refuse(codec):
+    logits = torch.randn(6, 300)
+    logits[1, 7] = math.nan
+    logits[3, 8] = math.inf
+    logits[5] = -math.inf
+    assert int(codec.encode_fused(logits, 300)["_bad"]) == 3
+    assert int(codec.encode_fused(torch.randn(6, 300), 300)["_bad"]) == 0
+
+
 @pytest.mark.parametrize("vocab", [50, 300, 2 * SAMPLE_BLOCK])
 def test_fused_sample_is_unbiased_and_never_draws_an_impossible_id(vocab):
     g = torch.Generator().manual_seed(0)

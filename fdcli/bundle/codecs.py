@@ -53,7 +53,8 @@ class Codec:
                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Tensors for raw logits (any float dtype), on the logits' device; the writer copies
         them to the host and passes them through :meth:`finish`. ``generator`` is on that
-        device."""
+        device. An optional ``_bad`` (0-d) counts the rows with a NaN, +inf or no finite
+        logit, when the encoder finds them anyway (the writer then skips its own check)."""
         return self.encode(*log_softmax_rows(logits), num_classes, generator)
 
     def finish(self, tensors: dict[str, torch.Tensor], num_classes: int
@@ -114,6 +115,12 @@ def _ids_out(ids: torch.Tensor, num_classes: int) -> torch.Tensor:
     if ids.device.type == "cpu":
         return ids.to(index_dtype(num_classes))
     return ids.to(torch.int32 if num_classes <= 1 << 31 else torch.int64)
+
+
+def _bad_rows(m: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``_bad``: how many rows have a row maximum ``m`` that is NaN or infinite (a NaN or
+    +inf logit, or no finite one): the writer refuses the batch then, with no extra read."""
+    return {"_bad": (~torch.isfinite(m)).sum()}
 
 
 def _nonfinite(name: str, t: torch.Tensor, allow_neg_inf: bool = False) -> list[str]:
@@ -286,7 +293,7 @@ class TopKCodec(Codec):
             others = run_mass.scatter(1, runs, 0.0).sum(-1)
             left = torch.exp(vals - m[:, None]).scatter(1, pos, 0.0).sum(-1)
             tail = (others + left).log() + m - lse
-        return self._pack(ids, raw - lse[:, None], tail, lse, num_classes)
+        return self._pack(ids, raw - lse[:, None], tail, lse, num_classes) | _bad_rows(m)
 
     @staticmethod
     def _top(logits, k):
@@ -463,7 +470,7 @@ class SampleCodec(Codec):
         rest = torch.minimum(u - before, torch.nextafter(inner[..., -1], torch.zeros_like(u)))
         j = torch.searchsorted(inner, rest[..., None], right=True).squeeze(-1)
         drawn = (run * b + j.clamp(max=b - 1)).clamp(max=v - 1)
-        return self._counts(drawn, num_classes)
+        return self._counts(drawn, num_classes) | _bad_rows(m)
 
     def _counts(self, drawn: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
         """Unique ids and their counts per row of draws ``[R, draws]``, most frequent first

@@ -63,7 +63,10 @@ def _sparse_kl(exact: SparseRows, stored: SparseRows) -> torch.Tensor:
     q_tail = share + tail_count.clamp(min=1).log()
     return kl_rows(dense_e, torch.cat([at, q_tail[:, None]], -1))
 
-DEFAULT_SHARD_BYTES = 64 << 20
+#: shards are cut at this many uncompressed bytes: small enough that compressing the last one
+#: (the part of an emit that cannot overlap the model) is short, large enough that a billion
+#: top-16 tokens fit in about 2,300 shards
+DEFAULT_SHARD_BYTES = 16 << 20
 
 
 class BundleWriter:
@@ -183,14 +186,16 @@ class BundleWriter:
         parts = [self.codec.encode_logits(chunk, self.num_classes, gen)
                  for chunk in logits.split(step)] if rows else \
             [self.codec.encode_logits(logits, self.num_classes, gen)]
-        tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "_bad"}
         sample = _fidelity_rows(rows, dev)
         fid = self.codec.fidelity(torch.log_softmax(logits[sample].float(), -1),
                                   {k: v[sample] for k, v in tensors.items()}, self.num_classes)
         zero = torch.zeros((), dtype=torch.float64, device=dev)
         tensors["_fidelity"] = torch.stack([fid[k].double().sum() if k in fid else zero
                                             for k in _FIDELITY_KEYS])
-        tensors["_bad"] = (~torch.isfinite(logits.amax(-1))).sum() if rows else zero
+        # the GPU encoders count the rows with a NaN, +inf or no finite logit as they read them
+        tensors["_bad"] = (sum(p["_bad"] for p in parts) if "_bad" in parts[0] else
+                           (~torch.isfinite(logits.amax(-1))).sum()) if rows else zero
         event = None
         if dev.type == "cuda":
             tensors = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
