@@ -1,5 +1,9 @@
 """fd aggregate over many clients: wall time, rows/s and the peak memory of the process.
 
+aggregate holds one decoded shard per input bundle, so its memory grows with the number of
+clients times the shard size, and stops growing with the proxy set once bundles have several
+shards (``--shard-mib`` small shows it without writing gigabytes).
+
 Writes ``--clients`` bundles over one proxy set (token bundles: top-16 rows over a 32,768-id
 vocabulary, each client keeping 16 of the same 32 candidate ids per row with its own
 probabilities; classification bundles: dense rows over ``--classes`` labels), then runs
@@ -29,9 +33,10 @@ from fdcli.bundle import BundleWriter, DenseCodec, SparseRows, TopKCodec
 
 
 def write_clients(root: Path, task: str, clients: int, rows: int, vocab: int, classes: int,
-                  block: int) -> int:
+                  block: int, shard_bytes: int) -> int:
     g = torch.Generator().manual_seed(0)
-    common = dict(proxy_fingerprint="sha256:" + "1" * 64, model_fingerprint="sha256:" + "2" * 64)
+    common = dict(proxy_fingerprint="sha256:" + "1" * 64, model_fingerprint="sha256:" + "2" * 64,
+                  max_shard_bytes=shard_bytes)
     if task == "token":
         examples = rows // block
         candidates = torch.sort(torch.stack([torch.randperm(vocab, generator=g)[:32]
@@ -69,6 +74,9 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--block", type=int, default=128, help="token rows per example")
     ap.add_argument("--rule", default="confidence")
+    ap.add_argument("--shard-mib", type=float, default=16.0,
+                    help="the bundles' shard size (fd's default: 16); aggregate holds one "
+                         "decoded shard per bundle")
     ap.add_argument("--keep", type=Path, default=None, help="write the bundles here (kept)")
     args = ap.parse_args()
     args.rows = max(args.block, args.rows // args.block * args.block) if args.task == "token" \
@@ -78,7 +86,7 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         size = write_clients(root, args.task, args.clients, args.rows, args.vocab, args.classes,
-                             args.block)
+                             args.block, int(args.shard_mib * (1 << 20)))
         write_s = time.perf_counter() - t0
         bundles = sorted(str(p) for p in root.glob("client-*"))
         env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -91,7 +99,7 @@ def main() -> None:
             raise SystemExit(run.stderr)
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         result = {"task": args.task, "clients": args.clients, "rows_per_client": args.rows,
-                  "rule": args.rule, "vocab": args.vocab if args.task == "token" else
+                  "rule": args.rule, "shard_mib": args.shard_mib, "vocab": args.vocab if args.task == "token" else
                   args.classes, "input_bytes": size, "write_s": round(write_s, 1),
                   "aggregate_s": round(wall, 2),
                   "rows_per_s": round(args.rows / wall),

@@ -148,7 +148,8 @@ def _aggregate_classes(readers, out, rule, params, config, common, progress,
     """Stream classification bundles in step, one shard per bundle read at a time and decoded
     a window of rows at a time, and combine up to 4,096 examples at a time (fewer when the
     ``max_dense_bytes`` limit asks) into a dense bundle: memory is bounded by the shards and
-    the chunk, not by the number of clients times the proxy size."""
+    the chunk, not by the number of clients times the proxy size. Examples are taken a
+    window at a time from every bundle (:func:`_in_windows`), not one by one."""
     first = readers[0].manifest
     clients, c = len(readers), first.num_classes
     readers[0].check_dense(1, clients=clients, itemsize=8)  # one example of every client
@@ -162,31 +163,13 @@ def _aggregate_classes(readers, out, rule, params, config, common, progress,
                       label_fingerprint=first.label_fingerprint, config=config,
                       **common) as writer, \
             progress_bar(first.examples, "aggregating examples", progress) as advance:
-        pending: list[tuple[int, int, list]] = []
-
-        def flush() -> None:
-            probs = torch.zeros(clients, len(pending), c, dtype=torch.float64)
-            present = torch.zeros(clients, len(pending), dtype=torch.bool)
-            for i, (_, _, parts) in enumerate(pending):
-                for k, part in enumerate(parts):
-                    if part is not None:
-                        probs[k, i] = part["logp"][0].double().exp()
-                        present[k, i] = True
+        for ids, probs, present in _in_windows(streams, chunk, c):
             combined = RULES[rule](probs, present, **params)
             tally.add(*consensus_distance(probs, present))
             if sharpening is not None:
                 combined = sharpen_probs(combined, sharpening)
-            writer.add(torch.tensor([e for e, _, _ in pending]),
-                       combined.clamp_min(1e-30).log().float())
-            advance(len(pending))
-            pending.clear()
-
-        for item in _in_step(streams):
-            pending.append(item)
-            if len(pending) >= chunk:
-                flush()
-        if pending:
-            flush()
+            writer.add(ids, combined.clamp_min(1e-30).log().float())
+            advance(len(ids))
         writer.update_provenance(tally.annotate(common["provenance"]))
     return writer.manifest
 
@@ -316,6 +299,32 @@ class _Examples:
             self.logp = b.codec.dense_at(part, b.num_classes, 1.0)
         return self.logp[a - self.w0:z - self.w0]
 
+    def _check_increasing(self, ids: torch.Tensor) -> None:
+        prev = torch.cat([torch.tensor([self.last]), ids[:-1]])
+        bad = (ids <= prev).nonzero().view(-1)
+        if len(bad):
+            j = int(bad[0])
+            raise IncompatibleBundlesError(
+                f"{self.reader.path}: example ids do not increase through the bundle "
+                f"({int(ids[j])} after {int(prev[j])}); bundles are aggregated in one "
+                "streaming pass, so re-emit it with fd emit-logits")
+
+    def peek(self, n: int) -> torch.Tensor:
+        """The ids of (at most) the next ``n`` examples of the current shard."""
+        return self.block.example_ids[self.i:self.i + n]
+
+    def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``n`` examples of the current shard, one row each: their ids and dense
+        log-probabilities ``[n, C]`` (classification bundles, ``decode``)."""
+        b, i = self.block, self.i
+        ids = b.example_ids[i:i + n]
+        self._check_increasing(ids)
+        self.last = int(ids[-1])
+        logp = self._dense(int(b.row_offsets[i]), int(b.row_offsets[i + n]))
+        self.i += n
+        self._advance()
+        return ids, logp
+
     def pop(self) -> tuple[int, dict[str, torch.Tensor]]:
         b, i = self.block, self.i
         e = int(b.example_ids[i])
@@ -331,6 +340,45 @@ class _Examples:
         self.i += 1
         self._advance()
         return z - a, part
+
+
+def _in_windows(streams: Sequence[_Examples], size: int, classes: int):
+    """Classification bundles in step, up to ``size`` examples at a time: ``(ids, probs,
+    present)`` with ``ids`` ``[N]`` increasing, ``probs`` ``[K, N, C]`` (float64) and
+    ``present`` ``[K, N]``. Each window runs up to the smallest last id among the bundles'
+    next ``size`` examples, so no bundle is read past an example another has yet to give;
+    the checks are :func:`_in_step`'s."""
+    same = _same_client(streams)
+    k_all = len(streams)
+    while True:
+        live = [s for s in streams if s.current is not None]
+        if not live:
+            return
+        peeks = [s.peek(size) if s.current is not None else None for s in streams]
+        hi = min(int(p[-1]) for p in peeks if p is not None)
+        union = torch.unique(torch.cat([p[p <= hi] for p in peeks if p is not None]))
+        if len(union) > size:
+            hi, union = int(union[size - 1]), union[:size]
+        probs = torch.zeros(k_all, len(union), classes, dtype=torch.float64)
+        present = torch.zeros(k_all, len(union), dtype=torch.bool)
+        for k, (s, p) in enumerate(zip(streams, peeks)):
+            n = 0 if p is None else int((p <= hi).sum())
+            if n:
+                ids, logp = s.take(n)
+                pos = torch.searchsorted(union, ids)
+                probs[k, pos] = logp.double().exp()
+                present[k, pos] = True
+        for group in same:
+            twice = present[group].sum(0) > 1
+            if bool(twice.any()):
+                e = int(union[twice.nonzero()[0, 0]])
+                both = [streams[k].reader.path for k in group
+                        if bool(present[k, int(twice.nonzero()[0, 0])])]
+                cid = streams[group[0]].reader.manifest.producer.client_id
+                raise IncompatibleBundlesError(
+                    f"{both[1]}: client {cid!r} gives example {e} a second time (also in "
+                    f"{both[0]}); each client may vote once per example")
+        yield union, probs, present
 
 
 def _same_client(streams: Sequence[_Examples]) -> list[list[int]]:
