@@ -244,23 +244,32 @@ def _env() -> dict:
     return env
 
 
-def _launch(procs: int, *args, cwd: Path) -> subprocess.CompletedProcess:
-    head = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={procs}", "-m", "fdcli"] if procs > 1 else \
-        [sys.executable, "-m", "fdcli"]
+LAUNCHERS = {
+    "torchrun": lambda n: [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={n}", "-m", "fdcli"],
+    "accelerate": lambda n: [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                             "--num_processes", str(n), "--num_machines", "1",
+                             "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fdcli"],
+}
+
+
+def _launch(procs: int, *args, cwd: Path, launcher: str = "torchrun"
+            ) -> subprocess.CompletedProcess:
+    head = LAUNCHERS[launcher](procs) if procs > 1 else [sys.executable, "-m", "fdcli"]
     return subprocess.run(head + [str(a) for a in args], cwd=cwd, env=_env(),
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("encoding", ["topk", "sample"])
-def test_two_process_emit_gives_the_rows_of_a_one_process_emit(lm_files, tmp_path, encoding):
+@pytest.mark.parametrize("encoding,launcher", [("topk", "torchrun"), ("sample", "accelerate")])
+def test_two_process_emit_gives_the_rows_of_a_one_process_emit(lm_files, tmp_path, encoding,
+                                                                launcher):
     w = lm_files
     args = ["emit-logits", w / "gpt2.json", w / "proxy.jsonl", "--task", "causal-lm",
             "--tokenizer", w / "tok", "--max-length", "32", "--batch-size", "4",
             "--encoding", encoding, "--json"]
     one = _launch(1, *args, "--out", tmp_path / "one", cwd=tmp_path)
     assert one.returncode == 0, one.stderr
-    two = _launch(2, *args, "--out", tmp_path / "two", cwd=tmp_path)
+    two = _launch(2, *args, "--out", tmp_path / "two", cwd=tmp_path, launcher=launcher)
     assert two.returncode == 0, two.stderr
     assert json.loads(two.stdout)["rows"] == json.loads(one.stdout)["rows"]  # rank 0 only
     a, b = read_bundle(tmp_path / "one"), read_bundle(tmp_path / "two")
