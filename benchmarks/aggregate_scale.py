@@ -98,9 +98,10 @@ def main() -> None:
         if run.returncode != 0:
             raise SystemExit(run.stderr)
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        width = args.vocab if args.task == "token" else args.classes
         result = {"task": args.task, "clients": args.clients, "rows_per_client": args.rows,
-                  "rule": args.rule, "shard_mib": args.shard_mib, "vocab": args.vocab if args.task == "token" else
-                  args.classes, "input_bytes": size, "write_s": round(write_s, 1),
+                  "rule": args.rule, "shard_mib": args.shard_mib, "vocab": width,
+                  "input_bytes": size, "write_s": round(write_s, 1),
                   "aggregate_s": round(wall, 2),
                   "rows_per_s": round(args.rows / wall),
                   "input_rows_per_s": round(args.rows * args.clients / wall),

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from fdcli.bundle import BundleWriter, SampleCodec, TopKCodec, read_bundle, verify_bundle
 from fdcli.bundle import writer as writer_mod
-from fdcli.bundle.codecs import SAMPLE_BLOCK
+from fdcli.bundle.kernels import SAMPLE_BLOCK
 from fdcli.bundle.merge import merge_bundles, part_path
 from fdcli.cli import app
 from fdcli.devices import Ranks, ranks, resolve_dtype, share, trainer_precision

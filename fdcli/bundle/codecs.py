@@ -16,15 +16,12 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import BundleError, quoted
-from .kernels import block_stats
+from .kernels import sample_fused, topk_fused
 from .sparse import (SparseRows, index_dtype, kl_rows, log_softmax_rows, plogp_rows,
                      temper_sparse)
 
 #: log-probabilities are clamped here before they are rounded, so fp16 never overflows.
 FP16_FLOOR = -60000.0
-#: the GPU encoders read the vocabulary in runs of this many ids: sample draws a run, then an
-#: id within it; topk looks for its ids only in the k runs with the largest maxima
-SAMPLE_BLOCK = TOPK_BLOCK = 128
 #: topk on the CPU computes the tail exactly (masked log-sum-exp) below this tail mass
 EXACT_TAIL_BELOW = 1e-2
 
@@ -267,32 +264,9 @@ class TopKCodec(Codec):
 
     def encode_fused(self, logits, num_classes, generator=None):
         """:meth:`encode_logits` with no host synchronisation and one read of the logits (for
-        a GPU; runs anywhere). A fused pass (:func:`~fdcli.bundle.kernels.block_stats`) gives
-        the row maximum and, per run of :data:`TOPK_BLOCK` ids, the run's maximum and mass.
-        The k largest logits all lie in the k runs with the largest maxima (each kept id's run
-        has a maximum at least the k-th largest logit), so top-k runs over those runs alone.
-        The tail is the mass of the other runs plus that of the runs' ids not kept: sums of
-        positive terms, exact however small."""
-        rows, v = logits.shape
-        k, b = self.width(num_classes), TOPK_BLOCK
-        m, run_max, run_mass = block_stats(logits, 1.0, b)
-        runs = run_max.topk(min(k, run_max.shape[1]), dim=-1, sorted=False).indices
-        cols = (runs[..., None] * b + torch.arange(b, device=logits.device)).view(rows, -1)
-        inside = cols < v
-        vals = torch.where(inside, logits.gather(1, cols.clamp(max=v - 1)).float(),
-                           -math.inf)
-        # ids whose logit is -inf rank above the padding past the vocabulary
-        key = torch.where(inside, vals.nan_to_num(neginf=torch.finfo(vals.dtype).min),
-                          -math.inf)
-        pos = key.topk(k, dim=-1, sorted=False).indices
-        ids, order = cols.gather(1, pos).sort(dim=-1)
-        raw = vals.gather(1, pos).gather(1, order)
-        lse = m + run_mass.sum(-1).log()
-        tail = torch.full_like(lse, -math.inf)
-        if k < num_classes:
-            others = run_mass.scatter(1, runs, 0.0).sum(-1)
-            left = torch.exp(vals - m[:, None]).scatter(1, pos, 0.0).sum(-1)
-            tail = (others + left).log() + m - lse
+        a GPU; runs anywhere): :func:`~fdcli.bundle.kernels.topk_fused`, whose tail is exact
+        however small."""
+        ids, raw, tail, lse, m = topk_fused(logits, self.width(num_classes))
         return self._pack(ids, raw - lse[:, None], tail, lse, num_classes) | _bad_rows(m)
 
     @staticmethod
@@ -448,28 +422,8 @@ class SampleCodec(Codec):
 
     def encode_fused(self, logits, num_classes, generator=None):
         """Draws with no ``[R, V]`` fp32 tensor and no host synchronisation (for a GPU; runs
-        anywhere): the mass of every run of :data:`SAMPLE_BLOCK` ids comes from one fused
-        pass (:func:`~fdcli.bundle.kernels.block_stats`); each draw picks a run by inverse
-        CDF over the runs, then an id by inverse CDF within its run."""
-        rows, v = logits.shape
-        dev, b = logits.device, SAMPLE_BLOCK
-        inv_t = 1.0 / self.temperature
-        m, _, runs = block_stats(logits, inv_t, b)
-        cdf = runs.cumsum(-1)
-        u = torch.rand(rows, self.draws, generator=generator, device=dev) * cdf[:, -1:]
-        run = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[1] - 1)
-        before = torch.where(run > 0, cdf.gather(1, (run - 1).clamp(min=0)),
-                             torch.zeros_like(u))
-        cols = run[..., None] * b + torch.arange(b, device=dev)
-        inside = cols < v
-        x = logits.gather(1, cols.clamp(max=v - 1).view(rows, -1)).view(rows, self.draws, b)
-        e = torch.where(inside, torch.exp(x.float() * inv_t - m[:, None, None]),
-                        torch.zeros((), device=dev))
-        inner = e.cumsum(-1)
-        # the run's mass summed here may differ from the fused pass's in the last bit
-        rest = torch.minimum(u - before, torch.nextafter(inner[..., -1], torch.zeros_like(u)))
-        j = torch.searchsorted(inner, rest[..., None], right=True).squeeze(-1)
-        drawn = (run * b + j.clamp(max=b - 1)).clamp(max=v - 1)
+        anywhere): :func:`~fdcli.bundle.kernels.sample_fused`."""
+        drawn, m = sample_fused(logits, self.draws, self.temperature, generator)
         return self._counts(drawn, num_classes) | _bad_rows(m)
 
     def _counts(self, drawn: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
@@ -550,66 +504,7 @@ class SampleCodec(Codec):
         return {"tail_mass": (1 - covered).clamp(min=0), "kl": kl}
 
 
-class LowRankCodec(Codec):
-    """Log-probs of a whole shard approximated as ``u @ v + bias`` in fp16 and renormalised on
-    read. ``u`` is ``[R, r]``, ``v`` is ``[r, V]``, ``bias`` is ``[V]``, with ``r <= rank``."""
-
-    name = "lowrank"
-    row_wise = False
-    shared_tensors = ("v", "bias")
-    FLOOR = -80.0
-
-    def __init__(self, rank: int = 8):
-        if not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"lowrank: rank must be a positive integer, got {rank!r}")
-        self.rank = rank
-
-    def params(self):
-        return {"rank": self.rank}
-
-    def encode(self, logp, lse, num_classes, generator=None):
-        logp = logp.clamp(min=self.FLOOR)
-        bias = logp.mean(0)
-        u_full, s, vh = torch.linalg.svd(logp - bias, full_matrices=False)
-        r = max(1, min(self.rank, s.numel()))
-        return {"u": (u_full[:, :r] * s[:r]).half(), "v": vh[:r].half(), "bias": bias.half()}
-
-    def widths(self, header):
-        shape = header.get("u", {}).get("shape", [0, 0])
-        return {"rank": int(shape[1]) if len(shape) == 2 else -1}
-
-    def check_widths(self, widths):
-        if not 1 <= widths["rank"] <= self.rank:
-            return [f"tensor 'u': rank {widths['rank']} is impossible; expected between 1 and "
-                    f"rank={self.rank}"]
-        return []
-
-    def expected(self, rows, num_classes, widths):
-        r = widths["rank"]
-        return {"u": (torch.float16, (rows, r)), "v": (torch.float16, (r, num_classes)),
-                "bias": (torch.float16, (num_classes,))}
-
-    def dense(self, tensors, num_classes):
-        approx = tensors["u"].float() @ tensors["v"].float() + tensors["bias"].float()
-        return torch.log_softmax(approx, dim=-1)
-
-    dense_at = DenseCodec.dense_at
-
-    def sparse(self, tensors, num_classes):
-        logp = self.dense(tensors, num_classes)
-        ids = torch.arange(num_classes).expand_as(logp)
-        return SparseRows(ids, logp, torch.full((logp.shape[0],), -math.inf), num_classes)
-
-    def check_values(self, tensors, num_classes):
-        problems = []
-        for name in ("u", "v", "bias"):
-            problems += _nonfinite(name, tensors[name].float())
-        return problems
-
-    def fidelity(self, logp, tensors, num_classes):
-        return {"tail_mass": torch.zeros(logp.shape[0]),
-                "kl": kl_rows(logp, self.dense(tensors, num_classes))}
-
+from .lowrank import LowRankCodec  # noqa: E402  (it builds on the classes above)
 
 CODECS: dict[str, type[Codec]] = {c.name: c for c in (DenseCodec, TopKCodec, SampleCodec,
                                                       LowRankCodec)}

@@ -182,10 +182,9 @@ class BundleWriter:
         """Encode a batch where its logits are and start copying the result to the host."""
         dev, rows = logits.device, logits.shape[0]
         gen = self._generator(ids, dev)
-        step = max(1, ENCODE_ELEMENTS.get(dev.type, 1 << 21) // max(self.num_classes, 1))
+        step = ENCODE_ELEMENTS.get(dev.type, ENCODE_ELEMENTS["cpu"]) // max(self.num_classes, 1)
         parts = [self.codec.encode_logits(chunk, self.num_classes, gen)
-                 for chunk in logits.split(step)] if rows else \
-            [self.codec.encode_logits(logits, self.num_classes, gen)]
+                 for chunk in (logits.split(max(1, step)) or (logits,))]
         tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "_bad"}
         sample = _fidelity_rows(rows, dev)
         fid = self.codec.fidelity(torch.log_softmax(logits[sample].float(), -1),
