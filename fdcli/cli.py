@@ -43,8 +43,13 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+#: the commands that run under several processes (torchrun, accelerate launch; docs/scaling.md)
+MULTI_PROCESS = ("train-specialist", "emit-logits", "distill", "evaluate")
+
+
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version_callback,
                                           is_eager=True, help="Print fd's version and exit.")]
     = False,
@@ -58,6 +63,13 @@ def root(
     if verbose and quiet:
         raise typer.BadParameter("--verbose and --quiet exclude each other")
     configure_output(verbose=verbose, quiet=quiet)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if ctx.invoked_subcommand not in MULTI_PROCESS and world not in ("", "1"):
+        with reporting_errors():  # every process would write the same output
+            raise ValueError(f"fd {ctx.invoked_subcommand} runs in one process, but "
+                             f"WORLD_SIZE={world} (torchrun or accelerate launch); run it "
+                             f"without the launcher (only {', '.join(MULTI_PROCESS)} scale "
+                             "out)")
 
 
 
@@ -212,6 +224,10 @@ def emit_logits_cmd(
         else:
             if draws is not None:
                 raise ValueError("--draws applies to --task causal-lm (--encoding sample)")
+            if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+                raise ValueError("emit-logits --task classification runs in one process; "
+                                 "under torchrun or accelerate launch only --task causal-lm "
+                                 "splits the proxy set")
             m = emit_logits(model, proxy, out_dir, encoding=encoding or "dense", k=kept,
                             value_dtype=value_dtype, client_id=client_id,
                             declare_label_counts=declare_label_counts,

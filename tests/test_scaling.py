@@ -362,3 +362,14 @@ def test_two_process_training_writes_one_model(lm_files, tmp_path):
 
     assert load_lm(tmp_path / "spec").vocab_size == meta["vocab_size"] > 0
     assert math.isfinite(meta["metrics"]["train_loss"])
+
+
+def test_single_process_commands_refuse_a_launcher(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    r = runner.invoke(app, ["aggregate", str(tmp_path), "--out", str(tmp_path / "t")])
+    assert r.exit_code == 1 and "fd aggregate runs in one process, but WORLD_SIZE=2" in r.output
+    r = runner.invoke(app, ["emit-logits", str(tmp_path), str(tmp_path), "--out",
+                            str(tmp_path / "b")])
+    assert r.exit_code == 1 and "--task classification runs in one process" in r.output
+    assert sorted(tmp_path.iterdir()) == []
