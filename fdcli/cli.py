@@ -224,10 +224,6 @@ def emit_logits_cmd(
         else:
             if draws is not None:
                 raise ValueError("--draws applies to --task causal-lm (--encoding sample)")
-            if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
-                raise ValueError("emit-logits --task classification runs in one process; "
-                                 "under torchrun or accelerate launch only --task causal-lm "
-                                 "splits the proxy set")
             m = emit_logits(model, proxy, out_dir, encoding=encoding or "dense", k=kept,
                             value_dtype=value_dtype, client_id=client_id,
                             declare_label_counts=declare_label_counts,

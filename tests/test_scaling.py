@@ -290,7 +290,7 @@ def test_two_process_emit_gives_the_rows_of_a_one_process_emit(lm_files, tmp_pat
 
 def _parts(tmp_path, w, **kw):
     """Two parts of one emit, written in this process as ranks 0 and 1 of 2 would (with
-    ``_join_parts`` patched out: no process group)."""
+    ``join_parts`` patched out: no process group)."""
     from fdcli.stages import lm as stages_lm
 
     out = tmp_path / "b"
@@ -309,7 +309,7 @@ def _parts(tmp_path, w, **kw):
 def test_merge_joins_parts_and_refuses_what_is_not_one_emit(lm_files, tmp_path, monkeypatch):
     from fdcli.stages import lm as stages_lm
 
-    monkeypatch.setattr(stages_lm, "_join_parts", lambda *a: None)
+    monkeypatch.setattr(stages_lm, "join_parts", lambda *a: None)
     out, parts = _parts(tmp_path, lm_files)
     assert all(p.is_dir() for p in parts) and not out.exists()
     r = runner.invoke(app, ["merge", *map(str, reversed(parts)), "--out", str(out), "--json"])
@@ -369,7 +369,27 @@ def test_single_process_commands_refuse_a_launcher(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     r = runner.invoke(app, ["aggregate", str(tmp_path), "--out", str(tmp_path / "t")])
     assert r.exit_code == 1 and "fd aggregate runs in one process, but WORLD_SIZE=2" in r.output
-    r = runner.invoke(app, ["emit-logits", str(tmp_path), str(tmp_path), "--out",
-                            str(tmp_path / "b")])
-    assert r.exit_code == 1 and "--task classification runs in one process" in r.output
     assert sorted(tmp_path.iterdir()) == []
+
+
+def test_two_process_classification_emit_gives_the_rows_of_one(tmp_path):
+    from fdcli.models import load_classifier, save_classifier
+
+    from .test_pipeline import LABELS, text_recipe
+
+    text_recipe(tmp_path, 100, seed=3, layers=1)
+    clf = load_classifier(tmp_path / "bert.json", "text", LABELS,
+                          tokenizer=tmp_path / "tokenizer")
+    save_classifier(clf, tmp_path / "model", {"label_names": clf.label_names})
+    args = ["emit-logits", tmp_path / "model", tmp_path / "all.csv", "--batch-size", "8",
+            "--encoding", "topk", "--k", "2", "--json"]
+    one = _launch(1, *args, "--out", tmp_path / "one", cwd=tmp_path)
+    two = _launch(2, *args, "--out", tmp_path / "two", cwd=tmp_path)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    a, b = read_bundle(tmp_path / "one").read_all(), read_bundle(tmp_path / "two").read_all()
+    assert torch.equal(a.example_ids, torch.arange(100)) and torch.equal(a.example_ids,
+                                                                          b.example_ids)
+    for name in a.tensors:
+        assert torch.equal(a.tensors[name], b.tensors[name]), name
+    assert not list(tmp_path.glob("two.part*"))
+    assert read_bundle(tmp_path / "two").manifest.producer.config["processes"] == 2

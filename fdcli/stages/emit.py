@@ -7,9 +7,12 @@ from typing import Any
 
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, TopKCodec
 from ..data import load_local, resolve, fingerprint
-from ..devices import place
+from ..bundle.merge import PART_KEY, part_path
+from ..bundle.safeio import DEFAULT_LIMITS, Limits
+from ..devices import place, ranks
 from ..models import ModelError, fingerprint_model, load_classifier, predict_logits
 from ..progress import progress_bar
+from .parallel import batch_share, join_parts
 
 ENCODINGS = ("dense", "topk")
 
@@ -21,7 +24,8 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                 image_column: str | None = None, split: str | None = None,
                 batch_size: int = 64, proxy_slice: tuple[int, int] | None = None,
                 seed: int = 0, overwrite: bool = False,
-                progress: bool = True, sign_key=None, dtype: str = "auto") -> BundleManifest:
+                progress: bool = True, sign_key=None, dtype: str = "auto",
+                limits: Limits = DEFAULT_LIMITS) -> BundleManifest:
     """Write the bundle of ``model``'s predictions on every example of ``proxy``.
 
     ``declare_label_counts`` copies the model's training label histogram (from its fd.json)
@@ -32,7 +36,11 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     (1-based; example ids stay those of the whole set), so that each round of a federation
     can use a fresh slice (docs/rounds.md). ``sign_key`` (an Ed25519 private key,
     :func:`fdcli.bundle.signing.load_private_key`) signs the manifest. ``dtype`` is the
-    model's (``auto``: bf16 on a GPU that has it, else fp32); logits are encoded in fp32."""
+    model's (``auto``: bf16 on a GPU that has it, else fp32); logits are encoded in fp32.
+
+    Under ``torchrun`` / ``accelerate launch`` each process takes a contiguous share of whole
+    batches and writes a part, which process 0 merges into ``out`` (as
+    :func:`~fdcli.stages.lm.emit_token_logits` does)."""
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
     ds = load_local(proxy, split)
@@ -63,19 +71,29 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     first, stop = slice_bounds(proxy_slice, len(values))
     if proxy_slice is not None:
         config["proxy_slice"] = list(proxy_slice)
-    with BundleWriter(out, codec=codec, task="classification",
+    r = ranks()
+    target = Path(out) if r.world == 1 else part_path(out, r.rank, r.world)
+    if r.world > 1:
+        config[PART_KEY] = [r.rank, r.world]
+        mine = batch_share(stop - first, batch_size, r)
+        first, stop = first + mine.start, first + mine.stop
+    # chunks of whole batches, so that a process's batches are a one-process emit's
+    step = batch_size * max(1, 1024 // batch_size)
+    with BundleWriter(target, codec=codec, task="classification",
                       num_classes=len(clf.label_names), label_names=clf.label_names,
                       proxy_fingerprint=fingerprint(ds, spec),
                       client_id=client_id or clf.meta.get("client_id") or Path(model).name,
                       model_fingerprint=model_fp,
                       config=config, seed=seed, overwrite=overwrite,
                       sign_key=sign_key) as writer, \
-            progress_bar(stop - first, "emitting logits", progress) as advance:
-        for start in range(first, stop, 1024):
-            chunk = values[start:min(start + 1024, stop)]
+            progress_bar(stop - first, "emitting logits", progress and r.main) as advance:
+        for start in range(first, stop, step):
+            chunk = values[start:min(start + step, stop)]
             logits = predict_logits(clf, chunk, batch_size, progress=advance)
             writer.add(range(start, start + len(chunk)), logits)
-    return writer.manifest
+    if r.world == 1:
+        return writer.manifest
+    return join_parts(out, r, overwrite, limits, sign_key) or writer.manifest
 
 
 def slice_bounds(proxy_slice: tuple[int, int] | None, size: int) -> tuple[int, int]:

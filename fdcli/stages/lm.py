@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ import torch
 
 from .. import __version__
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, SampleCodec, TopKCodec, read_bundle
-from ..bundle.merge import PART_KEY, merge_bundles, part_path
+from ..bundle.merge import PART_KEY, part_path
 from ..bundle.safeio import DEFAULT_LIMITS, Limits
 from ..data import DataError, load_local
-from ..devices import place, ranks, share as share_of
+from ..devices import place, ranks
 from ..errors import FdWarning, IncompatibleBundlesError
 from ..lm import (DEFAULT_LM_MAX_LENGTH, TextBlocks, iter_token_logits, load_lm,
                   max_positions, save_lm, text_blocks, vocab_fingerprint)
@@ -31,6 +30,7 @@ from ..models import fingerprint_model
 from ..outputs import atomic_dir, check_free
 from ..progress import progress_bar
 from .distill import open_teacher
+from .parallel import batch_share, join_parts
 
 TOKEN_ENCODINGS = ("topk", "sample", "dense")
 #: defaults chosen by benchmarks/lm_cli_defaults.py (docs/token-distillation.md): top-16
@@ -159,7 +159,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     target = Path(out) if r.world == 1 else part_path(out, r.rank, r.world)
     if r.world > 1:
         config[PART_KEY] = [r.rank, r.world]
-    mine = _batch_share(len(tb.blocks), batch_size, r)
+    mine = batch_share(len(tb.blocks), batch_size, r)
     with BundleWriter(target, codec=codec, task="token", num_classes=lm.vocab_size,
                       label_fingerprint=vocab_fingerprint(lm.tokenizer),
                       proxy_fingerprint=tb.fingerprint,
@@ -171,18 +171,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
         write_token_rows(lm, tb.blocks, writer, batch_size, span=mine, advance=advance)
     if r.world == 1:
         return writer.manifest
-    return _join_parts(out, r, overwrite, limits, sign_key) or writer.manifest
-
-
-def _batch_share(blocks: int, batch_size: int, r) -> range:
-    """The blocks rank ``r`` emits: a contiguous share of whole batches, so that every batch
-    is the batch a one-process emit computes."""
-    batches = share_of(-(-blocks // batch_size), r)
-    if not batches:
-        raise ValueError(f"{r.world} processes for {-(-blocks // batch_size)} batches of "
-                         f"--batch-size {batch_size}: process {r.rank} would have none; use "
-                         "fewer processes or a smaller --batch-size")
-    return range(min(batches.start * batch_size, blocks), min(batches.stop * batch_size, blocks))
+    return join_parts(out, r, overwrite, limits, sign_key) or writer.manifest
 
 
 def write_token_rows(lm, blocks, writer: BundleWriter, batch_size: int = 8, *,
@@ -197,33 +186,6 @@ def write_token_rows(lm, blocks, writer: BundleWriter, batch_size: int = 8, *,
                    row_counts=counts)
         if advance is not None:
             advance(int(counts.sum()))
-
-
-def _join_parts(out, r, overwrite: bool, limits: Limits, sign_key) -> BundleManifest | None:
-    """After every process has written its part: process 0 merges them into ``out`` when it
-    can see them all; returns the merged manifest there, None elsewhere."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    group = dist.new_group(backend="gloo")
-    dist.barrier(group=group)
-    merged = None
-    if r.main:
-        parts = [part_path(out, i, r.world) for i in range(r.world)]
-        missing = [str(p) for p in parts if not p.is_dir()]
-        if missing:
-            warnings.warn(f"{out}: process 0 cannot see the parts {missing} (no shared "
-                          "filesystem?); gather every part in one place and run fd merge "
-                          f"{' '.join(str(p) for p in parts)} --out {out}", FdWarning,
-                          stacklevel=3)
-        else:
-            merged = merge_bundles(parts, out, overwrite=overwrite, limits=limits,
-                                   sign_key=sign_key)
-            for p in parts:
-                shutil.rmtree(p, ignore_errors=True)
-    dist.barrier(group=group)
-    return merged
 
 
 def _check_vocab(lm, manifest: BundleManifest, student, teacher) -> None:
