@@ -24,6 +24,7 @@ from .cli_options import (Batch, DataOpt, DtypeOpt, Epochs, ImageCol, JsonOpt, L
                           LimitOpt, LR, MaxLen, OutOpt, Overwrite, Packing, SeedOpt, SignOpt,
                           SplitOpt, TaskOpt, TextCol, TokenizerOpt, TrustedOpt)
 from .console import configure_output, out, plain, print_json, report, reporting_errors
+from .launch import ranks
 
 app = typer.Typer(
     name="fd",
@@ -63,9 +64,10 @@ def root(
     if verbose and quiet:
         raise typer.BadParameter("--verbose and --quiet exclude each other")
     configure_output(verbose=verbose, quiet=quiet)
-    world = os.environ.get("WORLD_SIZE", "1")
-    if ctx.invoked_subcommand not in MULTI_PROCESS and world not in ("", "1"):
-        with reporting_errors():  # every process would write the same output
+    with reporting_errors():
+        world = ranks().world
+        if ctx.invoked_subcommand not in MULTI_PROCESS and world > 1:
+            # every process would write the same output
             raise ValueError(f"fd {ctx.invoked_subcommand} runs in one process, but "
                              f"WORLD_SIZE={world} (torchrun or accelerate launch); run it "
                              f"without the launcher (only {', '.join(MULTI_PROCESS)} scale "

@@ -115,7 +115,9 @@ def human(n: float) -> str:
 def report(result: dict, json_out: bool, title: str, keys: list[str] | None = None) -> None:
     """A command's result on stdout, as a table or JSON; under several processes of one
     launch (torchrun, accelerate launch) only process 0 reports."""
-    if os.environ.get("RANK", "0") not in ("", "0"):
+    from .launch import ranks
+
+    if not ranks().main:
         return
     if json_out:
         print_json(result)

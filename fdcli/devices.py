@@ -1,47 +1,14 @@
-"""Devices, precision and process groups: where a model runs and in which dtype, and which
-share of the work this process takes when ``torchrun`` or ``accelerate launch`` started
-several (docs/scaling.md). No training code and no I/O."""
+"""Devices and precision: where a model runs and in which dtype (docs/scaling.md). Which
+process this is among several lives in :mod:`fdcli.launch`. No training code and no I/O."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
+
+from .launch import Ranks, ranks, share  # noqa: F401  (re-exported)
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """This process's place among the processes of one launch (``RANK``/``WORLD_SIZE``/
-    ``LOCAL_RANK``, as torchrun and accelerate set them); one process is rank 0 of 1."""
-
-    rank: int = 0
-    world: int = 1
-    local: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def ranks() -> Ranks:
-    """The launcher's ranks from the environment; a malformed value is an error, not rank 0."""
-    values = {}
-    for key, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
-        raw = os.environ.get(key)
-        try:
-            values[key] = default if raw in (None, "") else int(raw)
-        except ValueError:
-            raise ValueError(f"environment variable {key}={raw!r}; expected an integer (set by "
-                             "torchrun or accelerate launch)") from None
-    r = Ranks(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
-    if r.world < 1 or not 0 <= r.rank < r.world or r.local < 0:
-        raise ValueError(f"RANK={r.rank}, WORLD_SIZE={r.world}, LOCAL_RANK={r.local}: expected "
-                         "0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0")
-    return r
 
 
 def device() -> torch.device:
@@ -87,9 +54,3 @@ def trainer_precision(dtype: str) -> dict[str, bool]:
     and are saved as fp32); ``auto`` is bf16 on a GPU that supports it."""
     resolved = resolve_dtype(dtype)
     return {"bf16": resolved == torch.bfloat16, "fp16": resolved == torch.float16}
-
-
-def share(count: int, r: Ranks) -> range:
-    """The contiguous share ``[floor(rank * count / world), floor((rank + 1) * count / world))``
-    of ``count`` items that rank ``r`` takes."""
-    return range(r.rank * count // r.world, (r.rank + 1) * count // r.world)

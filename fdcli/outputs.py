@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import FdError
+from .launch import ranks
 
 
 def check_free(path: Path, overwrite: bool) -> None:
@@ -109,8 +110,6 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     any error it is removed and ``path`` is left as it was. Under several processes of one
     launch (torchrun, accelerate launch: data-parallel training) only process 0 writes
     ``path``; the others get a scratch folder that is removed afterwards."""
-    from .devices import ranks
-
     path = Path(path)
     check_free(path, overwrite)
     if not ranks().main:

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from .bundle.reader import LogitBlock
-from .devices import ranks, trainer_precision
+from .devices import trainer_precision
+from .launch import ranks
 from .lm import LanguageModel, pad_blocks
 from .losses import dense_kd_loss, sparse_kd_loss
 from .models import DEFAULT_MAX_LENGTH, Classifier, batch_inputs

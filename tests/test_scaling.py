@@ -290,7 +290,7 @@ def test_two_process_emit_gives_the_rows_of_a_one_process_emit(lm_files, tmp_pat
 
 def _parts(tmp_path, w, **kw):
     """Two parts of one emit, written in this process as ranks 0 and 1 of 2 would (with
-    ``join_parts`` patched out: no process group)."""
+    ``_join_parts`` patched out: no process group)."""
     from fdcli.stages import lm as stages_lm
 
     out = tmp_path / "b"
@@ -307,9 +307,9 @@ def _parts(tmp_path, w, **kw):
 
 
 def test_merge_joins_parts_and_refuses_what_is_not_one_emit(lm_files, tmp_path, monkeypatch):
-    from fdcli.stages import lm as stages_lm
+    from fdcli.stages import parallel
 
-    monkeypatch.setattr(stages_lm, "join_parts", lambda *a: None)
+    monkeypatch.setattr(parallel, "_join_parts", lambda *a: None)
     out, parts = _parts(tmp_path, lm_files)
     assert all(p.is_dir() for p in parts) and not out.exists()
     r = runner.invoke(app, ["merge", *map(str, reversed(parts)), "--out", str(out), "--json"])

@@ -60,20 +60,15 @@ def merge_bundles(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         raise IncompatibleBundlesError("the same part is given twice")
     out = Path(out)
     check_free(out, overwrite)
-    manifests, firsts, seen = [], [], {}
+    manifests, ids = [], []
     for p in paths:
         report = verify_bundle(p, limits, trusted_keys)
         if not report.ok:
             raise BundleError.collected(str(p), report.problems)
-        m = report.manifest
-        ids = _example_ids(p, m, limits)
-        for e in ids.tolist():
-            if e in seen:
-                raise IncompatibleBundlesError(f"{p}: example {e} is also in {seen[e]}; parts of "
-                                               "one emit hold disjoint examples")
-            seen[e] = p
-        manifests.append(m)
-        firsts.append(int(ids.min()))
+        manifests.append(report.manifest)
+        ids.append(report.example_ids)
+    _check_disjoint(paths, ids)
+    firsts = [int(i.min()) for i in ids]
     base = _identity(manifests[0])
     for p, m in zip(paths[1:], manifests[1:]):
         differ = [k for k, v in _identity(m).items() if v != base[k]]
@@ -86,11 +81,17 @@ def merge_bundles(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                   limits, sign_key)
 
 
-def _example_ids(path: Path, m: BundleManifest, limits: Limits) -> torch.Tensor:
-    from .reader import read_bundle
-
-    reader = read_bundle(path, limits)
-    return torch.cat([reader.load_shard(s).example_ids for s in m.shards])
+def _check_disjoint(paths: list[Path], ids: list[torch.Tensor]) -> None:
+    """Refuse an example id that two parts both hold (the smallest such id is named)."""
+    owner = torch.cat([torch.full((len(i),), k) for k, i in enumerate(ids)])
+    order = torch.sort(torch.cat(ids) * len(ids) + owner).indices  # by id, then by part
+    every, owner = torch.cat(ids)[order], owner[order]
+    twice = (every[1:] == every[:-1]).nonzero().view(-1)
+    if len(twice):
+        j = int(twice[0])
+        raise IncompatibleBundlesError(
+            f"{paths[int(owner[j + 1])]}: example {int(every[j])} is also in "
+            f"{paths[int(owner[j])]}; parts of one emit hold disjoint examples")
 
 
 def _write(out: Path, paths: list[Path], manifests: list[BundleManifest], overwrite: bool,

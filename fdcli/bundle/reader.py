@@ -68,6 +68,8 @@ class VerifyReport:
     rows_checked: int = 0
     #: the key id that signed the bundle, or None when it is unsigned
     signer: str | None = None
+    #: the example ids of the shards that could be read, in bundle order
+    example_ids: torch.Tensor | None = None
 
     @property
     def ok(self) -> bool:
@@ -280,8 +282,8 @@ def verify_bundle(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS,
         seen.append(block.example_ids)
         report.shards_checked += 1
         report.rows_checked += block.rows
-    if len(seen) > 1:
-        ids = torch.cat(seen)
-        if len(torch.unique(ids)) != len(ids):
+    if seen:
+        report.example_ids = torch.cat(seen)
+        if len(torch.unique(report.example_ids)) != len(report.example_ids):
             report.problems.append(f"{reader.path}: an example id appears in more than one shard")
     return report

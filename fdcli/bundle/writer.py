@@ -192,9 +192,12 @@ class BundleWriter:
         zero = torch.zeros((), dtype=torch.float64, device=dev)
         tensors["_fidelity"] = torch.stack([fid[k].double().sum() if k in fid else zero
                                             for k in _FIDELITY_KEYS])
-        # the GPU encoders count the rows with a NaN, +inf or no finite logit as they read them
-        tensors["_bad"] = (sum(p["_bad"] for p in parts) if "_bad" in parts[0] else
-                           (~torch.isfinite(logits.amax(-1))).sum()) if rows else zero
+        # rows with a NaN, +inf or no finite logit: the GPU encoders count them as they read
+        # the logits; otherwise one amax pass finds them (amax propagates NaN)
+        if "_bad" in parts[0]:
+            tensors["_bad"] = sum(p["_bad"] for p in parts)
+        else:
+            tensors["_bad"] = (~torch.isfinite(logits.amax(-1))).sum() if rows else zero
         event = None
         if dev.type == "cuda":
             tensors = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True)

@@ -303,11 +303,13 @@ class _Examples:
         prev = torch.cat([torch.tensor([self.last]), ids[:-1]])
         bad = (ids <= prev).nonzero().view(-1)
         if len(bad):
-            j = int(bad[0])
-            raise IncompatibleBundlesError(
-                f"{self.reader.path}: example ids do not increase through the bundle "
-                f"({int(ids[j])} after {int(prev[j])}); bundles are aggregated in one "
-                "streaming pass, so re-emit it with fd emit-logits")
+            self._not_increasing(int(ids[int(bad[0])]), int(prev[int(bad[0])]))
+
+    def _not_increasing(self, e: int, prev: int):
+        raise IncompatibleBundlesError(
+            f"{self.reader.path}: example ids do not increase through the bundle ({e} after "
+            f"{prev}); bundles are aggregated in one streaming pass, so re-emit it with fd "
+            "emit-logits")
 
     def peek(self, n: int) -> torch.Tensor:
         """The ids of (at most) the next ``n`` examples of the current shard."""
@@ -329,10 +331,7 @@ class _Examples:
         b, i = self.block, self.i
         e = int(b.example_ids[i])
         if e <= self.last:
-            raise IncompatibleBundlesError(
-                f"{self.reader.path}: example ids do not increase through the bundle ({e} after "
-                f"{self.last}); bundles are aggregated in one streaming pass, so re-emit it "
-                "with fd emit-logits")
+            self._not_increasing(e, self.last)
         self.last = e
         a, z = int(b.row_offsets[i]), int(b.row_offsets[i + 1])
         part = {"logp": self._dense(a, z)} if self.decode else \
@@ -369,16 +368,21 @@ def _in_windows(streams: Sequence[_Examples], size: int, classes: int):
                 probs[k, pos] = logp.double().exp()
                 present[k, pos] = True
         for group in same:
-            twice = present[group].sum(0) > 1
-            if bool(twice.any()):
-                e = int(union[twice.nonzero()[0, 0]])
-                both = [streams[k].reader.path for k in group
-                        if bool(present[k, int(twice.nonzero()[0, 0])])]
-                cid = streams[group[0]].reader.manifest.producer.client_id
-                raise IncompatibleBundlesError(
-                    f"{both[1]}: client {cid!r} gives example {e} a second time (also in "
-                    f"{both[0]}); each client may vote once per example")
+            twice = (present[group].sum(0) > 1).nonzero().view(-1)
+            if len(twice):
+                j = int(twice[0])
+                _voted_twice(streams, group, int(union[j]),
+                             [k for k in group if bool(present[k, j])])
         yield union, probs, present
+
+
+def _voted_twice(streams: Sequence[_Examples], group: list[int], e: int, voters: list[int]):
+    """Refuse bundles ``voters`` (two or more of one client's ``group``) that all give
+    example ``e``."""
+    cid = streams[group[0]].reader.manifest.producer.client_id
+    first, second = (streams[k].reader.path for k in voters[:2])
+    raise IncompatibleBundlesError(f"{second}: client {cid!r} gives example {e} a second time "
+                                   f"(also in {first}); each client may vote once per example")
 
 
 def _same_client(streams: Sequence[_Examples]) -> list[list[int]]:
@@ -415,12 +419,9 @@ def _in_step(streams: Sequence[_Examples]):
             n_rows, source = n, s.reader.path
             parts.append(part)
         for group in same:
-            both = [streams[k].reader.path for k in group if parts[k] is not None]
-            if len(both) > 1:
-                cid = streams[group[0]].reader.manifest.producer.client_id
-                raise IncompatibleBundlesError(
-                    f"{both[1]}: client {cid!r} gives example {e} a second time (also in "
-                    f"{both[0]}); each client may vote once per example")
+            voters = [k for k in group if parts[k] is not None]
+            if len(voters) > 1:
+                _voted_twice(streams, group, e, voters)
         yield e, n_rows, parts
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, TopKCodec
 from ..data import load_local, resolve, fingerprint
-from ..bundle.merge import PART_KEY, part_path
 from ..bundle.safeio import DEFAULT_LIMITS, Limits
-from ..devices import place, ranks
+from ..devices import place
+from ..launch import ranks
 from ..models import ModelError, fingerprint_model, load_classifier, predict_logits
 from ..progress import progress_bar
-from .parallel import batch_share, join_parts
+from .parallel import batch_share, finish_parts, part_target
 
 ENCODINGS = ("dense", "topk")
 
@@ -72,9 +72,8 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     if proxy_slice is not None:
         config["proxy_slice"] = list(proxy_slice)
     r = ranks()
-    target = Path(out) if r.world == 1 else part_path(out, r.rank, r.world)
+    target = part_target(out, r, config)
     if r.world > 1:
-        config[PART_KEY] = [r.rank, r.world]
         mine = batch_share(stop - first, batch_size, r)
         first, stop = first + mine.start, first + mine.stop
     # chunks of whole batches, so that a process's batches are a one-process emit's
@@ -91,9 +90,7 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
             chunk = values[start:min(start + step, stop)]
             logits = predict_logits(clf, chunk, batch_size, progress=advance)
             writer.add(range(start, start + len(chunk)), logits)
-    if r.world == 1:
-        return writer.manifest
-    return join_parts(out, r, overwrite, limits, sign_key) or writer.manifest
+    return finish_parts(out, r, writer.manifest, overwrite, limits, sign_key)
 
 
 def slice_bounds(proxy_slice: tuple[int, int] | None, size: int) -> tuple[int, int]:

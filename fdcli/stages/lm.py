@@ -18,10 +18,10 @@ import torch
 
 from .. import __version__
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, SampleCodec, TopKCodec, read_bundle
-from ..bundle.merge import PART_KEY, part_path
 from ..bundle.safeio import DEFAULT_LIMITS, Limits
 from ..data import DataError, load_local
-from ..devices import place, ranks
+from ..devices import place
+from ..launch import ranks
 from ..errors import FdWarning, IncompatibleBundlesError
 from ..lm import (DEFAULT_LM_MAX_LENGTH, TextBlocks, iter_token_logits, load_lm,
                   max_positions, save_lm, text_blocks, vocab_fingerprint)
@@ -30,7 +30,7 @@ from ..models import fingerprint_model
 from ..outputs import atomic_dir, check_free
 from ..progress import progress_bar
 from .distill import open_teacher
-from .parallel import batch_share, join_parts
+from .parallel import batch_share, finish_parts, part_target
 
 TOKEN_ENCODINGS = ("topk", "sample", "dense")
 #: defaults chosen by benchmarks/lm_cli_defaults.py (docs/token-distillation.md): top-16
@@ -156,9 +156,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                      split=split, text_column=tb.text_column, max_length=tb.max_length,
                      packing=packing, train_examples=lm.meta.get("train_examples"),
                      train_tokens=lm.meta.get("train_tokens"))
-    target = Path(out) if r.world == 1 else part_path(out, r.rank, r.world)
-    if r.world > 1:
-        config[PART_KEY] = [r.rank, r.world]
+    target = part_target(out, r, config)
     mine = batch_share(len(tb.blocks), batch_size, r)
     with BundleWriter(target, codec=codec, task="token", num_classes=lm.vocab_size,
                       label_fingerprint=vocab_fingerprint(lm.tokenizer),
@@ -169,9 +167,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
             progress_bar(sum(len(b) for b in tb.blocks[mine.start:mine.stop]),
                          "emitting token logits", progress and r.main) as advance:
         write_token_rows(lm, tb.blocks, writer, batch_size, span=mine, advance=advance)
-    if r.world == 1:
-        return writer.manifest
-    return join_parts(out, r, overwrite, limits, sign_key) or writer.manifest
+    return finish_parts(out, r, writer.manifest, overwrite, limits, sign_key)
 
 
 def write_token_rows(lm, blocks, writer: BundleWriter, batch_size: int = 8, *,

@@ -8,9 +8,9 @@ import warnings
 from pathlib import Path
 
 from ..bundle import BundleManifest
-from ..bundle.merge import merge_bundles, part_path
+from ..bundle.merge import PART_KEY, merge_bundles, part_path
 from ..bundle.safeio import Limits
-from ..devices import Ranks, share
+from ..launch import Ranks, share
 from ..errors import FdWarning
 
 
@@ -26,10 +26,28 @@ def batch_share(items: int, batch_size: int, r: Ranks) -> range:
     return range(min(batches.start * batch_size, items), min(batches.stop * batch_size, items))
 
 
-def join_parts(out, r: Ranks, overwrite: bool, limits: Limits,
-               sign_key) -> BundleManifest | None:
-    """After every process has written its part: process 0 merges them into ``out`` when it
-    can see them all; returns the merged manifest there, None elsewhere."""
+def part_target(out, r: Ranks, config: dict) -> Path:
+    """Where this process writes: ``out`` itself alone, else its part (numbered in
+    ``config``, which the manifest records)."""
+    if r.world == 1:
+        return Path(out)
+    config[PART_KEY] = [r.rank, r.world]
+    return part_path(out, r.rank, r.world)
+
+
+def finish_parts(out, r: Ranks, written: BundleManifest, overwrite: bool, limits: Limits,
+                 sign_key) -> BundleManifest:
+    """The emit's manifest: ``written`` alone; else, once every process has written its part,
+    the merged bundle's in process 0 (when it can see every part) and the part's elsewhere."""
+    if r.world == 1:
+        return written
+    return _join_parts(out, r, overwrite, limits, sign_key) or written
+
+
+def _join_parts(out, r: Ranks, overwrite: bool, limits: Limits,
+                sign_key) -> BundleManifest | None:
+    """Process 0 merges the parts into ``out`` when it can see them all; returns the merged
+    manifest there, None elsewhere."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
