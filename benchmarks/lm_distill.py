@@ -20,6 +20,17 @@ encoding cost scales with the vocabulary and the forward pass with the model.
 
     python benchmarks/lm_distill.py            # full run (about 10 minutes on 2 cores)
     python benchmarks/lm_distill.py --quick    # small teacher and students, under a minute
+
+The realistic regime (issue 13: each proxy token seen about once, a proxy of 1M+ tokens):
+``--one-pass`` trains every student for exactly one pass over the proxy in a random order,
+computes the dense teacher on the fly (a stored ``[tokens, V]`` tensor would not fit), and
+streams the bundles from the teacher; ``--proxy-source transformers`` takes the proxy from the
+installed ``transformers`` package's Python source (public code the teacher never saw; the
+standard library's held-out files hold only about 0.4M tokens), while the students are still
+scored on held-out standard-library windows.
+
+    python benchmarks/lm_distill.py --one-pass --proxy-source transformers \
+        --proxy-windows 8192 --ks 4,16,64 --draws 16,24 --only dense_kd,topk_kd,sample_kd
 """
 
 from __future__ import annotations
@@ -79,18 +90,38 @@ def forward_logits(model, windows: torch.Tensor, batch: int = 16) -> torch.Tenso
     return torch.cat([model(input_ids=w).logits.float() for w in windows.split(batch)])
 
 
-def write_bundle(path: Path, codec, logits: torch.Tensor, vocab: int) -> int:
-    """Write the teacher's logits ``[windows, seq, V]`` as a token bundle; bytes on disk."""
-    n, seq, _ = logits.shape
+def write_bundle(path: Path, codec, logits, vocab: int) -> int:
+    """Write the teacher's logits ``[windows, seq, V]`` as a token bundle; bytes on disk.
+    ``logits`` may also be ``(model, windows)``: the teacher is then run 32 windows at a
+    time, so no ``[tokens, V]`` tensor is built."""
+    model, windows = logits if isinstance(logits, tuple) else (None, None)
+    n, seq = (windows.shape if model is not None else logits.shape[:2])
     with BundleWriter(path, codec=codec, task="token", num_classes=vocab,
                       label_fingerprint=fingerprint_labels([str(i) for i in range(vocab)]),
                       proxy_fingerprint="sha256:" + "0" * 64, client_id="teacher",
                       model_fingerprint="sha256:" + "1" * 64) as w:
         for start in range(0, n, 32):
-            chunk = logits[start:start + 32]
+            chunk = forward_logits(model, windows[start:start + 32]) if model is not None \
+                else logits[start:start + 32]
             w.add(range(start, start + len(chunk)), chunk.reshape(-1, vocab),
                   row_counts=[seq] * len(chunk))
     return sum(f.stat().st_size for f in path.iterdir())
+
+
+def external_windows(tokenizer_dir: Path, n: int, seq: int) -> torch.Tensor:
+    """``n`` windows of ``seq`` tokens from the installed transformers package's .py files
+    (sorted; documents joined by the end-of-text token), in the teacher's tokenizer."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    ids: list[int] = []
+    for p in sorted(Path(transformers.__file__).parent.rglob("*.py")):
+        ids.extend(tok(p.read_text(encoding="utf-8", errors="replace"), verbose=False)
+                   ["input_ids"] + [tok.eos_token_id])
+        if len(ids) >= n * seq:
+            return torch.tensor(ids[: n * seq]).view(n, seq)
+    raise SystemExit(f"transformers' source holds {len(ids)} tokens; need {n * seq}")
 
 
 def make_student(config: dict, vocab: int, seq: int, seed: int = 1):
@@ -112,22 +143,36 @@ def perplexity(model, windows: torch.Tensor) -> float:
     return math.exp(nll / count)
 
 
+def batch_order(cfg: dict, n: int) -> list[torch.Tensor]:
+    """The windows of every step: drawn with replacement, or with ``one_pass`` a random
+    permutation cut into batches (each proxy token seen exactly once)."""
+    gen = torch.Generator().manual_seed(0)
+    if cfg.get("one_pass"):
+        return list(torch.randperm(n, generator=gen).split(cfg["batch"]))
+    return [torch.randint(0, n, (cfg["batch"],), generator=gen) for _ in range(cfg["steps"])]
+
+
 def train_student(name: str, cfg: dict, vocab: int, proxy: torch.Tensor, eval_w: torch.Tensor,
-                  temperature: float, dense: torch.Tensor | None = None,
+                  temperature: float, dense=None,
                   teacher: TeacherRows | None = None, hard_weight: float = 0.0) -> dict:
-    """Same init, order, optimiser and steps for every student; the loss differs."""
+    """Same init, order, optimiser and steps for every student; the loss differs. ``dense``
+    is the teacher's logits ``[windows, seq, V]``, or the teacher model itself (run on each
+    batch)."""
     model = make_student(cfg["student"], vocab, cfg["seq"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.01)
-    order = torch.Generator().manual_seed(0)
     times = []
     peak_rss_reset()
     model.train()
-    for step in range(cfg["steps"]):
-        idx = torch.randint(0, len(proxy), (cfg["batch"],), generator=order)
+    for idx in batch_order(cfg, len(proxy)):
         t0 = time.perf_counter()
         x = proxy[idx]
         logits = model(input_ids=x).logits.reshape(-1, vocab)
-        if dense is not None:
+        if isinstance(dense, torch.nn.Module):
+            with torch.no_grad():
+                t = torch.log_softmax(dense(input_ids=x).logits.float().reshape(-1, vocab)
+                                      / temperature, -1)
+            loss = dense_kd_loss(logits, t, temperature)
+        elif dense is not None:
             t = torch.log_softmax(dense[idx].float().reshape(-1, vocab) / temperature, -1)
             loss = dense_kd_loss(logits, t, temperature)
         elif teacher is not None:
@@ -170,7 +215,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small settings, under a minute")
     ap.add_argument("--temperature", type=float, default=1.0, help="KD temperature")
-    ap.add_argument("--draws", type=int, default=16, help="sample_kd: draws per token")
+    ap.add_argument("--draws", default="16", help="sample_kd: draws per token (a comma list "
+                                                  "runs one student per value)")
+    ap.add_argument("--ks", default="1,4,16,64", help="topk_kd: the k values, comma-separated")
+    ap.add_argument("--one-pass", action="store_true",
+                    help="one pass over the proxy per student (each token seen once); dense "
+                         "teacher computed on the fly")
+    ap.add_argument("--proxy-source", choices=("held", "transformers"), default="held",
+                    help="proxy windows from the teacher's held-out standard-library text, or "
+                         "from the installed transformers package's source")
     ap.add_argument("--hard-weight", type=float, default=0.0,
                     help="share of next-token CE mixed into every KD student's loss")
     ap.add_argument("--only", default="", help="comma-separated names to run (ce_only always "
@@ -195,17 +248,28 @@ def main() -> None:
     teacher = teacher.cpu().eval()
     vocab, seq = teacher.config.vocab_size, cfg["seq"]
     n_proxy, n_eval = cfg["proxy_windows"], cfg["eval_windows"]
-    windows = held[: (n_proxy + n_eval) * seq].view(-1, seq)
-    if len(windows) < n_proxy + n_eval:
-        raise SystemExit(f"held-out text has {len(windows)} windows; need {n_proxy + n_eval}")
-    proxy, eval_w = windows[:n_proxy], windows[n_proxy:]
-    dense = forward_logits(teacher, proxy).half()  # [windows, seq, V]: the dense baseline
+    n_held = n_eval if args.proxy_source == "transformers" else n_proxy + n_eval
+    windows = held[: n_held * seq].view(-1, seq)
+    if len(windows) < n_held:
+        raise SystemExit(f"held-out text has {len(windows)} windows; need {n_held}")
+    if args.proxy_source == "transformers":
+        proxy, eval_w = external_windows(cache / "teacher", n_proxy, seq), windows
+    else:
+        proxy, eval_w = windows[:n_proxy], windows[n_proxy:]
+    cfg["one_pass"] = args.one_pass
+    if args.one_pass:
+        cfg["steps"] = math.ceil(n_proxy / cfg["batch"])
+    draws = [int(d) for d in str(args.draws).split(",")]
+    # the dense baseline: [windows, seq, V] in memory, or the teacher itself run per batch
+    dense = teacher if args.one_pass else forward_logits(teacher, proxy).half()
+    source = (teacher, proxy) if args.one_pass else dense.float()
     out = {"teacher": {k: info.get(k) for k in ("vocab_size", "steps", "n_embd",
                                                 "held_out_ce_nats", "held_out_ppl")},
            "teacher_proxy_ppl": round(perplexity(teacher, proxy), 3),
            "teacher_eval_ppl": round(perplexity(teacher, eval_w), 3),
            "settings": {"quick": args.quick, "temperature": args.temperature,
-                        "draws": args.draws, "hard_weight": args.hard_weight,
+                        "draws": draws, "hard_weight": args.hard_weight,
+                        "one_pass": args.one_pass, "proxy_source": args.proxy_source,
                         "proxy_tokens": proxy.numel(),
                         "eval_tokens": eval_w.numel(), "steps": cfg["steps"],
                         "batch_windows": cfg["batch"], "seq": seq, "student": cfg["student"],
@@ -220,17 +284,18 @@ def main() -> None:
         rows.append(ce)
         if not only or "dense_kd" in only:
             # dense bytes per token, measured on the first 64 windows (the size is per token)
-            dense_bytes = write_bundle(work / "dense", DenseCodec(), dense[:64].float(), vocab)
+            dense_bytes = write_bundle(work / "dense", DenseCodec(),
+                                       forward_logits(teacher, proxy[:64]), vocab)
             rows.append({**train_student("dense_kd", cfg, vocab, proxy, eval_w,
                                          args.temperature, dense=dense, hard_weight=hw),
                          "bytes_per_token": dense_bytes / proxy[:64].numel()})
-        settings = [("topk_kd", k, TopKCodec(k)) for k in (1, 4, 16, 64)]
-        settings.append(("sample_kd", None, SampleCodec(args.draws, args.temperature)))
+        settings = [("topk_kd", int(k), TopKCodec(int(k))) for k in args.ks.split(",")]
+        settings += [("sample_kd", None, SampleCodec(d, args.temperature)) for d in draws]
         for name, k, codec in settings:
             if only and name not in only and f"{name}{k}" not in only:
                 continue
-            path = work / f"{name}-{k}"
-            size = write_bundle(path, codec, dense.float(), vocab)
+            path = work / f"{name}-{k if k is not None else codec.draws}"
+            size = write_bundle(path, codec, source, vocab)
             block = read_bundle(path).read_all()
             row = train_student(name, cfg, vocab, proxy, eval_w, args.temperature,
                                 teacher=TeacherRows(block, args.temperature), hard_weight=hw)
@@ -238,6 +303,7 @@ def main() -> None:
             if k is not None:
                 row["k"] = k
             else:
+                row["draws"] = codec.draws
                 ids = block.tensors["ids"]
                 row["unique_ids_per_token"] = round(
                     float((block.tensors["counts"] > 0).sum()) / len(ids), 2)

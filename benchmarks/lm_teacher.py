@@ -47,7 +47,7 @@ def _read(paths: list[Path], limit: int) -> list[str]:
 
 def train_teacher(cache: Path, vocab: int = 8192, steps: int = 600, seq: int = 128,
                   batch: int = 32, seed: int = 0, n_embd: int = 128,
-                  train_chars: int = 12_000_000) -> dict:
+                  train_chars: int = 12_000_000, held_chars: int = 1_000_000) -> dict:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -56,7 +56,7 @@ def train_teacher(cache: Path, vocab: int = 8192, steps: int = 600, seq: int = 1
     train_files = [p for i, p in enumerate(files) if i % 10 != 0]
     held_files = [p for i, p in enumerate(files) if i % 10 == 0]
     train_text = _read(train_files, train_chars)
-    held_text = _read(held_files, 1_000_000)
+    held_text = _read(held_files, held_chars)
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -101,6 +101,7 @@ def train_teacher(cache: Path, vocab: int = 8192, steps: int = 600, seq: int = 1
     torch.save(held_ids, cache / "held_ids.pt")
     info = {"vocab_size": len(fast), "steps": steps, "seq": seq, "batch": batch, "seed": seed,
             "n_embd": n_embd, "train_chars": train_chars, "vocab": vocab,
+            "held_chars": held_chars,
             "train_tokens": len(train_ids), "held_tokens": len(held_ids),
             "train_s": round(train_s, 1), "train_device": device,
             "python": sysconfig.get_python_version()}
@@ -134,7 +135,8 @@ def load_teacher(cache: Path = DEFAULT_CACHE, steps: int = 600, **kwargs):
     want = {"steps": steps, **kwargs}
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     # caches written before n_embd, train_chars and vocab were settings used the defaults
-    have = {"n_embd": 128, "train_chars": 12_000_000, "vocab": 8192, **info}
+    have = {"n_embd": 128, "train_chars": 12_000_000, "vocab": 8192, "held_chars": 1_000_000,
+            **info}
     if not info or any(have.get(k) != v for k, v in want.items()):
         train_teacher(cache, steps=steps, **kwargs)
     model = GPT2LMHeadModel.from_pretrained(cache / "teacher").eval()

@@ -21,8 +21,9 @@ from rich.text import Text
 from . import __version__
 from . import cli_options as opts
 from .cli_options import (Batch, DataOpt, DtypeOpt, Epochs, ImageCol, JsonOpt, LabelCol,
-                          LimitOpt, LR, MaxLen, OutOpt, Overwrite, Packing, SeedOpt, SignOpt,
-                          SplitOpt, TaskOpt, TextCol, TokenizerOpt, TrustedOpt)
+                          LimitOpt, LR, MaxLen, MaxSrc, MaxTgt, OutOpt, Overwrite, Packing,
+                          SeedOpt, SignOpt, SourceCol, SplitOpt, TargetCol, TaskOpt, TextCol,
+                          TokenizerOpt, TrustedOpt)
 from .console import configure_output, out, plain, print_json, report, reporting_errors
 from .launch import ranks
 
@@ -91,6 +92,8 @@ def train_specialist_cmd(
     epochs: Epochs = 3.0, lr: LR = 5e-5, batch_size: Batch = 16,
     val_fraction: Annotated[float, typer.Option(help="Share held out for validation.")] = 0.0,
     task: TaskOpt = "classification", max_length: MaxLen = None, packing: Packing = True,
+    source_column: SourceCol = None, target_column: TargetCol = None,
+    max_source_length: MaxSrc = None, max_target_length: MaxTgt = None,
     teacher: Annotated[Optional[Path], typer.Option(
         help="A later round: the coordinator's consensus bundle, to digest on --proxy while "
              "training on DATA (give --model the previous round's specialist).")] = None,
@@ -111,8 +114,9 @@ def train_specialist_cmd(
     dtype: DtypeOpt = "auto",
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
-    """Fine-tune a specialist on this institution's private data: labelled examples, or text
-    for a causal language model ([bold]--task causal-lm[/bold]).
+    """Fine-tune a specialist on this institution's private data: labelled examples, text
+    for a causal language model ([bold]--task causal-lm[/bold]), or source/target pairs for an
+    encoder-decoder model such as T5 or BART ([bold]--task seq2seq[/bold]).
 
     Writes a model folder (weights, tokenizer or image processor, fd.json with the
     configuration, label names or vocabulary fingerprint, and metrics). In a later round,
@@ -126,21 +130,32 @@ def train_specialist_cmd(
     usb/consensus-1 --proxy proxy.csv --out specialist-2
     """
     from .stages.lm import train_lm_specialist
+    from .stages.seq2seq import train_seq2seq_specialist
     from .stages.train_specialist import train_specialist
 
     with reporting_errors():
         opts.check_task(task)
+        opts.seq2seq_only(task, source_column=source_column, target_column=target_column,
+                          max_source_length=max_source_length,
+                          max_target_length=max_target_length)
         dtype = opts.dtype(dtype)
-        if task == "causal-lm":
-            if teacher is not None or proxy is not None:
-                raise ValueError("--teacher and --proxy (rounds) apply to --task "
-                                 "classification")
+        if task != "classification" and (teacher is not None or proxy is not None):
+            raise ValueError("--teacher and --proxy (rounds) apply to --task classification")
+        if task == "seq2seq":
+            meta = train_seq2seq_specialist(
+                data, model, out_dir, tokenizer=tokenizer, client_id=client_id,
+                source_column=source_column, target_column=target_column, split=split,
+                max_source_length=max_source_length, max_target_length=max_target_length,
+                epochs=epochs, learning_rate=lr, batch_size=batch_size,
+                val_fraction=val_fraction, seed=seed, overwrite=overwrite, dtype=dtype)
+        elif task == "causal-lm":
             meta = train_lm_specialist(data, model, out_dir, tokenizer=tokenizer,
                                        client_id=client_id, text_column=text_column,
                                        split=split, max_length=max_length, packing=packing,
                                        epochs=epochs, learning_rate=lr, batch_size=batch_size,
                                        val_fraction=val_fraction, seed=seed,
                                        overwrite=overwrite, dtype=dtype)
+        if task != "classification":
             report({"out": str(out_dir), "client_id": meta["client_id"],
                     "architecture": meta["architecture"],
                     "train_examples": meta["train_examples"],
@@ -169,8 +184,9 @@ def emit_logits_cmd(
     proxy: Annotated[Path, typer.Argument(help="The shared proxy dataset.")],
     out_dir: OutOpt,
     encoding: Annotated[Optional[str], typer.Option(
-        help="dense or topk; causal-lm also sample. Default: dense for classification; for "
-             "causal-lm topk, or sample when --draws is given.")] = None,
+        help="dense or topk; causal-lm and seq2seq also sample. Default: dense for "
+             "classification; for causal-lm and seq2seq topk, or sample when --draws is "
+             "given.")] = None,
     k: Annotated[Optional[int], typer.Option(help="Ids kept per row for topk (default: 16).")]
     = None,
     value_dtype: Annotated[str, typer.Option(help="topk values: int8 or fp16.")] = "int8",
@@ -187,6 +203,8 @@ def emit_logits_cmd(
         "--slice", help="Emit only slice I of N contiguous slices of the proxy set, as I/N "
         "(a fresh slice each round; classification).")] = None,
     task: TaskOpt = "classification", max_length: MaxLen = None, packing: Packing = True,
+    source_column: SourceCol = None, target_column: TargetCol = None,
+    max_source_length: MaxSrc = None, max_target_length: MaxTgt = None,
     text_column: TextCol = None, image_column: ImageCol = None, tokenizer: TokenizerOpt = None,
     split: SplitOpt = None, batch_size: Annotated[Optional[int], typer.Option(
         help="Batch size (default: 64, or 8 blocks for causal-lm).")] = None,
@@ -194,19 +212,25 @@ def emit_logits_cmd(
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Run a model over the proxy dataset and write a logit bundle to carry out. With
-    [bold]--task causal-lm[/bold] every token position is a row.
+    [bold]--task causal-lm[/bold] every token position is a row; with [bold]--task
+    seq2seq[/bold] every target token, teacher-forced on the proxy's targets (fd generate
+    writes targets for a proxy set that has none).
 
     [bold]Example[/bold]: fd emit-logits specialist/ proxy.csv --out usb/hospital-a-bundle
     """
     from .stages.emit import emit_logits
     from .stages.lm import LM_DRAWS, LM_ENCODING, emit_token_logits
+    from .stages.seq2seq import emit_seq2seq_logits
 
     kept = 16 if k is None else k
     with reporting_errors():
         opts.check_task(task)
+        opts.seq2seq_only(task, source_column=source_column, target_column=target_column,
+                          max_source_length=max_source_length,
+                          max_target_length=max_target_length)
         dtype = opts.dtype(dtype)
         key = opts.sign_key(sign_key)
-        if task == "causal-lm":
+        if task != "classification":
             if declare_label_counts or proxy_slice:
                 raise ValueError("--declare-label-counts and --slice apply to --task "
                                  "classification")
@@ -215,17 +239,23 @@ def emit_logits_cmd(
                                                           and encoding != "sample"):
                 raise ValueError(f"--{'k' if k is not None else 'draws'} does not apply to "
                                  f"--encoding {encoding}; --k is for topk, --draws for sample")
-            m = emit_token_logits(model, proxy, out_dir, encoding=encoding,
-                                  k=kept, value_dtype=value_dtype,
-                                  draws=LM_DRAWS if draws is None else draws,
-                                  sample_temperature=sample_temperature, tokenizer=tokenizer,
-                                  client_id=client_id, text_column=text_column, split=split,
-                                  max_length=max_length, packing=packing,
-                                  batch_size=batch_size or 8, seed=seed, overwrite=overwrite,
-                                  sign_key=key, dtype=dtype)
+            common = dict(encoding=encoding, k=kept, value_dtype=value_dtype,
+                          draws=LM_DRAWS if draws is None else draws,
+                          sample_temperature=sample_temperature, tokenizer=tokenizer,
+                          client_id=client_id, split=split, batch_size=batch_size or 8,
+                          seed=seed, overwrite=overwrite, sign_key=key, dtype=dtype)
+            if task == "seq2seq":
+                m = emit_seq2seq_logits(model, proxy, out_dir, source_column=source_column,
+                                        target_column=target_column,
+                                        max_source_length=max_source_length,
+                                        max_target_length=max_target_length, **common)
+            else:
+                m = emit_token_logits(model, proxy, out_dir, text_column=text_column,
+                                      max_length=max_length, packing=packing, **common)
         else:
             if draws is not None:
-                raise ValueError("--draws applies to --task causal-lm (--encoding sample)")
+                raise ValueError("--draws applies to --task causal-lm and seq2seq (--encoding "
+                                 "sample)")
             m = emit_logits(model, proxy, out_dir, encoding=encoding or "dense", k=kept,
                             value_dtype=value_dtype, client_id=client_id,
                             declare_label_counts=declare_label_counts,
@@ -342,31 +372,40 @@ def distill(
     task: TaskOpt = "classification",
     max_length: Annotated[Optional[int], typer.Option(
         help="causal-lm: tokens per block (default: the teacher bundle's).")] = None,
+    source_column: SourceCol = None, target_column: TargetCol = None,
     trusted_keys: TrustedOpt = None, limit: LimitOpt = None, dtype: DtypeOpt = "auto",
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Train a student of any architecture on the proxy set against a teacher bundle. With
     [bold]--task causal-lm[/bold] the student is a causal LM that shares the teachers'
     tokenizer, trained per token with the sparse (tail-bucket) or sampled KD loss, mixed half
-    and half with cross-entropy on the proxy text's next tokens.
+    and half with cross-entropy on the proxy text's next tokens. [bold]--task seq2seq[/bold]
+    does the same for an encoder-decoder student, per target token of the proxy pairs.
 
     [bold]Example[/bold]: fd distill student.json proxy.csv teacher/ --out student
     """
     from .stages.distill import distill as run
     from .stages.lm import distill_lm
+    from .stages.seq2seq import distill_seq2seq
 
     with reporting_errors():
         opts.check_task(task)
+        opts.seq2seq_only(task, source_column=source_column, target_column=target_column)
         loss = {k: v for k, v in dict(temperature=temperature, hard_weight=hard_weight).items()
                 if v is not None}
         loss.update(limits=opts.limits(limit), trusted_keys=opts.trusted(trusted_keys),
                     dtype=opts.dtype(dtype))
-        if task == "causal-lm":
-            meta = distill_lm(student, proxy, teacher, out_dir, tokenizer=tokenizer,
-                              epochs=epochs,
-                              learning_rate=lr, batch_size=batch_size or 8,
-                              text_column=text_column, split=split, max_length=max_length,
-                              seed=seed, overwrite=overwrite, **loss)
+        common = dict(tokenizer=tokenizer, epochs=epochs, learning_rate=lr,
+                      batch_size=batch_size or 8, split=split, seed=seed, overwrite=overwrite,
+                      **loss)
+        if task == "seq2seq":
+            meta = distill_seq2seq(student, proxy, teacher, out_dir,
+                                   source_column=source_column, target_column=target_column,
+                                   **common)
+        elif task == "causal-lm":
+            meta = distill_lm(student, proxy, teacher, out_dir, text_column=text_column,
+                              max_length=max_length, **common)
+        if task != "classification":
             report({"out": str(out_dir), "architecture": meta["architecture"],
                     "proxy_examples": meta["proxy_examples"],
                     "proxy_tokens": meta["proxy_tokens"], **meta["metrics"]}, json_out,
@@ -388,6 +427,8 @@ def evaluate(
     split: SplitOpt = None, batch_size: Annotated[Optional[int], typer.Option(
         help="Batch size (default: 64, or 8 blocks for causal-lm).")] = None,
     task: TaskOpt = "classification", max_length: MaxLen = None, packing: Packing = True,
+    source_column: SourceCol = None, target_column: TargetCol = None,
+    max_source_length: MaxSrc = None, max_target_length: MaxTgt = None,
     tokenizer: TokenizerOpt = None,
     mia: Annotated[bool, typer.Option("--mia", help="Also run membership-inference attacks "
                                                     "(needs --members and --nonmembers).")]
@@ -412,21 +453,36 @@ def evaluate(
     [bold]--mia[/bold], membership-inference AUC and TPR at 1% and 0.1% FPR); with
     [bold]--task causal-lm[/bold], perplexity and next-token accuracy on held-out text (and
     top-1 match and KL against a teacher bundle, given [bold]--teacher[/bold] and
-    [bold]--proxy[/bold]).
+    [bold]--proxy[/bold]); with [bold]--task seq2seq[/bold], BLEU, chrF and ROUGE-L of greedy
+    decodes against the targets, and the targets' NLL per token.
 
     [bold]Example[/bold]: fd evaluate student/ test.csv --json
     """
     from .stages.evaluate import evaluate as run
     from .stages.lm import evaluate_lm
+    from .stages.seq2seq import evaluate_seq2seq
 
     with reporting_errors():
         opts.check_task(task)
+        opts.seq2seq_only(task, source_column=source_column, target_column=target_column,
+                          max_source_length=max_source_length,
+                          max_target_length=max_target_length)
         if mia and (members is None or nonmembers is None):
             raise ValueError("--mia needs --members (training examples of the model) and "
                              "--nonmembers (held-out examples from the same distribution)")
         if mia and task != "classification":
             raise ValueError("--mia is implemented for --task classification")
         dtype = opts.dtype(dtype)
+        if task == "seq2seq":
+            if teacher is not None or proxy is not None:
+                raise ValueError("--teacher and --proxy apply to --task causal-lm")
+            report(evaluate_seq2seq(model, data, tokenizer=tokenizer,
+                                    source_column=source_column, target_column=target_column,
+                                    split=split, max_source_length=max_source_length,
+                                    max_target_length=max_target_length,
+                                    batch_size=batch_size or 8, dtype=dtype),
+                   json_out, "evaluation")
+            return
         if task == "causal-lm":
             result = evaluate_lm(model, data, tokenizer=tokenizer, text_column=text_column,
                                  split=split, max_length=max_length, packing=packing,
@@ -459,36 +515,7 @@ def evaluate(
     report(result, json_out, "evaluation", keys)
 
 
-@app.command()
-def partition(
-    data: DataOpt,
-    out_dir: OutOpt,
-    num_clients: Annotated[int, typer.Option(help="Number of clients.")] = 5,
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (0.1: very skewed, "
-                                              "1.0: mild).")] = 1.0,
-    proxy_fraction: Annotated[float, typer.Option(help="Share cut out as the proxy set.")] = 0.2,
-    test_fraction: Annotated[float, typer.Option(help="Share cut out as the global test set.")]
-    = 0.2,
-    text_column: TextCol = None, image_column: ImageCol = None, label_column: LabelCol = None,
-    split: SplitOpt = None, seed: SeedOpt = 0, overwrite: Overwrite = False,
-    json_out: JsonOpt = False,
-) -> None:
-    """Split a labelled dataset into a test split, a proxy split and Dirichlet client splits.
-
-    [bold]Example[/bold]: fd partition data.csv --num-clients 5 --alpha 0.1 --out parts
-    """
-    from .stages.partition import partition as run
-
-    with reporting_errors():
-        made = run(data, out_dir, num_clients=num_clients, alpha=alpha,
-                   proxy_fraction=proxy_fraction, test_fraction=test_fraction,
-                   text_column=text_column, image_column=image_column,
-                   label_column=label_column, split=split, seed=seed, overwrite=overwrite)
-    report({"out": str(out_dir), **made["sizes"]}, json_out, "partition")
-
-
-
-from . import cli_bundles, cli_simulate  # noqa: E402,F401  (they add their commands to app)
+from . import cli_bundles, cli_data, cli_simulate  # noqa: E402,F401  (they add commands)
 
 
 def main() -> None:

@@ -38,8 +38,19 @@ LR = Annotated[float, typer.Option("--lr", help="Learning rate.")]
 Batch = Annotated[int, typer.Option(help="Batch size.")]
 TokenizerOpt = Annotated[Optional[Path], typer.Option(
     help="Tokenizer folder, for text models built from a config file.")]
-TaskOpt = Annotated[str, typer.Option(help="classification, or causal-lm for token-level "
-                                           "distillation of language models.")]
+TaskOpt = Annotated[str, typer.Option(help="classification; causal-lm or seq2seq for "
+                                           "token-level distillation of language models.")]
+SourceCol = Annotated[Optional[str], typer.Option(
+    help="seq2seq: source text column (default: source, input, inputs, src, document, "
+         "question, prompt or text).")]
+TargetCol = Annotated[Optional[str], typer.Option(
+    help="seq2seq: target text column (default: target, output, targets, tgt, summary, "
+         "answer or completion).")]
+MaxSrc = Annotated[Optional[int], typer.Option(
+    help="seq2seq: source tokens kept (default: the model's or bundle's, else 256).")]
+MaxTgt = Annotated[Optional[int], typer.Option(
+    help="seq2seq: target tokens kept, end-of-sequence included (default: the model's or "
+         "bundle's, else 64).")]
 MaxLen = Annotated[Optional[int], typer.Option(
     help="causal-lm: tokens per example block (default: the length fd trained the model "
          "with, else 128 or the model's positions if fewer).")]
@@ -50,12 +61,19 @@ DtypeOpt = Annotated[str, typer.Option(
     help="Model precision: auto (bf16 on a GPU that supports it, else fp32), bf16, fp16 "
          "(GPU only) or fp32. Training uses mixed precision and saves fp32 weights; emitted "
          "logits are encoded in fp32.")]
-TASKS = ("classification", "causal-lm")
+TASKS = ("classification", "causal-lm", "seq2seq")
 
 
 def check_task(task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"--task must be one of {list(TASKS)}, got {task!r}")
+
+
+def seq2seq_only(task: str, **given) -> None:
+    """Refuse the seq2seq options (``given``: option name -> value) for another task."""
+    used = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+    if used and task != "seq2seq":
+        raise ValueError(f"{', '.join(used)} apply to --task seq2seq, not {task}")
 
 
 def dtype(name: str) -> str:

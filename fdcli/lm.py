@@ -59,7 +59,19 @@ def _load_tokenizer(source: Path | None, tokenizer, where: str):
 def load_lm(source: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
             seed: int = 0) -> LanguageModel:
     """Load a causal LM from a model folder or a config file, with its tokenizer."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    return load_text_model(source, AutoModelForCausalLM, "causal language model",
+                           tokenizer=tokenizer, seed=seed)
+
+
+def load_text_model(source: str | os.PathLike, auto, what: str, *,
+                    tokenizer: str | os.PathLike | None = None, seed: int = 0,
+                    config_defaults: dict[str, Any] | None = None) -> LanguageModel:
+    """Load a model through the ``auto`` class (``AutoModelForCausalLM``,
+    ``AutoModelForSeq2SeqLM``) from a model folder or a config file, with its tokenizer.
+    ``config_defaults`` fills a config file's unset fields after the tokenizer's special ids."""
+    from transformers import AutoConfig
 
     path = Path(source)
     if path.is_dir():
@@ -69,9 +81,9 @@ def load_lm(source: str | os.PathLike, *, tokenizer: str | os.PathLike | None = 
         tok = _load_tokenizer(path, tokenizer, str(path))
         meta = read_fd_meta(path)
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(path))
+            model = auto.from_pretrained(str(path))
         except Exception as exc:
-            raise ModelError(f"{path}: could not load a causal language model ({exc})") from None
+            raise ModelError(f"{path}: could not load a {what} ({exc})") from None
     elif path.is_file():
         cfg = _read_config_file(path)
         tok = _load_tokenizer(None, tokenizer, str(path))
@@ -82,12 +94,14 @@ def load_lm(source: str | os.PathLike, *, tokenizer: str | os.PathLike | None = 
         # architecture default (GPT-2's 50256) outside the vocabulary remains
         for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
             cfg.setdefault(key, getattr(tok, key, None))
+        for key, value in (config_defaults or {}).items():
+            cfg.setdefault(key, cfg.get(value) if isinstance(value, str) else value)
         try:
             config = AutoConfig.for_model(model_type, **cfg)
             torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(config)
+            model = auto.from_config(config)
         except Exception as exc:
-            raise ModelError(f"{path}: not a valid {model_type!r} causal-LM config ({exc})") \
+            raise ModelError(f"{path}: not a valid {model_type!r} {what} config ({exc})") \
                 from None
     else:
         raise ModelError(f"{path}: no such model directory or config file")

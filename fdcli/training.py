@@ -108,8 +108,8 @@ def _trainer_class():
             next_ids = inputs.pop("next_ids", None)
             outputs = model(**inputs)
             logits = outputs.logits
-            if next_ids is not None:
-                mask = inputs["attention_mask"].bool()
+            if next_ids is not None:  # token rows: the decoder's positions, or the LM's
+                mask = inputs.get("decoder_attention_mask", inputs["attention_mask"]).bool()
                 logits, labels = logits[..., :self.fd_vocab][mask], next_ids[mask]
             ce = None
             if labels is not None and bool((labels != -100).any()):
@@ -200,6 +200,30 @@ def fit_lm(lm: LanguageModel, blocks: list[list[int]], *, epochs: float, learnin
     return _train(lm.model, _Rows(blocks, None, targets), _Collator(model_inputs, teacher),
                   epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                   teacher=teacher, hard_weight=hard_weight, vocab=lm.vocab_size,
+                  progress=progress, dtype=dtype)
+
+
+def fit_seq2seq(m: LanguageModel, sources: list[list[int]], target_ids: list[list[int]], *,
+                epochs: float, learning_rate: float, batch_size: int, seed: int,
+                teacher: TeacherRows | None = None, example_ids: list[int] | None = None,
+                hard_weight: float = 0.0, progress: bool = True,
+                dtype: str = "auto") -> dict[str, float]:
+    """Train an encoder-decoder model in place on source/target pairs: cross-entropy on every
+    target token (teacher-forced), or KD against ``teacher`` (whose rows for
+    ``example_ids[i]`` are pair i's target tokens) mixed with ``hard_weight`` of
+    cross-entropy."""
+    from .seq2seq import pad_id, pad_pairs, start_id
+
+    pad, start = pad_id(m), start_id(m)
+
+    def model_inputs(values):
+        return pad_pairs([v[0] for v in values], [v[1] for v in values], pad, start)
+
+    targets = example_ids if teacher is not None else None
+    return _train(m.model, _Rows(list(zip(sources, target_ids)), None, targets),
+                  _Collator(model_inputs, teacher), epochs=epochs,
+                  learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+                  teacher=teacher, hard_weight=hard_weight, vocab=m.vocab_size,
                   progress=progress, dtype=dtype)
 
 
