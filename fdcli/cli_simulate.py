@@ -23,7 +23,7 @@ def simulate(
     data: Annotated[Optional[Path], typer.Option(help="A labelled image or text dataset (default: "
                                                       "scikit-learn's digits).")] = None,
     num_clients: Annotated[Optional[int], typer.Option(
-        help="Number of institutions (default: 5, or 4 for causal-lm).")] = None,
+        help="Number of institutions (default: 5, or 4 for causal-lm and seq2seq).")] = None,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration of the label split.")]
     = 1.0,
     proxy_fraction: Annotated[float, typer.Option(help="Share of the data that becomes the "
@@ -33,27 +33,32 @@ def simulate(
              "confidence for causal-lm).")] = None,
     compare_rules: Annotated[Optional[str], typer.Option(
         help="Other rules to distill a student with from the last round's bundles, "
-             "comma-separated, '' for none (default: none; mean for causal-lm).")] = None,
+             "comma-separated, '' for none (default: none; mean for causal-lm; seq2seq: "
+             "none).")] = None,
     architectures: Annotated[Optional[str], typer.Option(
         help="Specialist architectures, assigned in turn (default: vit,resnet; gpt2,llama "
-             "for causal-lm).")] = None,
+             "for causal-lm; t5-mini,t5-tiny for seq2seq).")] = None,
     student: Annotated[Optional[str], typer.Option(
-        help="Student architecture (default: resnet; gpt2 for causal-lm).")] = None,
+        help="Student architecture (default: resnet; gpt2 for causal-lm; t5-tiny for "
+             "seq2seq).")] = None,
     epochs: Annotated[Optional[float], typer.Option(
-        help="Specialist epochs (default: 60; 2 for causal-lm).")] = None,
+        help="Specialist epochs (default: 60; 2 for causal-lm; 20 for seq2seq).")] = None,
     distill_epochs: Annotated[Optional[float], typer.Option(
-        help="Distillation epochs (default: 100; 2 for causal-lm).")] = None,
+        help="Distillation epochs (default: 100; 2 for causal-lm; 20 for seq2seq).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: 2e-3).")]
     = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        help="Batch size (default: 32; 16 blocks for causal-lm).")] = None,
+        help="Batch size (default: 32; 16 for causal-lm and seq2seq).")] = None,
     temperature: Annotated[Optional[float], typer.Option(
         help="Distillation temperature (default: 2; causal-lm: as fd distill picks).")] = None,
     max_length: Annotated[int, typer.Option(help="causal-lm: tokens per block.")] = 64,
     hard_weight: Annotated[Optional[float], typer.Option(
-        help="causal-lm: share of next-token cross-entropy on the proxy in the student's "
-             "loss (default 0.5).")] = None,
-    k: Annotated[int, typer.Option(help="causal-lm: ids kept per token in the bundles.")] = 16,
+        help="causal-lm and seq2seq: share of cross-entropy on the proxy's tokens in the "
+             "student's loss (default 0.5).")] = None,
+    k: Annotated[int, typer.Option(help="causal-lm and seq2seq: ids kept per token in the "
+                                        "bundles.")] = 16,
+    proxy_pairs: Annotated[int, typer.Option(
+        help="seq2seq: function/docstring pairs in the proxy set.")] = 1000,
     client_chars: Annotated[int, typer.Option(
         help="causal-lm: characters of source per institution.")] = 300_000,
     proxy_chars: Annotated[int, typer.Option(
@@ -91,9 +96,12 @@ def simulate(
         help="Baselines to run, comma-separated: fedavg (Flower FedAvg, fp32 and 8-bit), "
              "standalone (each specialist alone; a student from one teacher), centralized "
              "('' for none).")] = "fedavg,standalone,centralized",
-    fedavg_rounds: Annotated[int, typer.Option(help="FedAvg rounds.")] = 20,
-    fedavg_local_epochs: Annotated[float, typer.Option(
-        help="FedAvg local epochs per round.")] = 3.0,
+    fedavg_rounds: Annotated[Optional[int], typer.Option(
+        help="FedAvg rounds (default: 20; 4 for causal-lm; 10 for seq2seq; 0 for none with "
+             "causal-lm and seq2seq).")] = None,
+    fedavg_local_epochs: Annotated[Optional[float], typer.Option(
+        help="FedAvg local epochs per round (default: 3; 0.5 for causal-lm; 2 for seq2seq).")]
+    = None,
     fedavg_fraction: Annotated[float, typer.Option(
         help="Share of the clients FedAvg samples each round.")] = 1.0,
     target_fraction: Annotated[float, typer.Option(
@@ -111,12 +119,16 @@ def simulate(
     a text dataset (--data) gets tiny BERTs and DistilBERTs and a word tokenizer trained on
     the proxy texts.
     With [bold]--task causal-lm[/bold], institutions hold the source of different Python
-    standard-library packages and train small GPT-2 and Llama models. Neither needs a download.
+    standard-library packages and train small GPT-2 and Llama models; with [bold]--task
+    seq2seq[/bold], small T5s learn to write a function's docstring from its source. Both
+    also run Flower FedAvg of the student and membership-inference attacks on every model.
+    None needs a download.
 
     [bold]Example[/bold]: fd simulate --alpha 0.1 --out sim-alpha0.1
     """
     from .stages.simulate import simulate as run
     from .stages.simulate_lm import simulate_lm
+    from .stages.simulate_seq2seq import simulate_seq2seq
 
     def log(message: str) -> None:
         console.log("fd simulate", message)
@@ -127,7 +139,8 @@ def simulate(
         hard_weight=hard_weight, rounds=rounds, round_epochs=round_epochs,
         round_distill_epochs=round_distill_epochs, digest_weight=digest_weight,
         schedule=schedule, proxy_slices=proxy_slices, sharpen=sharpen, poison=poison,
-        poison_kind=poison_kind).items()
+        poison_kind=poison_kind, fedavg_rounds=fedavg_rounds,
+        fedavg_local_epochs=fedavg_local_epochs).items()
         if value is not None}
     if given.get("sharpen") == 0:
         given["sharpen"] = None
@@ -143,25 +156,33 @@ def simulate(
         given["compare_rules"] = [r for r in compare_rules.split(",") if r]
     with reporting_errors():
         opts.check_task(task)
-        if task == "causal-lm":
+        if task != "classification":
             rounds_given = sorted({"rounds", "round_epochs", "round_distill_epochs",
                                    "digest_weight", "schedule", "from_student",
                                    "proxy_slices", "sharpen", "poison", "poison_kind"}
                                   & set(given))
+            if task == "seq2seq" and "compare_rules" in given:
+                rounds_given.append("compare_rules")
             if rounds_given:
                 raise ValueError(f"{', '.join('--' + o.replace('_', '-') for o in rounds_given)}"
-                                 " apply to classification; --task causal-lm is one-shot "
+                                 f" apply to classification; --task {task} is one-shot "
                                  "and unpoisoned")
+        if task == "seq2seq":
+            results = simulate_seq2seq(out_dir, k=k, proxy_pairs=proxy_pairs, privacy=privacy,
+                                       seed=seed, overwrite=overwrite, progress=False, log=log,
+                                       **given)
+        elif task == "causal-lm":
             results = simulate_lm(out_dir, max_length=max_length, k=k, client_chars=client_chars,
                                   proxy_chars=proxy_chars, test_chars=min(40_000, client_chars),
-                                  seed=seed, overwrite=overwrite, progress=False, log=log,
-                                  **given)
+                                  privacy=privacy, seed=seed, overwrite=overwrite,
+                                  progress=False, log=log, **given)
         else:
             if "hard_weight" in given:
                 raise ValueError("--hard-weight applies to --task causal-lm here")
+            given.setdefault("fedavg_rounds", 20)
+            given.setdefault("fedavg_local_epochs", 3.0)
             results = run(out_dir, data=data, alpha=alpha, proxy_fraction=proxy_fraction,
                           baselines=[b for b in baselines.split(",") if b],
-                          fedavg_rounds=fedavg_rounds, fedavg_local_epochs=fedavg_local_epochs,
                           fedavg_fraction=fedavg_fraction, target_fraction=target_fraction,
                           privacy=privacy, seed=seed, overwrite=overwrite, progress=False,
                           log=log, **given)
@@ -170,6 +191,9 @@ def simulate(
         return
     if task == "causal-lm":
         _lm_table(results, out_dir)
+        return
+    if task == "seq2seq":
+        _seq2seq_table(results, out_dir)
         return
     n_rounds = len(results["rounds"])
     table = Table(title=plain(f"fd simulate: {len(results['specialists'])} clients, "
@@ -220,6 +244,46 @@ def _lm_table(results: dict, out_dir: Path) -> None:
         row(f"student ({name})", s)
     row("proxy only (no teachers)", results["proxy_only"])
     row("centralized", results["centralized"])
+    for name, s in results.get("baselines", {}).items():
+        row(f"{name} (sent {human(s['total_bytes'])})", s)
     out.print(table)
+    _baselines_lines(results)
 
 
+def _seq2seq_table(results: dict, out_dir: Path) -> None:
+    table = Table(title=plain(f"fd simulate --task seq2seq: docstrings on the union of the "
+                              f"domains ({out_dir}/results.json)"), title_justify="left")
+    for col in ("model", "architecture", "BLEU", "chrF", "ROUGE-L", "perplexity", "sent"):
+        table.add_column(col)
+
+    def row(name: str, s: dict, sent: str = "") -> None:
+        u = s["union"]
+        table.add_row(name, s.get("architecture", ""), f"{u['bleu']:.2f}", f"{u['chrf']:.2f}",
+                      f"{u['rouge_l']:.2f}", f"{u['perplexity']:.1f}", sent)
+
+    for s in results["specialists"]:
+        row(f"specialist {s['client_id']} ({s['domain']})", s, human(s["uploaded_bytes"]))
+    row("specialists (mean)", results["specialists_mean"])
+    for name, s in results["students"].items():
+        row(f"student ({name.replace('_', ' ')})", s,
+            human(results["bytes"]["uploaded_total"]) if name == "proxy_targets" else "")
+    row("proxy only", results["proxy_only"])
+    row("centralized", results["centralized"])
+    for name, s in results["baselines"].items():
+        row(name, s, human(s["total_bytes"]))
+    out.print(table)
+    _baselines_lines(results)
+
+
+def _baselines_lines(results: dict) -> None:
+    hits = results.get("bytes_to_student_perplexity", {})
+    reached = [f"{n} {human(h['bytes']) if h['reached'] else 'not reached'}"
+               for n, h in hits.items() if n != "target_perplexity"]
+    if reached:
+        out.print(plain(f"FedAvg's bytes to the student's perplexity "
+                        f"({hits['target_perplexity']:.1f}): " + ", ".join(reached)))
+    p = results.get("privacy")
+    if p:
+        aucs = [f"{n} {p[n]['auc']:.3f}" for n in p if isinstance(p[n], dict) and "auc" in p[n]]
+        out.print(plain(f"membership-inference AUC (loss attack): specialists (mean) "
+                        f"{p['specialists_mean_auc']:.3f}, " + ", ".join(aucs)))

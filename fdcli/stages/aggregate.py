@@ -134,8 +134,11 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
                       "".join(p["manifest_sha256"] for p in provenance).encode()).hexdigest(),
                   provenance=provenance, seed=seed, overwrite=overwrite, sign_key=sign_key)
     if first.task == "token":
-        for key in ("max_length", "packing", "text_column"):  # how the proxy was tokenized
-            config[key] = first.producer.config.get(key)
+        made = first.producer.config  # how the proxy was tokenized, for the student
+        for key in ("task", "max_length", "packing", "text_column", "source_column",
+                    "target_column", "max_source_length", "max_target_length"):
+            if key in made or key in ("max_length", "packing", "text_column"):
+                config[key] = made.get(key)
         config.update(k=k, value_dtype=value_dtype)
         return _aggregate_tokens(readers, out, rule, params, TopKCodec(k, value_dtype),
                                  config, common, progress, outlier_z)

@@ -319,21 +319,29 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
     return meta
 
 
-def token_metrics(lm, blocks, batch_size: int = 8) -> dict[str, float]:
+def token_metrics(lm, blocks, batch_size: int = 8, per_example: bool = False
+                  ) -> dict[str, Any]:
     """Perplexity, mean NLL (nats per token) and next-token accuracy over every position that
-    has a next token within its block."""
-    nll, hits, count = 0.0, 0, 0
-    for _, logits, _, nxt in iter_token_logits(lm, blocks, batch_size):
+    has a next token within its block; with ``per_example``, also each block's mean NLL
+    (``losses``, for membership inference)."""
+    nll, hits, count, losses = 0.0, 0, 0, []
+    for _, logits, counts, nxt in iter_token_logits(lm, blocks, batch_size):
         keep = nxt != -100
         logits, nxt = logits[keep.to(logits.device)].float(), nxt[keep].to(logits.device)
-        nll += float(torch.nn.functional.cross_entropy(logits, nxt, reduction="sum"))
+        each = torch.nn.functional.cross_entropy(logits, nxt, reduction="none")
+        nll += float(each.sum())
         hits += int((logits.argmax(-1) == nxt).sum())
         count += int(keep.sum())
+        if per_example:  # a block of n tokens has n - 1 next tokens
+            losses += [float(x.mean()) for x in each.cpu().split((counts - 1).tolist())]
     if count == 0:
         raise DataError("no position has a next token to score; expected blocks of at least "
                         "two tokens")
-    return {"perplexity": math.exp(nll / count), "nll": nll / count,
-            "next_token_accuracy": hits / count, "tokens": count}
+    result: dict[str, Any] = {"perplexity": math.exp(nll / count), "nll": nll / count,
+                              "next_token_accuracy": hits / count, "tokens": count}
+    if per_example:
+        result["losses"] = losses
+    return result
 
 
 def teacher_agreement(lm, blocks: TextBlocks, reader, batch_size: int = 8) -> dict[str, float]:

@@ -27,6 +27,7 @@ from .. import __version__
 from ..outputs import fresh_dir
 from .federation import dir_bytes
 from .lm import LM_HARD_WEIGHT
+from .token_evidence import evidence_md
 
 #: tiny random-init causal LMs; ``n_positions``/``max_position_embeddings`` and the vocabulary
 #: come from the simulation's settings.
@@ -134,8 +135,9 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                 k: int = 16, epochs: float = 2.0, distill_epochs: float = 2.0,
                 learning_rate: float = 2e-3, batch_size: int = 16,
                 temperature: float | None = None, hard_weight: float = LM_HARD_WEIGHT,
-                seed: int = 0, overwrite: bool = False, progress: bool = True,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                fedavg_rounds: int = 4, fedavg_local_epochs: float = 0.5,
+                privacy: bool = True, seed: int = 0, overwrite: bool = False,
+                progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the language-model federation and write ``out/results.json``; returns the results.
 
     Perplexities are per domain (each client's held-out files) and their geometric mean
@@ -144,11 +146,20 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
     cross-entropy on the proxy text (with teachers this small, pure top-k KD leaves the
     student's tail unconstrained and scores below the proxy-only reference), at the
     temperature ``distill_lm`` picks from the teacher when ``temperature`` is None, recorded
-    per student (docs/token-distillation.md)."""
+    per student (docs/token-distillation.md).
+
+    Beside it: Flower FedAvg of the student architecture on the institutions' own text, fp32
+    and 8-bit (``fedavg_rounds`` rounds of ``fedavg_local_epochs``; the default matches the
+    specialists' 2 epochs), with the bytes it sends to reach the student's perplexity; and,
+    with ``privacy``, membership-inference attacks on every model, the held-out files being
+    the non-members. ``out/report.md`` holds the tables."""
     from ..lm import load_lm, text_blocks
     from ..data import load_local
+    from ..training import fit_lm
     from .aggregate import aggregate
     from .lm import distill_lm, emit_token_logits, token_metrics, train_lm_specialist
+    from .token_evidence import (TokenTask, bytes_to_perplexity, fedavg_baselines,
+                                 privacy_report)
 
     unknown = [a for a in [*architectures, student] if a not in LM_ARCHITECTURES]
     if unknown:
@@ -163,7 +174,9 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
               "test_chars": test_chars, "vocab_size": vocab_size, "max_length": max_length,
               "k": k, "epochs": epochs, "distill_epochs": distill_epochs,
               "learning_rate": learning_rate, "batch_size": batch_size,
-              "temperature": temperature, "hard_weight": hard_weight, "seed": seed}
+              "temperature": temperature, "hard_weight": hard_weight,
+              "fedavg_rounds": fedavg_rounds, "fedavg_local_epochs": fedavg_local_epochs,
+              "privacy": privacy, "seed": seed}
     domains = stdlib_domains(num_clients)
     timing: dict[str, float] = {}
     train = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
@@ -177,15 +190,16 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                                       corpus.configs)
         timing["data_and_tokenizer_s"] = time.perf_counter() - t
 
-        test_blocks: dict[str, Any] = {}
+        shared = load_lm(configs[student], tokenizer=tok, seed=seed)
 
-        def scores(model_dir: Path) -> dict[str, Any]:
-            lm = load_lm(model_dir)
-            if not test_blocks:
-                for pkg, path in tests.items():
-                    test_blocks[pkg] = text_blocks(load_local(path, whole_text_files=True),
-                                                   str(path), lm.tokenizer,
-                                                   max_length=max_length).blocks
+        def blocks_of(path: Path) -> list[list[int]]:
+            return text_blocks(load_local(path, whole_text_files=True), str(path),
+                               shared.tokenizer, max_length=max_length).blocks
+
+        test_blocks = {pkg: blocks_of(path) for pkg, path in tests.items()}
+
+        def scores(model) -> dict[str, Any]:
+            lm = load_lm(model) if isinstance(model, Path) else model
             per = {pkg: token_metrics(lm, b, batch_size) for pkg, b in test_blocks.items()}
             ppl = {pkg: round(m["perplexity"], 3) for pkg, m in per.items()}
             return {"ppl_by_domain": ppl,
@@ -240,6 +254,24 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
         train_lm_specialist(union, configs[student], central, tokenizer=tok,
                             client_id="centralized", **train)
         timing["references_s"] = time.perf_counter() - t
+
+        client_blocks = [blocks_of(path) for path in corpus.clients]
+        task = TokenTask(
+            load=lambda: load_lm(configs[student], tokenizer=tok, seed=seed),
+            fit=lambda m, blocks, epochs_, seed_: fit_lm(
+                m, blocks, epochs=epochs_, learning_rate=learning_rate, batch_size=batch_size,
+                seed=seed_, progress=False),
+            losses=lambda m, blocks: token_metrics(m, blocks, batch_size,
+                                                   per_example=True)["losses"],
+            perplexity=lambda m: scores(m)["mean_ppl"])
+        t = time.perf_counter()
+        baselines, curves = fedavg_baselines(
+            task, client_blocks, root, rounds=fedavg_rounds, local_epochs=fedavg_local_epochs,
+            seed=seed, score=lambda m: {"architecture": student, **scores(m)},
+            meta={"fd_version": __version__, "task": "causal-lm", "architecture": student},
+            log=log)
+        timing["fedavg_s"] = time.perf_counter() - t
+        target = students[rule]["mean_ppl"]
         results = {
             "fd_version": __version__, "config": config,
             "domains": {pkg: {"client": f"client-{i}", "files": len(files)}
@@ -248,13 +280,65 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
             "student": students[rule], "students_by_rule": students,
             "proxy_only": {"architecture": student, **scores(proxy_only)},
             "centralized": {"architecture": student, **scores(central)},
+            "baselines": baselines, "curves": curves,
             "bytes": {"uploaded_per_client": uploads, "uploaded_total": sum(uploads),
                       "downloaded_per_client": 0},
-            "timing": {k: round(v, 2) for k, v in timing.items()},
+            "bytes_to_student_perplexity": {
+                "target_perplexity": target,
+                **{name: bytes_to_perplexity(c, target) for name, c in curves.items()}},
         }
+        if privacy:
+            t = time.perf_counter()
+            log("membership inference on every model")
+            results["privacy"] = privacy_report(
+                task, load_lm, client_blocks, list(test_blocks.values()),
+                [root / "specialists" / f"client-{i}" for i in range(num_clients)],
+                {"student": root / "students" / rule, "centralized": central,
+                 "proxy_only": proxy_only, **{n: root / n for n in baselines}},
+                proxy_only, seed=seed)
+            results["privacy"].update(PRIVACY_NOTE)
+            timing["privacy_s"] = time.perf_counter() - t
+        results["timing"] = {k: round(v, 2) for k, v in timing.items()}
         (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (root / "report.md").write_text(report_md(results))
     return results
 
 
 def _texts(path: Path) -> list[str]:
     return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+PRIVACY_NOTE = {
+    "members": "blocks of each client's private text (the union of them for the student, "
+               "the baselines and the proxy-only model)",
+    "nonmembers": "blocks of the held-out files of the same packages",
+    "reference_model": "the student architecture trained on the proxy alone, which holds "
+                       "neither"}
+
+
+def report_md(results: dict[str, Any]) -> str:
+    """report.md: perplexity by domain, bytes, FedAvg's bytes to the student's perplexity and
+    the membership-inference AUCs."""
+    domains = list(results["domains"])
+    lines = [f"# fd simulate --task causal-lm ({len(domains)} institutions)", "",
+             f"fd {results['fd_version']}. Perplexity on each domain's held-out files; mean is "
+             "the geometric mean.", "",
+             "| model | architecture | " + " | ".join(domains) + " | mean | sent |",
+             "|---" * (len(domains) + 4) + "|"]
+
+    def row(name: str, s: dict, sent: str = "") -> None:
+        lines.append(f"| {name} | {s['architecture']} | " + " | ".join(
+            f"{s['ppl_by_domain'][d]:.2f}" for d in domains) + f" | {s['mean_ppl']:.2f} | "
+            f"{sent} |")
+
+    for s in results["specialists"]:
+        row(f"specialist {s['client_id']} ({s['domain']})", s, f"{s['uploaded_bytes']:,} B up")
+    for name, s in results["students_by_rule"].items():
+        row(f"student ({name})", s, f"{results['bytes']['uploaded_total']:,} B"
+            if name == results["config"]["rule"] else "")
+    row("proxy only", results["proxy_only"])
+    row("centralized", results["centralized"])
+    for name, s in results.get("baselines", {}).items():
+        row(name, s, f"{s['total_bytes']:,} B")
+    lines += evidence_md(results)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,358 @@
+"""fd simulate --task seq2seq: a federation of encoder-decoder models on one machine.
+
+The task ships with Python: given a function's source from the standard library (its
+docstring removed), write the first line of its docstring. Each institution holds the
+functions of one package (asyncio, email, ...), every fifth file held out as that domain's
+test set; the proxy set is the functions of the top-level modules, which no institution
+holds. One byte-level BPE tokenizer with T5's special ids is trained on the proxy.
+
+Specialists are small T5-shaped models of two sizes, trained from scratch in turn; they emit
+top-k token bundles on the proxy pairs (teacher-forced on the proxy's own docstrings), the
+coordinator aggregates them per target token, and a T5-shaped student is distilled on the
+proxy. It is compared with every specialist, with the student trained on the proxy alone,
+with the student trained centrally on the union of the private pairs and the proxy, and with
+Flower FedAvg of the student (fp32 and 8-bit): BLEU, chrF and ROUGE-L of greedy decodes, and
+perplexity of the reference docstrings, per domain and on the union of the domains. A second
+student is distilled on targets a specialist wrote itself (``fd generate``), as for a proxy
+set that has none; membership-inference attacks run on every model.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .. import __version__
+from ..outputs import fresh_dir
+from .federation import dir_bytes
+from .lm import LM_HARD_WEIGHT
+from .token_evidence import evidence_md
+from .simulate_lm import stdlib_domains, stdlib_root
+
+#: tiny random-init T5-shaped models (gated-GELU feed-forward, as FLAN-T5); the vocabulary
+#: comes from the simulation's tokenizer
+T5_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "t5-tiny": {"model_type": "t5", "d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4,
+                "num_layers": 2, "num_decoder_layers": 2, "feed_forward_proj": "gated-gelu"},
+    "t5-mini": {"model_type": "t5", "d_model": 128, "d_ff": 256, "d_kv": 32, "num_heads": 4,
+                "num_layers": 3, "num_decoder_layers": 3, "feed_forward_proj": "gated-gelu"},
+}
+METRICS = ("bleu", "chrf", "rouge_l")
+
+
+def function_pairs(path: Path, max_source_chars: int = 1200) -> list[dict[str, str]]:
+    """(source, target) of every function and method in a Python file that has a docstring:
+    the function re-written without its docstring (cut to ``max_source_chars``) and the
+    docstring's first line (skipped when empty or longer than 120 characters)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, OSError, ValueError):
+        return []
+    pairs = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        doc = ast.get_docstring(node)
+        first = doc.strip().splitlines()[0].strip() if doc and doc.strip() else ""
+        if not first or len(first) > 120:
+            continue
+        node.body = node.body[1:] or [ast.Pass()]
+        pairs.append({"source": ast.unparse(node)[:max_source_chars], "target": first})
+    return pairs
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict[str, str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _read_jsonl(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def write_docstring_corpus(root: Path, domains: dict[str, list[Path]], *,
+                           proxy_pairs: int = 1000, vocab_size: int = 2048
+                           ) -> dict[str, Any]:
+    """Write the federation's files under ``root``: ``data/client-<i>.jsonl`` (a package's
+    pairs, every fifth file held out), ``data/test-<package>.jsonl``, ``data/proxy.jsonl``
+    (the top-level modules' pairs, every n-th to keep ``proxy_pairs``), a tokenizer trained on
+    the proxy, and a config per :data:`T5_ARCHITECTURES` entry."""
+    from ..seq2seq import train_seq2seq_tokenizer
+
+    data = root / "data"
+    clients, tests = [], {}
+    for i, (pkg, files) in enumerate(domains.items()):
+        held = set(files[::5])
+        clients.append(_write_jsonl(data / f"client-{i}.jsonl", [
+            p for f in files if f not in held for p in function_pairs(f)]))
+        tests[pkg] = _write_jsonl(data / f"test-{pkg}.jsonl", [
+            p for f in sorted(held) for p in function_pairs(f)])
+    found = [p for f in sorted(stdlib_root().glob("*.py")) for p in function_pairs(f)]
+    step = max(1, len(found) // proxy_pairs)
+    proxy = _write_jsonl(data / "proxy.jsonl", found[::step][:proxy_pairs])
+    rows = _read_jsonl(proxy)
+    tok = train_seq2seq_tokenizer([r["source"] for r in rows] + [r["target"] for r in rows],
+                                  root / "tokenizer", vocab_size=vocab_size)
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    configs = {}
+    for name, cfg in T5_ARCHITECTURES.items():
+        configs[name] = root / "configs" / f"{name}.json"
+        configs[name].write_text(json.dumps(cfg))
+    return {"clients": clients, "tests": tests, "proxy": proxy, "tokenizer": tok,
+            "configs": configs}
+
+
+def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "confidence",
+                     architectures: Sequence[str] = ("t5-mini", "t5-tiny"),
+                     student: str = "t5-tiny", proxy_pairs: int = 1000,
+                     vocab_size: int = 2048, max_source_length: int = 128,
+                     max_target_length: int = 32, k: int = 16, epochs: float = 20.0,
+                     distill_epochs: float = 20.0, learning_rate: float = 2e-3,
+                     batch_size: int = 16, temperature: float | None = None,
+                     hard_weight: float = LM_HARD_WEIGHT, fedavg_rounds: int = 10,
+                     fedavg_local_epochs: float = 2.0, privacy: bool = True,
+                     compare_generated: bool = True, seed: int = 0, overwrite: bool = False,
+                     progress: bool = True, log: Callable[[str], None] = print
+                     ) -> dict[str, Any]:
+    """Run the docstring federation and write ``out/results.json`` and ``out/report.md``;
+    returns the results (see the module docstring)."""
+    from ..data import load_local
+    from ..seq2seq import generate, load_seq2seq, text_metrics, text_pairs, token_nll
+    from ..training import fit_seq2seq
+    from .aggregate import aggregate
+    from .seq2seq import (distill_seq2seq, emit_seq2seq_logits, generate_targets,
+                          train_seq2seq_specialist)
+    from .token_evidence import (TokenTask, bytes_to_perplexity, fedavg_baselines,
+                                 privacy_report)
+
+    unknown = [a for a in [*architectures, student] if a not in T5_ARCHITECTURES]
+    if unknown:
+        raise ValueError(f"unknown architecture(s) {unknown}; expected "
+                         f"{sorted(T5_ARCHITECTURES)}")
+    if num_clients < 1:
+        raise ValueError(f"num_clients must be at least 1, got {num_clients}")
+    config = {"task": "seq2seq", "data": "python standard library: function source -> first "
+              "docstring line", "num_clients": num_clients, "rule": rule,
+              "architectures": list(architectures), "student": student,
+              "proxy_pairs": proxy_pairs, "vocab_size": vocab_size,
+              "max_source_length": max_source_length, "max_target_length": max_target_length,
+              "k": k, "epochs": epochs, "distill_epochs": distill_epochs,
+              "learning_rate": learning_rate, "batch_size": batch_size,
+              "temperature": temperature, "hard_weight": hard_weight,
+              "fedavg_rounds": fedavg_rounds, "fedavg_local_epochs": fedavg_local_epochs,
+              "privacy": privacy, "compare_generated": compare_generated, "seed": seed}
+    domains = stdlib_domains(num_clients)
+    lengths = dict(max_source_length=max_source_length, max_target_length=max_target_length)
+    train = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+                 progress=progress, **lengths)
+    timing: dict[str, float] = {}
+    with fresh_dir(out, overwrite) as root:
+        t = time.perf_counter()
+        corpus = write_docstring_corpus(root, domains, proxy_pairs=proxy_pairs,
+                                        vocab_size=vocab_size)
+        tok, configs, proxy = corpus["tokenizer"], corpus["configs"], corpus["proxy"]
+        timing["data_and_tokenizer_s"] = time.perf_counter() - t
+        student_cfg = configs[student]
+        ref = load_seq2seq(student_cfg, tokenizer=tok, seed=seed)
+
+        def pairs_of(path: Path):
+            return text_pairs(load_local(path), str(path), ref.tokenizer, **lengths)
+
+        tests = {pkg: pairs_of(path) for pkg, path in corpus["tests"].items()}
+        private = [pairs_of(path) for path in corpus["clients"]]
+
+        def scores(m) -> dict[str, Any]:
+            by_domain, hyps, refs, nll, tokens = {}, [], [], 0.0, 0
+            for pkg, pairs in tests.items():
+                h = generate(m, pairs.sources, batch_size=64, max_new_tokens=max_target_length)
+                t_nll = token_nll(m, pairs, 32)
+                by_domain[pkg] = {**{k: round(v, 2) for k, v in
+                                     text_metrics(h, pairs.target_texts).items()},
+                                  "perplexity": round(t_nll["perplexity"], 3)}
+                hyps += h
+                refs += pairs.target_texts
+                nll += t_nll["nll"] * t_nll["tokens"]
+                tokens += t_nll["tokens"]
+            union = {k: round(v, 2) for k, v in text_metrics(hyps, refs).items()}
+            return {"union": {**union, "perplexity": round(math.exp(nll / tokens), 3)},
+                    "by_domain": by_domain, "examples": [
+                        {"target": r, "generated": h} for r, h in zip(refs[:3], hyps[:3])]}
+
+        def scored(path: Path, **extra) -> dict[str, Any]:
+            return {**extra, **scores(load_seq2seq(path))}
+
+        specialists, uploads = [], []
+        t = time.perf_counter()
+        for i, pkg in enumerate(domains):
+            arch = architectures[i % len(architectures)]
+            model_dir = root / "specialists" / f"client-{i}"
+            log(f"client {i} ({pkg}): training a {arch} on {len(private[i].sources)} pairs")
+            meta = train_seq2seq_specialist(corpus["clients"][i], configs[arch], model_dir,
+                                            tokenizer=tok, client_id=f"client-{i}", **train)
+            bundle = root / "bundles" / f"client-{i}"
+            m = emit_seq2seq_logits(model_dir, proxy, bundle, k=k, client_id=f"client-{i}",
+                                    seed=seed, progress=progress, **lengths)
+            uploads.append(dir_bytes(bundle))
+            s = scored(model_dir, client_id=f"client-{i}", domain=pkg, architecture=arch,
+                       train_pairs=meta["train_examples"], uploaded_bytes=uploads[-1],
+                       bytes_per_token=round(uploads[-1] / m.rows, 3))
+            others = [d for d in domains if d != pkg]
+            s["own"] = s["by_domain"][pkg]
+            s["others"] = {key: round(sum(s["by_domain"][d][key] for d in others)
+                                      / max(len(others), 1), 2)
+                           for key in (*METRICS, "perplexity")} if others else None
+            specialists.append(s)
+        timing["specialists_s"] = time.perf_counter() - t
+
+        def distill_student(bundle_dir: Path, name: str, proxy_file: Path) -> dict[str, Any]:
+            teacher = root / "teachers" / name
+            aggregate(sorted((bundle_dir).iterdir()), teacher, rule=rule, k=k, seed=seed,
+                      progress=progress)
+            out_dir = root / "students" / name
+            meta = distill_seq2seq(student_cfg, proxy_file, teacher, out_dir, tokenizer=tok,
+                                   temperature=temperature, hard_weight=hard_weight,
+                                   epochs=distill_epochs, learning_rate=learning_rate,
+                                   batch_size=batch_size, seed=seed, progress=progress)
+            return scored(out_dir, architecture=student,
+                          temperature=meta["config"]["temperature"])
+
+        t = time.perf_counter()
+        log(f"aggregating with rule {rule!r} and distilling a {student}")
+        students = {"proxy_targets": distill_student(root / "bundles", rule, proxy)}
+        if compare_generated:
+            log("targets written by client-0's specialist (fd generate); every client emits "
+                "on them; a second student")
+            gen = root / "data" / "proxy-generated.jsonl"
+            generate_targets(root / "specialists" / "client-0", proxy, gen, **lengths)
+            for i in range(num_clients):
+                emit_seq2seq_logits(root / "specialists" / f"client-{i}", gen,
+                                    root / "bundles-generated" / f"client-{i}", k=k,
+                                    client_id=f"client-{i}", seed=seed, progress=progress,
+                                    **lengths)
+            students["generated_targets"] = distill_student(root / "bundles-generated",
+                                                            f"{rule}-generated", gen)
+        timing["aggregate_distill_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        log(f"references: a {student} on the proxy alone, and centrally on the union of the "
+            "private pairs and the proxy")
+        train_seq2seq_specialist(proxy, student_cfg, root / "proxy-only", tokenizer=tok,
+                                 client_id="proxy-only",
+                                 **{**train, "epochs": distill_epochs})
+        union = _write_jsonl(root / "union.jsonl", [
+            r for path in [*corpus["clients"], proxy] for r in _read_jsonl(path)])
+        train_seq2seq_specialist(union, student_cfg, root / "centralized", tokenizer=tok,
+                                 client_id="centralized", **train)
+        timing["references_s"] = time.perf_counter() - t
+
+        def fit(m, examples, epochs_, seed_):
+            fit_seq2seq(m, [e[0] for e in examples], [e[1] for e in examples], epochs=epochs_,
+                        learning_rate=learning_rate, batch_size=batch_size, seed=seed_,
+                        progress=False)
+
+        def losses(m, examples):
+            from ..seq2seq import TextPairs
+
+            held = TextPairs([e[0] for e in examples], [e[1] for e in examples], [], None,
+                             "", None, max_source_length, max_target_length, "")
+            return token_nll(m, held, 32, per_example=True)["losses"]
+
+        def union_ppl(m) -> float:
+            nll = sum(token_nll(m, p, 32)["nll"] * p.rows for p in tests.values())
+            return math.exp(nll / sum(p.rows for p in tests.values()))
+
+        task = TokenTask(load=lambda: load_seq2seq(student_cfg, tokenizer=tok, seed=seed),
+                         fit=fit, losses=losses, perplexity=union_ppl)
+        client_examples = [list(zip(p.sources, p.targets)) for p in private]
+        t = time.perf_counter()
+        baselines, curves = fedavg_baselines(
+            task, client_examples, root, rounds=fedavg_rounds, local_epochs=fedavg_local_epochs,
+            seed=seed, score=lambda m: {"architecture": student, **scores(m)},
+            meta={"fd_version": __version__, "task": "seq2seq", "architecture": student},
+            log=log)
+        timing["fedavg_s"] = time.perf_counter() - t
+        target = students["proxy_targets"]["union"]["perplexity"]
+        results: dict[str, Any] = {
+            "fd_version": __version__, "config": config,
+            "domains": {pkg: {"client": f"client-{i}", "files": len(files),
+                              "train_pairs": len(private[i].sources),
+                              "test_pairs": len(tests[pkg].sources)}
+                        for i, (pkg, files) in enumerate(domains.items())},
+            "proxy_pairs": len(_read_jsonl(proxy)),
+            "specialists": specialists,
+            "specialists_mean": {"union": {key: round(sum(s["union"][key] for s in specialists)
+                                                      / len(specialists), 2)
+                                           for key in (*METRICS, "perplexity")}},
+            "student": students["proxy_targets"], "students": students,
+            "proxy_only": scored(root / "proxy-only", architecture=student),
+            "centralized": scored(root / "centralized", architecture=student),
+            "baselines": baselines, "curves": curves,
+            "bytes": {"uploaded_per_client": uploads, "uploaded_total": sum(uploads),
+                      "downloaded_per_client": 0},
+            "bytes_to_student_perplexity": {
+                "target_perplexity": target,
+                **{name: bytes_to_perplexity(c, target) for name, c in curves.items()}},
+        }
+        if privacy:
+            t = time.perf_counter()
+            log("membership inference on every model")
+            results["privacy"] = privacy_report(
+                task, load_seq2seq, client_examples,
+                [list(zip(p.sources, p.targets)) for p in tests.values()],
+                [root / "specialists" / f"client-{i}" for i in range(num_clients)],
+                {"student": root / "students" / rule, "centralized": root / "centralized",
+                 "proxy_only": root / "proxy-only", **{n: root / n for n in baselines}},
+                root / "proxy-only", seed=seed)
+            results["privacy"].update(PRIVACY_NOTE)
+            timing["privacy_s"] = time.perf_counter() - t
+        results["timing"] = {key: round(v, 2) for key, v in timing.items()}
+        (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (root / "report.md").write_text(report_md(results))
+    return results
+
+
+PRIVACY_NOTE = {
+    "members": "each client's training examples (the union of them for the student, the "
+               "baselines and the proxy-only model)",
+    "nonmembers": "the examples of the held-out files of the same packages",
+    "reference_model": "the student architecture trained on the proxy alone, which holds "
+                       "neither"}
+
+
+def report_md(results: dict[str, Any]) -> str:
+    """report.md: the table of BLEU, chrF, ROUGE-L and perplexity, the bytes and the attacks."""
+    cfg = results["config"]
+    lines = [f"# fd simulate --task seq2seq ({cfg['num_clients']} institutions)", "",
+             f"Task: {cfg['data']}. fd {results['fd_version']}. Scores on the union of the "
+             "institutions' held-out files; own / others for each specialist.", "",
+             "| model | architecture | BLEU | chrF | ROUGE-L | perplexity | sent |",
+             "|---|---|---|---|---|---|---|"]
+
+    def row(name, s, sent=""):
+        u = s["union"]
+        lines.append(f"| {name} | {s.get('architecture', '')} | {u['bleu']:.2f} | "
+                     f"{u['chrf']:.2f} | {u['rouge_l']:.2f} | {u['perplexity']:.2f} | {sent} |")
+
+    for s in results["specialists"]:
+        row(f"specialist {s['client_id']} ({s['domain']})", s, f"{s['uploaded_bytes']:,} B up")
+        if s["others"]:
+            o, w = s["others"], s["own"]
+            lines.append(f"| &nbsp;&nbsp;own / others | | {w['bleu']:.2f} / {o['bleu']:.2f} | "
+                         f"{w['chrf']:.2f} / {o['chrf']:.2f} | {w['rouge_l']:.2f} / "
+                         f"{o['rouge_l']:.2f} | {w['perplexity']:.2f} / {o['perplexity']:.2f} "
+                         "| |")
+    row("specialists (mean)", results["specialists_mean"])
+    for name, s in results["students"].items():
+        row(f"student ({name.replace('_', ' ')})", s,
+            f"{results['bytes']['uploaded_total']:,} B" if name == "proxy_targets" else "")
+    row("proxy only", results["proxy_only"])
+    row("centralized (private + proxy)", results["centralized"])
+    for name, s in results["baselines"].items():
+        row(name, s, f"{s['total_bytes']:,} B")
+    lines += evidence_md(results)
+    return "\n".join(lines) + "\n"
