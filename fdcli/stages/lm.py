@@ -184,6 +184,16 @@ def write_token_rows(lm, blocks, writer: BundleWriter, batch_size: int = 8, *,
             advance(int(counts.sum()))
 
 
+def check_emit_task(manifest: BundleManifest, teacher, task: str) -> None:
+    """Refuse a token bundle emitted for the other token task (``causal-lm`` or ``seq2seq``;
+    bundles that record none are taken as they come)."""
+    made = manifest.producer.config.get("task")
+    if made is not None and made != task:
+        raise IncompatibleBundlesError(
+            f"{teacher}: a {made!r} token bundle; a {task} student needs one from fd "
+            f"emit-logits --task {task}")
+
+
 def _check_vocab(lm, manifest: BundleManifest, student, teacher) -> None:
     fp = vocab_fingerprint(lm.tokenizer)
     if fp != manifest.label_fingerprint or lm.vocab_size != manifest.num_classes:
@@ -288,6 +298,7 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
                           hint="a causal-LM student needs a token bundle (fd emit-logits "
                                "--task causal-lm)")
     m = reader.manifest
+    check_emit_task(m, teacher, "causal-lm")
     if temperature is None:
         temperature = default_temperature(m)
     warn_weak_teacher(m, teacher, hard_weight)

@@ -20,7 +20,6 @@ from ..bundle import BundleManifest, BundleWriter
 from ..bundle.safeio import DEFAULT_LIMITS, Limits
 from ..data import DataError, load_local
 from ..devices import place
-from ..errors import IncompatibleBundlesError
 from ..launch import ranks
 from ..lm import save_lm, vocab_fingerprint
 from ..models import fingerprint_model
@@ -30,7 +29,7 @@ from ..seq2seq import (DEFAULT_SOURCE_LENGTH, DEFAULT_TARGET_LENGTH, TextPairs, 
                        iter_pair_logits, load_seq2seq, text_metrics, text_pairs, token_nll)
 from .distill import open_teacher
 from .lm import (LM_DRAWS, LM_ENCODING, LM_HARD_WEIGHT, _check_vocab, _config,
-                 default_temperature, token_codec, warn_weak_teacher)
+                 check_emit_task, default_temperature, token_codec, warn_weak_teacher)
 from .parallel import batch_share, finish_parts, part_target
 
 
@@ -227,10 +226,7 @@ def distill_seq2seq(student: str | Path, proxy: str | Path, teacher: str | Path,
                           hint="a seq2seq student needs a token bundle (fd emit-logits "
                                "--task seq2seq)")
     mf = reader.manifest
-    if mf.producer.config.get("task", "seq2seq") != "seq2seq":
-        raise IncompatibleBundlesError(
-            f"{teacher}: made by a {mf.producer.config.get('task')!r} emit; a seq2seq student "
-            "needs a bundle from fd emit-logits --task seq2seq")
+    check_emit_task(mf, teacher, "seq2seq")
     if temperature is None:
         temperature = default_temperature(mf)
     warn_weak_teacher(mf, teacher, hard_weight)
