@@ -27,6 +27,9 @@ _LAZY = {
                     ".stages.lm"),
     "partition": ".stages.partition", "simulate": ".stages.simulate",
     "simulate_lm": ".stages.simulate_lm", "train_specialist": ".stages.train_specialist",
+    **dict.fromkeys(["distill_seq2seq", "emit_seq2seq_logits", "evaluate_seq2seq",
+                     "generate_targets", "train_seq2seq_specialist"], ".stages.seq2seq"),
+    "simulate_seq2seq": ".stages.simulate_seq2seq",
 }
 
 
@@ -52,4 +55,6 @@ __all__ = [
     "emit_logits", "aggregate", "distill", "evaluate", "membership_inference", "partition",
     "simulate",
     "train_lm_specialist", "emit_token_logits", "distill_lm", "evaluate_lm", "simulate_lm",
+    "train_seq2seq_specialist", "emit_seq2seq_logits", "generate_targets", "distill_seq2seq",
+    "evaluate_seq2seq", "simulate_seq2seq",
 ]

@@ -70,7 +70,8 @@ def load_text_model(source: str | os.PathLike, auto, what: str, *,
                     config_defaults: dict[str, Any] | None = None) -> LanguageModel:
     """Load a model through the ``auto`` class (``AutoModelForCausalLM``,
     ``AutoModelForSeq2SeqLM``) from a model folder or a config file, with its tokenizer.
-    ``config_defaults`` fills a config file's unset fields after the tokenizer's special ids."""
+    ``config_defaults`` fills a config file's unset fields after the tokenizer's special ids;
+    a string value there names the field whose value to copy."""
     from transformers import AutoConfig
 
     path = Path(source)

@@ -23,6 +23,7 @@ import torch
 
 from .data import DataError, _pick
 from .lm import LanguageModel, load_text_model, to_device, vocab_fingerprint
+from .models import ModelError
 
 SOURCE_COLUMNS = ("source", "input", "inputs", "src", "document", "question", "prompt", "text")
 TARGET_COLUMNS = ("target", "output", "targets", "tgt", "summary", "answer", "completion")
@@ -41,7 +42,7 @@ def load_seq2seq(source: str | os.PathLike, *, tokenizer: str | os.PathLike | No
                         tokenizer=tokenizer, seed=seed,
                         config_defaults={"decoder_start_token_id": "pad_token_id"})
     if start_id(m) is None:
-        raise DataError(f"{source}: the model has no decoder_start_token_id and its tokenizer "
+        raise ModelError(f"{source}: the model has no decoder_start_token_id and its tokenizer "
                         "no padding token; expected one of them to start decoding from")
     return m
 
@@ -144,17 +145,23 @@ def text_pairs(ds, where: str, tokenizer, *, source_column: str | None = None,
                      max_source_length, max_target_length, "sha256:" + digest.hexdigest())
 
 
+def pad_right(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Id sequences as ``[B, L]`` ids padded on the right with ``pad``, and their mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
 def pad_pairs(sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], pad: int,
               start: int) -> dict[str, torch.Tensor]:
     """Encoder inputs, teacher-forced decoder inputs (the start id, then the target shifted
     right) and ``next_ids``: the target token each decoder position predicts (-100 at
     padding). Right padding throughout."""
-    width = max(len(s) for s in sources)
-    ids = torch.full((len(sources), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(sources), width), dtype=torch.long)
-    for i, s in enumerate(sources):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
+    ids, mask = pad_right(sources, pad)
     twidth = max(len(t) for t in targets)
     dec = torch.full((len(targets), twidth), pad, dtype=torch.long)
     dmask = torch.zeros((len(targets), twidth), dtype=torch.long)
@@ -201,10 +208,8 @@ def generate(m: LanguageModel, sources: Sequence[Sequence[int]], *, batch_size: 
     device = next(m.model.parameters()).device
     pad, out = pad_id(m), []
     for lo in range(0, len(sources), batch_size):
-        chunk = sources[lo:lo + batch_size]
-        batch = pad_pairs(chunk, [[0]] * len(chunk), pad, 0)
-        ids = m.model.generate(input_ids=batch["input_ids"].to(device),
-                               attention_mask=batch["attention_mask"].to(device),
+        ids, mask = pad_right(sources[lo:lo + batch_size], pad)
+        ids = m.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                max_new_tokens=max_new_tokens, num_beams=1, do_sample=False,
                                decoder_start_token_id=start_id(m), pad_token_id=pad,
                                eos_token_id=m.tokenizer.eos_token_id)

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from fdcli.bundle import SampleCodec, SparseRows, TopKCodec, read_bundle, verify_bundle
 from fdcli.cli import app
+from fdcli.lm import load_lm
 from fdcli.losses import dense_kd_loss, sparse_kd_loss
 from fdcli.rules import RULES, aggregate_sparse, union_support
 
@@ -407,9 +408,10 @@ def test_simulate_causal_lm_small(tmp_path):
     out = tmp_path / "sim"
     r = _fd("simulate", "--task", "causal-lm", "--num-clients", "2", "--epochs", "2",
             "--distill-epochs", "2", "--max-length", "32", "--compare-rules", "",
-            "--client-chars", "40000", "--proxy-chars", "60000", "--out", out)
+            "--client-chars", "40000", "--proxy-chars", "60000", "--fedavg-rounds", "2",
+            "--fedavg-local-epochs", "0.5", "--out", out)
     assert r.exit_code == 0, r.output
-    assert "perplexity by domain" in r.output
+    assert "perplexity by domain" in r.output and "membership-inference AUC" in r.output
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["task"] == "causal-lm" and len(res["specialists"]) == 2
     domains = list(res["domains"])
@@ -429,3 +431,23 @@ def test_simulate_causal_lm_small(tmp_path):
         assert 1 < model["mean_ppl"] < 0.6 * vocab
     assert (out / "tokenizer" / "tokenizer.json").exists()
     assert read_bundle(out / "teachers" / "confidence").manifest.task == "token"
+    # Flower FedAvg of the student architecture: two rounds, each a model down and up per
+    # client; GPT-2 ties its output layer to its embedding, so one copy crosses per message
+    fp32, q8 = res["baselines"]["fedavg"], res["baselines"]["fedavg_8bit"]
+    curve = res["curves"]["fedavg"]
+    assert [p["round"] for p in curve] == [0, 1, 2]
+    assert curve[-1]["total_bytes"] == fp32["total_bytes"]
+    params = sum(p.numel() for p in load_lm(out / "fedavg").model.parameters())
+    assert 4 * params * 2 * 2 * 2 < fp32["total_bytes"] < 1.1 * 4 * params * 2 * 2 * 2
+    assert 0.2 < q8["total_bytes"] / fp32["total_bytes"] < 0.35
+    assert curve[-1]["perplexity"] < curve[0]["perplexity"]
+    hit = res["bytes_to_student_perplexity"]
+    assert hit["target_perplexity"] == student["mean_ppl"]
+    assert hit["fedavg"]["reached"] == any(p["perplexity"] <= student["mean_ppl"] for p in curve)
+    p = res["privacy"]
+    assert [s["client_id"] for s in p["specialists"]] == ["client-0", "client-1"]
+    for name in ("student", "centralized", "proxy_only", "fedavg", "fedavg_8bit"):
+        assert 0 <= p[name]["auc"] <= 1 and p[name]["members"] > 0
+    assert p["proxy_only"]["reference"]["auc"] == 0.5  # the reference model itself
+    report = (out / "report.md").read_text()
+    assert "| student (confidence) | gpt2 |" in report and "Membership inference" in report

@@ -265,13 +265,11 @@ def evaluate_seq2seq(model: str | Path, data: str | Path, *,
                      target_column: str | None = None, split: str | None = None,
                      max_source_length: int | None = None,
                      max_target_length: int | None = None, batch_size: int = 8,
-                     dtype: str = "auto", m=None) -> dict[str, Any]:
+                     dtype: str = "auto") -> dict[str, Any]:
     """BLEU, chrF and ROUGE-L of the model's greedy decodes against the targets, and the
-    teacher-forced NLL per target token (with perplexity and token accuracy). ``m`` is an
-    already loaded model (the library's callers score one model on several sets)."""
-    if m is None:
-        m = load_seq2seq(model, tokenizer=tokenizer)
-        place(m.model, dtype)
+    teacher-forced NLL per target token (with perplexity and token accuracy)."""
+    m = load_seq2seq(model, tokenizer=tokenizer)
+    place(m.model, dtype)
     pairs = _pairs(data, split, m, source_column, target_column, max_source_length,
                    max_target_length)
     hypotheses = generate(m, pairs.sources, batch_size=max(batch_size, 16),
