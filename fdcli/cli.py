@@ -3,7 +3,8 @@
 Each command parses its options, calls one library function and prints the result. Any
 :class:`~fdcli.errors.FdError` is printed to stderr and the command exits 1, without a
 traceback. Heavy libraries are imported inside the command bodies. The stage commands live
-here; ``cli_bundles`` (inspect, verify, keygen) and ``cli_simulate`` add theirs to ``app``;
+here; ``cli_bundles`` (inspect, verify, keygen, merge), ``cli_data`` (partition, generate) and
+``cli_simulate`` add theirs to ``app``;
 ``console`` does the printing and ``cli_options`` holds the shared options.
 """
 
@@ -135,8 +136,8 @@ def train_specialist_cmd(
 
     with reporting_errors():
         opts.check_task(task)
-        opts.seq2seq_only(task, source_column=source_column, target_column=target_column,
-                          max_source_length=max_source_length,
+        opts.seq2seq_only(task, max_length, source_column=source_column,
+                          target_column=target_column, max_source_length=max_source_length,
                           max_target_length=max_target_length)
         dtype = opts.dtype(dtype)
         if task != "classification" and (teacher is not None or proxy is not None):
@@ -225,8 +226,8 @@ def emit_logits_cmd(
     kept = 16 if k is None else k
     with reporting_errors():
         opts.check_task(task)
-        opts.seq2seq_only(task, source_column=source_column, target_column=target_column,
-                          max_source_length=max_source_length,
+        opts.seq2seq_only(task, max_length, source_column=source_column,
+                          target_column=target_column, max_source_length=max_source_length,
                           max_target_length=max_target_length)
         dtype = opts.dtype(dtype)
         key = opts.sign_key(sign_key)
@@ -390,7 +391,8 @@ def distill(
 
     with reporting_errors():
         opts.check_task(task)
-        opts.seq2seq_only(task, source_column=source_column, target_column=target_column)
+        opts.seq2seq_only(task, max_length, source_column=source_column,
+                          target_column=target_column)
         loss = {k: v for k, v in dict(temperature=temperature, hard_weight=hard_weight).items()
                 if v is not None}
         loss.update(limits=opts.limits(limit), trusted_keys=opts.trusted(trusted_keys),
@@ -464,8 +466,8 @@ def evaluate(
 
     with reporting_errors():
         opts.check_task(task)
-        opts.seq2seq_only(task, source_column=source_column, target_column=target_column,
-                          max_source_length=max_source_length,
+        opts.seq2seq_only(task, max_length, source_column=source_column,
+                          target_column=target_column, max_source_length=max_source_length,
                           max_target_length=max_target_length)
         if mia and (members is None or nonmembers is None):
             raise ValueError("--mia needs --members (training examples of the model) and "

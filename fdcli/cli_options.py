@@ -69,11 +69,15 @@ def check_task(task: str) -> None:
         raise ValueError(f"--task must be one of {list(TASKS)}, got {task!r}")
 
 
-def seq2seq_only(task: str, **given) -> None:
-    """Refuse the seq2seq options (``given``: option name -> value) for another task."""
+def seq2seq_only(task: str, max_length: int | None = None, **given) -> None:
+    """Refuse the seq2seq options (``given``: option name -> value) for another task, and
+    causal-lm's ``--max-length`` for seq2seq."""
     used = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
     if used and task != "seq2seq":
         raise ValueError(f"{', '.join(used)} apply to --task seq2seq, not {task}")
+    if task == "seq2seq" and max_length is not None:
+        raise ValueError("--max-length applies to --task causal-lm; for seq2seq use "
+                         "--max-source-length and --max-target-length")
 
 
 def dtype(name: str) -> str:
