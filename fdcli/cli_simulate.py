@@ -97,7 +97,7 @@ def simulate(
              "standalone (each specialist alone; a student from one teacher), centralized "
              "('' for none).")] = "fedavg,standalone,centralized",
     fedavg_rounds: Annotated[Optional[int], typer.Option(
-        help="FedAvg rounds (default: 20; 4 for causal-lm; 10 for seq2seq; 0 for none with "
+        help="FedAvg rounds (default: 20; 8 for causal-lm; 10 for seq2seq; 0 for none with "
              "causal-lm and seq2seq).")] = None,
     fedavg_local_epochs: Annotated[Optional[float], typer.Option(
         help="FedAvg local epochs per round (default: 3; 0.5 for causal-lm; 2 for seq2seq).")]

@@ -135,7 +135,7 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                 k: int = 16, epochs: float = 2.0, distill_epochs: float = 2.0,
                 learning_rate: float = 2e-3, batch_size: int = 16,
                 temperature: float | None = None, hard_weight: float = LM_HARD_WEIGHT,
-                fedavg_rounds: int = 4, fedavg_local_epochs: float = 0.5,
+                fedavg_rounds: int = 8, fedavg_local_epochs: float = 0.5,
                 privacy: bool = True, seed: int = 0, overwrite: bool = False,
                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the language-model federation and write ``out/results.json``; returns the results.
@@ -149,8 +149,9 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
     per student (docs/token-distillation.md).
 
     Beside it: Flower FedAvg of the student architecture on the institutions' own text, fp32
-    and 8-bit (``fedavg_rounds`` rounds of ``fedavg_local_epochs``; the default matches the
-    specialists' 2 epochs), with the bytes it sends to reach the student's perplexity; and,
+    and 8-bit (``fedavg_rounds`` rounds of ``fedavg_local_epochs``: by default 4 epochs per
+    client, twice the specialists', so that its curve can reach the student's perplexity),
+    with the bytes it sends to reach the student's perplexity; and,
     with ``privacy``, membership-inference attacks on every model, the held-out files being
     the non-members. ``out/report.md`` holds the tables."""
     from ..lm import load_lm, text_blocks
