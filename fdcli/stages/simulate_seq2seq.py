@@ -122,13 +122,11 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
     """Run the docstring federation and write ``out/results.json`` and ``out/report.md``;
     returns the results (see the module docstring)."""
     from ..data import load_local
-    from ..seq2seq import generate, load_seq2seq, text_metrics, text_pairs, token_nll
-    from ..training import fit_seq2seq
+    from ..seq2seq import load_seq2seq, text_pairs
     from .aggregate import aggregate
     from .seq2seq import (distill_seq2seq, emit_seq2seq_logits, generate_targets,
                           train_seq2seq_specialist)
-    from .token_evidence import (TokenTask, bytes_to_perplexity, fedavg_baselines,
-                                 privacy_report)
+    from .token_evidence import bytes_to_perplexity, fedavg_baselines, privacy_report
 
     unknown = [a for a in [*architectures, student] if a not in T5_ARCHITECTURES]
     if unknown:
@@ -167,21 +165,7 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
         private = [pairs_of(path) for path in corpus["clients"]]
 
         def scores(m) -> dict[str, Any]:
-            by_domain, hyps, refs, nll, tokens = {}, [], [], 0.0, 0
-            for pkg, pairs in tests.items():
-                h = generate(m, pairs.sources, batch_size=64, max_new_tokens=max_target_length)
-                t_nll = token_nll(m, pairs, 32)
-                by_domain[pkg] = {**{k: round(v, 2) for k, v in
-                                     text_metrics(h, pairs.target_texts).items()},
-                                  "perplexity": round(t_nll["perplexity"], 3)}
-                hyps += h
-                refs += pairs.target_texts
-                nll += t_nll["nll"] * t_nll["tokens"]
-                tokens += t_nll["tokens"]
-            union = {k: round(v, 2) for k, v in text_metrics(hyps, refs).items()}
-            return {"union": {**union, "perplexity": round(math.exp(nll / tokens), 3)},
-                    "by_domain": by_domain, "examples": [
-                        {"target": r, "generated": h} for r, h in zip(refs[:3], hyps[:3])]}
+            return _scores(m, tests, max_target_length)
 
         def scored(path: Path, **extra) -> dict[str, Any]:
             return {**extra, **scores(load_seq2seq(path))}
@@ -198,15 +182,10 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
             m = emit_seq2seq_logits(model_dir, proxy, bundle, k=k, client_id=f"client-{i}",
                                     seed=seed, progress=progress, **lengths)
             uploads.append(dir_bytes(bundle))
-            s = scored(model_dir, client_id=f"client-{i}", domain=pkg, architecture=arch,
-                       train_pairs=meta["train_examples"], uploaded_bytes=uploads[-1],
-                       bytes_per_token=round(uploads[-1] / m.rows, 3))
-            others = [d for d in domains if d != pkg]
-            s["own"] = s["by_domain"][pkg]
-            s["others"] = {key: round(sum(s["by_domain"][d][key] for d in others)
-                                      / max(len(others), 1), 2)
-                           for key in (*METRICS, "perplexity")} if others else None
-            specialists.append(s)
+            specialists.append(_own_and_others(scored(
+                model_dir, client_id=f"client-{i}", domain=pkg, architecture=arch,
+                train_pairs=meta["train_examples"], uploaded_bytes=uploads[-1],
+                bytes_per_token=round(uploads[-1] / m.rows, 3)), pkg))
         timing["specialists_s"] = time.perf_counter() - t
 
         def distill_student(bundle_dir: Path, name: str, proxy_file: Path) -> dict[str, Any]:
@@ -250,24 +229,8 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
                                  client_id="centralized", **train)
         timing["references_s"] = time.perf_counter() - t
 
-        def fit(m, examples, epochs_, seed_):
-            fit_seq2seq(m, [e[0] for e in examples], [e[1] for e in examples], epochs=epochs_,
-                        learning_rate=learning_rate, batch_size=batch_size, seed=seed_,
-                        progress=False)
-
-        def losses(m, examples):
-            from ..seq2seq import TextPairs
-
-            held = TextPairs([e[0] for e in examples], [e[1] for e in examples], [], None,
-                             "", None, max_source_length, max_target_length, "")
-            return token_nll(m, held, 32, per_example=True)["losses"]
-
-        def union_ppl(m) -> float:
-            nll = sum(token_nll(m, p, 32)["nll"] * p.rows for p in tests.values())
-            return math.exp(nll / sum(p.rows for p in tests.values()))
-
-        task = TokenTask(load=lambda: load_seq2seq(student_cfg, tokenizer=tok, seed=seed),
-                         fit=fit, losses=losses, perplexity=union_ppl)
+        task = _task(student_cfg, tok, tests, seed=seed, learning_rate=learning_rate,
+                     batch_size=batch_size)
         client_examples = [list(zip(p.sources, p.targets)) for p in private]
         t = time.perf_counter()
         baselines, curves = fedavg_baselines(
@@ -314,6 +277,64 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
         (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (root / "report.md").write_text(report_md(results))
     return results
+
+
+def _scores(m, tests: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
+    """BLEU, chrF, ROUGE-L and perplexity of a model on every domain's test pairs and on their
+    union, with three examples of what it wrote."""
+    from ..seq2seq import generate, text_metrics, token_nll
+
+    by_domain, hyps, refs, nll, tokens = {}, [], [], 0.0, 0
+    for pkg, pairs in tests.items():
+        h = generate(m, pairs.sources, batch_size=64, max_new_tokens=max_new_tokens)
+        t_nll = token_nll(m, pairs, 32)
+        by_domain[pkg] = {**{k: round(v, 2) for k, v in
+                             text_metrics(h, pairs.target_texts).items()},
+                          "perplexity": round(t_nll["perplexity"], 3)}
+        hyps += h
+        refs += pairs.target_texts
+        nll += t_nll["nll"] * t_nll["tokens"]
+        tokens += t_nll["tokens"]
+    union = {k: round(v, 2) for k, v in text_metrics(hyps, refs).items()}
+    return {"union": {**union, "perplexity": round(math.exp(nll / tokens), 3)},
+            "by_domain": by_domain,
+            "examples": [{"target": r, "generated": h} for r, h in zip(refs[:3], hyps[:3])]}
+
+
+def _own_and_others(s: dict[str, Any], own: str) -> dict[str, Any]:
+    """A specialist's scores with its own domain's and the mean of the other domains'."""
+    others = [d for d in s["by_domain"] if d != own]
+    s["own"] = s["by_domain"][own]
+    s["others"] = {key: round(sum(s["by_domain"][d][key] for d in others) / len(others), 2)
+                   for key in (*METRICS, "perplexity")} if others else None
+    return s
+
+
+def _task(student_cfg: Path, tok: Path, tests: dict[str, Any], *, seed: int,
+          learning_rate: float, batch_size: int):
+    """The student architecture as a :class:`~fdcli.stages.token_evidence.TokenTask`: an
+    example is a (source ids, target ids) pair; FedAvg's curve tracks the perplexity of the
+    union of the test pairs."""
+    from ..seq2seq import TextPairs, load_seq2seq, token_nll
+    from ..training import fit_seq2seq
+    from .token_evidence import TokenTask
+
+    def fit(m, examples, epochs, seed_):
+        fit_seq2seq(m, [e[0] for e in examples], [e[1] for e in examples], epochs=epochs,
+                    learning_rate=learning_rate, batch_size=batch_size, seed=seed_,
+                    progress=False)
+
+    def losses(m, examples):
+        held = TextPairs([e[0] for e in examples], [e[1] for e in examples], [], None, "",
+                         None, 0, 0, "")
+        return token_nll(m, held, 32, per_example=True)["losses"]
+
+    def union_perplexity(m) -> float:
+        nll = sum(token_nll(m, p, 32)["nll"] * p.rows for p in tests.values())
+        return math.exp(nll / sum(p.rows for p in tests.values()))
+
+    return TokenTask(load=lambda: load_seq2seq(student_cfg, tokenizer=tok, seed=seed), fit=fit,
+                     losses=losses, perplexity=union_perplexity)
 
 
 PRIVACY_NOTE = {
