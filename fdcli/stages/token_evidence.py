@@ -77,18 +77,10 @@ def fedavg(task: TokenTask, clients: Sequence[list], *, bits: int, rounds: int,
                     "local_epochs": local_epochs}
 
 
-def _tied(model) -> set[str]:
-    """Names in the state dict that share storage with an earlier name."""
-    seen, tied = set(), set()
-    for name, tensor in model.state_dict().items():
-        key = (tensor.data_ptr(), tuple(tensor.shape))
-        (tied.add(name) if key in seen else seen.add(key))
-    return tied
-
-
 def load_unique(model, state: dict) -> None:
     """Load :func:`unique_state`'s dict; every name it lacks must be a tied copy."""
-    missing = set(model.load_state_dict(state, strict=False).missing_keys) - _tied(model)
+    tied = set(model.state_dict()) - set(unique_state(model))
+    missing = set(model.load_state_dict(state, strict=False).missing_keys) - tied
     if missing:
         raise RuntimeError(f"the FedAvg state lacks {sorted(missing)}")
 
