@@ -225,6 +225,16 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def masked_rows(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The rows ``[n, V]`` of ``logits [B, L, V]`` where the host-side ``mask [B, L]`` is
+    set, chosen without waiting for the device."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    if bool(mask.all()):
+        return flat
+    return flat.index_select(0, to_device({"i": mask.view(-1).nonzero().view(-1)},
+                                          logits.device)["i"])
+
+
 @torch.no_grad()
 def iter_token_logits(lm: LanguageModel, blocks: Sequence[Sequence[int]], batch_size: int = 8,
                       ) -> Iterator[tuple[range, torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -240,11 +250,7 @@ def iter_token_logits(lm: LanguageModel, blocks: Sequence[Sequence[int]], batch_
         batch = pad_blocks(chunk, pad)
         mask = batch["attention_mask"].bool()
         logits = token_logits(lm.model, to_device(batch, device), lm.vocab_size)
-        flat = logits.reshape(-1, logits.shape[-1])
-        if not bool(mask.all()):
-            flat = flat.index_select(0, to_device({"i": mask.view(-1).nonzero().view(-1)},
-                                                  device)["i"])
-        yield (range(start, start + len(chunk)), flat,
+        yield (range(start, start + len(chunk)), masked_rows(logits, mask),
                torch.tensor([len(b) for b in chunk]), batch["next_ids"][mask])
 
 

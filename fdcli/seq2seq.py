@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .data import DataError, _pick
-from .lm import LanguageModel, load_text_model, to_device, vocab_fingerprint
+from .lm import LanguageModel, load_text_model, masked_rows, to_device, vocab_fingerprint
 from .models import ModelError
 
 SOURCE_COLUMNS = ("source", "input", "inputs", "src", "document", "question", "prompt", "text")
@@ -191,11 +191,8 @@ def iter_pair_logits(m: LanguageModel, sources: Sequence[Sequence[int]],
         dmask = batch["decoder_attention_mask"].bool()
         moved = to_device({k: v for k, v in batch.items() if k != "next_ids"}, device)
         logits = m.model(**moved, use_cache=False).logits[..., :m.vocab_size]
-        flat = logits.reshape(-1, logits.shape[-1])
-        if not bool(dmask.all()):
-            flat = flat.index_select(0, to_device({"i": dmask.view(-1).nonzero().view(-1)},
-                                                  device)["i"])
-        yield (range(lo, lo + len(batch["input_ids"])), flat, dmask.sum(1),
+        yield (range(lo, lo + len(batch["input_ids"])), masked_rows(logits, dmask),
+               dmask.sum(1),
                batch["next_ids"][dmask])
 
 

@@ -302,3 +302,29 @@ def test_simulate_seq2seq_small(tmp_path):
     report = (out / "report.md").read_text()
     assert "| student (proxy targets) | t5-tiny |" in report and "fedavg_8bit" in report
     assert "Membership inference" in report
+
+
+def test_hostile_strings_in_a_teacher_config_are_escaped(s2s_world, tmp_path):
+    """The task and columns a teacher's manifest names come from another institution: they
+    reach the messages escaped, never as terminal codes or console markup."""
+    import shutil
+
+    w = s2s_world
+    if not (w / "teacher").exists():
+        pytest.skip("needs the bundles of test_seq2seq_pipeline_end_to_end")
+    bad = tmp_path / "teacher"
+    shutil.copytree(w / "teacher", bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["producer"]["config"]["task"] = "\x1b[31m[bold red]evil[/bold red]"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    r = _fd("distill", w / "t5.json", w / "proxy.jsonl", bad, "--task", "seq2seq",
+            "--tokenizer", w / "tok", "--out", tmp_path / "out")
+    assert r.exit_code == 1 and "\x1b" not in r.output
+    assert "'\\x1b[31m[bold red]evil[/bold red]' token bundle" in r.output
+    manifest["producer"]["config"].update(task="seq2seq", source_column="[link=x]y[/link]\x07")
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    r = _fd("distill", w / "t5.json", w / "proxy.jsonl", bad, "--task", "seq2seq",
+            "--tokenizer", w / "tok", "--out", tmp_path / "out")
+    assert r.exit_code == 1 and "\x07" not in r.output
+    assert "source column '[link=x]y[/link]\\x07' not found" in " ".join(r.output.split())
+    assert not (tmp_path / "out").exists()

@@ -184,6 +184,27 @@ def write_token_rows(lm, blocks, writer: BundleWriter, batch_size: int = 8, *,
             advance(int(counts.sum()))
 
 
+def open_token_teacher(teacher, out, task: str, temperature: float | None,
+                       hard_weight: float, overwrite: bool, limits: Limits,
+                       trusted_keys: dict | None):
+    """Open a token bundle for a ``task`` (causal-lm or seq2seq) student: checked as
+    :func:`~fdcli.stages.distill.open_teacher` does, refused when emitted for the other task,
+    warned about when top-k and flat. Returns the reader and the temperature (``None``: the
+    one :func:`default_temperature` picks)."""
+    student = "a causal-LM" if task == "causal-lm" else f"a {task}"
+    reader = open_teacher(teacher, out, task="token",
+                          temperature=1.0 if temperature is None else temperature,
+                          hard_weight=hard_weight, overwrite=overwrite, limits=limits,
+                          trusted_keys=trusted_keys,
+                          hint=f"{student} student needs a token bundle (fd emit-logits "
+                               f"--task {task})")
+    check_emit_task(reader.manifest, teacher, task)
+    if temperature is None:
+        temperature = default_temperature(reader.manifest)
+    warn_weak_teacher(reader.manifest, teacher, hard_weight)
+    return reader, temperature
+
+
 def check_emit_task(manifest: BundleManifest, teacher, task: str) -> None:
     """Refuse a token bundle emitted for the other token task (``causal-lm`` or ``seq2seq``;
     bundles that record none are taken as they come)."""
@@ -291,17 +312,9 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
     teacher keeps less than half of its probability mass in its ids."""
     from ..training import TeacherRows, fit_lm
 
-    reader = open_teacher(teacher, out, task="token",
-                          temperature=1.0 if temperature is None else temperature,
-                          hard_weight=hard_weight, overwrite=overwrite, limits=limits,
-                          trusted_keys=trusted_keys,
-                          hint="a causal-LM student needs a token bundle (fd emit-logits "
-                               "--task causal-lm)")
+    reader, temperature = open_token_teacher(teacher, out, "causal-lm", temperature,
+                                             hard_weight, overwrite, limits, trusted_keys)
     m = reader.manifest
-    check_emit_task(m, teacher, "causal-lm")
-    if temperature is None:
-        temperature = default_temperature(m)
-    warn_weak_teacher(m, teacher, hard_weight)
     lm = load_lm(student, tokenizer=tokenizer, seed=seed)
     _check_vocab(lm, m, student, teacher)
     tb = _teacher_blocks(proxy, teacher, m, lm, student, split, text_column, max_length,

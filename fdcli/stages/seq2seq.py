@@ -27,9 +27,8 @@ from ..outputs import atomic_dir, check_free
 from ..progress import progress_bar
 from ..seq2seq import (DEFAULT_SOURCE_LENGTH, DEFAULT_TARGET_LENGTH, TextPairs, generate,
                        iter_pair_logits, load_seq2seq, text_metrics, text_pairs, token_nll)
-from .distill import open_teacher
 from .lm import (LM_DRAWS, LM_ENCODING, LM_HARD_WEIGHT, _check_vocab, _config,
-                 check_emit_task, default_temperature, token_codec, warn_weak_teacher)
+                 open_token_teacher, token_codec)
 from .parallel import batch_share, finish_parts, part_target
 
 
@@ -219,17 +218,9 @@ def distill_seq2seq(student: str | Path, proxy: str | Path, teacher: str | Path,
     causal-lm), mixed with ``hard_weight`` of cross-entropy on the proxy's target tokens."""
     from ..training import TeacherRows, fit_seq2seq
 
-    reader = open_teacher(teacher, out, task="token",
-                          temperature=1.0 if temperature is None else temperature,
-                          hard_weight=hard_weight, overwrite=overwrite, limits=limits,
-                          trusted_keys=trusted_keys,
-                          hint="a seq2seq student needs a token bundle (fd emit-logits "
-                               "--task seq2seq)")
+    reader, temperature = open_token_teacher(teacher, out, "seq2seq", temperature,
+                                             hard_weight, overwrite, limits, trusted_keys)
     mf = reader.manifest
-    check_emit_task(mf, teacher, "seq2seq")
-    if temperature is None:
-        temperature = default_temperature(mf)
-    warn_weak_teacher(mf, teacher, hard_weight)
     m = load_seq2seq(student, tokenizer=tokenizer, seed=seed)
     _check_vocab(m, mf, student, teacher)
     pairs = _teacher_pairs(proxy, teacher, mf, m, student, split, source_column,

@@ -159,7 +159,7 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
     from ..training import fit_lm
     from .aggregate import aggregate
     from .lm import distill_lm, emit_token_logits, token_metrics, train_lm_specialist
-    from .token_evidence import (TokenTask, bytes_to_perplexity, fedavg_baselines,
+    from .token_evidence import (TokenTask, bytes_report, fedavg_baselines,
                                  privacy_report)
 
     unknown = [a for a in [*architectures, student] if a not in LM_ARCHITECTURES]
@@ -282,11 +282,7 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
             "proxy_only": {"architecture": student, **scores(proxy_only)},
             "centralized": {"architecture": student, **scores(central)},
             "baselines": baselines, "curves": curves,
-            "bytes": {"uploaded_per_client": uploads, "uploaded_total": sum(uploads),
-                      "downloaded_per_client": 0},
-            "bytes_to_student_perplexity": {
-                "target_perplexity": target,
-                **{name: bytes_to_perplexity(c, target) for name, c in curves.items()}},
+            **bytes_report(uploads, curves, target),
         }
         if privacy:
             t = time.perf_counter()

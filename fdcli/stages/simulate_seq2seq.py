@@ -126,7 +126,7 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
     from .aggregate import aggregate
     from .seq2seq import (distill_seq2seq, emit_seq2seq_logits, generate_targets,
                           train_seq2seq_specialist)
-    from .token_evidence import bytes_to_perplexity, fedavg_baselines, privacy_report
+    from .token_evidence import bytes_report, fedavg_baselines, privacy_report
 
     unknown = [a for a in [*architectures, student] if a not in T5_ARCHITECTURES]
     if unknown:
@@ -255,11 +255,7 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
             "proxy_only": scored(root / "proxy-only", architecture=student),
             "centralized": scored(root / "centralized", architecture=student),
             "baselines": baselines, "curves": curves,
-            "bytes": {"uploaded_per_client": uploads, "uploaded_total": sum(uploads),
-                      "downloaded_per_client": 0},
-            "bytes_to_student_perplexity": {
-                "target_perplexity": target,
-                **{name: bytes_to_perplexity(c, target) for name, c in curves.items()}},
+            **bytes_report(uploads, curves, target),
         }
         if privacy:
             t = time.perf_counter()

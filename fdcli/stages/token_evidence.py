@@ -94,6 +94,17 @@ def bytes_to_perplexity(curve: Sequence[dict[str, Any]], target: float) -> dict[
     return {"reached": False, "round": None, "bytes": curve[-1]["total_bytes"] if curve else 0}
 
 
+def bytes_report(uploads: Sequence[int], curves: dict[str, list], target: float
+                 ) -> dict[str, Any]:
+    """The results' ``bytes`` (the bundles each client uploads) and
+    ``bytes_to_student_perplexity`` (each FedAvg curve's bytes to ``target``)."""
+    return {"bytes": {"uploaded_per_client": list(uploads), "uploaded_total": sum(uploads),
+                      "downloaded_per_client": 0},
+            "bytes_to_student_perplexity": {
+                "target_perplexity": target,
+                **{name: bytes_to_perplexity(c, target) for name, c in curves.items()}}}
+
+
 def sample(examples: Sequence, n: int, seed: int = 0) -> list:
     """At most ``n`` of ``examples``, drawn without replacement, in their original order."""
     if len(examples) <= n:
