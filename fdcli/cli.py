@@ -23,8 +23,8 @@ from . import __version__
 from . import cli_options as opts
 from .cli_options import (Batch, DataOpt, DtypeOpt, Epochs, ImageCol, JsonOpt, LabelCol,
                           LimitOpt, LR, MaxLen, MaxSrc, MaxTgt, OutOpt, Overwrite, Packing,
-                          SeedOpt, SignOpt, SourceCol, SplitOpt, TargetCol, TaskOpt, TextCol,
-                          TokenizerOpt, TrustedOpt)
+                          PoolingOpt, SeedOpt, SignOpt, SourceCol, SplitOpt, TargetCol,
+                          TaskOpt, TextCol, TokenizerOpt, TrustedOpt)
 from .console import configure_output, out, plain, print_json, report, reporting_errors
 from .launch import ranks
 
@@ -209,16 +209,26 @@ def emit_logits_cmd(
     text_column: TextCol = None, image_column: ImageCol = None, tokenizer: TokenizerOpt = None,
     split: SplitOpt = None, batch_size: Annotated[Optional[int], typer.Option(
         help="Batch size (default: 64, or 8 blocks for causal-lm).")] = None,
+    anchors: Annotated[Optional[int], typer.Option(
+        help="embedding: anchor examples picked from the proxy set with --seed (default: "
+             "1024).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(
+        help="embedding: temperature of the anchor similarities (default: 0.1).")] = None,
+    pooling: PoolingOpt = None,
     sign_key: SignOpt = None, dtype: DtypeOpt = "auto",
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Run a model over the proxy dataset and write a logit bundle to carry out. With
     [bold]--task causal-lm[/bold] every token position is a row; with [bold]--task
     seq2seq[/bold] every target token, teacher-forced on the proxy's targets (fd generate
-    writes targets for a proxy set that has none).
+    writes targets for a proxy set that has none). With [bold]--task embedding[/bold] any
+    encoder's row is its top-k cosine similarities to --anchors proxy examples (a relational
+    bundle: no labels, any architecture).
 
     [bold]Example[/bold]: fd emit-logits specialist/ proxy.csv --out usb/hospital-a-bundle
     """
+    from .embedding import EMBEDDING_TEMPERATURE
+    from .stages.embedding import DEFAULT_ANCHORS, emit_embedding_logits
     from .stages.emit import emit_logits
     from .stages.lm import LM_DRAWS, LM_ENCODING, emit_token_logits
     from .stages.seq2seq import emit_seq2seq_logits
@@ -229,9 +239,22 @@ def emit_logits_cmd(
         opts.seq2seq_only(task, max_length, source_column=source_column,
                           target_column=target_column, max_source_length=max_source_length,
                           max_target_length=max_target_length)
+        opts.embedding_only(task, anchors=anchors, temperature=temperature, pooling=pooling)
         dtype = opts.dtype(dtype)
         key = opts.sign_key(sign_key)
-        if task != "classification":
+        if task == "embedding":
+            if declare_label_counts or proxy_slice or draws is not None:
+                raise ValueError("--declare-label-counts, --slice and --draws do not apply to "
+                                 "--task embedding")
+            m = emit_embedding_logits(
+                model, proxy, out_dir, anchors=anchors or DEFAULT_ANCHORS,
+                temperature=EMBEDDING_TEMPERATURE if temperature is None else temperature,
+                pooling=pooling or "mean", encoding=encoding or "topk", k=kept,
+                value_dtype=value_dtype, client_id=client_id, text_column=text_column,
+                image_column=image_column, tokenizer=tokenizer, split=split,
+                batch_size=batch_size or 64, seed=seed, overwrite=overwrite, sign_key=key,
+                dtype=dtype)
+        elif task != "classification":
             if declare_label_counts or proxy_slice:
                 raise ValueError("--declare-label-counts and --slice apply to --task "
                                  "classification")
@@ -374,6 +397,11 @@ def distill(
     max_length: Annotated[Optional[int], typer.Option(
         help="causal-lm: tokens per block (default: the teacher bundle's).")] = None,
     source_column: SourceCol = None, target_column: TargetCol = None,
+    bank: Annotated[Optional[str], typer.Option(
+        help="embedding: how the student's own anchor embeddings are kept: epoch (re-embedded "
+             "each epoch; default) or momentum (a momentum encoder re-embeds a batch of them "
+             "each step).")] = None,
+    pooling: PoolingOpt = None,
     trusted_keys: TrustedOpt = None, limit: LimitOpt = None, dtype: DtypeOpt = "auto",
     seed: SeedOpt = 0, overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
@@ -382,10 +410,13 @@ def distill(
     tokenizer, trained per token with the sparse (tail-bucket) or sampled KD loss, mixed half
     and half with cross-entropy on the proxy text's next tokens. [bold]--task seq2seq[/bold]
     does the same for an encoder-decoder student, per target token of the proxy pairs.
+    [bold]--task embedding[/bold] trains an encoder of any width so that its similarities to
+    the bundle's anchors match the teachers' (temperature default 1: as emitted).
 
     [bold]Example[/bold]: fd distill student.json proxy.csv teacher/ --out student
     """
     from .stages.distill import distill as run
+    from .stages.embedding import distill_embedding
     from .stages.lm import distill_lm
     from .stages.seq2seq import distill_seq2seq
 
@@ -393,6 +424,10 @@ def distill(
         opts.check_task(task)
         opts.seq2seq_only(task, max_length, source_column=source_column,
                           target_column=target_column)
+        opts.embedding_only(task, bank=bank, pooling=pooling)
+        if task == "embedding" and hard_weight is not None:
+            raise ValueError("--hard-weight does not apply to --task embedding (a relational "
+                             "student has no labels)")
         loss = {k: v for k, v in dict(temperature=temperature, hard_weight=hard_weight).items()
                 if v is not None}
         loss.update(limits=opts.limits(limit), trusted_keys=opts.trusted(trusted_keys),
@@ -400,6 +435,15 @@ def distill(
         common = dict(tokenizer=tokenizer, epochs=epochs, learning_rate=lr,
                       batch_size=batch_size or 8, split=split, seed=seed, overwrite=overwrite,
                       **loss)
+        if task == "embedding":
+            meta = distill_embedding(student, proxy, teacher, out_dir, bank=bank or "epoch",
+                                     pooling=pooling, text_column=text_column,
+                                     image_column=image_column,
+                                     **{**common, "batch_size": batch_size or 16})
+            report({"out": str(out_dir), "architecture": meta["architecture"],
+                    "proxy_examples": meta["proxy_examples"], "anchors": meta["anchors"],
+                    **meta["metrics"]}, json_out, "student")
+            return
         if task == "seq2seq":
             meta = distill_seq2seq(student, proxy, teacher, out_dir,
                                    source_column=source_column, target_column=target_column,
@@ -421,103 +465,7 @@ def distill(
             "proxy_examples": meta["proxy_examples"], **meta["metrics"]}, json_out, "student")
 
 
-@app.command()
-def evaluate(
-    model: Annotated[Path, typer.Argument(help="A model folder.")],
-    data: DataOpt,
-    text_column: TextCol = None, image_column: ImageCol = None, label_column: LabelCol = None,
-    split: SplitOpt = None, batch_size: Annotated[Optional[int], typer.Option(
-        help="Batch size (default: 64, or 8 blocks for causal-lm).")] = None,
-    task: TaskOpt = "classification", max_length: MaxLen = None, packing: Packing = True,
-    source_column: SourceCol = None, target_column: TargetCol = None,
-    max_source_length: MaxSrc = None, max_target_length: MaxTgt = None,
-    tokenizer: TokenizerOpt = None,
-    mia: Annotated[bool, typer.Option("--mia", help="Also run membership-inference attacks "
-                                                    "(needs --members and --nonmembers).")]
-    = False,
-    members: Annotated[Optional[Path], typer.Option(
-        help="--mia: examples the model was trained on.")] = None,
-    nonmembers: Annotated[Optional[Path], typer.Option(
-        help="--mia: held-out examples from the same distribution.")] = None,
-    reference: Annotated[Optional[list[Path]], typer.Option(
-        help="--mia: a reference model trained without those examples (repeatable), for the "
-             "reference attack.")] = None,
-    match_labels: Annotated[bool, typer.Option(
-        help="--mia: weight the non-members to the members' label mix (for members with "
-             "skewed labels, such as one client's data).")] = False,
-    teacher: Annotated[Optional[Path], typer.Option(
-        help="causal-lm: a token bundle to measure the model's agreement with.")] = None,
-    proxy: Annotated[Optional[Path], typer.Option(
-        help="causal-lm: the proxy text the --teacher bundle was made on.")] = None,
-    dtype: DtypeOpt = "auto", json_out: JsonOpt = False,
-) -> None:
-    """Accuracy, macro-F1, NLL and expected calibration error on labelled data (with
-    [bold]--mia[/bold], membership-inference AUC and TPR at 1% and 0.1% FPR); with
-    [bold]--task causal-lm[/bold], perplexity and next-token accuracy on held-out text (and
-    top-1 match and KL against a teacher bundle, given [bold]--teacher[/bold] and
-    [bold]--proxy[/bold]); with [bold]--task seq2seq[/bold], BLEU, chrF and ROUGE-L of greedy
-    decodes against the targets, and the targets' NLL per token.
-
-    [bold]Example[/bold]: fd evaluate student/ test.csv --json
-    """
-    from .stages.evaluate import evaluate as run
-    from .stages.lm import evaluate_lm
-    from .stages.seq2seq import evaluate_seq2seq
-
-    with reporting_errors():
-        opts.check_task(task)
-        opts.seq2seq_only(task, max_length, source_column=source_column,
-                          target_column=target_column, max_source_length=max_source_length,
-                          max_target_length=max_target_length)
-        if mia and (members is None or nonmembers is None):
-            raise ValueError("--mia needs --members (training examples of the model) and "
-                             "--nonmembers (held-out examples from the same distribution)")
-        if mia and task != "classification":
-            raise ValueError("--mia is implemented for --task classification")
-        dtype = opts.dtype(dtype)
-        if task == "seq2seq":
-            if teacher is not None or proxy is not None:
-                raise ValueError("--teacher and --proxy apply to --task causal-lm")
-            report(evaluate_seq2seq(model, data, tokenizer=tokenizer,
-                                    source_column=source_column, target_column=target_column,
-                                    split=split, max_source_length=max_source_length,
-                                    max_target_length=max_target_length,
-                                    batch_size=batch_size or 8, dtype=dtype),
-                   json_out, "evaluation")
-            return
-        if task == "causal-lm":
-            result = evaluate_lm(model, data, tokenizer=tokenizer, text_column=text_column,
-                                 split=split, max_length=max_length, packing=packing,
-                                 batch_size=batch_size or 8, teacher=teacher, proxy=proxy,
-                                 dtype=dtype)
-            agreement = result.pop("teacher_agreement", None)
-            if agreement:
-                result.update({f"teacher_{k}": v for k, v in agreement.items()})
-            report(result, json_out, "evaluation")
-            return
-        result = run(model, data, text_column=text_column, image_column=image_column,
-                     label_column=label_column, split=split, batch_size=batch_size or 64,
-                     dtype=dtype)
-        keys = ["model", "accuracy", "macro_f1", "nll", "ece", "examples", "architecture"]
-        if mia:
-            from .stages.evaluate import membership_inference
-
-            attacks = membership_inference(model, members, nonmembers,
-                                           references=reference or [],
-                                           match_labels=match_labels,
-                                           text_column=text_column,
-                                           image_column=image_column,
-                                           label_column=label_column,
-                                           batch_size=batch_size or 64)
-            for name in ("loss_threshold", "reference"):
-                for key, value in attacks.get(name, {}).items():
-                    if key != "references":
-                        result[f"mia_{name}_{key}"] = value
-                        keys.append(f"mia_{name}_{key}")
-    report(result, json_out, "evaluation", keys)
-
-
-from . import cli_bundles, cli_data, cli_simulate  # noqa: E402,F401  (they add commands)
+from . import cli_bundles, cli_data, cli_evaluate, cli_simulate  # noqa: E402,F401  (they add commands)
 
 
 def main() -> None:

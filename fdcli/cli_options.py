@@ -39,7 +39,12 @@ Batch = Annotated[int, typer.Option(help="Batch size.")]
 TokenizerOpt = Annotated[Optional[Path], typer.Option(
     help="Tokenizer folder, for text models built from a config file.")]
 TaskOpt = Annotated[str, typer.Option(help="classification; causal-lm or seq2seq for "
-                                           "token-level distillation of language models.")]
+                                           "token-level distillation of language models; "
+                                           "embedding for relational bundles of any encoder.")]
+PoolingOpt = Annotated[Optional[str], typer.Option(
+    help="embedding: mean (over tokens or the feature map), cls (the first token) or pooler "
+         "(the model's own pooled output). Default: mean, or what the bundle or model "
+         "records.")]
 SourceCol = Annotated[Optional[str], typer.Option(
     help="seq2seq: source text column (default: source, input, inputs, src, document, "
          "question, prompt or text).")]
@@ -61,7 +66,7 @@ DtypeOpt = Annotated[str, typer.Option(
     help="Model precision: auto (bf16 on a GPU that supports it, else fp32), bf16, fp16 "
          "(GPU only) or fp32. Training uses mixed precision and saves fp32 weights; emitted "
          "logits are encoded in fp32.")]
-TASKS = ("classification", "causal-lm", "seq2seq")
+TASKS = ("classification", "causal-lm", "seq2seq", "embedding")
 
 
 def check_task(task: str) -> None:
@@ -78,6 +83,13 @@ def seq2seq_only(task: str, max_length: int | None = None, **given) -> None:
     if task == "seq2seq" and max_length is not None:
         raise ValueError("--max-length applies to --task causal-lm; for seq2seq use "
                          "--max-source-length and --max-target-length")
+
+
+def embedding_only(task: str, **given) -> None:
+    """Refuse the embedding options (``given``: option name -> value) for another task."""
+    used = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+    if used and task != "embedding":
+        raise ValueError(f"{', '.join(used)} apply to --task embedding, not {task}")
 
 
 def dtype(name: str) -> str:

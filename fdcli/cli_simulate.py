@@ -50,13 +50,20 @@ def simulate(
     batch_size: Annotated[Optional[int], typer.Option(
         help="Batch size (default: 32; 16 for causal-lm and seq2seq).")] = None,
     temperature: Annotated[Optional[float], typer.Option(
-        help="Distillation temperature (default: 2; causal-lm: as fd distill picks).")] = None,
+        help="Distillation temperature (default: 2; causal-lm: as fd distill picks); "
+             "embedding: the temperature of the anchor similarities (default: 0.1).")] = None,
     max_length: Annotated[int, typer.Option(help="causal-lm: tokens per block.")] = 64,
     hard_weight: Annotated[Optional[float], typer.Option(
         help="causal-lm and seq2seq: share of cross-entropy on the proxy's tokens in the "
              "student's loss (default 0.5).")] = None,
     k: Annotated[int, typer.Option(help="causal-lm and seq2seq: ids kept per token in the "
-                                        "bundles.")] = 16,
+                                        "bundles; embedding: anchors kept per example.")] = 16,
+    anchors: Annotated[int, typer.Option(
+        help="embedding: anchor examples of the relational bundles (capped at the proxy "
+             "set's size).")] = 1024,
+    banks: Annotated[str, typer.Option(
+        help="embedding: the relational students' anchor banks, comma-separated (epoch, "
+             "momentum); the first is the headline student.")] = "epoch",
     proxy_pairs: Annotated[int, typer.Option(
         help="seq2seq: function/docstring pairs in the proxy set.")] = 1000,
     client_chars: Annotated[int, typer.Option(
@@ -128,6 +135,7 @@ def simulate(
     """
     from .stages.simulate import simulate as run
     from .stages.simulate_lm import simulate_lm
+    from .stages.simulate_embedding import simulate_embedding
     from .stages.simulate_seq2seq import simulate_seq2seq
 
     def log(message: str) -> None:
@@ -161,13 +169,26 @@ def simulate(
                                    "digest_weight", "schedule", "from_student",
                                    "proxy_slices", "sharpen", "poison", "poison_kind"}
                                   & set(given))
-            if task == "seq2seq" and "compare_rules" in given:
+            if task in ("seq2seq", "embedding") and "compare_rules" in given:
                 rounds_given.append("compare_rules")
             if rounds_given:
                 raise ValueError(f"{', '.join('--' + o.replace('_', '-') for o in rounds_given)}"
                                  f" apply to classification; --task {task} is one-shot "
                                  "and unpoisoned")
-        if task == "seq2seq":
+        if task == "embedding":
+            if "hard_weight" in given:
+                raise ValueError("--hard-weight does not apply to --task embedding")
+            for key in ("fedavg_rounds", "fedavg_local_epochs"):
+                if key in given:
+                    raise ValueError(f"--{key.replace('_', '-')} does not apply to --task "
+                                     "embedding (it runs no FedAvg)")
+            given.setdefault("rule", "confidence")
+            results = simulate_embedding(out_dir, data=data, alpha=alpha,
+                                         proxy_fraction=proxy_fraction, anchors=anchors, k=k,
+                                         banks=[b for b in banks.split(",") if b], seed=seed,
+                                         overwrite=overwrite, progress=False, log=log,
+                                         **given)
+        elif task == "seq2seq":
             results = simulate_seq2seq(out_dir, k=k, proxy_pairs=proxy_pairs, privacy=privacy,
                                        seed=seed, overwrite=overwrite, progress=False, log=log,
                                        **given)
@@ -194,6 +215,9 @@ def simulate(
         return
     if task == "seq2seq":
         _seq2seq_table(results, out_dir)
+        return
+    if task == "embedding":
+        _embedding_table(results, out_dir)
         return
     n_rounds = len(results["rounds"])
     table = Table(title=plain(f"fd simulate: {len(results['specialists'])} clients, "
@@ -287,3 +311,22 @@ def _baselines_lines(results: dict) -> None:
         aucs = [f"{n} {p[n]['auc']:.3f}" for n in p if isinstance(p[n], dict) and "auc" in p[n]]
         out.print(plain(f"membership-inference AUC (loss attack): specialists (mean) "
                         f"{p['specialists_mean_auc']:.3f}, " + ", ".join(aucs)))
+
+
+def _embedding_table(results: dict, out_dir: Path) -> None:
+    c = results["config"]
+    table = Table(title=plain(f"fd simulate --task embedding: probes on the test split "
+                              f"({out_dir}/results.json)"))
+    for col in ("model", "linear probe", "k-NN", "neighbour agreement"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, p in results["probes"].items():
+        table.add_row(plain(name), f"{p['linear_probe_accuracy']:.3f}",
+                      f"{p['knn_accuracy']:.3f}",
+                      f"{p['neighbour_agreement_with_specialists']:.3f}")
+    out.print(table)
+    b = results["bytes"]
+    out.print(plain(f"relational bundles: {c['anchors']} anchors, top-{c['k']}: "
+                    f"{b['relational_per_example']:.1f} bytes per example and client (label "
+                    f"logits: {b['label_logit_per_example']:.1f}); relational minus "
+                    f"label-logit student: {results['relational_minus_label_logit'] * 100:+.1f} "
+                    "points"))

@@ -137,7 +137,7 @@ def _trainer_class():
 
 def _train(model, dataset, collator, *, epochs: float, learning_rate: float, batch_size: int,
            seed: int, teacher: TeacherRows | None, hard_weight: float, vocab: int | None,
-           progress: bool, dtype: str = "auto") -> dict[str, float]:
+           progress: bool, dtype: str = "auto", callbacks: tuple = ()) -> dict[str, float]:
     from contextlib import ExitStack
 
     from transformers import TrainingArguments
@@ -178,6 +178,8 @@ def _train(model, dataset, collator, *, epochs: float, learning_rate: float, bat
         trainer.remove_callback(ProgressCallback)
         if progress and ranks().main:
             trainer.add_callback(FdBar)
+        for callback in callbacks:
+            trainer.add_callback(callback)
         result = trainer.train()
     model.eval()
     return {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
@@ -243,6 +245,27 @@ def fit(clf: Classifier, values: list[Any], labels: list[int] | None, *, epochs:
                   epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                   teacher=teacher, hard_weight=hard_weight, vocab=None, progress=progress,
                   dtype=dtype)
+
+
+def fit_relational(student, values: list[Any], anchor_pos: list[int], *, epochs: float,
+                   learning_rate: float, batch_size: int, seed: int, teacher: TeacherRows,
+                   example_ids: list[int], max_length: int = DEFAULT_MAX_LENGTH,
+                   progress: bool = True, dtype: str = "auto") -> dict[str, float]:
+    """Train a :class:`~fdcli.relational.RelationalStudent` in place on proxy ``values``
+    against ``teacher``'s anchor distributions (``example_ids[i]`` names the teacher row of
+    ``values[i]``; ``anchor_pos[i]`` is its position among the anchors, or -1), refreshing
+    its anchor bank as it goes."""
+    from .relational import bank_callback
+
+    def model_inputs(batch_values):
+        batch = batch_inputs(student.fd_enc, [v for v, _ in batch_values], max_length)
+        batch["anchor_pos"] = torch.tensor([a for _, a in batch_values])
+        return batch
+
+    return _train(student, _Rows(list(zip(values, anchor_pos)), None, example_ids),
+                  _Collator(model_inputs, teacher), epochs=epochs, learning_rate=learning_rate,
+                  batch_size=batch_size, seed=seed, teacher=teacher, hard_weight=0.0,
+                  vocab=None, progress=progress, dtype=dtype, callbacks=(bank_callback(student),))
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -16,7 +16,9 @@ from .codecs import Codec, codec_from_spec
 
 FORMAT_NAME = "fd-logit-bundle"
 FORMAT_VERSION = 1
-TASKS = ("classification", "token")
+TASKS = ("classification", "token", "embedding")
+#: the tasks whose bundles hold exactly one row per example
+ROW_PER_EXAMPLE = ("classification", "embedding")
 MANIFEST = "manifest.json"
 SIGNATURE = "signature.json"
 #: the most classes (or vocabulary ids) a manifest may declare unless a caller allows more.
@@ -190,8 +192,8 @@ class BundleManifest:
             if examples is not None and sum(s.examples for s in shards) != examples:
                 p.append(f"field 'examples': {examples}, but the shards hold "
                          f"{sum(s.examples for s in shards)} examples")
-        if task == "classification" and rows is not None and rows != examples:
-            p.append(f"field 'rows': a classification bundle has one row per example; found "
+        if task in ROW_PER_EXAMPLE and rows is not None and rows != examples:
+            p.append(f"field 'rows': a {task} bundle has one row per example; found "
                      f"{rows} rows for {examples} examples")
         fidelity = need("fidelity", dict)
         for key, value in (fidelity or {}).items():

@@ -240,9 +240,9 @@ class BundleWriter:
         self._buffer(ids, counts, tensors)
 
     def _row_counts(self, ids, row_counts, rows: int) -> torch.Tensor:
-        if self.task == "classification":
+        if self.task != "token":
             if row_counts is not None and any(int(c) != 1 for c in row_counts):
-                raise ValueError("classification bundles hold exactly one row per example")
+                raise ValueError(f"{self.task} bundles hold exactly one row per example")
             counts = torch.ones(len(ids), dtype=torch.int64)
         else:
             if row_counts is None:

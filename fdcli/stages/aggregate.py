@@ -67,6 +67,9 @@ def check_compatible(readers: Sequence) -> None:
                     hint = (f" (the tokenizers differ: {r.manifest.num_classes} vs "
                             f"{first.manifest.num_classes} ids; every teacher must use the "
                             "federation's tokenizer, while architectures may differ)")
+                elif field.startswith("label") and first.manifest.task == "embedding":
+                    hint = (" (the anchors differ: every client must emit with the same "
+                            "--anchors and --seed on the same proxy set)")
                 elif field.startswith("label"):
                     hint = (f" (labels {r.manifest.label_space.get('names')} vs "
                             f"{first.manifest.label_space.get('names')})")
@@ -115,7 +118,8 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
     signers = [check_signature(r.path, r.manifest_bytes, trusted_keys, limits) for r in readers]
     if sharpen is not None and readers[0].manifest.task != "classification":
         raise IncompatibleBundlesError(f"{readers[0].path}: --sharpen applies to "
-                                       "classification bundles, not token bundles")
+                                       "classification bundles, not "
+                                       f"{readers[0].manifest.task} bundles")
     params = _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim,
                           prior_correction)
     first = readers[0].manifest
@@ -140,8 +144,17 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
             if key in made or key in ("max_length", "packing", "text_column"):
                 config[key] = made.get(key)
         config.update(k=k, value_dtype=value_dtype)
-        return _aggregate_tokens(readers, out, rule, params, TopKCodec(k, value_dtype),
+        return _aggregate_sparse(readers, out, rule, params, TopKCodec(k, value_dtype),
                                  config, common, progress, outlier_z)
+    if first.task == "embedding":
+        made = first.producer.config  # how the relations were made, for the student
+        for key in ("task", "anchors", "anchor_seed", "temperature", "pooling",
+                    "input_column"):
+            config[key] = made.get(key)
+        config.update(k=min(k, first.num_classes), value_dtype=value_dtype)
+        return _aggregate_sparse(readers, out, rule, params,
+                                 TopKCodec(min(k, first.num_classes), value_dtype), config,
+                                 common, progress, outlier_z)
     return _aggregate_classes(readers, out, rule, params, config, common, progress, sharpen,
                               outlier_z)
 
@@ -428,22 +441,25 @@ def _in_step(streams: Sequence[_Examples]):
         yield e, n_rows, parts
 
 
-def _aggregate_tokens(readers, out, rule, params, codec, config, common,
+def _aggregate_sparse(readers, out, rule, params, codec, config, common,
                       progress, outlier_z) -> BundleManifest:
-    """Stream token bundles in step, example by example, combining a few thousand rows at a
-    time over the union of the clients' kept ids (:func:`fdcli.rules.aggregate_sparse`)."""
+    """Stream token (or embedding) bundles in step, example by example, combining a few
+    thousand rows at a time over the union of the clients' kept ids
+    (:func:`fdcli.rules.aggregate_sparse`)."""
     first = readers[0].manifest
     for r in readers:
         if r.codec.shared_tensors:
             raise IncompatibleBundlesError(f"{r.path}: a {r.codec.name!r} bundle cannot be "
-                                           "streamed; emit token bundles as topk or sample")
+                                           f"streamed; emit {first.task} bundles as topk, "
+                                           "dense or sample")
     streams = [_Examples(r) for r in readers]
     v = first.num_classes
     tally = OutlierTally(len(readers), outlier_z)
-    with BundleWriter(out, codec=codec, task="token", num_classes=v,
+    names = first.label_space.get("names") if first.task == "embedding" else None
+    with BundleWriter(out, codec=codec, task=first.task, num_classes=v, label_names=names,
                       label_fingerprint=first.label_fingerprint, config=config,
                       **common) as writer, \
-            progress_bar(first.rows, "aggregating token rows", progress) as advance:
+            progress_bar(first.rows, f"aggregating {first.task} rows", progress) as advance:
         pending: list[tuple[int, int, list]] = []
 
         def flush() -> None:
@@ -464,7 +480,8 @@ def _aggregate_tokens(readers, out, rule, params, codec, config, common,
             distances: list = []
             combined = aggregate_sparse(clients, present, rule, distances=distances, **params)
             tally.add(*distances[0])
-            writer.add_sparse([e for e, _, _ in pending], combined, row_counts=counts)
+            writer.add_sparse([e for e, _, _ in pending], combined,
+                              row_counts=counts if first.task == "token" else None)
             advance(total)
             pending.clear()
 

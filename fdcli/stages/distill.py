@@ -44,7 +44,8 @@ def proxy_teacher(reader, proxy: str | Path, *, split: str | None, temperature: 
     m = reader.manifest
     ds = load_local(proxy, split)
     spec = resolve(ds, str(proxy), text_column=text_column, image_column=image_column,
-                   label_column=label_column, label_names=m.label_space.get("names"),
+                   label_column=label_column,
+                   label_names=m.label_space.get("names") if m.task == "classification" else None,
                    need_labels=need_labels)
     found = fingerprint(ds, spec)
     if found != m.proxy_fingerprint:
