@@ -211,7 +211,7 @@ def emit_logits_cmd(
         help="Batch size (default: 64, or 8 blocks for causal-lm).")] = None,
     anchors: Annotated[Optional[int], typer.Option(
         help="embedding: anchor examples picked from the proxy set with --seed (default: "
-             "1024).")] = None,
+             "1024, or the whole proxy set if smaller).")] = None,
     temperature: Annotated[Optional[float], typer.Option(
         help="embedding: temperature of the anchor similarities (default: 0.1).")] = None,
     pooling: PoolingOpt = None,
@@ -228,7 +228,7 @@ def emit_logits_cmd(
     [bold]Example[/bold]: fd emit-logits specialist/ proxy.csv --out usb/hospital-a-bundle
     """
     from .embedding import EMBEDDING_TEMPERATURE
-    from .stages.embedding import DEFAULT_ANCHORS, emit_embedding_logits
+    from .stages.embedding import emit_embedding_logits
     from .stages.emit import emit_logits
     from .stages.lm import LM_DRAWS, LM_ENCODING, emit_token_logits
     from .stages.seq2seq import emit_seq2seq_logits
@@ -247,7 +247,7 @@ def emit_logits_cmd(
                 raise ValueError("--declare-label-counts, --slice and --draws do not apply to "
                                  "--task embedding")
             m = emit_embedding_logits(
-                model, proxy, out_dir, anchors=anchors or DEFAULT_ANCHORS,
+                model, proxy, out_dir, anchors=anchors,
                 temperature=EMBEDDING_TEMPERATURE if temperature is None else temperature,
                 pooling=pooling or "mean", encoding=encoding or "topk", k=kept,
                 value_dtype=value_dtype, client_id=client_id, text_column=text_column,

@@ -27,7 +27,7 @@ DEFAULT_ANCHORS = 1024
 
 
 def emit_embedding_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
-                          anchors: int = DEFAULT_ANCHORS,
+                          anchors: int | None = None,
                           temperature: float = EMBEDDING_TEMPERATURE, pooling: str = "mean",
                           encoding: str = "topk", k: int = 16, value_dtype: str = "int8",
                           client_id: str | None = None, text_column: str | None = None,
@@ -37,7 +37,8 @@ def emit_embedding_logits(model: str | Path, proxy: str | Path, out: str | Path,
                           dtype: str = "auto") -> BundleManifest:
     """Write the relational bundle of ``model``'s embeddings on ``proxy``: per example, its
     cosine similarities to ``anchors`` anchor examples (picked from the proxy set by
-    :func:`~fdcli.embedding.pick_anchors` with ``seed``) divided by ``temperature``, kept as
+    :func:`~fdcli.embedding.pick_anchors` with ``seed``; default: 1,024, or the whole proxy
+    set if it is smaller) divided by ``temperature``, kept as
     the top ``k`` (or dense). An anchor's similarity to itself is left out. The anchors' ids
     are the bundle's label space, so bundles aggregate only when their anchors agree."""
     if encoding not in ENCODINGS:
@@ -52,6 +53,7 @@ def emit_embedding_logits(model: str | Path, proxy: str | Path, out: str | Path,
     ds = load_local(proxy, split)
     spec = resolve(ds, str(proxy), text_column=text_column, image_column=image_column,
                    need_labels=False)
+    anchors = min(DEFAULT_ANCHORS, len(ds)) if anchors is None else anchors
     chosen = pick_anchors(len(ds), anchors, seed, str(proxy))
     enc = load_encoder(model, spec.kind, tokenizer=tokenizer)
     model_fp = enc.meta.get("model_fingerprint") or fingerprint_model(enc.model)
