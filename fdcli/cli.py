@@ -188,7 +188,8 @@ def emit_logits_cmd(
         help="dense or topk; causal-lm and seq2seq also sample. Default: dense for "
              "classification; for causal-lm and seq2seq topk, or sample when --draws is "
              "given.")] = None,
-    k: Annotated[Optional[int], typer.Option(help="Ids kept per row for topk (default: 16).")]
+    k: Annotated[Optional[int], typer.Option(help="Ids kept per row for topk (default: 16; "
+                                                  "embedding: 64 anchors).")]
     = None,
     value_dtype: Annotated[str, typer.Option(help="topk values: int8 or fp16.")] = "int8",
     draws: Annotated[Optional[int], typer.Option(
@@ -233,7 +234,7 @@ def emit_logits_cmd(
     from .stages.lm import LM_DRAWS, LM_ENCODING, emit_token_logits
     from .stages.seq2seq import emit_seq2seq_logits
 
-    kept = 16 if k is None else k
+    kept = (64 if task == "embedding" else 16) if k is None else k
     with reporting_errors():
         opts.check_task(task)
         opts.seq2seq_only(task, max_length, source_column=source_column,
@@ -324,7 +325,9 @@ def aggregate(
     sharpen: Annotated[Optional[float], typer.Option(
         help="Classification: sharpen the result to softmax(p / T) at this temperature "
              "(DS-FL's entropy reduction, after any rule; 0.1 is DS-FL's).")] = None,
-    k: Annotated[int, typer.Option(help="Token bundles: ids kept per row in the result.")] = 16,
+    k: Annotated[Optional[int], typer.Option(
+        help="Token and embedding bundles: ids kept per row in the result (default: 16; "
+             "embedding: as many as the input that kept most).")] = None,
     value_dtype: Annotated[str, typer.Option(help="Token bundles: int8 or fp16 values.")]
     = "int8",
     outlier_z: Annotated[float, typer.Option(

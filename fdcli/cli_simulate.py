@@ -56,8 +56,9 @@ def simulate(
     hard_weight: Annotated[Optional[float], typer.Option(
         help="causal-lm and seq2seq: share of cross-entropy on the proxy's tokens in the "
              "student's loss (default 0.5).")] = None,
-    k: Annotated[int, typer.Option(help="causal-lm and seq2seq: ids kept per token in the "
-                                        "bundles; embedding: anchors kept per example.")] = 16,
+    k: Annotated[Optional[int], typer.Option(
+        help="causal-lm and seq2seq: ids kept per token in the bundles (default: 16); "
+             "embedding: anchors kept per example (default: 64).")] = None,
     anchors: Annotated[int, typer.Option(
         help="embedding: anchor examples of the relational bundles (capped at the proxy "
              "set's size).")] = 1024,
@@ -184,16 +185,19 @@ def simulate(
                                      "embedding (it runs no FedAvg)")
             given.setdefault("rule", "confidence")
             results = simulate_embedding(out_dir, data=data, alpha=alpha,
-                                         proxy_fraction=proxy_fraction, anchors=anchors, k=k,
+                                         proxy_fraction=proxy_fraction, anchors=anchors,
+                                         k=64 if k is None else k,
                                          banks=[b for b in banks.split(",") if b], seed=seed,
                                          overwrite=overwrite, progress=False, log=log,
                                          **given)
         elif task == "seq2seq":
-            results = simulate_seq2seq(out_dir, k=k, proxy_pairs=proxy_pairs, privacy=privacy,
+            kept = 16 if k is None else k
+            results = simulate_seq2seq(out_dir, k=kept, proxy_pairs=proxy_pairs, privacy=privacy,
                                        seed=seed, overwrite=overwrite, progress=False, log=log,
                                        **given)
         elif task == "causal-lm":
-            results = simulate_lm(out_dir, max_length=max_length, k=k, client_chars=client_chars,
+            results = simulate_lm(out_dir, max_length=max_length, k=16 if k is None else k,
+                                  client_chars=client_chars,
                                   proxy_chars=proxy_chars, test_chars=min(40_000, client_chars),
                                   privacy=privacy, seed=seed, overwrite=overwrite,
                                   progress=False, log=log, **given)

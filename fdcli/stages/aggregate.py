@@ -86,7 +86,7 @@ def check_compatible(readers: Sequence) -> None:
 def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "confidence",
               confidence_measure: str = "max", tau: float = 1.0, era_temperature: float = 0.1,
               trim: float = 0.2, prior_correction: bool = True,
-              sharpen: float | None = None, k: int = 16, value_dtype: str = "int8", seed: int = 0,
+              sharpen: float | None = None, k: int | None = None, value_dtype: str = "int8", seed: int = 0,
               overwrite: bool = False, progress: bool = True, limits: Limits = DEFAULT_LIMITS,
               trusted_keys: dict | None = None, sign_key=None,
               outlier_z: float = OUTLIER_Z) -> BundleManifest:
@@ -105,7 +105,10 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
     Classification bundles become a dense bundle. Token bundles are streamed and combined row
     by row over the union of the clients' kept ids, each client's tail mass spread evenly over
     the ids it did not keep; the result is re-sparsified to the ``k`` most likely ids (topk,
-    ``value_dtype``), the rest joining its tail."""
+    ``value_dtype``; ``k`` default 16), the rest joining its tail. Embedding (relational)
+    bundles are combined the same way, one row per example, keep their anchors as the label
+    space, and keep as many anchors per row as the input that kept most, unless ``k`` says
+    otherwise."""
     if rule not in RULES:
         raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
     if confidence_measure not in CONFIDENCE_MEASURES:
@@ -143,6 +146,7 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
                     "target_column", "max_source_length", "max_target_length"):
             if key in made or key in ("max_length", "packing", "text_column"):
                 config[key] = made.get(key)
+        k = 16 if k is None else k
         config.update(k=k, value_dtype=value_dtype)
         return _aggregate_sparse(readers, out, rule, params, TopKCodec(k, value_dtype),
                                  config, common, progress, outlier_z)
@@ -151,9 +155,11 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
         for key in ("task", "anchors", "anchor_seed", "temperature", "pooling",
                     "input_column"):
             config[key] = made.get(key)
-        config.update(k=min(k, first.num_classes), value_dtype=value_dtype)
-        return _aggregate_sparse(readers, out, rule, params,
-                                 TopKCodec(min(k, first.num_classes), value_dtype), config,
+        if k is None:
+            k = max(int(r.manifest.encoding.get("k", r.manifest.num_classes)) for r in readers)
+        k = min(k, first.num_classes)
+        config.update(k=k, value_dtype=value_dtype)
+        return _aggregate_sparse(readers, out, rule, params, TopKCodec(k, value_dtype), config,
                                  common, progress, outlier_z)
     return _aggregate_classes(readers, out, rule, params, config, common, progress, sharpen,
                               outlier_z)

@@ -29,7 +29,7 @@ DEFAULT_ANCHORS = 1024
 def emit_embedding_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                           anchors: int | None = None,
                           temperature: float = EMBEDDING_TEMPERATURE, pooling: str = "mean",
-                          encoding: str = "topk", k: int = 16, value_dtype: str = "int8",
+                          encoding: str = "topk", k: int = 64, value_dtype: str = "int8",
                           client_id: str | None = None, text_column: str | None = None,
                           image_column: str | None = None, tokenizer: str | Path | None = None,
                           split: str | None = None, batch_size: int = 64, seed: int = 0,
