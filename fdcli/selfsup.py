@@ -91,7 +91,7 @@ def simclr(enc: Classifier, values: Sequence[Any], *, pooling: str, epochs: int,
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             steps += 1
             if progress is not None:
                 progress(1)
