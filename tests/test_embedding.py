@@ -333,3 +333,42 @@ def test_simulate_embedding_end_to_end(tmp_path):
     assert "| relational_student |" in report and "| proxy_only_simclr |" in report
     result = run("simulate", "--task", "embedding", "--rounds", 2, "--out", tmp_path / "x")
     assert result.exit_code == 1 and "--task embedding is one-shot" in result.output
+
+
+def test_relational_bundles_at_other_temperatures_are_refused(world, tmp_path):
+    ok("emit-logits", world / "spec-1", world / "parts" / "proxy", "--out", tmp_path / "hot",
+       "--task", "embedding", "--anchors", 64, "--k", 8, "--temperature", 0.5)
+    result = run("aggregate", world / "b-0", tmp_path / "hot", "--out", tmp_path / "agg")
+    message = " ".join(result.output.split())
+    assert result.exit_code == 1 and "emitted at different temperatures: 0.1" in message
+    assert "0.5" in message and "same --temperature" in message
+    assert not (tmp_path / "agg").exists()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("temperature", "[red]hot\x1b[2J", "producer.config.temperature must be the positive "
+                                        "temperature the relations were emitted at"),
+    ("temperature", -1, "found -1"),
+    ("pooling", "[bold]max\x07", "pooling must be one of ['mean', 'cls', 'pooler']"),
+])
+def test_hostile_teacher_settings_are_refused_as_text(world, tmp_path, field, value, message):
+    """A teacher bundle whose recorded emission settings are wrong or hostile: a message that
+    shows them as literal, escaped text, exit 1, nothing written."""
+    import shutil
+
+    from .helpers import load_manifest, save_manifest
+
+    bundle = tmp_path / "teacher"
+    shutil.copytree(world / "b-0", bundle)
+    m = load_manifest(bundle)
+    m["producer"]["config"][field] = value
+    save_manifest(bundle, m)
+    out = tmp_path / "student"
+    result = run("distill", world / "vit.json", world / "parts" / "proxy", bundle, "--out", out,
+                 "--task", "embedding", "--epochs", 1)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and message in text, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    if isinstance(value, str):
+        assert value.split("\x1b")[0].split("\x07")[0] in text  # markup shown, not applied
+    assert not out.exists()

@@ -230,7 +230,8 @@ def test_generate_writes_targets_every_teacher_then_shares(s2s_world):
     (["generate", "{w}/spec-a", "{w}/sources.jsonl", "--out", "{w}/gen.csv"],
      "gen.csv: expected a .jsonl file to write the targets to"),
     (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--task", "regression"],
-     "--task must be one of ['classification', 'causal-lm', 'seq2seq', 'embedding'], got 'regression'"),
+     "--task must be one of ['classification', 'causal-lm', 'seq2seq', 'embedding'], got "
+     "'regression'"),
 ])
 def test_seq2seq_errors_are_messages(s2s_world, args, fragment):
     w = s2s_world

@@ -386,7 +386,8 @@ def test_causal_lm_student_from_a_sampled_bundle(lm_world):
     (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--draws", "8"],
      "--draws applies to --task causal-lm and seq2seq (--encoding sample)"),
     (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--task", "regression"],
-     "--task must be one of ['classification', 'causal-lm', 'seq2seq', 'embedding'], got 'regression'"),
+     "--task must be one of ['classification', 'causal-lm', 'seq2seq', 'embedding'], got "
+     "'regression'"),
 ])
 def test_causal_lm_errors_are_messages(lm_world, args, fragment):
     w = lm_world

@@ -86,9 +86,9 @@ def check_compatible(readers: Sequence) -> None:
 def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "confidence",
               confidence_measure: str = "max", tau: float = 1.0, era_temperature: float = 0.1,
               trim: float = 0.2, prior_correction: bool = True,
-              sharpen: float | None = None, k: int | None = None, value_dtype: str = "int8", seed: int = 0,
-              overwrite: bool = False, progress: bool = True, limits: Limits = DEFAULT_LIMITS,
-              trusted_keys: dict | None = None, sign_key=None,
+              sharpen: float | None = None, k: int | None = None, value_dtype: str = "int8",
+              seed: int = 0, overwrite: bool = False, progress: bool = True,
+              limits: Limits = DEFAULT_LIMITS, trusted_keys: dict | None = None, sign_key=None,
               outlier_z: float = OUTLIER_Z) -> BundleManifest:
     """Combine bundles per example with ``rule`` (see :mod:`fdcli.rules`) and write the result,
     with a provenance that lists every input, its sha256, its signer and its distance from
@@ -151,6 +151,7 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
         return _aggregate_sparse(readers, out, rule, params, TopKCodec(k, value_dtype),
                                  config, common, progress, outlier_z)
     if first.task == "embedding":
+        _same_temperature(readers)
         made = first.producer.config  # how the relations were made, for the student
         for key in ("task", "anchors", "anchor_seed", "temperature", "pooling",
                     "input_column"):
@@ -194,6 +195,19 @@ def _aggregate_classes(readers, out, rule, params, config, common, progress,
             advance(len(ids))
         writer.update_provenance(tally.annotate(common["provenance"]))
     return writer.manifest
+
+
+def _same_temperature(readers) -> None:
+    """Refuse relational bundles emitted at different temperatures: their rows would mix two
+    scales, and the student learns at one."""
+    seen = {}
+    for r in readers:
+        seen.setdefault(repr(r.manifest.producer.config.get("temperature")), r.path)
+    if len(seen) > 1:
+        found = ", ".join(f"{t} ({p})" for t, p in seen.items())
+        raise IncompatibleBundlesError(f"embedding bundles emitted at different temperatures: "
+                                       f"{found}; every client must emit with the same "
+                                       "--temperature")
 
 
 class OutlierTally:
@@ -455,9 +469,9 @@ def _aggregate_sparse(readers, out, rule, params, codec, config, common,
     first = readers[0].manifest
     for r in readers:
         if r.codec.shared_tensors:
+            usable = "topk or sample" if first.task == "token" else "topk or dense"
             raise IncompatibleBundlesError(f"{r.path}: a {r.codec.name!r} bundle cannot be "
-                                           f"streamed; emit {first.task} bundles as topk, "
-                                           "dense or sample")
+                                           f"streamed; emit {first.task} bundles as {usable}")
     streams = [_Examples(r) for r in readers]
     v = first.num_classes
     tally = OutlierTally(len(readers), outlier_z)
