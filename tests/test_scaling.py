@@ -393,3 +393,25 @@ def test_two_process_classification_emit_gives_the_rows_of_one(tmp_path):
         assert torch.equal(a.tensors[name], b.tensors[name]), name
     assert not list(tmp_path.glob("two.part*"))
     assert read_bundle(tmp_path / "two").manifest.producer.config["processes"] == 2
+
+
+def test_two_process_embedding_emit_gives_the_rows_of_one(tmp_path):
+    """A relational bundle from two processes: the same anchors, rows and label space."""
+    from .test_pipeline import text_recipe
+
+    text_recipe(tmp_path, 100, seed=3, layers=1)
+    args = ["emit-logits", tmp_path / "bert.json", tmp_path / "all.csv", "--task", "embedding",
+            "--tokenizer", tmp_path / "tokenizer", "--anchors", "20", "--k", "4",
+            "--batch-size", "8", "--json"]
+    one = _launch(1, *args, "--out", tmp_path / "one", cwd=tmp_path)
+    two = _launch(2, *args, "--out", tmp_path / "two", cwd=tmp_path)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    ra, rb = read_bundle(tmp_path / "one"), read_bundle(tmp_path / "two")
+    a, b = ra.read_all(), rb.read_all()
+    assert torch.equal(a.example_ids, torch.arange(100)) and torch.equal(a.example_ids,
+                                                                          b.example_ids)
+    for name in a.tensors:
+        assert torch.equal(a.tensors[name], b.tensors[name]), name
+    assert ra.manifest.label_space == rb.manifest.label_space
+    assert rb.manifest.task == "embedding" and rb.manifest.producer.config["processes"] == 2
+    assert not list(tmp_path.glob("two.part*"))

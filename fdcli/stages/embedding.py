@@ -21,6 +21,7 @@ from ..models import fingerprint_model, save_classifier
 from ..outputs import atomic_dir
 from ..progress import progress_bar
 from .distill import open_teacher, proxy_teacher
+from .parallel import batch_share, finish_parts, part_target
 
 ENCODINGS = ("topk", "dense")
 DEFAULT_ANCHORS = 1024
@@ -34,22 +35,24 @@ def emit_embedding_logits(model: str | Path, proxy: str | Path, out: str | Path,
                           image_column: str | None = None, tokenizer: str | Path | None = None,
                           split: str | None = None, batch_size: int = 64, seed: int = 0,
                           overwrite: bool = False, progress: bool = True, sign_key=None,
-                          dtype: str = "auto") -> BundleManifest:
+                          dtype: str = "auto", limits: Limits = DEFAULT_LIMITS
+                          ) -> BundleManifest:
     """Write the relational bundle of ``model``'s embeddings on ``proxy``: per example, its
     cosine similarities to ``anchors`` anchor examples (picked from the proxy set by
     :func:`~fdcli.embedding.pick_anchors` with ``seed``; default: 1,024, or the whole proxy
     set if it is smaller) divided by ``temperature``, kept as
     the top ``k`` (or dense). An anchor's similarity to itself is left out. The anchors' ids
-    are the bundle's label space, so bundles aggregate only when their anchors agree."""
+    are the bundle's label space, so bundles aggregate only when their anchors agree.
+
+    Under ``torchrun`` / ``accelerate launch`` every process embeds the anchors, takes a
+    contiguous share of whole batches and writes a part, which process 0 merges into ``out``
+    (as :func:`~fdcli.stages.emit.emit_logits` does)."""
     if encoding not in ENCODINGS:
         raise ValueError(f"--task embedding: encoding must be one of {list(ENCODINGS)}, got "
                          f"{encoding!r}")
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     check_pooling(pooling)
-    if ranks().world > 1:
-        raise ValueError("emit-logits --task embedding runs in one process; launch it without "
-                         "torchrun / accelerate")
     ds = load_local(proxy, split)
     spec = resolve(ds, str(proxy), text_column=text_column, image_column=image_column,
                    need_labels=False)
@@ -74,20 +77,26 @@ def emit_embedding_logits(model: str | Path, proxy: str | Path, out: str | Path,
                               "train_examples": enc.meta.get("train_examples")}
     if encoding == "topk":
         config.update(k=min(k, anchors), value_dtype=value_dtype)
-    step = batch_size * max(1, 1024 // batch_size)
-    with BundleWriter(out, codec=codec, task="embedding", num_classes=anchors,
+    first, stop = 0, len(values)
+    r = ranks()
+    target = part_target(out, r, config)
+    if r.world > 1:
+        mine = batch_share(stop, batch_size, r)
+        first, stop = mine.start, mine.stop
+    step = batch_size * max(1, 1024 // batch_size)  # chunks of whole batches
+    with BundleWriter(target, codec=codec, task="embedding", num_classes=anchors,
                       label_names=[str(a) for a in chosen],
                       proxy_fingerprint=fingerprint(ds, spec),
                       client_id=client_id or enc.meta.get("client_id") or Path(model).name,
                       model_fingerprint=model_fp, config=config, seed=seed,
                       overwrite=overwrite, sign_key=sign_key) as writer, \
-            progress_bar(len(values), "emitting relations", progress) as advance:
-        for start in range(0, len(values), step):
-            ids = range(start, min(start + step, len(values)))
+            progress_bar(stop - first, "emitting relations", progress and r.main) as advance:
+        for start in range(first, stop, step):
+            ids = range(start, min(start + step, stop))
             z = embed(enc, values[ids.start:ids.stop], pooling, batch_size, advance)
             writer.add(ids, relation_logits(z, bank, center, temperature,
                                             anchor_positions(ids, chosen)))
-    return writer.manifest
+    return finish_parts(out, r, writer.manifest, overwrite, limits, sign_key)
 
 
 def distill_embedding(student: str | Path, proxy: str | Path, teacher: str | Path,
