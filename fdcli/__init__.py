@@ -30,6 +30,9 @@ _LAZY = {
     **dict.fromkeys(["distill_seq2seq", "emit_seq2seq_logits", "evaluate_seq2seq",
                      "generate_targets", "train_seq2seq_specialist"], ".stages.seq2seq"),
     "simulate_seq2seq": ".stages.simulate_seq2seq",
+    **dict.fromkeys(["distill_embedding", "emit_embedding_logits", "evaluate_embedding"],
+                    ".stages.embedding"),
+    "simulate_embedding": ".stages.simulate_embedding",
 }
 
 
@@ -57,4 +60,5 @@ __all__ = [
     "train_lm_specialist", "emit_token_logits", "distill_lm", "evaluate_lm", "simulate_lm",
     "train_seq2seq_specialist", "emit_seq2seq_logits", "generate_targets", "distill_seq2seq",
     "evaluate_seq2seq", "simulate_seq2seq",
+    "emit_embedding_logits", "distill_embedding", "evaluate_embedding", "simulate_embedding",
 ]
