@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import torch
 
 from .data import DataError
-from .models import (Classifier, ModelError, _check_kind, _image_processor, _read_config_file,
-                     _tokenizer, batch_inputs, read_fd_meta)
+from .models import (Classifier, ModelError, batch_inputs, dir_config, file_config,
+                     processor_for, read_fd_meta)
 
 POOLINGS = ("mean", "cls", "pooler")
 #: the default similarity temperature of emitted rows
@@ -36,18 +36,11 @@ def load_encoder(source: str | os.PathLike, kind: str, *,
     classifier's folder gives its backbone; the head is dropped) or a config file (random
     initialisation). Returned as a :class:`~fdcli.models.Classifier` with no labels, so the
     input batching of classifiers applies."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     path = Path(source)
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelError(f"{path}: not a model directory; expected a config.json (a folder"
-                             " that from_pretrained reads) or a config file")
-        try:
-            config = AutoConfig.from_pretrained(str(path))
-        except Exception as exc:
-            raise ModelError(f"{path}/config.json: not a transformers config ({exc})") from None
-        _check_kind(config, kind, str(path))
+        config = dir_config(path, kind)
         try:
             from transformers.utils import logging as hf_logging
 
@@ -60,29 +53,18 @@ def load_encoder(source: str | os.PathLike, kind: str, *,
         except Exception as exc:
             raise ModelError(f"{path}: could not load an encoder ({exc})") from None
         meta = read_fd_meta(path)
-        processor = _image_processor(path, config) if kind == "image" else \
-            _tokenizer(path, tokenizer, str(path))
+        processor = processor_for(kind, path, config, tokenizer)
     elif path.is_file():
-        cfg = _read_config_file(path)
-        model_type = cfg.pop("model_type")
-        try:
-            config = AutoConfig.for_model(model_type, **cfg)
-        except Exception as exc:
-            raise ModelError(f"{path}: not a valid {model_type!r} config ({exc})") from None
-        _check_kind(config, kind, str(path))
+        config = file_config(path, kind)
         torch.manual_seed(seed)
         try:
             model = AutoModel.from_config(config)
         except Exception as exc:
             raise ModelError(f"{path}: could not build an encoder ({exc})") from None
         meta = {}
-        processor = _image_processor(None, config) if kind == "image" else \
-            _tokenizer(None, tokenizer, str(path))
+        processor = processor_for(kind, None, config, tokenizer, path)
     else:
         raise ModelError(f"{path}: no such model directory or config file")
-    if kind == "text" and processor is None:
-        raise ModelError(f"{path}: no tokenizer found; put one beside the model or pass "
-                         "--tokenizer DIR")
     return Classifier(model, processor, kind, [], meta)
 
 

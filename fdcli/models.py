@@ -108,22 +108,13 @@ def load_classifier(source: str | os.PathLike, kind: str, label_names: Sequence[
     """
     path = Path(source)
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelError(f"{path}: not a model directory; expected a config.json (a folder"
-                             " that from_pretrained reads) or a config file")
         meta = read_fd_meta(path)
         own = meta.get("label_names")
         if own is not None and label_names is not None and list(own) != list(label_names):
             raise DataError(f"{path}: the model's label space {own} differs from the data's "
                             f"{list(label_names)}")
         names = list(own or label_names or [])
-        from transformers import AutoConfig
-
-        try:
-            config = AutoConfig.from_pretrained(str(path))
-        except Exception as exc:
-            raise ModelError(f"{path}/config.json: not a transformers config ({exc})") from None
-        _check_kind(config, kind, str(path))
+        config = dir_config(path, kind)
         kwargs = {}
         if names:
             kwargs = {"num_labels": len(names), "id2label": dict(enumerate(names)),
@@ -135,34 +126,65 @@ def load_classifier(source: str | os.PathLike, kind: str, label_names: Sequence[
             raise ModelError(f"{path}: could not load a {kind} classifier ({exc})") from None
         if not names:  # a model fd did not train, asked for its own label space
             names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
-        processor = _image_processor(path, config) if kind == "image" else \
-            _tokenizer(path, tokenizer, str(path))
+        processor = processor_for(kind, path, config, tokenizer)
     elif path.is_file():
-        cfg = _read_config_file(path)
         meta, names = {}, list(label_names or [])
         if not names:
             raise ModelError(f"{path}: a model built from a config needs the label space of "
                              "its data")
-        from transformers import AutoConfig
-
-        model_type = cfg.pop("model_type")
-        try:
-            config = AutoConfig.for_model(model_type, **cfg, num_labels=len(names),
-                                          id2label=dict(enumerate(names)),
-                                          label2id={n: i for i, n in enumerate(names)})
-        except Exception as exc:
-            raise ModelError(f"{path}: not a valid {model_type!r} config ({exc})") from None
-        _check_kind(config, kind, str(path))
+        config = file_config(path, kind, num_labels=len(names),
+                             id2label=dict(enumerate(names)),
+                             label2id={n: i for i, n in enumerate(names)})
         torch.manual_seed(seed)
         model = _auto(kind).from_config(config)
-        processor = _image_processor(None, config) if kind == "image" else \
-            _tokenizer(None, tokenizer, str(path))
+        processor = processor_for(kind, None, config, tokenizer, path)
     else:
         raise ModelError(f"{path}: no such model directory or config file")
-    if kind == "text" and processor is None:
-        raise ModelError(f"{path}: no tokenizer found; put one beside the model or pass "
-                         "--tokenizer DIR")
     return Classifier(model, processor, kind, names, meta)
+
+
+def dir_config(path: Path, kind: str):
+    """The transformers config of the model folder ``path``, checked to take ``kind``
+    inputs."""
+    from transformers import AutoConfig
+
+    if not (path / "config.json").exists():
+        raise ModelError(f"{path}: not a model directory; expected a config.json (a folder "
+                         "that from_pretrained reads) or a config file")
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except Exception as exc:
+        raise ModelError(f"{path}/config.json: not a transformers config ({exc})") from None
+    _check_kind(config, kind, str(path))
+    return config
+
+
+def file_config(path: Path, kind: str, **extra):
+    """The transformers config a config file (JSON/YAML with ``model_type``) describes, with
+    ``extra`` fields, checked to take ``kind`` inputs."""
+    from transformers import AutoConfig
+
+    cfg = _read_config_file(path)
+    model_type = cfg.pop("model_type")
+    try:
+        config = AutoConfig.for_model(model_type, **cfg, **extra)
+    except Exception as exc:
+        raise ModelError(f"{path}: not a valid {model_type!r} config ({exc})") from None
+    _check_kind(config, kind, str(path))
+    return config
+
+
+def processor_for(kind: str, source: Path | None, config, tokenizer, where=None):
+    """The image processor or tokenizer of a model from the folder ``source`` (None: a
+    config file at ``where``); a text model must have a tokenizer."""
+    where = source if where is None else where
+    if kind == "image":
+        return _image_processor(source, config)
+    found = _tokenizer(source, tokenizer, str(where))
+    if found is None:
+        raise ModelError(f"{where}: no tokenizer found; put one beside the model or pass "
+                         "--tokenizer DIR")
+    return found
 
 
 def _check_kind(config, kind: str, where: str) -> None:

@@ -132,7 +132,7 @@ def test_aggregate_keeps_anchors_and_emission_settings(world):
 def _test_embeddings(world, model):
     from fdcli.stages.embedding import labelled_embeddings
 
-    z, y, _, _ = labelled_embeddings(model, world / "parts" / "test")
+    (z, y), = labelled_embeddings(model, [world / "parts" / "test"])[0]
     return z, y
 
 

@@ -4,7 +4,7 @@ of an embedding (evaluate). See docs/embeddings.md."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -166,21 +166,27 @@ def distill_embedding(student: str | Path, proxy: str | Path, teacher: str | Pat
     return meta
 
 
-def labelled_embeddings(model: str | Path, data: str | Path, *, pooling: str | None = None,
-                        text_column: str | None = None, image_column: str | None = None,
-                        label_column: str | None = None, tokenizer: str | Path | None = None,
-                        split: str | None = None, batch_size: int = 64, dtype: str = "auto",
-                        label_names: list[str] | None = None):
-    """``(embeddings [N, d], label ids [N], label names, pooling)`` of ``model`` on a labelled
-    dataset; ``pooling`` defaults to the one fd.json records, else mean."""
-    ds = load_local(data, split)
-    spec = resolve(ds, str(data), text_column=text_column, image_column=image_column,
-                   label_column=label_column, label_names=label_names)
-    enc = load_encoder(model, spec.kind, tokenizer=tokenizer)
-    pooling = check_pooling(pooling or enc.meta.get("pooling") or "mean")
-    place(enc.model, dtype)
-    z = embed(enc, list(ds[spec.input_column]), pooling, batch_size)
-    return z, torch.tensor(label_ids(ds, spec)), spec.label_names, pooling
+def labelled_embeddings(model: str | Path, datasets: Sequence[str | Path], *,
+                        pooling: str | None = None, text_column: str | None = None,
+                        image_column: str | None = None, label_column: str | None = None,
+                        tokenizer: str | Path | None = None, split: str | None = None,
+                        batch_size: int = 64, dtype: str = "auto"):
+    """``model`` (loaded once) on each labelled dataset: ``([(embeddings [N, d], label ids
+    [N]), ...], label names, pooling)``. Later datasets must fit the first one's label
+    space; ``pooling`` defaults to the one fd.json records, else mean."""
+    found, names, enc = [], None, None
+    for data in datasets:
+        ds = load_local(data, split)
+        spec = resolve(ds, str(data), text_column=text_column, image_column=image_column,
+                       label_column=label_column, label_names=names)
+        if enc is None:
+            enc = load_encoder(model, spec.kind, tokenizer=tokenizer)
+            pooling = check_pooling(pooling or enc.meta.get("pooling") or "mean")
+            place(enc.model, dtype)
+        names = spec.label_names
+        found.append((embed(enc, list(ds[spec.input_column]), pooling, batch_size),
+                      torch.tensor(label_ids(ds, spec))))
+    return found, names, pooling
 
 
 def probe_scores(train_z, train_y, test_z, test_y, knn: int = 5) -> dict[str, float]:
@@ -217,12 +223,14 @@ def evaluate_embedding(model: str | Path, data: str | Path, *,
                          f"{neighbours} and {folds}")
     kw = dict(text_column=text_column, image_column=image_column, label_column=label_column,
               tokenizer=tokenizer, split=split, batch_size=batch_size, dtype=dtype)
-    z, y, names, used = labelled_embeddings(model, data, pooling=pooling, **kw)
+    found, _, used = labelled_embeddings(
+        model, [data] + ([probe_train] if probe_train is not None else []), pooling=pooling,
+        **kw)
+    z, y = found[0]
     out: dict[str, Any] = {"model": str(model), "data": str(data), "pooling": used,
                            "examples": len(y), "embedding_dim": int(z.shape[1]), "knn": knn}
     if probe_train is not None:
-        tz, ty, _, _ = labelled_embeddings(model, probe_train, pooling=used,
-                                           label_names=names, **kw)
+        tz, ty = found[1]
         out.update(probe_scores(tz, ty, z, y, knn), probe=f"fitted on {probe_train}")
     else:
         out.update(_cross_validated(z, y, knn, folds, seed),
@@ -231,7 +239,7 @@ def evaluate_embedding(model: str | Path, data: str | Path, *,
         k = min(neighbours, len(y) - 1)
         if k < 1:
             raise DataError(f"{data}: neighbour agreement needs at least two examples")
-        tz, _, _, _ = labelled_embeddings(teacher, data, pooling=teacher_pooling, **kw)
+        (tz, _), = labelled_embeddings(teacher, [data], pooling=teacher_pooling, **kw)[0]
         out.update(teacher=str(teacher), neighbours=k,
                    neighbour_agreement=neighbour_agreement(z, tz, k),
                    neighbour_agreement_chance=k / (len(y) - 1))

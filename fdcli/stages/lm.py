@@ -240,12 +240,15 @@ def _teacher_blocks(proxy, teacher, manifest: BundleManifest, lm, model, split, 
     return tb
 
 
-def _check_rows(block, tb: TextBlocks, teacher) -> None:
+def check_rows(block, sequences: list, teacher, rows: str = "token rows",
+               item: str = "block", missing: str = "no block") -> None:
+    """Refuse a token bundle whose example ``e`` has another number of rows than
+    ``sequences[e]`` has tokens (the proxy's blocks, or its pairs' targets)."""
     lengths = (block.row_offsets[1:] - block.row_offsets[:-1]).tolist()
     for e, n in zip(block.example_ids.tolist(), lengths):
-        if e >= len(tb.blocks) or len(tb.blocks[e]) != n:
-            found = len(tb.blocks[e]) if e < len(tb.blocks) else "no block"
-            raise DataError(f"{teacher}: example {e} has {n} token rows, the proxy block has "
+        found = len(sequences[e]) if e < len(sequences) else missing
+        if found != n:
+            raise DataError(f"{teacher}: example {e} has {n} {rows}, the proxy {item} has "
                             f"{found}; the bundle does not belong to this proxy set")
 
 
@@ -320,7 +323,7 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
     tb = _teacher_blocks(proxy, teacher, m, lm, student, split, text_column, max_length,
                          packing)
     block = reader.read_all()
-    _check_rows(block, tb, teacher)
+    check_rows(block, tb.blocks, teacher)
     teacher_rows = TeacherRows(block, temperature)
     ids = block.example_ids.tolist()
     config = _config(task="causal-lm", student=student, proxy=proxy, teacher=teacher,

@@ -27,7 +27,7 @@ from ..outputs import atomic_dir, check_free
 from ..progress import progress_bar
 from ..seq2seq import (DEFAULT_SOURCE_LENGTH, DEFAULT_TARGET_LENGTH, TextPairs, generate,
                        iter_pair_logits, load_seq2seq, text_metrics, text_pairs, token_nll)
-from .lm import (LM_DRAWS, LM_ENCODING, LM_HARD_WEIGHT, _check_vocab, _config,
+from .lm import (LM_DRAWS, LM_ENCODING, LM_HARD_WEIGHT, _check_vocab, _config, check_rows,
                  open_token_teacher, token_codec)
 from .parallel import batch_share, finish_parts, part_target
 
@@ -194,15 +194,6 @@ def _teacher_pairs(proxy, teacher, manifest: BundleManifest, m, model, split, so
     return pairs
 
 
-def _check_rows(block, pairs: TextPairs, teacher) -> None:
-    lengths = (block.row_offsets[1:] - block.row_offsets[:-1]).tolist()
-    for e, n in zip(block.example_ids.tolist(), lengths):
-        found = len(pairs.targets[e]) if e < len(pairs.targets) else None
-        if found != n:
-            raise DataError(f"{teacher}: example {e} has {n} target-token rows, the proxy "
-                            f"pair has {found if found is not None else 'no target'}; the "
-                            "bundle does not belong to this proxy set")
-
 
 def distill_seq2seq(student: str | Path, proxy: str | Path, teacher: str | Path,
                     out: str | Path, *, tokenizer: str | Path | None = None,
@@ -226,7 +217,7 @@ def distill_seq2seq(student: str | Path, proxy: str | Path, teacher: str | Path,
     pairs = _teacher_pairs(proxy, teacher, mf, m, student, split, source_column,
                            target_column, None, None)
     block = reader.read_all()
-    _check_rows(block, pairs, teacher)
+    check_rows(block, pairs.targets, teacher, "target-token rows", "pair", "no target")
     ids = block.example_ids.tolist()
     config = _config(task="seq2seq", student=student, proxy=proxy, teacher=teacher,
                      tokenizer=tokenizer, temperature=temperature, hard_weight=hard_weight,

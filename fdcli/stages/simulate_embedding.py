@@ -166,15 +166,18 @@ def _probe_all(models: dict[str, Path], parts: Path, specialists: Sequence[Path]
     from ..embedding import neighbour_agreement
     from .embedding import labelled_embeddings, probe_scores
 
-    def embeddings(model: Path, data: Path):
-        z, y, _, _ = labelled_embeddings(model, data, pooling=pooling, tokenizer=tokenizer)
-        return z, y
+    def embeddings(model: Path, *data: Path):
+        return labelled_embeddings(model, data, pooling=pooling, tokenizer=tokenizer)[0]
 
-    tests = {s: embeddings(s, parts / "test")[0] for s in specialists}
+    found = {name: embeddings(model, parts / "test", parts / "proxy-labels")
+             for name, model in models.items()}
+    tests = {model: found[name][0][0] for name, model in models.items()}
+    for s in specialists:  # each model loaded once
+        if s not in tests:
+            tests[s] = embeddings(s, parts / "test")[0][0]
     out = {}
     for name, model in models.items():
-        z, y = embeddings(model, parts / "test")
-        pz, py = embeddings(model, parts / "proxy-labels")
+        (z, y), (pz, py) = found[name]
         k = min(neighbours, len(y) - 1)
         agree = [neighbour_agreement(z, tests[s], k) for s in specialists if s != model]
         out[name] = {**probe_scores(pz, py, z, y),

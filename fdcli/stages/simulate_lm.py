@@ -159,15 +159,10 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
     from ..training import fit_lm
     from .aggregate import aggregate
     from .lm import distill_lm, emit_token_logits, token_metrics, train_lm_specialist
-    from .token_evidence import (TokenTask, bytes_report, fedavg_baselines,
+    from .token_evidence import (TokenTask, bytes_report, check_setup, fedavg_baselines,
                                  privacy_report)
 
-    unknown = [a for a in [*architectures, student] if a not in LM_ARCHITECTURES]
-    if unknown:
-        raise ValueError(f"unknown architecture(s) {unknown}; expected "
-                         f"{sorted(LM_ARCHITECTURES)}")
-    if num_clients < 1:
-        raise ValueError(f"num_clients must be at least 1, got {num_clients}")
+    check_setup(LM_ARCHITECTURES, architectures, student, num_clients)
     config = {"task": "causal-lm", "data": "python standard library", "num_clients": num_clients,
               "rule": rule, "compare_rules": list(compare_rules),
               "architectures": list(architectures), "student": student,

@@ -126,14 +126,9 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
     from .aggregate import aggregate
     from .seq2seq import (distill_seq2seq, emit_seq2seq_logits, generate_targets,
                           train_seq2seq_specialist)
-    from .token_evidence import bytes_report, fedavg_baselines, privacy_report
+    from .token_evidence import bytes_report, check_setup, fedavg_baselines, privacy_report
 
-    unknown = [a for a in [*architectures, student] if a not in T5_ARCHITECTURES]
-    if unknown:
-        raise ValueError(f"unknown architecture(s) {unknown}; expected "
-                         f"{sorted(T5_ARCHITECTURES)}")
-    if num_clients < 1:
-        raise ValueError(f"num_clients must be at least 1, got {num_clients}")
+    check_setup(T5_ARCHITECTURES, architectures, student, num_clients)
     config = {"task": "seq2seq", "data": "python standard library: function source -> first "
               "docstring line", "num_clients": num_clients, "rule": rule,
               "architectures": list(architectures), "student": student,

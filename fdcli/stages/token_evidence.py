@@ -17,6 +17,15 @@ from typing import Any, Callable, Sequence
 from ..lm import LanguageModel
 
 
+def check_setup(catalogue: dict, architectures, student: str, num_clients: int) -> None:
+    """Refuse architectures the simulation's ``catalogue`` lacks, and fewer than one client."""
+    unknown = [a for a in [*architectures, student] if a not in catalogue]
+    if unknown:
+        raise ValueError(f"unknown architecture(s) {unknown}; expected {sorted(catalogue)}")
+    if num_clients < 1:
+        raise ValueError(f"num_clients must be at least 1, got {num_clients}")
+
+
 @dataclass
 class TokenTask:
     """How a simulation builds, trains and scores its student architecture."""
