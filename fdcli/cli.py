@@ -227,6 +227,9 @@ def emit_logits_cmd(
     bundle: no labels, any architecture).
 
     [bold]Example[/bold]: fd emit-logits specialist/ proxy.csv --out usb/hospital-a-bundle
+
+    [bold]Example[/bold]: fd emit-logits specialist/ proxy.csv --task embedding --anchors 1024
+    --out usb/hospital-a-relations
     """
     from .embedding import EMBEDDING_TEMPERATURE
     from .stages.embedding import emit_embedding_logits
@@ -417,6 +420,9 @@ def distill(
     the bundle's anchors match the teachers' (temperature default 1: as emitted).
 
     [bold]Example[/bold]: fd distill student.json proxy.csv teacher/ --out student
+
+    [bold]Example[/bold]: fd distill encoder.json proxy.csv relations/ --task embedding --out
+    student
     """
     from .stages.distill import distill as run
     from .stages.embedding import distill_embedding

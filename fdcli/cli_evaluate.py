@@ -65,6 +65,9 @@ def evaluate(
     and with [bold]--teacher[/bold] another model, how far their neighbour sets agree.
 
     [bold]Example[/bold]: fd evaluate student/ test.csv --json
+
+    [bold]Example[/bold]: fd evaluate student/ test.csv --task embedding --probe-train
+    proxy-labels.csv --teacher specialist/
     """
     from .stages.embedding import evaluate_embedding
     from .stages.evaluate import evaluate as run

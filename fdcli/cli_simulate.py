@@ -130,9 +130,14 @@ def simulate(
     standard-library packages and train small GPT-2 and Llama models; with [bold]--task
     seq2seq[/bold], small T5s learn to write a function's docstring from its source. Both
     also run Flower FedAvg of the student and membership-inference attacks on every model.
+    With [bold]--task embedding[/bold], the specialists' relational bundles (similarities to
+    anchor examples) teach an encoder without labels, probed against the label-logit
+    student, a SimCLR encoder of the proxy set and a random-init one.
     None needs a download.
 
     [bold]Example[/bold]: fd simulate --alpha 0.1 --out sim-alpha0.1
+
+    [bold]Example[/bold]: fd simulate --task embedding --data snippets.csv --out sim-emb
     """
     from .stages.simulate import simulate as run
     from .stages.simulate_lm import simulate_lm

@@ -372,3 +372,29 @@ def test_hostile_teacher_settings_are_refused_as_text(world, tmp_path, field, va
     if isinstance(value, str):
         assert value.split("\x1b")[0].split("\x07")[0] in text  # markup shown, not applied
     assert not out.exists()
+
+
+@pytest.mark.parametrize("last,message", [
+    ("a", "label_space.names must list its anchors' example ids as decimal strings"),
+    ("99999", "anchor example id 99999 is past the end of the 359-example proxy set"),
+])
+def test_teacher_anchors_that_are_not_proxy_examples_are_refused(world, tmp_path, last,
+                                                                 message):
+    """A well-formed relational bundle (as a careless or hostile coordinator could write
+    one) whose anchors are not example ids, or lie past the proxy set."""
+    from fdcli.bundle import BundleWriter, DenseCodec
+
+    first = read_bundle(world / "b-0").manifest
+    names = first.label_space["names"][:-1] + [last]
+    bundle = tmp_path / "teacher"
+    with BundleWriter(bundle, codec=DenseCodec(), task="embedding", num_classes=64,
+                      label_names=names, proxy_fingerprint=first.proxy_fingerprint,
+                      client_id="coordinator", model_fingerprint="sha256:" + "ab" * 32,
+                      config={"temperature": 0.1, "pooling": "mean"}) as writer:
+        writer.add(range(359), torch.randn(359, 64))
+    out = tmp_path / "student"
+    result = run("distill", world / "vit.json", world / "parts" / "proxy", bundle, "--out", out,
+                 "--task", "embedding", "--epochs", 1)
+    assert result.exit_code == 1, result.output
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output and not out.exists()
