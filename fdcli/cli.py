@@ -83,8 +83,10 @@ def train_specialist_cmd(
     model: Annotated[Path, typer.Option(help="A model folder that from_pretrained reads, or a "
                                              "JSON/YAML config with a model_type.")],
     out_dir: OutOpt,
-    client_id: Annotated[Optional[str], typer.Option(help="Institution name (default: the "
-                                                          "output folder's name).")] = None,
+    client_id: Annotated[Optional[str], typer.Option(
+        help="Institution name, recorded in fd.json and carried by its bundles (default: "
+             "the id of the specialist --model continues, else the output folder's name "
+             "plus 6 random hex digits, e.g. specialist-1-3f9a2c).")] = None,
     labels: Annotated[Optional[str], typer.Option(
         help="The federation's label names, comma-separated, in id order (default: read "
              "from the data).")] = None,
@@ -196,8 +198,9 @@ def emit_logits_cmd(
         help="sample: ids drawn per token (default: 8).")] = None,
     sample_temperature: Annotated[float, typer.Option(
         help="sample: temperature the ids are drawn at (distill at the same one).")] = 1.0,
-    client_id: Annotated[Optional[str], typer.Option(help="Institution name (default: from "
-                                                          "the model's fd.json).")] = None,
+    client_id: Annotated[Optional[str], typer.Option(
+        help="Institution name (default: the id in the model's fd.json; for a folder fd "
+             "did not train, its name plus 6 hex digits of the model's fingerprint).")] = None,
     declare_label_counts: Annotated[bool, typer.Option(
         "--declare-label-counts", help="Write the model's training label counts into the "
         "manifest, for the coverage rule. This discloses the client's class mix.")] = False,
@@ -234,7 +237,7 @@ def emit_logits_cmd(
     from .embedding import EMBEDDING_TEMPERATURE
     from .stages.embedding import emit_embedding_logits
     from .stages.emit import emit_logits
-    from .stages.lm import LM_DRAWS, LM_ENCODING, emit_token_logits
+    from .stages.lm import emit_token_logits
     from .stages.seq2seq import emit_seq2seq_logits
 
     kept = (64 if task == "embedding" else 16) if k is None else k
@@ -262,13 +265,7 @@ def emit_logits_cmd(
             if declare_label_counts or proxy_slice:
                 raise ValueError("--declare-label-counts and --slice apply to --task "
                                  "classification")
-            encoding = encoding or ("sample" if draws is not None else LM_ENCODING)
-            if (k is not None and encoding != "topk") or (draws is not None
-                                                          and encoding != "sample"):
-                raise ValueError(f"--{'k' if k is not None else 'draws'} does not apply to "
-                                 f"--encoding {encoding}; --k is for topk, --draws for sample")
-            common = dict(encoding=encoding, k=kept, value_dtype=value_dtype,
-                          draws=LM_DRAWS if draws is None else draws,
+            common = dict(encoding=encoding, k=k, value_dtype=value_dtype, draws=draws,
                           sample_temperature=sample_temperature, tokenizer=tokenizer,
                           client_id=client_id, split=split, batch_size=batch_size or 8,
                           seed=seed, overwrite=overwrite, sign_key=key, dtype=dtype)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -96,10 +97,13 @@ def test_text_bundles_and_aggregate(text_world):
     b = read_bundle(text_world / "bundle-0").manifest
     assert b.task == "classification" and b.examples == 48
     assert b.label_space["names"] == LABELS
-    assert b.producer.client_id == "spec-0"
+    ids = [json.loads((text_world / f"spec-{i}" / "fd.json").read_text())["client_id"]
+           for i in (0, 1)]  # drawn by train-specialist: no --client-id was given
+    assert all(re.fullmatch(rf"spec-{i}-[0-9a-f]{{6}}", cid) for i, cid in enumerate(ids)), ids
+    assert b.producer.client_id == ids[0]
     t = read_bundle(text_world / "teacher").manifest
     assert t.proxy_fingerprint == b.proxy_fingerprint
-    assert [p["client_id"] for p in t.provenance] == ["spec-0", "spec-1"]
+    assert [p["client_id"] for p in t.provenance] == ids
     assert t.producer.config["rule"] == "confidence"
     assert all(len(p["manifest_sha256"]) == 64 for p in t.provenance)
 

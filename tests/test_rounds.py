@@ -27,7 +27,7 @@ def world(tmp_path_factory):
     for i in range(2):
         result = run("train-specialist", root / "parts" / f"client-{i}", "--model",
                      root / "bert.json", "--out", root / f"spec-{i}", "--labels",
-                     ",".join(LABELS), *common)
+                     ",".join(LABELS), "--client-id", f"spec-{i}", *common)
         assert result.exit_code == 0, result.output
         result = run("emit-logits", root / f"spec-{i}", root / "parts" / "proxy", "--out",
                      root / f"bundle-{i}", "--declare-label-counts")

@@ -414,11 +414,21 @@ def _in_windows(streams: Sequence[_Examples], size: int, classes: int):
 
 def _voted_twice(streams: Sequence[_Examples], group: list[int], e: int, voters: list[int]):
     """Refuse bundles ``voters`` (two or more of one client's ``group``) that all give
-    example ``e``."""
-    cid = streams[group[0]].reader.manifest.producer.client_id
-    first, second = (streams[k].reader.path for k in voters[:2])
-    raise IncompatibleBundlesError(f"{second}: client {cid!r} gives example {e} a second time "
-                                   f"(also in {first}); each client may vote once per example")
+    example ``e``: one model's bundles (a bundle replayed, slices that overlap), or two
+    different models that carry the same client id (two institutions sharing an id)."""
+    first, second = (streams[k].reader for k in voters[:2])
+    cid = first.manifest.producer.client_id
+    a, b = first.manifest.producer.model_fingerprint, second.manifest.producer.model_fingerprint
+    if a != b:
+        raise IncompatibleBundlesError(
+            f"{second.path}: client id {cid!r} is shared by two different models: "
+            f"{first.path} (model {a[:19]}...) and {second.path} (model {b[:19]}...), which "
+            f"both give example {e}; each institution's bundles need their own id, so re-emit "
+            "one of them with --client-id NAME (emission is cheap: fd emit-logits MODEL PROXY "
+            "--client-id NAME --out BUNDLE)")
+    raise IncompatibleBundlesError(f"{second.path}: client {cid!r} gives example {e} a second "
+                                   f"time (also in {first.path}); each client may vote once "
+                                   "per example")
 
 
 def _same_client(streams: Sequence[_Examples]) -> list[list[int]]:

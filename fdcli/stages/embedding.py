@@ -16,6 +16,7 @@ from ..devices import place
 from ..embedding import (EMBEDDING_TEMPERATURE, anchor_ids, anchor_positions, check_pooling,
                          embed, load_encoder, neighbour_agreement, normalized, pick_anchors,
                          relation_logits)
+from ..identity import emitted_client_id
 from ..launch import ranks
 from ..models import fingerprint_model, save_classifier
 from ..outputs import atomic_dir
@@ -87,7 +88,7 @@ def emit_embedding_logits(model: str | Path, proxy: str | Path, out: str | Path,
     with BundleWriter(target, codec=codec, task="embedding", num_classes=anchors,
                       label_names=[str(a) for a in chosen],
                       proxy_fingerprint=fingerprint(ds, spec),
-                      client_id=client_id or enc.meta.get("client_id") or Path(model).name,
+                      client_id=emitted_client_id(client_id, enc.meta, model, model_fp),
                       model_fingerprint=model_fp, config=config, seed=seed,
                       overwrite=overwrite, sign_key=sign_key) as writer, \
             progress_bar(stop - first, "emitting relations", progress and r.main) as advance:

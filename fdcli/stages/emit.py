@@ -9,6 +9,7 @@ from ..bundle import BundleManifest, BundleWriter, DenseCodec, TopKCodec
 from ..data import load_local, resolve, fingerprint
 from ..bundle.safeio import DEFAULT_LIMITS, Limits
 from ..devices import place
+from ..identity import emitted_client_id
 from ..launch import ranks
 from ..models import ModelError, fingerprint_model, load_classifier, predict_logits
 from ..progress import progress_bar
@@ -81,7 +82,7 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     with BundleWriter(target, codec=codec, task="classification",
                       num_classes=len(clf.label_names), label_names=clf.label_names,
                       proxy_fingerprint=fingerprint(ds, spec),
-                      client_id=client_id or clf.meta.get("client_id") or Path(model).name,
+                      client_id=emitted_client_id(client_id, clf.meta, model, model_fp),
                       model_fingerprint=model_fp,
                       config=config, seed=seed, overwrite=overwrite,
                       sign_key=sign_key) as writer, \

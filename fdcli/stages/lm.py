@@ -21,6 +21,7 @@ from ..bundle import BundleManifest, BundleWriter, DenseCodec, SampleCodec, TopK
 from ..bundle.safeio import DEFAULT_LIMITS, Limits
 from ..data import DataError, load_local
 from ..devices import place
+from ..identity import emitted_client_id, specialist_client_id
 from ..launch import ranks
 from ..errors import FdWarning, IncompatibleBundlesError
 from ..lm import (DEFAULT_LM_MAX_LENGTH, TextBlocks, iter_token_logits, load_lm,
@@ -102,7 +103,8 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
         if val:
             metrics["val_perplexity"] = token_metrics(lm, val, batch_size)["perplexity"]
         meta = {"fd_version": __version__, "stage": "train-specialist",
-                "client_id": client_id or Path(out).name, "task": "causal-lm",
+                "client_id": specialist_client_id(client_id, lm.meta, out),
+                "task": "causal-lm",
                 "architecture": lm.architecture, "vocab_size": lm.vocab_size,
                 "vocab_fingerprint": vocab_fingerprint(lm.tokenizer),
                 "train_examples": len(train), "train_tokens": sum(len(b) for b in train),
@@ -112,20 +114,29 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     return meta
 
 
-def token_codec(encoding: str, k: int = 16, value_dtype: str = "int8", draws: int = LM_DRAWS,
-                sample_temperature: float = 1.0):
+def token_codec(encoding: str | None = None, k: int | None = None, value_dtype: str = "int8",
+                draws: int | None = None, sample_temperature: float = 1.0):
+    """The codec of a token bundle. ``encoding`` None is ``sample`` when ``draws`` is given,
+    else ``topk``; ``k`` (default 16) is topk's and ``draws`` (default :data:`LM_DRAWS`)
+    sample's, and either given for another encoding is refused."""
+    encoding = encoding or ("sample" if draws is not None else LM_ENCODING)
+    if encoding not in TOKEN_ENCODINGS:
+        raise ValueError(f"encoding must be one of {TOKEN_ENCODINGS}, got {encoding!r}")
+    if (k is not None and encoding != "topk") or (draws is not None and encoding != "sample"):
+        raise ValueError(f"--{'k' if k is not None else 'draws'} does not apply to "
+                         f"--encoding {encoding}; --k is for topk, --draws for sample")
     if encoding == "topk":
-        return TopKCodec(k=k, value_dtype=value_dtype)
+        return TopKCodec(k=16 if k is None else k, value_dtype=value_dtype)
     if encoding == "sample":
-        return SampleCodec(draws=draws, temperature=sample_temperature)
-    if encoding == "dense":
-        return DenseCodec()
-    raise ValueError(f"encoding must be one of {TOKEN_ENCODINGS}, got {encoding!r}")
+        return SampleCodec(draws=LM_DRAWS if draws is None else draws,
+                           temperature=sample_temperature)
+    return DenseCodec()
 
 
 def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
-                      encoding: str = LM_ENCODING, k: int = 16, value_dtype: str = "int8",
-                      draws: int = LM_DRAWS, sample_temperature: float = 1.0,
+                      encoding: str | None = None, k: int | None = None,
+                      value_dtype: str = "int8", draws: int | None = None,
+                      sample_temperature: float = 1.0,
                       tokenizer: str | Path | None = None, client_id: str | None = None,
                       text_column: str | None = None, split: str | None = None,
                       max_length: int | None = None, packing: bool = True,
@@ -134,9 +145,10 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       limits: Limits = DEFAULT_LIMITS) -> BundleManifest:
     """Write a token bundle: the model's next-token distribution at every position of every
     proxy block, streamed into shards (memory does not grow with the proxy size).
-    ``topk`` (the default) keeps the ``k`` most likely ids per token and their tail mass;
-    ``sample`` draws ``draws`` ids per token from the model at ``sample_temperature`` (distill
-    must then use that temperature), an unbiased estimate. ``dtype`` (``auto``: bf16 on a GPU
+    ``topk`` (the default) keeps the ``k`` (16) most likely ids per token and their tail mass;
+    ``sample`` (the default when ``draws`` is given) draws ``draws`` (8) ids per token from
+    the model at ``sample_temperature`` (distill must then use that temperature), an unbiased
+    estimate. ``dtype`` (``auto``: bf16 on a GPU
     that has it, else fp32) is the model's; logits are encoded in fp32.
 
     Under ``torchrun`` / ``accelerate launch`` with N processes, each takes a contiguous share
@@ -151,7 +163,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     tb = _blocks(proxy, split, lm, text_column, max_length, packing, model)
     # the weights as stored, before any change of dtype
     model_fp = lm.meta.get("model_fingerprint") or fingerprint_model(lm.model)
-    config = _config(task="causal-lm", model=model, proxy=proxy, encoding=encoding,
+    config = _config(task="causal-lm", model=model, proxy=proxy, encoding=codec.name,
                      **codec.params(), dtype=place(lm.model, dtype), batch_size=batch_size,
                      split=split, text_column=tb.text_column, max_length=tb.max_length,
                      packing=packing, train_examples=lm.meta.get("train_examples"),
@@ -161,7 +173,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     with BundleWriter(target, codec=codec, task="token", num_classes=lm.vocab_size,
                       label_fingerprint=vocab_fingerprint(lm.tokenizer),
                       proxy_fingerprint=tb.fingerprint,
-                      client_id=client_id or lm.meta.get("client_id") or Path(model).name,
+                      client_id=emitted_client_id(client_id, lm.meta, model, model_fp),
                       model_fingerprint=model_fp, config=config, seed=seed,
                       overwrite=overwrite, sign_key=sign_key) as writer, \
             progress_bar(sum(len(b) for b in tb.blocks[mine.start:mine.stop]),

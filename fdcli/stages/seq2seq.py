@@ -20,6 +20,7 @@ from ..bundle import BundleManifest, BundleWriter
 from ..bundle.safeio import DEFAULT_LIMITS, Limits
 from ..data import DataError, load_local
 from ..devices import place
+from ..identity import emitted_client_id, specialist_client_id
 from ..launch import ranks
 from ..lm import save_lm, vocab_fingerprint
 from ..models import fingerprint_model
@@ -27,7 +28,7 @@ from ..outputs import atomic_dir, check_free
 from ..progress import progress_bar
 from ..seq2seq import (DEFAULT_SOURCE_LENGTH, DEFAULT_TARGET_LENGTH, TextPairs, generate,
                        iter_pair_logits, load_seq2seq, text_metrics, text_pairs, token_nll)
-from .lm import (LM_DRAWS, LM_ENCODING, LM_HARD_WEIGHT, _check_vocab, _config, check_rows,
+from .lm import (LM_HARD_WEIGHT, _check_vocab, _config, check_rows,
                  open_token_teacher, token_codec)
 from .parallel import batch_share, finish_parts, part_target
 
@@ -96,7 +97,8 @@ def train_seq2seq_specialist(data: str | Path, model: str | Path, out: str | Pat
                              pairs.max_source_length, pairs.max_target_length, "")
             metrics["val_nll"] = token_nll(m, held, batch_size)["nll"]
         meta = {"fd_version": __version__, "stage": "train-specialist",
-                "client_id": client_id or Path(out).name, "task": "seq2seq",
+                "client_id": specialist_client_id(client_id, m.meta, out),
+                "task": "seq2seq",
                 "architecture": m.architecture, "vocab_size": m.vocab_size,
                 "vocab_fingerprint": vocab_fingerprint(m.tokenizer),
                 "train_examples": len(train),
@@ -108,8 +110,9 @@ def train_seq2seq_specialist(data: str | Path, model: str | Path, out: str | Pat
 
 
 def emit_seq2seq_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
-                        encoding: str = LM_ENCODING, k: int = 16, value_dtype: str = "int8",
-                        draws: int = LM_DRAWS, sample_temperature: float = 1.0,
+                        encoding: str | None = None, k: int | None = None,
+                        value_dtype: str = "int8", draws: int | None = None,
+                        sample_temperature: float = 1.0,
                         tokenizer: str | Path | None = None, client_id: str | None = None,
                         source_column: str | None = None, target_column: str | None = None,
                         split: str | None = None, max_source_length: int | None = None,
@@ -128,7 +131,7 @@ def emit_seq2seq_logits(model: str | Path, proxy: str | Path, out: str | Path, *
     pairs = _pairs(proxy, split, m, source_column, target_column, max_source_length,
                    max_target_length)
     model_fp = m.meta.get("model_fingerprint") or fingerprint_model(m.model)
-    config = _config(task="seq2seq", model=model, proxy=proxy, encoding=encoding,
+    config = _config(task="seq2seq", model=model, proxy=proxy, encoding=codec.name,
                      **codec.params(), dtype=place(m.model, dtype), batch_size=batch_size,
                      split=split, source_column=pairs.source_column,
                      target_column=pairs.target_column,
@@ -142,7 +145,7 @@ def emit_seq2seq_logits(model: str | Path, proxy: str | Path, out: str | Path, *
     with BundleWriter(target, codec=codec, task="token", num_classes=m.vocab_size,
                       label_fingerprint=vocab_fingerprint(m.tokenizer),
                       proxy_fingerprint=pairs.fingerprint,
-                      client_id=client_id or m.meta.get("client_id") or Path(model).name,
+                      client_id=emitted_client_id(client_id, m.meta, model, model_fp),
                       model_fingerprint=model_fp, config=config, seed=seed,
                       overwrite=overwrite, sign_key=sign_key) as writer, \
             progress_bar(sum(len(t) for t in targets), "emitting target-token logits",

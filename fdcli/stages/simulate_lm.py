@@ -131,14 +131,16 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                 compare_rules: Sequence[str] = ("mean",),
                 architectures: Sequence[str] = ("gpt2", "llama"), student: str = "gpt2",
                 client_chars: int = 300_000, proxy_chars: int = 600_000,
-                test_chars: int = 40_000, vocab_size: int = 2048, max_length: int = 64,
-                k: int = 16, epochs: float = 2.0, distill_epochs: float = 2.0,
+                test_chars: int | None = None, vocab_size: int = 2048,
+                max_length: int = 64, k: int = 16, epochs: float = 2.0, distill_epochs: float = 2.0,
                 learning_rate: float = 2e-3, batch_size: int = 16,
                 temperature: float | None = None, hard_weight: float = LM_HARD_WEIGHT,
                 fedavg_rounds: int = 8, fedavg_local_epochs: float = 0.5,
                 privacy: bool = True, seed: int = 0, overwrite: bool = False,
                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the language-model federation and write ``out/results.json``; returns the results.
+    Each client is tested on ``test_chars`` characters of its held-out files (default: 40,000, or
+    ``client_chars`` if fewer).
 
     Perplexities are per domain (each client's held-out files) and their geometric mean
     (``mean_ppl``); bytes are the top-``k`` bundles each client uploads. The student is
@@ -163,6 +165,7 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                                  privacy_report)
 
     check_setup(LM_ARCHITECTURES, architectures, student, num_clients)
+    test_chars = min(40_000, client_chars) if test_chars is None else test_chars
     config = {"task": "causal-lm", "data": "python standard library", "num_clients": num_clients,
               "rule": rule, "compare_rules": list(compare_rules),
               "architectures": list(architectures), "student": student,

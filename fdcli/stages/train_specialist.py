@@ -11,6 +11,7 @@ from typing import Any
 from .. import __version__
 from ..data import label_ids, load_local, resolve
 from ..errors import IncompatibleBundlesError
+from ..identity import specialist_client_id
 from ..models import (fingerprint_model, load_classifier, predict_logits, read_fd_meta,
                       save_classifier)
 from ..outputs import atomic_dir
@@ -96,7 +97,7 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
             metrics["val_accuracy"] = hits / len(val)
         histogram = Counter(clf.label_names[labels[i]] for i in train)
         meta = {"fd_version": __version__, "stage": "train-specialist",
-                "client_id": client_id or clf.meta.get("client_id") or Path(out).name,
+                "client_id": specialist_client_id(client_id, clf.meta, out),
                 "task": "classification",
                 "kind": spec.kind, "label_names": clf.label_names,
                 "label_histogram": {n: histogram.get(n, 0) for n in clf.label_names},
