@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lm_distill as bench  # noqa: E402
 from lm_teacher import DEFAULT_CACHE, load_teacher  # noqa: E402
 
-from fdcli.bundle import SampleCodec, read_bundle  # noqa: E402
-from fdcli.training import TeacherRows  # noqa: E402
+from fdcli.bundle import SampleCodec, TeacherRows, read_bundle  # noqa: E402
 
 
 class HybridRows:

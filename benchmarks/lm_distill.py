@@ -56,7 +56,7 @@ from lm_teacher import DEFAULT_CACHE, load_teacher  # noqa: E402
 from fdcli.bundle import (BundleWriter, DenseCodec, SampleCodec, TopKCodec,  # noqa: E402
                           fingerprint_labels, read_bundle)
 from fdcli.losses import dense_kd_loss, sparse_kd_loss  # noqa: E402
-from fdcli.training import TeacherRows  # noqa: E402
+from fdcli.bundle import TeacherRows  # noqa: E402
 
 FULL = dict(teacher=dict(steps=600), seq=128, proxy_windows=256, eval_windows=128, steps=200,
             batch=8, student=dict(n_embd=96, n_layer=2, n_head=4), lr=2e-3,

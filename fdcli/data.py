@@ -85,7 +85,7 @@ def load_local(path: str | os.PathLike, split: str | None = None, *,
     return ds
 
 
-def _pick(columns: Sequence[str], given: str | None, candidates: Sequence[str], what: str,
+def pick_column(columns: Sequence[str], given: str | None, candidates: Sequence[str], what: str,
           where: str, option: str) -> str | None:
     if given is not None:
         if given not in columns:
@@ -106,17 +106,17 @@ def resolve(ds, where: str, *, text_column: str | None = None,
     import datasets
 
     cols = list(ds.column_names)
-    image = _pick(cols, image_column, IMAGE_COLUMNS, "image", where, "--image-column")
+    image = pick_column(cols, image_column, IMAGE_COLUMNS, "image", where, "--image-column")
     if image is None and text_column is None:
         image = next((c for c in cols if isinstance(ds.features[c], datasets.Image)), None)
-    text = None if image else _pick(cols, text_column, TEXT_COLUMNS, "text", where,
+    text = None if image else pick_column(cols, text_column, TEXT_COLUMNS, "text", where,
                                     "--text-column")
     if image is None and text is None:
         raise DataError(f"{where}: no input column found; expected a text column (one of "
                         f"{list(TEXT_COLUMNS)}) or an image column (one of "
                         f"{list(IMAGE_COLUMNS)}), found {cols}; set --text-column or "
                         "--image-column")
-    label = _pick(cols, label_column, LABEL_COLUMNS, "label", where, "--label-column")
+    label = pick_column(cols, label_column, LABEL_COLUMNS, "label", where, "--label-column")
     if label is None and need_labels:
         raise DataError(f"{where}: no label column found; expected one of "
                         f"{list(LABEL_COLUMNS)}, found {cols}; set --label-column")

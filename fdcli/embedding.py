@@ -22,8 +22,9 @@ from typing import Any, Sequence
 import torch
 
 from .data import DataError
+from .meta import read_fd_meta
 from .models import (Classifier, ModelError, batch_inputs, dir_config, file_config,
-                     processor_for, read_fd_meta)
+                     processor_for)
 
 POOLINGS = ("mean", "cls", "pooler")
 #: the default similarity temperature of emitted rows

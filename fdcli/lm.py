@@ -15,7 +15,6 @@ an example's teacher rows is the distribution at position j, the prediction of t
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,9 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .bundle.manifest import fingerprint_labels
-from .data import TEXT_COLUMNS, DataError, _pick
-from .models import FD_META, ModelError, _read_config_file, _tokenizer, read_fd_meta
+from .data import TEXT_COLUMNS, DataError, pick_column
+from .meta import read_fd_meta, write_fd_meta
+from .models import ModelError, find_tokenizer, read_config_file
 
 DEFAULT_LM_MAX_LENGTH = 128
 
@@ -49,7 +49,7 @@ class LanguageModel:
 
 
 def _load_tokenizer(source: Path | None, tokenizer, where: str):
-    tok = _tokenizer(source, tokenizer, where)
+    tok = find_tokenizer(source, tokenizer, where)
     if tok is None:
         raise ModelError(f"{where}: no tokenizer found; put one beside the model or pass "
                          "--tokenizer DIR (a folder that AutoTokenizer.from_pretrained reads)")
@@ -86,7 +86,7 @@ def load_text_model(source: str | os.PathLike, auto, what: str, *,
         except Exception as exc:
             raise ModelError(f"{path}: could not load a {what} ({exc})") from None
     elif path.is_file():
-        cfg = _read_config_file(path)
+        cfg = read_config_file(path)
         tok = _load_tokenizer(None, tokenizer, str(path))
         meta = {}
         model_type = cfg.pop("model_type")
@@ -159,7 +159,7 @@ def text_blocks(ds, where: str, tokenizer, *, text_column: str | None = None,
     block, so emit and distill agree exactly on what each example is."""
     if not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an integer of at least 2, got {max_length!r}")
-    column = _pick(list(ds.column_names), text_column, TEXT_COLUMNS, "text", where,
+    column = pick_column(list(ds.column_names), text_column, TEXT_COLUMNS, "text", where,
                    "--text-column")
     if column is None:
         raise DataError(f"{where}: no text column found; expected one of {list(TEXT_COLUMNS)},"
@@ -258,7 +258,7 @@ def save_lm(lm: LanguageModel, out: Path, meta: dict[str, Any]) -> None:
     """Write a folder that ``from_pretrained`` reads (model and tokenizer), plus fd.json."""
     lm.model.save_pretrained(str(out))
     lm.tokenizer.save_pretrained(str(out))
-    (out / FD_META).write_text(json.dumps(meta, indent=2) + "\n")
+    write_fd_meta(out, meta)
 
 
 def train_bpe_tokenizer(texts: Sequence[str], out: str | os.PathLike,

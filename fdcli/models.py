@@ -18,8 +18,8 @@ import torch
 
 from .data import DataError, to_rgb
 from .errors import FdError
+from .meta import read_fd_meta, write_fd_meta
 
-FD_META = "fd.json"
 DEFAULT_MAX_LENGTH = 128
 
 
@@ -49,7 +49,7 @@ def _auto(kind: str):
         AutoModelForSequenceClassification
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
@@ -75,7 +75,7 @@ def _image_processor(source: Path | None, config) -> Any:
     return ViTImageProcessor(size={"height": size, "width": size})
 
 
-def _tokenizer(source: Path | None, tokenizer: str | os.PathLike | None, where: str):
+def find_tokenizer(source: Path | None, tokenizer: str | os.PathLike | None, where: str):
     """The tokenizer in ``tokenizer`` (a folder), else beside the model in ``source``; None
     when neither holds one."""
     from transformers import AutoTokenizer
@@ -91,11 +91,6 @@ def _tokenizer(source: Path | None, tokenizer: str | os.PathLike | None, where: 
                 raise ModelError(f"{candidate}: not a readable tokenizer folder ({exc})") \
                     from None
     return None
-
-
-def read_fd_meta(path: Path) -> dict[str, Any]:
-    """The fd.json of a model folder fd wrote, or {} for any other folder."""
-    return json.loads((path / FD_META).read_text()) if (path / FD_META).exists() else {}
 
 
 def load_classifier(source: str | os.PathLike, kind: str, label_names: Sequence[str] | None,
@@ -164,7 +159,7 @@ def file_config(path: Path, kind: str, **extra):
     ``extra`` fields, checked to take ``kind`` inputs."""
     from transformers import AutoConfig
 
-    cfg = _read_config_file(path)
+    cfg = read_config_file(path)
     model_type = cfg.pop("model_type")
     try:
         config = AutoConfig.for_model(model_type, **cfg, **extra)
@@ -180,7 +175,7 @@ def processor_for(kind: str, source: Path | None, config, tokenizer, where=None)
     where = source if where is None else where
     if kind == "image":
         return _image_processor(source, config)
-    found = _tokenizer(source, tokenizer, str(where))
+    found = find_tokenizer(source, tokenizer, str(where))
     if found is None:
         raise ModelError(f"{where}: no tokenizer found; put one beside the model or pass "
                          "--tokenizer DIR")
@@ -219,7 +214,7 @@ def save_classifier(clf: Classifier, out: Path, meta: dict[str, Any]) -> None:
     clf.model.save_pretrained(str(out))
     if clf.processor is not None:
         clf.processor.save_pretrained(str(out))
-    (out / FD_META).write_text(json.dumps(meta, indent=2) + "\n")
+    write_fd_meta(out, meta)
 
 
 @torch.no_grad()

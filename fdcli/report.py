@@ -60,47 +60,48 @@ LABELS = {"standalone": "standalone (each specialist alone, mean)",
           "fedavg": "fedavg (Flower, fp32)", "fedavg_8bit": "fedavg (Flower, 8-bit)"}
 
 
-def _mb(n: int | None) -> str:
+def megabytes(n: int | None) -> str:
     return "–" if n is None else f"{n / 1e6:.3f} MB"
 
 
-def _f(x: Any, digits: int = 3) -> str:
+def figure(x: Any, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def markdown(results: dict[str, Any]) -> str:
+def report_markdown(results: dict[str, Any]) -> str:
     """The tables of ``results`` (from :func:`fdcli.stages.simulate.simulate`) as Markdown."""
     cfg = results["config"]
     lines = [f"# fd simulate: {cfg['num_clients']} clients, alpha {cfg['alpha']}, "
              f"{cfg['data']}", "",
              f"Test split: {results['partition']['sizes']['test']} examples no client saw. "
-             f"Target accuracy: {_f(results['target_accuracy'])} "
+             f"Target accuracy: {figure(results['target_accuracy'])} "
              f"({cfg['target_fraction']:.0%} of centralized; none without it).", "",
              "## Accuracy", "", "| method | accuracy | macro-F1 |", "|---|---|---|",
-             f"| fd student ({cfg['rule']}) | {_f(results['student']['accuracy'])} | "
-             f"{_f(results['student']['macro_f1'])} |"]
+             f"| fd student ({cfg['rule']}) | {figure(results['student']['accuracy'])} | "
+             f"{figure(results['student']['macro_f1'])} |"]
     for name, b in results["baselines"].items():
-        lines.append(f"| {LABELS.get(name, name)} | {_f(b['accuracy'])} | "
-                     f"{_f(b['macro_f1'])} |")
+        lines.append(f"| {LABELS.get(name, name)} | {figure(b['accuracy'])} | "
+                     f"{figure(b['macro_f1'])} |")
     lines += ["", f"The aggregated teacher's accuracy on the proxy split: "
-                  f"{_f(results['student'].get('teacher_proxy_accuracy'))}."]
+                  f"{figure(results['student'].get('teacher_proxy_accuracy'))}."]
     if len(results.get("rounds") or []) > 1:
         lines += ["", "## Rounds", "",
                   "| round | teacher on the proxy | student | specialists (mean) | up | down "
                   "| cumulative (up + down) |", "|---|---|---|---|---|---|---|"]
         for r in results["rounds"]:
-            lines.append(f"| {r['round']} | {_f(r['teacher_proxy_accuracy'])} | "
-                         f"{_f(r['student_accuracy'])} | {_f(r['specialists_mean_accuracy'])} | "
-                         f"{_mb(r['uploaded_bytes'])} | {_mb(r['downloaded_bytes'])} | "
-                         f"{_mb(r['cumulative_bytes'])} |")
+            lines.append(f"| {r['round']} | {figure(r['teacher_proxy_accuracy'])} | "
+                         f"{figure(r['student_accuracy'])} | "
+                         f"{figure(r['specialists_mean_accuracy'])} | "
+                         f"{megabytes(r['uploaded_bytes'])} | {megabytes(r['downloaded_bytes'])} | "
+                         f"{megabytes(r['cumulative_bytes'])} |")
     lines += ["", "## Communication", "",
               "| method | rounds | uploaded | total (up + down) | bytes to target | round |",
               "|---|---|---|---|---|---|"]
     for name, curve in results["curves"].items():
         hit = results["bytes_to_target"].get(name) or {"reached": False}
-        lines.append(f"| {name} | {curve[-1]['round']} | {_mb(curve[-1]['uploaded_bytes'])} "
-                     f"| {_mb(curve[-1]['total_bytes'])} | "
-                     f"{_mb(hit['bytes']) if hit['reached'] else 'not reached'} | "
+        lines.append(f"| {name} | {curve[-1]['round']} | {megabytes(curve[-1]['uploaded_bytes'])} "
+                     f"| {megabytes(curve[-1]['total_bytes'])} | "
+                     f"{megabytes(hit['bytes']) if hit['reached'] else 'not reached'} | "
                      f"{hit['round'] if hit['reached'] else '–'} |")
     ratios = results.get("bytes_ratio_to_fd") or {}
     if ratios:
@@ -108,9 +109,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"{k} {v:.1f}x" for k, v in ratios.items()) + "."]
     fd = results["curves"]["fd"][-1]
     matched = {k: v for k, v in results["bytes_to_student_accuracy"].items() if k != "fd"}
-    lines += ["", f"Bytes to reach the fd student's accuracy ({_f(fd['accuracy'])}; fd sent "
-                  f"{_mb(fd['total_bytes'])}): " + ", ".join(
-                      f"{k} {_mb(v['bytes'])} (round {v['round']})" if v["reached"]
+    lines += ["", f"Bytes to reach the fd student's accuracy ({figure(fd['accuracy'])}; fd sent "
+                  f"{megabytes(fd['total_bytes'])}): " + ", ".join(
+                      f"{k} {megabytes(v['bytes'])} (round {v['round']})" if v["reached"]
                       else f"{k} never" for k, v in matched.items()) + "."]
     lines += _privacy_table(results["privacy"]) if results["privacy"] else []
     lines += ["", "## Time and memory", "", "| stage | wall s | peak RSS MiB |", "|---|---|---|"]
@@ -126,8 +127,8 @@ def _privacy_table(p: dict[str, Any]) -> list[str]:
              "| model | AUC | TPR at 1% FPR | TPR at 0.1% FPR |", "|---|---|---|---|"]
 
     def row(name: str, a: dict[str, Any]) -> None:
-        lines.append(f"| {name} | {_f(a['auc'])} ({_f(a['reference']['auc'])}) | "
-                     f"{_f(a['tpr_at_1pct_fpr'])} | {_f(a['tpr_at_01pct_fpr'])} |")
+        lines.append(f"| {name} | {figure(a['auc'])} ({figure(a['reference']['auc'])}) | "
+                     f"{figure(a['tpr_at_1pct_fpr'])} | {figure(a['tpr_at_01pct_fpr'])} |")
 
     for s in p["specialists"][:20]:
         row(f"specialist {s['client_id']}", s)

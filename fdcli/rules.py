@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from .bundle.sparse import SparseRows
+from .sparse_rows import SparseRows
 
 CONFIDENCE_MEASURES = ("max", "neg_entropy")
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .data import DataError, _pick
+from .data import DataError, pick_column
 from .lm import LanguageModel, load_text_model, masked_rows, to_device, vocab_fingerprint
 from .models import ModelError
 
@@ -108,8 +108,8 @@ def text_pairs(ds, where: str, tokenizer, *, source_column: str | None = None,
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     columns = list(ds.column_names)
-    src = _pick(columns, source_column, SOURCE_COLUMNS, "source", where, "--source-column")
-    tgt = _pick(columns, target_column, [c for c in TARGET_COLUMNS if c != src], "target",
+    src = pick_column(columns, source_column, SOURCE_COLUMNS, "source", where, "--source-column")
+    tgt = pick_column(columns, target_column, [c for c in TARGET_COLUMNS if c != src], "target",
                 where, "--target-column")
     if src is None:
         raise DataError(f"{where}: no source column found; expected one of "

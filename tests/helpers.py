@@ -104,3 +104,21 @@ def replace_shard_tensors(bundle: Path, index: int, change) -> None:
     path.unlink()
     change(tensors)
     replace_shard_raw(bundle, index, save(tensors, metadata=meta))
+
+
+def fd(*args, **kwargs):
+    """The fd command line run in process through Typer's CliRunner (the one runner every test
+    uses), each argument as a string; the CliRunner result (exit_code, output, stdout,
+    stderr)."""
+    from typer.testing import CliRunner
+
+    from fdcli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], **kwargs)
+
+
+def fd_ok(*args, **kwargs):
+    """:func:`fd`, asserting that the command succeeded."""
+    result = fd(*args, **kwargs)
+    assert result.exit_code == 0, result.output
+    return result

@@ -199,6 +199,18 @@ def test_simulate_with_baselines_on_digits(tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)
     assert results == json.loads((out / "results.json").read_text())
+    # the typed scores (fdcli.results) say what the sections say
+    assert (results["schema"], results["schema_version"], results["task"]) == (
+        "fd-simulate-results", 1, "classification")
+    scores = {(s["method"], s["variant"].get("rule")): s for s in results["scores"]}
+    assert set(scores) == {("fd", "confidence"), ("fedavg", None), ("fedavg_8bit", None),
+                           ("standalone", None), ("standalone_student", None),
+                           ("centralized", None)}
+    assert scores[("fd", "confidence")]["metrics"]["accuracy"] == [
+        pytest.approx(results["student"]["accuracy"])]
+    assert scores[("fd", "confidence")]["bytes"] == [results["bytes"]["fd"]["total"]]
+    assert scores[("fedavg", None)]["summary"]["accuracy"]["mean"] == pytest.approx(
+        results["baselines"]["fedavg"]["accuracy"])
     assert set(results["baselines"]) == {"fedavg", "fedavg_8bit", "standalone",
                                          "standalone_student", "centralized"}
     for b in results["baselines"].values():

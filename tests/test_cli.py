@@ -8,14 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
 
 from fdcli import TopKCodec, __version__
-from fdcli.cli import app
 
-from .helpers import load_manifest, make_bundle, save_manifest, shard_path
-
-runner = CliRunner()
+from .helpers import fd, load_manifest, make_bundle, save_manifest, shard_path
 
 
 @pytest.fixture
@@ -26,26 +22,26 @@ def bundle(tmp_path):
 
 
 def test_version():
-    result = runner.invoke(app, ["--version"])
+    result = fd(*["--version"])
     assert result.exit_code == 0
     assert result.stdout.strip() == f"fd {__version__}"
 
 
 def test_help_lists_commands_with_examples():
-    result = runner.invoke(app, ["-h"])
+    result = fd(*["-h"])
     assert result.exit_code == 0
     assert "inspect" in result.stdout and "verify" in result.stdout
     for cmd in ("inspect", "verify"):
-        sub = runner.invoke(app, [cmd, "--help"])
+        sub = fd(*[cmd, "--help"])
         assert sub.exit_code == 0 and "Example" in sub.stdout
 
 
 def test_inspect_bundle_table_and_json(bundle):
-    result = runner.invoke(app, ["inspect", str(bundle)])
+    result = fd(*["inspect", str(bundle)])
     assert result.exit_code == 0, result.output
     assert "topk, k=4, value_dtype=int8, scale=0.03125" in result.stdout
     assert "client-a" in result.stdout
-    result = runner.invoke(app, ["inspect", str(bundle), "--json"])
+    result = fd(*["inspect", str(bundle), "--json"])
     assert result.exit_code == 0
     info = json.loads(result.stdout)
     assert info["kind"] == "bundle"
@@ -55,7 +51,7 @@ def test_inspect_bundle_table_and_json(bundle):
 
 
 def test_inspect_single_shard_describes_itself(bundle):
-    result = runner.invoke(app, ["inspect", str(shard_path(bundle, 1)), "--json"])
+    result = fd(*["inspect", str(shard_path(bundle, 1)), "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["kind"] == "shard"
@@ -66,10 +62,10 @@ def test_inspect_single_shard_describes_itself(bundle):
 
 
 def test_verify_sound_bundle(bundle):
-    result = runner.invoke(app, ["verify", str(bundle)])
+    result = fd(*["verify", str(bundle)])
     assert result.exit_code == 0
     assert result.stdout.startswith("OK ") and "rows" in result.stdout
-    result = runner.invoke(app, ["verify", str(bundle), "--json"])
+    result = fd(*["verify", str(bundle), "--json"])
     assert json.loads(result.stdout)["ok"] is True
 
 
@@ -78,13 +74,13 @@ def test_verify_lists_every_problem_and_exits_1(bundle):
     m["shards"][0]["sha256"] = "f" * 64
     save_manifest(bundle, m)
     shard_path(bundle, 1).write_bytes(b"garbage")
-    result = runner.invoke(app, ["verify", str(bundle)])
+    result = fd(*["verify", str(bundle)])
     assert result.exit_code == 1
     assert "2 problem(s) found" in result.stderr
     assert "shard-00000.safetensors.zst: sha256 is" in result.stderr
     assert "shard-00001.safetensors.zst: 7 bytes on disk" in result.stderr
     assert "Traceback" not in result.output
-    result = runner.invoke(app, ["verify", str(bundle), "--json"])
+    result = fd(*["verify", str(bundle), "--json"])
     report = json.loads(result.stdout)
     assert result.exit_code == 1 and report["ok"] is False and len(report["problems"]) == 2
 
@@ -95,7 +91,7 @@ def test_verify_lists_every_problem_and_exits_1(bundle):
     (["verify", "{tmp}/nowhere"], "not a folder"),
 ])
 def test_errors_are_messages_not_tracebacks(tmp_path, args, fragment):
-    result = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
+    result = fd(*[a.format(tmp=tmp_path) for a in args])
     assert result.exit_code == 1
     assert fragment in result.stderr
     assert "Traceback" not in result.output
@@ -105,14 +101,14 @@ def test_errors_are_messages_not_tracebacks(tmp_path, args, fragment):
 def test_inspect_a_lone_file_that_is_not_a_shard(tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("hello")
-    result = runner.invoke(app, ["inspect", str(f)])
+    result = fd(*["inspect", str(f)])
     assert result.exit_code == 1
     assert "not a folder; expected a bundle folder (holding manifest.json" in result.stderr
     assert "or a '.safetensors.zst' shard" in result.stderr
 
 
 def test_unknown_option_is_a_usage_error(bundle):
-    result = runner.invoke(app, ["verify", str(bundle), "--bogus"])
+    result = fd(*["verify", str(bundle), "--bogus"])
     assert result.exit_code == 2
 
 

@@ -14,18 +14,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from fdcli.bundle import BundleWriter, DenseCodec, read_bundle
-from fdcli.cli import app
 from fdcli.identity import emitted_client_id, specialist_client_id
 from fdcli.models import train_word_tokenizer
+
+from .helpers import fd
 
 from .test_pipeline import make_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_SITE = "hospital-a"  # the institution the docs' commands show
-runner = CliRunner()
 
 
 def bash_blocks(path: Path, heading: str | None = None) -> list[list[tuple[str, list[str]]]]:
@@ -86,8 +85,9 @@ def make_world(root: Path, sites: list[str]) -> None:
 def invoke(folder: Path, argv: list[str], monkeypatch) -> str:
     monkeypatch.chdir(folder)
     args = [m for a in argv for m in (sorted(glob.glob(a)) if "*" in a else [a])]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, f"fd {shlex.join(args)} in {folder.name}: {result.output}{result.exception!r}"
+    result = fd(*args)
+    assert result.exit_code == 0, (f"fd {shlex.join(args)} in {folder.name}: {result.output}"
+                                   f"{result.exception!r}")
     return result.output
 
 
@@ -206,7 +206,7 @@ def write_bundle(path: Path, client_id: str, model_fingerprint: str, seed: int =
 def test_shared_id_of_two_models_is_refused_with_the_fix(tmp_path):
     a = write_bundle(tmp_path / "usb" / "a", "hospital", "sha256:" + "a" * 64)
     b = write_bundle(tmp_path / "usb" / "b", "hospital", "sha256:" + "b" * 64, seed=1)
-    result = runner.invoke(app, ["aggregate", str(a), str(b), "--out", str(tmp_path / "t")])
+    result = fd(*["aggregate", str(a), str(b), "--out", str(tmp_path / "t")])
     assert result.exit_code == 1
     message = " ".join(result.output.split())
     assert (f"{b}: client id 'hospital' is shared by two different models: {a} (model "
@@ -228,7 +228,7 @@ def test_one_model_twice_is_refused_as_before(tmp_path, case):
         shutil.copytree(a, b)
     else:
         write_bundle(b, "hospital", fp, seed=1)
-    result = runner.invoke(app, ["aggregate", str(a), str(b), "--out", str(tmp_path / "t")])
+    result = fd(*["aggregate", str(a), str(b), "--out", str(tmp_path / "t")])
     assert result.exit_code == 1
     message = " ".join(result.output.split())
     assert "shared by two different models" not in message

@@ -7,28 +7,16 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from fdcli.bundle import read_bundle
-from fdcli.cli import app
 from fdcli.embedding import (anchor_positions, load_encoder, neighbour_agreement, pick_anchors,
                              pool, relation_logits)
 from fdcli.selfsup import augment_text, nt_xent
 from fdcli.stages.simulate import ARCHITECTURES
 
+from .helpers import fd as run
+from .helpers import fd_ok as ok
 from .test_pipeline import text_recipe
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +114,8 @@ def test_aggregate_keeps_anchors_and_emission_settings(world):
         "mean_tail_mass"]  # the union of two top-8 rows keeps more of the consensus
     result = run("aggregate", world / "b-0", world / "b-1", "--sharpen", 0.5, "--out",
                  world / "sharp")
-    assert result.exit_code == 1 and "not embedding bundles" in result.output
+    assert result.exit_code == 1
+    assert "fd aggregate: --sharpen does not apply to --task embedding" in result.output
 
 
 def _test_embeddings(world, model):
@@ -218,7 +207,7 @@ def test_evaluate_embedding_probes_and_agreement(world):
     (["--pooling", "max"], "pooling must be one of ['mean', 'cls', 'pooler']"),
     (["--encoding", "sample"], "encoding must be one of ['topk', 'dense']"),
     (["--temperature", 0], "temperature must be positive"),
-    (["--draws", 4], "--draws do not apply to --task embedding"),
+    (["--draws", 4], "fd emit-logits: --draws does not apply to --task embedding"),
 ])
 def test_emit_embedding_refuses_bad_settings(world, tmp_path, args, message):
     out = tmp_path / "bundle"
@@ -232,16 +221,16 @@ def test_emit_embedding_refuses_bad_settings(world, tmp_path, args, message):
 def test_embedding_options_and_bundles_are_refused_elsewhere(world, tmp_path):
     cases = [
         (["emit-logits", world / "spec-0", world / "parts" / "proxy", "--out", tmp_path / "a",
-          "--anchors", 8], "--anchors apply to --task embedding, not classification"),
+          "--anchors", 8], "fd emit-logits: --anchors does not apply to --task classification"),
         (["distill", world / "vit.json", world / "parts" / "proxy", world / "b-0", "--out",
-          tmp_path / "b", "--bank", "momentum"], "--bank apply to --task embedding"),
-        (["distill", world / "vit.json", world / "parts" / "proxy", world / "b-0", "--out",
-          tmp_path / "c"], "task 'embedding'; a classifier is distilled from a classification"),
+          tmp_path / "b", "--bank", "momentum", "--task", "classification"],
+         "--task classification contradicts"),
         (["distill", world / "vit.json", world / "parts" / "proxy", world / "b-0", "--out",
           tmp_path / "d", "--task", "embedding", "--hard-weight", 0.5],
-         "--hard-weight does not apply to --task embedding"),
+         "fd distill: --hard-weight does not apply to --task embedding"),
         (["evaluate", world / "spec-0", world / "parts" / "test", "--probe-train",
-          world / "parts" / "proxy-labels"], "--probe-train apply to --task embedding"),
+          world / "parts" / "proxy-labels"],
+         "fd evaluate: --probe-train does not apply to --task classification"),
     ]
     for args, message in cases:
         result = run(*args)
@@ -250,7 +239,8 @@ def test_embedding_options_and_bundles_are_refused_elsewhere(world, tmp_path):
     ok("emit-logits", world / "spec-0", world / "parts" / "proxy", "--out", tmp_path / "cls")
     result = run("distill", world / "vit.json", world / "parts" / "proxy", tmp_path / "cls",
                  "--out", tmp_path / "e", "--task", "embedding")
-    assert result.exit_code == 1 and "task 'classification'; an embedding student" in \
+    assert result.exit_code == 1 and (f"--task embedding contradicts {tmp_path / 'cls'}/"
+                                      "manifest.json, which says classification") in \
         " ".join(result.output.split())
     result = run("aggregate", world / "b-0", tmp_path / "cls", "--out", tmp_path / "mixed")
     assert result.exit_code == 1 and "task is 'classification'" in result.output
@@ -319,6 +309,9 @@ def test_simulate_embedding_end_to_end(tmp_path):
     names = {"label_logit_student", "relational_student", "relational_student_momentum",
              "proxy_only_simclr", "random_init", "specialist client-0", "specialist client-1"}
     assert set(r["probes"]) == names
+    assert r["task"] == "embedding" and {s["method"] for s in r["scores"]} == names
+    assert {s["method"]: s["metrics"]["knn_accuracy"] for s in r["scores"]} == {
+        n: [pytest.approx(p["knn_accuracy"])] for n, p in r["probes"].items()}
     for p in r["probes"].values():
         assert 0 < p["linear_probe_accuracy"] <= 1 and 0 < p["knn_accuracy"] <= 1
     assert r["config"]["anchors"] == 128 and r["config"]["k"] == 8
@@ -332,7 +325,8 @@ def test_simulate_embedding_end_to_end(tmp_path):
     report = (out / "report.md").read_text()
     assert "| relational_student |" in report and "| proxy_only_simclr |" in report
     result = run("simulate", "--task", "embedding", "--rounds", 2, "--out", tmp_path / "x")
-    assert result.exit_code == 1 and "--task embedding is one-shot" in result.output
+    assert result.exit_code == 1
+    assert "fd simulate: --rounds does not apply to --task embedding" in result.output
 
 
 def test_relational_bundles_at_other_temperatures_are_refused(world, tmp_path):

@@ -9,13 +9,12 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from typer.testing import CliRunner
 
-from fdcli.cli import app
 from fdcli.stages.lm import default_temperature
 from fdcli.stages.simulate_lm import stdlib_domains, write_stdlib_corpus
 
-runner = CliRunner()
+from .helpers import fd_ok
+
 TRAIN = ["--epochs", "3", "--lr", "2e-3"]
 
 
@@ -33,8 +32,7 @@ def test_default_temperature_follows_the_teacher(encoding, tail, want):
 
 
 def _fd(*args) -> dict:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
+    result = fd_ok(*args)
     return {"stdout": result.stdout, "stderr": result.stderr}
 
 

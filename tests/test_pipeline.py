@@ -8,13 +8,12 @@ import random
 import re
 
 import pytest
-from typer.testing import CliRunner
 
 from fdcli.bundle import read_bundle, verify_bundle
-from fdcli.cli import app
 from fdcli.models import train_word_tokenizer
 
-runner = CliRunner()
+from .helpers import fd as run
+
 LABELS = ["billing", "outage", "praise"]
 WORDS = {"billing": ["invoice", "charge", "refund", "payment"],
          "outage": ["down", "offline", "error", "crash"],
@@ -43,11 +42,6 @@ def text_recipe(root, n, seed, layers):
     (root / "bert.json").write_text(json.dumps({
         "model_type": "bert", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": layers,
         "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 32}))
-
-
-def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from fdcli.cli import app
 from fdcli.privacy import (attack_metrics, label_matched_weights, loss_threshold_attack,
                            reference_attack)
 
-runner = CliRunner()
+from .helpers import fd
 
 
 def test_attack_metrics_by_hand():
@@ -93,7 +91,7 @@ def digits_sets(tmp_path_factory):
 
 
 def _train(root, data, out, epochs):
-    r = runner.invoke(app, ["train-specialist", str(root / data), "--model",
+    r = fd(*["train-specialist", str(root / data), "--model",
                             str(root / "resnet.json"), "--epochs", str(epochs), "--lr", "3e-3",
                             "--batch-size", "16", "--out", str(root / out), "--json"])
     assert r.exit_code == 0, r.output
@@ -104,7 +102,7 @@ def _mia(root, model, *refs):
             str(root / "members"), "--nonmembers", str(root / "nonmembers"), "--json"]
     for ref in refs:
         args += ["--reference", str(root / ref)]
-    r = runner.invoke(app, args)
+    r = fd(*args)
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout)
 
@@ -126,7 +124,7 @@ def test_mia_on_real_models(digits_sets):
 
 
 def test_mia_needs_both_sets(digits_sets):
-    r = runner.invoke(app, ["evaluate", str(digits_sets / "members"),
+    r = fd(*["evaluate", str(digits_sets / "members"),
                             str(digits_sets / "nonmembers"), "--mia"])
     assert r.exit_code == 1
     assert "--mia needs --members" in " ".join(r.output.split())

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from fdcli.bundle import read_bundle, verify_bundle
-from fdcli.training import TeacherRows, _Collator
+from fdcli.bundle import TeacherRows
+from fdcli.training import _Collator
 
 from .test_pipeline import LABELS, make_csv, run, text_recipe
 
@@ -69,9 +70,12 @@ def test_aggregate_sharpens_the_consensus(world, tmp_path):
     soft = read_bundle(world / "consensus").read_all().dense().double().exp()
     expected = torch.softmax(soft / 0.1, dim=-1)
     assert torch.allclose(sharp.read_all().dense().double().exp(), expected, atol=2e-3)
-    result = run("aggregate", world / "bundle-0", "--sharpen", 0, "--out", tmp_path / "zero")
+    result = run("aggregate", world / "bundle-0", "--sharpen", -1, "--out", tmp_path / "neg")
     assert result.exit_code == 1 and "sharpen must be a positive temperature" in result.stderr
-    assert not (tmp_path / "zero").exists()
+    assert not (tmp_path / "neg").exists()
+    result = run("aggregate", world / "bundle-0", "--sharpen", 0, "--out", tmp_path / "zero")
+    assert result.exit_code == 0, result.output  # 0: no sharpening, as for fd simulate
+    assert read_bundle(tmp_path / "zero").manifest.producer.config["sharpen"] is None
 
 
 def test_coverage_refuses_bundles_without_label_counts(world, tmp_path):
@@ -224,7 +228,7 @@ def test_simulate_refuses_rounds_for_language_models(tmp_path):
     result = run("simulate", "--task", "causal-lm", "--rounds", 2, "--from-student",
                  "--out", tmp_path / "lm")
     assert result.exit_code == 1
-    assert "--from-student, --rounds apply to classification" in result.stderr
+    assert "fd simulate: --rounds, --from-student do not apply to --task causal-lm" in result.stderr
     assert not (tmp_path / "lm").exists()
 
 

@@ -12,19 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from fdcli.bundle import BundleWriter, SampleCodec, TopKCodec, read_bundle, verify_bundle
 from fdcli.bundle import writer as writer_mod
 from fdcli.bundle.kernels import SAMPLE_BLOCK
 from fdcli.bundle.merge import merge_bundles, part_path
-from fdcli.cli import app
 from fdcli.devices import Ranks, ranks, resolve_dtype, share, trainer_precision
 from fdcli.errors import BundleError, FdError, IncompatibleBundlesError
 
-from .helpers import peaked_logits
-
-runner = CliRunner()
+from .helpers import fd, peaked_logits
 
 
 # -- device-side encoders, checked on the CPU ----------------------------------------------
@@ -202,7 +198,7 @@ def test_shares_cover_every_item_once():
 def test_cli_refuses_fp16_on_a_cpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("fp16 runs on this machine's GPU")
-    r = runner.invoke(app, ["emit-logits", str(tmp_path), str(tmp_path), "--out",
+    r = fd(*["emit-logits", str(tmp_path), str(tmp_path), "--out",
                             str(tmp_path / "o"), "--dtype", "fp16"])
     assert r.exit_code == 1 and "fp16 needs a GPU" in r.output
     assert not (tmp_path / "o").exists()
@@ -312,7 +308,7 @@ def test_merge_joins_parts_and_refuses_what_is_not_one_emit(lm_files, tmp_path, 
     monkeypatch.setattr(parallel, "_join_parts", lambda *a: None)
     out, parts = _parts(tmp_path, lm_files)
     assert all(p.is_dir() for p in parts) and not out.exists()
-    r = runner.invoke(app, ["merge", *map(str, reversed(parts)), "--out", str(out), "--json"])
+    r = fd(*["merge", *map(str, reversed(parts)), "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     merged = read_bundle(out)
     assert json.loads(r.output)["parts"] == 2 and merged.manifest.producer.config[
@@ -325,7 +321,7 @@ def test_merge_joins_parts_and_refuses_what_is_not_one_emit(lm_files, tmp_path, 
     with pytest.raises(IncompatibleBundlesError, match="example 0 is also in"):
         merge_bundles([parts[0], out], tmp_path / "x")
     _, other = _parts(tmp_path / "k8", lm_files, k=8)
-    r = runner.invoke(app, ["merge", str(parts[0]), str(other[1]), "--out",
+    r = fd(*["merge", str(parts[0]), str(other[1]), "--out",
                             str(tmp_path / "x")])
     assert r.exit_code == 1 and "encoding" in r.output and "differ from" in r.output
     (parts[1] / "shard-00000.safetensors.zst").write_bytes(b"junk")
@@ -367,7 +363,7 @@ def test_two_process_training_writes_one_model(lm_files, tmp_path):
 def test_single_process_commands_refuse_a_launcher(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    r = runner.invoke(app, ["aggregate", str(tmp_path), "--out", str(tmp_path / "t")])
+    r = fd(*["aggregate", str(tmp_path), "--out", str(tmp_path / "t")])
     assert r.exit_code == 1 and "fd aggregate runs in one process, but WORLD_SIZE=2" in r.output
     assert sorted(tmp_path.iterdir()) == []
 

@@ -8,17 +8,12 @@ import random
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from fdcli.bundle import read_bundle, verify_bundle
-from fdcli.cli import app
 
-runner = CliRunner()
+from .helpers import fd as _fd
+
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda omicron".split()
-
-
-def _fd(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def _pairs(seed: int, n: int, reverse: bool) -> list[dict[str, str]]:
@@ -130,7 +125,20 @@ def test_rouge_l_and_text_metrics_by_hand():
         text_metrics(["a"], ["a", "b"])
 
 
-def test_seq2seq_pipeline_end_to_end(s2s_world):
+@pytest.fixture(scope="module")
+def s2s_pipeline(s2s_world):
+    """s2s_world after the seq2seq pipeline through the CLI, each step checked as it runs:
+    specialists, bundles, teacher, student. Tests that need them take this fixture, so none
+    depends on another test having run."""
+    _seq2seq_pipeline_steps(s2s_world)
+    return s2s_world
+
+
+def test_seq2seq_pipeline_end_to_end(s2s_pipeline):
+    assert (s2s_pipeline / "student" / "fd.json").exists()
+
+
+def _seq2seq_pipeline_steps(s2s_world):
     w = s2s_world
     common = ["--task", "seq2seq", "--tokenizer", w / "tok"]
     for name, config in (("a", "t5.json"), ("b", "bart.json")):
@@ -178,10 +186,8 @@ def test_seq2seq_pipeline_end_to_end(s2s_world):
     assert 0 <= s["bleu"] <= 100 and s["chrf"] >= u["chrf"] and 0 <= s["rouge_l"] <= 100
 
 
-def test_generate_writes_targets_every_teacher_then_shares(s2s_world):
-    w = s2s_world
-    if not (w / "spec-a").exists():
-        pytest.skip("needs the specialists of test_seq2seq_pipeline_end_to_end")
+def test_generate_writes_targets_every_teacher_then_shares(s2s_pipeline):
+    w = s2s_pipeline
     r = _fd("generate", w / "spec-a", w / "sources.jsonl", "--max-target-length", "6",
             "--out", w / "gen.jsonl", "--json")
     assert r.exit_code == 0, r.output
@@ -206,42 +212,39 @@ def test_generate_writes_targets_every_teacher_then_shares(s2s_world):
     (["emit-logits", "{w}/spec-a", "{w}/renamed.csv", "--task", "seq2seq",
       "--source-column", "code", "--target-column", "docs"],
      "target column 'docs' not found; the dataset has columns ['code', 'doc']"),
-    (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--source-column", "source"],
-     "--source-column apply to --task seq2seq, not classification"),
+    (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--task", "embedding", "--source-column",
+      "source"], "fd emit-logits: --source-column does not apply to --task embedding"),
     (["distill", "{w}/t5.json", "{w}/proxy.jsonl", "{w}/teacher", "--task", "seq2seq",
       "--tokenizer", "{w}/tok", "--target-column", "source"],
      "these pairs (--max-source-length 256, --max-target-length 8, columns 'source'/'source')"
      " differ"),
     (["distill", "{w}/gpt2.json", "{w}/proxy.jsonl", "{w}/teacher", "--task", "causal-lm",
-      "--tokenizer", "{w}/tok"], "teacher: a 'seq2seq' token bundle; a causal-lm student needs "
-     "one from fd emit-logits --task causal-lm"),
+      "--tokenizer", "{w}/tok"], "--task causal-lm contradicts {w}/teacher/manifest.json, which "
+     "says seq2seq"),
     (["distill", "{w}/gpt2.json", "{w}/proxy.jsonl", "{w}/teacher", "--task", "seq2seq",
       "--tokenizer", "{w}/tok"], "not a valid 'gpt2' sequence-to-sequence model config"),
     (["train-specialist", "{w}/a.jsonl", "--model", "{w}/t5.json", "--task", "seq2seq"],
      "t5.json: no tokenizer found"),
     (["train-specialist", "{w}/a.jsonl", "--model", "{w}/t5.json", "--task", "seq2seq",
       "--tokenizer", "{w}/tok", "--teacher", "{w}/teacher", "--proxy", "{w}/proxy.jsonl"],
-     "--teacher and --proxy (rounds) apply to --task classification"),
+     "fd train-specialist: --teacher, --proxy do not apply to --task seq2seq"),
     (["evaluate", "{w}/spec-a", "{w}/test.jsonl", "--task", "seq2seq", "--teacher",
-      "{w}/teacher"], "--teacher and --proxy apply to --task causal-lm"),
+      "{w}/teacher"], "fd evaluate: --teacher does not apply to --task seq2seq"),
     (["train-specialist", "{w}/a.jsonl", "--model", "{w}/t5.json", "--task", "seq2seq",
       "--tokenizer", "{w}/tok", "--max-length", "32"],
-     "--max-length applies to --task causal-lm; for seq2seq use --max-source-length"),
+     "fd train-specialist: --max-length does not apply to --task seq2seq"),
     (["generate", "{w}/spec-a", "{w}/sources.jsonl", "--out", "{w}/gen.csv"],
      "gen.csv: expected a .jsonl file to write the targets to"),
     (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--task", "regression"],
-     "--task must be one of ['classification', 'causal-lm', 'seq2seq', 'embedding'], got "
-     "'regression'"),
+     "--task must be one of classification, causal-lm, seq2seq, embedding; got 'regression'"),
 ])
-def test_seq2seq_errors_are_messages(s2s_world, args, fragment):
-    w = s2s_world
-    if not (w / "teacher").exists():
-        pytest.skip("needs the bundles of test_seq2seq_pipeline_end_to_end")
+def test_seq2seq_errors_are_messages(s2s_pipeline, args, fragment):
+    w = s2s_pipeline
     out = w / "err-out"
     extra = [] if args[0] in ("evaluate", "generate") else ["--out", out]
     result = _fd(*[a.format(w=w) for a in args], *extra)
     assert result.exit_code == 1, result.output
-    assert fragment in " ".join(result.output.split()), result.output
+    assert fragment.format(w=w) in " ".join(result.output.split()), result.output
     assert "Traceback" not in result.output
     assert not out.exists() and not (w / "gen.csv").exists()
 
@@ -276,6 +279,11 @@ def test_simulate_seq2seq_small(tmp_path):
     assert r.exit_code == 0, r.output
     assert "docstrings on the union of the domains" in r.output
     res = json.loads((out / "results.json").read_text())
+    scores = {(s["method"], s["variant"].get("targets")): s["metrics"] for s in res["scores"]}
+    assert res["task"] == "seq2seq" and scores[("fd", "proxy")]["bleu"] == [
+        pytest.approx(res["student"]["union"]["bleu"])]
+    assert scores[("centralized", None)]["chrf"] == [
+        pytest.approx(res["centralized"]["union"]["chrf"])]
     assert res["config"]["task"] == "seq2seq" and list(res["domains"]) == ["asyncio", "email"]
     assert res["proxy_pairs"] == 120
     for s, own in zip(res["specialists"], res["domains"]):
@@ -305,14 +313,12 @@ def test_simulate_seq2seq_small(tmp_path):
     assert "Membership inference" in report
 
 
-def test_hostile_strings_in_a_teacher_config_are_escaped(s2s_world, tmp_path):
+def test_hostile_strings_in_a_teacher_config_are_escaped(s2s_pipeline, tmp_path):
     """The task and columns a teacher's manifest names come from another institution: they
     reach the messages escaped, never as terminal codes or console markup."""
     import shutil
 
-    w = s2s_world
-    if not (w / "teacher").exists():
-        pytest.skip("needs the bundles of test_seq2seq_pipeline_end_to_end")
+    w = s2s_pipeline
     bad = tmp_path / "teacher"
     shutil.copytree(w / "teacher", bad)
     manifest = json.loads((bad / "manifest.json").read_text())

@@ -8,17 +8,16 @@ import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from fdcli.bundle import SampleCodec, SparseRows, TopKCodec, read_bundle, verify_bundle
-from fdcli.cli import app
 from fdcli.lm import load_lm
 from fdcli.losses import dense_kd_loss, sparse_kd_loss
 from fdcli.rules import RULES, aggregate_sparse, union_support
 
+from .helpers import fd as _fd
+
 from .helpers import make_bundle, peaked_logits
 
-runner = CliRunner()
 
 RULE_PARAMS = [("mean", {}), ("confidence", {"measure": "max", "tau": 0.5}),
                ("confidence", {"measure": "neg_entropy", "tau": 1.0}),
@@ -151,7 +150,7 @@ def test_aggregate_stage_streams_token_bundles_and_resparsifies(tmp_path):
 def test_aggregate_refuses_a_different_tokenizer_and_names_it(tmp_path):
     make_bundle(tmp_path / "a", TopKCodec(4), vocab=40, examples=3)
     make_bundle(tmp_path / "b", TopKCodec(4), vocab=41, examples=3)
-    result = runner.invoke(app, ["aggregate", str(tmp_path / "a"), str(tmp_path / "b"),
+    result = _fd(*["aggregate", str(tmp_path / "a"), str(tmp_path / "b"),
                                  "--out", str(tmp_path / "t")])
     assert result.exit_code == 1
     assert f"{tmp_path / 'b'}: label_space.fingerprint" in result.output
@@ -215,7 +214,7 @@ def test_sampled_loss_gradient_is_unbiased():
 
 
 def test_teacher_rows_decode_a_batch_without_a_dense_tensor(tmp_path):
-    from fdcli.training import TeacherRows
+    from fdcli.bundle import TeacherRows
 
     make_bundle(tmp_path / "b", TopKCodec(4), vocab=5000, examples=4,
                 rows_per_example=[2, 3, 1, 4])
@@ -268,12 +267,20 @@ def lm_world(tmp_path_factory):
     return root
 
 
-def _fd(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result
+@pytest.fixture(scope="module")
+def lm_pipeline(lm_world):
+    """lm_world after the causal-LM pipeline through the CLI, each step checked as it runs:
+    specialists, bundles, teacher, student. Tests that need them take this fixture, so none
+    depends on another test having run."""
+    _causal_lm_pipeline_steps(lm_world)
+    return lm_world
 
 
-def test_causal_lm_pipeline_end_to_end(lm_world):
+def test_causal_lm_pipeline_end_to_end(lm_pipeline):
+    assert (lm_pipeline / "student" / "fd.json").exists()
+
+
+def _causal_lm_pipeline_steps(lm_world):
     w = lm_world
     common = ["--task", "causal-lm", "--max-length", "32"]
     for name, config in (("a", "gpt2.json"), ("b", "llama.json")):
@@ -288,9 +295,11 @@ def test_causal_lm_pipeline_end_to_end(lm_world):
     r = _fd("emit-logits", w / "spec-a", w / "proxy.jsonl", *common, "--k", "8",
             "--out", w / "bundle-a", "--json")
     assert r.exit_code == 0, r.output
-    r = _fd("emit-logits", w / "spec-b", w / "proxy.jsonl", *common, "--k", "8",
+    # the task is the specialist's own (its fd.json): no --task needed
+    r = _fd("emit-logits", w / "spec-b", w / "proxy.jsonl", "--max-length", "32", "--k", "8",
             "--value-dtype", "fp16", "--out", w / "bundle-b", "--json")
     assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["task"] == "causal-lm"
     a, b = read_bundle(w / "bundle-a"), read_bundle(w / "bundle-b")
     assert (a.manifest.task, a.manifest.encoding["k"], b.manifest.encoding["value_dtype"]) == \
         ("token", 8, "fp16")
@@ -306,7 +315,7 @@ def test_causal_lm_pipeline_end_to_end(lm_world):
     assert t.manifest.task == "token" and t.manifest.rows == a.manifest.rows
     assert t.manifest.producer.config["max_length"] == 32
     assert verify_bundle(w / "teacher").ok
-    r = _fd("distill", w / "gpt2.json", w / "proxy.jsonl", w / "teacher", "--task", "causal-lm",
+    r = _fd("distill", w / "gpt2.json", w / "proxy.jsonl", w / "teacher",  # task: the bundle's
             "--tokenizer", w / "tok", "--epochs", "4", "--lr", "3e-3", "--hard-weight", "0.2",
             "--out", w / "student", "--json")
     assert r.exit_code == 0, r.output
@@ -330,12 +339,10 @@ def test_causal_lm_pipeline_end_to_end(lm_world):
     assert 0 <= s["next_token_accuracy"] <= 1
 
 
-def test_causal_lm_student_from_a_sampled_bundle(lm_world):
+def test_causal_lm_student_from_a_sampled_bundle(lm_pipeline):
     """The sampled-target loss: a student distilled from spec-b's sampled ids alone (at the
     temperature they were drawn at) moves towards spec-b."""
-    w = lm_world
-    if not (w / "spec-b").exists():
-        pytest.skip("needs the specialists of test_causal_lm_pipeline_end_to_end")
+    w = lm_pipeline
     r = _fd("emit-logits", w / "spec-b", w / "proxy.jsonl", "--task", "causal-lm",
             "--max-length", "32", "--draws", "12", "--out", w / "sampled-b", "--json")
     assert r.exit_code == 0, r.output
@@ -364,8 +371,9 @@ def test_causal_lm_student_from_a_sampled_bundle(lm_world):
     (["distill", "{w}/gpt2.json", "{w}/proxy.jsonl", "{w}/bundle-a", "--task", "causal-lm",
       "--tokenizer", "{w}/tok", "--max-length", "16"],
      "these token blocks (packed to --max-length 16) differ"),
-    (["distill", "{w}/gpt2.json", "{w}/proxy.jsonl", "{w}/bundle-a", "--tokenizer", "{w}/tok"],
-     "distill a causal LM with --task causal-lm"),
+    (["distill", "{w}/gpt2.json", "{w}/proxy.jsonl", "{w}/bundle-a", "--tokenizer", "{w}/tok",
+      "--task", "classification"], "--task classification contradicts {w}/bundle-a/manifest.json, "
+     "which says causal-lm"),
     (["distill", "{w}/gpt2.json", "{w}/proxy.jsonl", "{w}/sampled-b", "--task", "causal-lm",
       "--tokenizer", "{w}/tok", "--temperature", "2"], "drawn at; it cannot be read at 2.0"),
     (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--task", "causal-lm", "--encoding",
@@ -383,16 +391,18 @@ def test_causal_lm_student_from_a_sampled_bundle(lm_world):
       "128"], "it reads at most 64 positions, but --max-length is 128"),
     (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--task", "causal-lm", "--encoding",
       "sample", "--k", "8"], "--k does not apply to --encoding sample; --k is for topk"),
-    (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--draws", "8"],
-     "--draws applies to --task causal-lm and seq2seq (--encoding sample)"),
+    (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--task", "embedding", "--draws", "8"],
+     "fd emit-logits: --draws does not apply to --task embedding"),
     (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--task", "regression"],
-     "--task must be one of ['classification', 'causal-lm', 'seq2seq', 'embedding'], got "
-     "'regression'"),
+     "--task must be one of classification, causal-lm, seq2seq, embedding; got 'regression'"),
+    (["train-specialist", "{w}/a.jsonl", "--model", "{w}/spec-a", "--task", "embedding"],
+     "fd train-specialist does not support --task embedding (it supports: emit-logits, "
+     "aggregate, distill, evaluate, simulate)"),
+    (["simulate", "--task", "causal-lm", "--data", "{w}/a.jsonl", "--alpha", "0.1"],
+     "fd simulate: --data, --alpha do not apply to --task causal-lm"),
 ])
-def test_causal_lm_errors_are_messages(lm_world, args, fragment):
-    w = lm_world
-    if not (w / "bundle-a").exists():
-        pytest.skip("needs the bundles of test_causal_lm_pipeline_end_to_end")
+def test_causal_lm_errors_are_messages(lm_pipeline, args, fragment):
+    w = lm_pipeline
     (w / "small.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 16, "n_layer": 1,
                                               "n_head": 2, "vocab_size": 100}))
     (w / "notext.jsonl").write_text('{"body": "no text column here"}\n')
@@ -400,7 +410,7 @@ def test_causal_lm_errors_are_messages(lm_world, args, fragment):
     extra = [] if args[0] == "evaluate" else ["--out", out]
     result = _fd(*[a.format(w=w) for a in args], *extra)
     assert result.exit_code == 1, result.output
-    assert fragment in " ".join(result.output.split()), result.output
+    assert fragment.format(w=w) in " ".join(result.output.split()), result.output
     assert "Traceback" not in result.output
     assert not out.exists()
 
@@ -414,6 +424,11 @@ def test_simulate_causal_lm_small(tmp_path):
     assert r.exit_code == 0, r.output
     assert "perplexity by domain" in r.output and "membership-inference AUC" in r.output
     res = json.loads((out / "results.json").read_text())
+    scores = {(s["method"], s["variant"].get("rule")): s["metrics"] for s in res["scores"]}
+    assert res["task"] == "causal-lm" and scores[("fd", "confidence")]["mean_ppl"] == [
+        pytest.approx(res["student"]["mean_ppl"])]
+    assert scores[("proxy_only", None)]["mean_ppl"] == [
+        pytest.approx(res["proxy_only"]["mean_ppl"])]
     assert res["config"]["task"] == "causal-lm" and len(res["specialists"]) == 2
     domains = list(res["domains"])
     assert domains == ["asyncio", "email"]

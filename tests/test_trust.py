@@ -16,23 +16,18 @@ import tracemalloc
 import pytest
 import torch
 import zstandard
-from typer.testing import CliRunner
 
 from fdcli.bundle import DenseCodec, TopKCodec, read_bundle, verify_bundle, write_bundle
 from fdcli.bundle.safeio import Limits
 from fdcli.bundle.signing import keygen, load_private_key, load_trusted_keys
-from fdcli.cli import app
 from fdcli.errors import BundleError, FdError, IncompatibleBundlesError
 from fdcli.stages.aggregate import aggregate
 
+from .helpers import fd as run
+
 from .helpers import MODEL_FP, PROXY_FP, load_manifest, save_manifest, shard_path, shard_raw
 
-runner = CliRunner()
 LABELS = ["a", "b", "c", "d"]
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def one_line_error(result, *fragments):

@@ -8,28 +8,9 @@ ids are exact at any temperature; the tail is spread evenly over the ids that we
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class SparseRows:
-    """Sparse distributions over ``num_classes`` ids, one per row.
-
-    ``ids``/``logp`` are ``[R, K]``; entries whose ``logp`` is ``-inf`` carry no mass and their
-    id is meaningless (padding). ``tail_logp`` ``[R]`` is the log-mass of every id not listed
-    (``-inf`` when the listed ids carry all of it). Together they sum to one.
-    """
-
-    ids: torch.Tensor
-    logp: torch.Tensor
-    tail_logp: torch.Tensor
-    num_classes: int
-
-    def to_dense(self) -> torch.Tensor:
-        """Log-probs ``[R, V]``: the kept ids, with the tail spread evenly over the others."""
-        return fill_dense(self.ids, self.logp, self.tail_logp, self.num_classes)
+from ..sparse_rows import SparseRows, fill_dense  # noqa: F401  (re-exported for the codecs)
 
 
 def index_dtype(num_classes: int) -> torch.dtype:
@@ -63,20 +44,6 @@ def plogp_rows(logp: torch.Tensor) -> torch.Tensor:
     """Sum of p log p per row, 0 log 0 counting as 0 (no host synchronisation)."""
     p = logp.exp()
     return torch.where(p > 0, p * logp, torch.zeros((), device=logp.device)).sum(-1)
-
-
-def fill_dense(ids, logp, tail_logp, num_classes) -> torch.Tensor:
-    """Dense log-probs ``[R, V]`` from sparse rows, the tail spread evenly over unlisted ids."""
-    rows, k = ids.shape
-    live = torch.isfinite(logp)
-    kept_count = live.sum(-1)
-    others = (num_classes - kept_count).clamp(min=1).to(torch.float32)
-    fill = torch.where(kept_count < num_classes, tail_logp - others.log(),
-                       torch.full_like(tail_logp, -math.inf))
-    out = fill[:, None].expand(rows, num_classes).clone()
-    r, c = live.nonzero(as_tuple=True)
-    out[r, ids[r, c].long()] = logp[r, c]
-    return out
 
 
 def concat_rows(blocks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

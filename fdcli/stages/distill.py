@@ -39,7 +39,7 @@ def proxy_teacher(reader, proxy: str | Path, *, split: str | None, temperature: 
     """Load the proxy dataset a classification bundle was made on and the bundle's rows for
     it: ``(dataset, spec, example ids [N], TeacherRows)``. Refuses a proxy set whose
     fingerprint differs from the bundle's, and example ids past its end."""
-    from ..training import TeacherRows
+    from ..bundle import TeacherRows
 
     m = reader.manifest
     ds = load_local(proxy, split)

@@ -63,7 +63,7 @@ def _blocks(data, split, lm, text_column, max_length, packing, model=None) -> Te
                        max_length=max_length, packing=packing)
 
 
-def _config(**kwargs) -> dict[str, Any]:
+def stage_config(**kwargs) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()}
 
 
@@ -71,7 +71,7 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                         tokenizer: str | Path | None = None, client_id: str | None = None,
                         text_column: str | None = None, split: str | None = None,
                         max_length: int | None = None, packing: bool = True,
-                        epochs: float = 3.0, learning_rate: float = 5e-5, batch_size: int = 8,
+                        epochs: float = 3.0, learning_rate: float = 5e-5, batch_size: int = 16,
                         val_fraction: float = 0.0, seed: int = 0, overwrite: bool = False,
                         progress: bool = True, dtype: str = "auto") -> dict[str, Any]:
     """Train a causal LM (model folder or config file) on this institution's text and write a
@@ -80,7 +80,7 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     mixed precision (the saved weights stay fp32)."""
     from ..training import fit_lm
 
-    config = _config(task="causal-lm", data=data, model=model, tokenizer=tokenizer,
+    config = stage_config(task="causal-lm", data=data, model=model, tokenizer=tokenizer,
                      client_id=client_id, text_column=text_column, split=split,
                      max_length=max_length, packing=packing, epochs=epochs,
                      learning_rate=learning_rate, batch_size=batch_size,
@@ -163,7 +163,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     tb = _blocks(proxy, split, lm, text_column, max_length, packing, model)
     # the weights as stored, before any change of dtype
     model_fp = lm.meta.get("model_fingerprint") or fingerprint_model(lm.model)
-    config = _config(task="causal-lm", model=model, proxy=proxy, encoding=codec.name,
+    config = stage_config(task="causal-lm", model=model, proxy=proxy, encoding=codec.name,
                      **codec.params(), dtype=place(lm.model, dtype), batch_size=batch_size,
                      split=split, text_column=tb.text_column, max_length=tb.max_length,
                      packing=packing, train_examples=lm.meta.get("train_examples"),
@@ -227,7 +227,7 @@ def check_emit_task(manifest: BundleManifest, teacher, task: str) -> None:
             f"emit-logits --task {task}")
 
 
-def _check_vocab(lm, manifest: BundleManifest, student, teacher) -> None:
+def check_vocab(lm, manifest: BundleManifest, student, teacher) -> None:
     fp = vocab_fingerprint(lm.tokenizer)
     if fp != manifest.label_fingerprint or lm.vocab_size != manifest.num_classes:
         raise IncompatibleBundlesError(
@@ -325,20 +325,21 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
     (:func:`default_temperature`). The teacher stays in the bundle's compact tensors;
     rows are decoded a batch at a time. Warns (:class:`~fdcli.errors.FdWarning`) when a top-k
     teacher keeps less than half of its probability mass in its ids."""
-    from ..training import TeacherRows, fit_lm
+    from ..bundle import TeacherRows
+    from ..training import fit_lm
 
     reader, temperature = open_token_teacher(teacher, out, "causal-lm", temperature,
                                              hard_weight, overwrite, limits, trusted_keys)
     m = reader.manifest
     lm = load_lm(student, tokenizer=tokenizer, seed=seed)
-    _check_vocab(lm, m, student, teacher)
+    check_vocab(lm, m, student, teacher)
     tb = _teacher_blocks(proxy, teacher, m, lm, student, split, text_column, max_length,
                          packing)
     block = reader.read_all()
     check_rows(block, tb.blocks, teacher)
     teacher_rows = TeacherRows(block, temperature)
     ids = block.example_ids.tolist()
-    config = _config(task="causal-lm", student=student, proxy=proxy, teacher=teacher,
+    config = stage_config(task="causal-lm", student=student, proxy=proxy, teacher=teacher,
                      tokenizer=tokenizer, temperature=temperature, hard_weight=hard_weight,
                      epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                      max_length=tb.max_length, packing=tb.packing, seed=seed)
@@ -428,7 +429,7 @@ def evaluate_lm(model: str | Path, data: str | Path, *, tokenizer: str | Path | 
         if reader.manifest.task != "token":
             raise IncompatibleBundlesError(f"{teacher}: task {reader.manifest.task!r}; "
                                            "expected a token bundle")
-        _check_vocab(lm, reader.manifest, model, teacher)
+        check_vocab(lm, reader.manifest, model, teacher)
         ptb = _teacher_blocks(proxy, teacher, reader.manifest, lm, model, split, None, None,
                               None)
         result["teacher_agreement"] = teacher_agreement(lm, ptb, reader, batch_size)

@@ -28,7 +28,7 @@ from ..outputs import atomic_dir, check_free
 from ..progress import progress_bar
 from ..seq2seq import (DEFAULT_SOURCE_LENGTH, DEFAULT_TARGET_LENGTH, TextPairs, generate,
                        iter_pair_logits, load_seq2seq, text_metrics, text_pairs, token_nll)
-from .lm import (LM_HARD_WEIGHT, _check_vocab, _config, check_rows,
+from .lm import (LM_HARD_WEIGHT, check_vocab, stage_config, check_rows,
                  open_token_teacher, token_codec)
 from .parallel import batch_share, finish_parts, part_target
 
@@ -57,7 +57,7 @@ def train_seq2seq_specialist(data: str | Path, model: str | Path, out: str | Pat
                              target_column: str | None = None, split: str | None = None,
                              max_source_length: int | None = None,
                              max_target_length: int | None = None, epochs: float = 3.0,
-                             learning_rate: float = 5e-5, batch_size: int = 8,
+                             learning_rate: float = 5e-5, batch_size: int = 16,
                              val_fraction: float = 0.0, seed: int = 0,
                              overwrite: bool = False, progress: bool = True,
                              dtype: str = "auto") -> dict[str, Any]:
@@ -73,7 +73,7 @@ def train_seq2seq_specialist(data: str | Path, model: str | Path, out: str | Pat
     m = load_seq2seq(model, tokenizer=tokenizer, seed=seed)
     pairs = _pairs(data, split, m, source_column, target_column, max_source_length,
                    max_target_length)
-    config = _config(task="seq2seq", data=data, model=model, tokenizer=tokenizer,
+    config = stage_config(task="seq2seq", data=data, model=model, tokenizer=tokenizer,
                      client_id=client_id, source_column=pairs.source_column,
                      target_column=pairs.target_column, split=split,
                      max_source_length=pairs.max_source_length,
@@ -131,7 +131,7 @@ def emit_seq2seq_logits(model: str | Path, proxy: str | Path, out: str | Path, *
     pairs = _pairs(proxy, split, m, source_column, target_column, max_source_length,
                    max_target_length)
     model_fp = m.meta.get("model_fingerprint") or fingerprint_model(m.model)
-    config = _config(task="seq2seq", model=model, proxy=proxy, encoding=codec.name,
+    config = stage_config(task="seq2seq", model=model, proxy=proxy, encoding=codec.name,
                      **codec.params(), dtype=place(m.model, dtype), batch_size=batch_size,
                      split=split, source_column=pairs.source_column,
                      target_column=pairs.target_column,
@@ -210,19 +210,20 @@ def distill_seq2seq(student: str | Path, proxy: str | Path, teacher: str | Path,
     against a token bundle: per target token, the tail-bucket loss (topk), the sampled-target
     loss (sample) or full KL (dense) at ``temperature`` (None: picked from the teacher, as for
     causal-lm), mixed with ``hard_weight`` of cross-entropy on the proxy's target tokens."""
-    from ..training import TeacherRows, fit_seq2seq
+    from ..bundle import TeacherRows
+    from ..training import fit_seq2seq
 
     reader, temperature = open_token_teacher(teacher, out, "seq2seq", temperature,
                                              hard_weight, overwrite, limits, trusted_keys)
     mf = reader.manifest
     m = load_seq2seq(student, tokenizer=tokenizer, seed=seed)
-    _check_vocab(m, mf, student, teacher)
+    check_vocab(m, mf, student, teacher)
     pairs = _teacher_pairs(proxy, teacher, mf, m, student, split, source_column,
                            target_column, None, None)
     block = reader.read_all()
     check_rows(block, pairs.targets, teacher, "target-token rows", "pair", "no target")
     ids = block.example_ids.tolist()
-    config = _config(task="seq2seq", student=student, proxy=proxy, teacher=teacher,
+    config = stage_config(task="seq2seq", student=student, proxy=proxy, teacher=teacher,
                      tokenizer=tokenizer, temperature=temperature, hard_weight=hard_weight,
                      epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                      source_column=pairs.source_column, target_column=pairs.target_column,

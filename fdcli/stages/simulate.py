@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from .. import __version__
 from ..outputs import fresh_dir
+from ..results import Score, write_results
 
 #: tiny random-init architectures for the digits (8x8 images); a config file per entry.
 #: ``image_size`` sets the image processor's resize (the ResNet reads the digits at 16x16).
@@ -103,7 +104,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     and the clients the aggregate's outlier report flagged.
     """
     from ..meter import StageMeter
-    from ..report import bytes_to_target, markdown, one_shot_curve, plot, ratios_to
+    from ..report import bytes_to_target, one_shot_curve, plot, ratios_to, report_markdown
     from .distill import distill
     from .evaluate import evaluate
     from .federation import Federation, scores
@@ -291,10 +292,22 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
             results["timing"] = meter.summary()
             if target is not None:
                 plot(results, root / "accuracy_vs_bytes.png")
-            (root / "report.md").write_text(markdown(results))
+            (root / "report.md").write_text(report_markdown(results))
         results["timing"] = meter.summary()
-        (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        results = write_results(root, "classification", results, scores(results, seed))
     return results
+
+
+def scores(results: dict[str, Any], seed: int) -> list[Score]:
+    """The typed scores of a classification simulation (:mod:`fdcli.results`): the student
+    of every rule (method ``fd``), and each baseline, with what each sent."""
+    sent = results["bytes"]
+    out = [Score.one("fd", seed, s, variant={"rule": rule},
+                     sent=sent["fd"]["total"] if rule == results["config"]["rule"] else None)
+           for rule, s in results["students_by_rule"].items()]
+    out += [Score.one(name, seed, b, sent=sent.get(name, {}).get("total"))
+            for name, b in results["baselines"].items()]
+    return out
 
 
 def _write_configs(root: Path, parts: Path, kind: str, catalogue: dict[str, dict[str, Any]]):

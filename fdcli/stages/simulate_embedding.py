@@ -13,12 +13,12 @@ split), and compared with each specialist's neighbour sets.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from .. import __version__
 from ..outputs import fresh_dir
+from ..results import Score, write_results
 
 
 def simulate_embedding(out: str | Path, *, data: str | Path | None = None,
@@ -137,7 +137,8 @@ def simulate_embedding(out: str | Path, *, data: str | Path | None = None,
         }
         results["timing"] = meter.summary()
         (root / "report.md").write_text(report_markdown(results))
-        (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        results = write_results(root, "embedding", results, [
+            Score.one(name, seed, probe) for name, probe in probes.items()])
     return results
 
 

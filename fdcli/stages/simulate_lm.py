@@ -25,9 +25,10 @@ from typing import Any, Callable, Sequence
 
 from .. import __version__
 from ..outputs import fresh_dir
+from ..results import write_results
 from .federation import dir_bytes
 from .lm import LM_HARD_WEIGHT
-from .token_evidence import evidence_md
+from .token_evidence import evidence_md, token_scores
 
 #: tiny random-init causal LMs; ``n_positions``/``max_position_embeddings`` and the vocabulary
 #: come from the simulation's settings.
@@ -294,8 +295,8 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
             results["privacy"].update(PRIVACY_NOTE)
             timing["privacy_s"] = time.perf_counter() - t
         results["timing"] = {k: round(v, 2) for k, v in timing.items()}
-        (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (root / "report.md").write_text(report_md(results))
+        results = write_results(root, "causal-lm", results, token_scores(results, seed))
+        (root / "report.md").write_text(report_markdown(results))
     return results
 
 
@@ -311,7 +312,7 @@ PRIVACY_NOTE = {
                        "neither"}
 
 
-def report_md(results: dict[str, Any]) -> str:
+def report_markdown(results: dict[str, Any]) -> str:
     """report.md: perplexity by domain, bytes, FedAvg's bytes to the student's perplexity and
     the membership-inference AUCs."""
     domains = list(results["domains"])

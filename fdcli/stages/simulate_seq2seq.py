@@ -28,9 +28,10 @@ from typing import Any, Callable, Sequence
 
 from .. import __version__
 from ..outputs import fresh_dir
+from ..results import write_results
 from .federation import dir_bytes
 from .lm import LM_HARD_WEIGHT
-from .token_evidence import evidence_md
+from .token_evidence import evidence_md, token_scores
 from .simulate_lm import stdlib_domains, stdlib_root
 
 #: tiny random-init T5-shaped models (gated-GELU feed-forward, as FLAN-T5); the vocabulary
@@ -265,8 +266,8 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
             results["privacy"].update(PRIVACY_NOTE)
             timing["privacy_s"] = time.perf_counter() - t
         results["timing"] = {key: round(v, 2) for key, v in timing.items()}
-        (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (root / "report.md").write_text(report_md(results))
+        results = write_results(root, "seq2seq", results, token_scores(results, seed))
+        (root / "report.md").write_text(report_markdown(results))
     return results
 
 
@@ -336,7 +337,7 @@ PRIVACY_NOTE = {
                        "neither"}
 
 
-def report_md(results: dict[str, Any]) -> str:
+def report_markdown(results: dict[str, Any]) -> str:
     """report.md: the table of BLEU, chrF, ROUGE-L and perplexity, the bytes and the attacks."""
     cfg = results["config"]
     lines = [f"# fd simulate --task seq2seq ({cfg['num_clients']} institutions)", "",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..lm import LanguageModel
+from ..results import Score
 
 
 def check_setup(catalogue: dict, architectures, student: str, num_clients: int) -> None:
@@ -103,6 +104,29 @@ def bytes_to_perplexity(curve: Sequence[dict[str, Any]], target: float) -> dict[
     return {"reached": False, "round": None, "bytes": curve[-1]["total_bytes"] if curve else 0}
 
 
+def token_scores(results: dict[str, Any], seed: int) -> list[Score]:
+    """The typed scores of a token simulation (:mod:`fdcli.results`): each student (method
+    ``fd``; its rule, or for seq2seq the targets it learnt), the proxy-only and centralized
+    models and FedAvg, with their scalar metrics (a seq2seq model's are its scores on the
+    union of the domains)."""
+    def flat(entry: dict[str, Any]) -> dict[str, Any]:
+        return {**entry, **entry.get("union", {})}
+
+    uploaded = results["bytes"]["uploaded_total"]
+    if "students_by_rule" in results:
+        students = [({"rule": r}, s, r == results["config"]["rule"])
+                    for r, s in results["students_by_rule"].items()]
+    else:
+        students = [({"targets": name.removesuffix("_targets")}, s, name == "proxy_targets")
+                    for name, s in results["students"].items()]
+    out = [Score.one("fd", seed, flat(s), variant=variant, sent=uploaded if main else None)
+           for variant, s, main in students]
+    out += [Score.one(name, seed, flat(results[name])) for name in ("proxy_only", "centralized")]
+    out += [Score.one(name, seed, flat(b), sent=b.get("total_bytes"))
+            for name, b in results.get("baselines", {}).items()]
+    return out
+
+
 def bytes_report(uploads: Sequence[int], curves: dict[str, list], target: float
                  ) -> dict[str, Any]:
     """The results' ``bytes`` (the bundles each client uploads) and
@@ -131,12 +155,12 @@ def attacks(task: TokenTask, model: LanguageModel, members: list, nonmembers: li
 
     m, n = task.losses(model, members), task.losses(model, nonmembers)
     rm, rn = task.losses(reference, members), task.losses(reference, nonmembers)
-    found = {k: _r(v) for k, v in loss_threshold_attack(m, n).items()}
-    found["reference"] = {k: _r(v) for k, v in reference_attack(m, n, [rm], [rn]).items()}
+    found = {k: rounded(v) for k, v in loss_threshold_attack(m, n).items()}
+    found["reference"] = {k: rounded(v) for k, v in reference_attack(m, n, [rm], [rn]).items()}
     return found
 
 
-def _r(value):
+def rounded(value):
     return round(value, 4) if isinstance(value, float) and math.isfinite(value) else value
 
 

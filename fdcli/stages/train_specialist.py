@@ -12,8 +12,8 @@ from .. import __version__
 from ..data import label_ids, load_local, resolve
 from ..errors import IncompatibleBundlesError
 from ..identity import specialist_client_id
-from ..models import (fingerprint_model, load_classifier, predict_logits, read_fd_meta,
-                      save_classifier)
+from ..meta import read_fd_meta
+from ..models import fingerprint_model, load_classifier, predict_logits, save_classifier
 from ..outputs import atomic_dir
 
 SCHEDULES = ("mixed", "alternate")

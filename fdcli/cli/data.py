@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from . import cli_options as opts
-from .cli import app
-from .cli_options import (DataOpt, DtypeOpt, ImageCol, JsonOpt, LabelCol, MaxSrc, MaxTgt, OutOpt,
+from . import options as opts
+from . import app
+from .options import (DataOpt, DtypeOpt, ImageCol, JsonOpt, LabelCol, MaxSrc, MaxTgt, OutOpt,
                           Overwrite, SeedOpt, SourceCol, SplitOpt, TextCol, TokenizerOpt)
-from .console import report, reporting_errors
+from ..console import report, reporting_errors
 
 
 @app.command()
@@ -33,7 +33,7 @@ def partition(
 
     [bold]Example[/bold]: fd partition data.csv --num-clients 5 --alpha 0.1 --out parts
     """
-    from .stages.partition import partition as run
+    from ..stages.partition import partition as run
 
     with reporting_errors():
         made = run(data, out_dir, num_clients=num_clients, alpha=alpha,
@@ -62,7 +62,7 @@ def generate(
 
     [bold]Example[/bold]: fd generate teacher-a/ proxy-sources.csv --out proxy.jsonl
     """
-    from .stages.seq2seq import generate_targets
+    from ..stages.seq2seq import generate_targets
 
     with reporting_errors():
         result = generate_targets(model, proxy, out_file, tokenizer=tokenizer,

@@ -1,5 +1,7 @@
 """The options the ``fd`` commands share, and the helpers that turn them into library
-arguments (imported lazily: ``fd --help`` loads no torch)."""
+arguments (imported lazily: ``fd --help`` loads no torch). Which task takes an option, and
+its default, is declared in :mod:`fdcli.tasks`; the help says so (:func:`.dispatch.task_help`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from ..tasks import TASKS
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
 LimitOpt = Annotated[Optional[list[str]], typer.Option(
@@ -34,87 +38,65 @@ SplitOpt = Annotated[Optional[str], typer.Option(help="Split of a multi-split da
 SeedOpt = Annotated[int, typer.Option(help="Random seed, recorded in the output.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 Epochs = Annotated[float, typer.Option(help="Training epochs.")]
-LR = Annotated[float, typer.Option("--lr", help="Learning rate.")]
 Batch = Annotated[int, typer.Option(help="Batch size.")]
 TokenizerOpt = Annotated[Optional[Path], typer.Option(
     help="Tokenizer folder, for text models built from a config file.")]
-TaskOpt = Annotated[str, typer.Option(help="classification; causal-lm or seq2seq for "
-                                           "token-level distillation of language models; "
-                                           "embedding for relational bundles of any encoder.")]
-PoolingOpt = Annotated[Optional[str], typer.Option(
-    help="embedding: mean (over tokens or the feature map), cls (the first token) or pooler "
-         "(the model's own pooled output). Default: mean, or what the bundle or model "
-         "records.")]
+TaskOpt = Annotated[Optional[str], typer.Option(
+    help=", ".join(TASKS) + ". Default: what the model's fd.json or config, or the bundle's "
+         "manifest, says; else classification.")]
 SourceCol = Annotated[Optional[str], typer.Option(
     help="seq2seq: source text column (default: source, input, inputs, src, document, "
          "question, prompt or text).")]
-TargetCol = Annotated[Optional[str], typer.Option(
-    help="seq2seq: target text column (default: target, output, targets, tgt, summary, "
-         "answer or completion).")]
 MaxSrc = Annotated[Optional[int], typer.Option(
     help="seq2seq: source tokens kept (default: the model's or bundle's, else 256).")]
 MaxTgt = Annotated[Optional[int], typer.Option(
     help="seq2seq: target tokens kept, end-of-sequence included (default: the model's or "
          "bundle's, else 64).")]
-MaxLen = Annotated[Optional[int], typer.Option(
-    help="causal-lm: tokens per example block (default: the length fd trained the model "
-         "with, else 128 or the model's positions if fewer).")]
-Packing = Annotated[bool, typer.Option("--packing/--no-packing",
-                                       help="causal-lm: pack documents into full blocks, or "
-                                            "truncate each document.")]
 DtypeOpt = Annotated[str, typer.Option(
     help="Model precision: auto (bf16 on a GPU that supports it, else fp32), bf16, fp16 "
          "(GPU only) or fp32. Training uses mixed precision and saves fp32 weights; emitted "
          "logits are encoded in fp32.")]
-TASKS = ("classification", "causal-lm", "seq2seq", "embedding")
-
-
-def check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"--task must be one of {list(TASKS)}, got {task!r}")
-
-
-def seq2seq_only(task: str, max_length: int | None = None, **given) -> None:
-    """Refuse the seq2seq options (``given``: option name -> value) for another task, and
-    causal-lm's ``--max-length`` for seq2seq."""
-    used = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
-    if used and task != "seq2seq":
-        raise ValueError(f"{', '.join(used)} apply to --task seq2seq, not {task}")
-    if task == "seq2seq" and max_length is not None:
-        raise ValueError("--max-length applies to --task causal-lm; for seq2seq use "
-                         "--max-source-length and --max-target-length")
-
-
-def embedding_only(task: str, **given) -> None:
-    """Refuse the embedding options (``given``: option name -> value) for another task."""
-    used = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
-    if used and task != "embedding":
-        raise ValueError(f"{', '.join(used)} apply to --task embedding, not {task}")
 
 
 def dtype(name: str) -> str:
     """``--dtype``, checked against this machine now rather than after loading the data."""
-    from .devices import resolve_dtype
+    from ..devices import resolve_dtype
 
     resolve_dtype(name)
     return name
 
 
 def limits(items: list[str] | None):
-    from .bundle.safeio import DEFAULT_LIMITS
+    from ..bundle.safeio import DEFAULT_LIMITS
 
     return DEFAULT_LIMITS.with_overrides(items)
 
 
 def trusted(folder: Path | None):
-    from .bundle.signing import load_trusted_keys
+    from ..bundle.signing import load_trusted_keys
 
     return None if folder is None else load_trusted_keys(folder)
 
 
 def sign_key(path: Path | None):
-    from .bundle.signing import load_private_key
+    from ..bundle.signing import load_private_key
 
     return None if path is None else load_private_key(path)
 
 
+
+
+def proxy_slice(text: str | None) -> tuple[int, int] | None:
+    """``--slice I/N``."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--slice must be I/N (for example 2/4), got {text!r}") from None
+    return i, n
+
+
+def sharpening(value: float | None) -> float | None:
+    """``--sharpen``: 0 means none."""
+    return None if value == 0 else value

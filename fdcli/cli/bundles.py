@@ -10,11 +10,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from . import cli_options as opts
-from .cli import app
-from .cli_options import JsonOpt, LimitOpt, Overwrite, TrustedOpt
-from .console import human, out, plain, print_json, report, reporting_errors
-from .errors import BundleError
+from . import options as opts
+from . import app
+from .options import JsonOpt, LimitOpt, Overwrite, TrustedOpt
+from ..console import human, out, plain, print_json, report, reporting_errors
+from ..errors import BundleError
 
 
 @app.command()
@@ -30,7 +30,7 @@ def inspect(
 
     [bold]Example[/bold]: fd inspect clients/hospital-a/bundle --json
     """
-    from .bundle.inspect import describe
+    from ..bundle.inspect import describe
 
     with reporting_errors():
         info = describe(path, opts.limits(limit))
@@ -61,7 +61,7 @@ def verify(
 
     [bold]Example[/bold]: fd verify usb-stick/hospital-a-bundle --trusted-keys keys/
     """
-    from .bundle import verify_bundle
+    from ..bundle import verify_bundle
 
     with reporting_errors():
         checked = verify_bundle(bundle_dir, opts.limits(limit), opts.trusted(trusted_keys))
@@ -95,7 +95,7 @@ def keygen(
     [bold]Example[/bold]: fd keygen --out keys --name hospital-a; then fd emit-logits ...
     --sign-key keys/hospital-a.key
     """
-    from .bundle.signing import keygen as run
+    from ..bundle.signing import keygen as run
 
     with reporting_errors():
         result = run(out_dir, name, overwrite=overwrite)
@@ -121,7 +121,7 @@ def merge(
 
     [bold]Example[/bold]: fd merge node0/bundle.part0of2 node1/bundle.part1of2 --out bundle
     """
-    from .bundle.merge import merge_bundles
+    from ..bundle.merge import merge_bundles
 
     with reporting_errors():
         m = merge_bundles(parts, out_dir, overwrite=overwrite, limits=opts.limits(limit),

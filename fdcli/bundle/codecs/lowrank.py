@@ -7,8 +7,9 @@ import math
 
 import torch
 
-from .codecs import Codec, DenseCodec, _nonfinite
-from .sparse import SparseRows, kl_rows
+from ..sparse import SparseRows, kl_rows
+from .base import Codec, nonfinite
+from .dense import DenseCodec
 
 
 class LowRankCodec(Codec):
@@ -64,7 +65,7 @@ class LowRankCodec(Codec):
     def check_values(self, tensors, num_classes):
         problems = []
         for name in ("u", "v", "bias"):
-            problems += _nonfinite(name, tensors[name].float())
+            problems += nonfinite(name, tensors[name].float())
         return problems
 
     def fidelity(self, logp, tensors, num_classes):

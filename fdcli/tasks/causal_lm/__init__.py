@@ -1,0 +1,45 @@
+"""Causal language models: every token position is a row of a token bundle."""
+
+from __future__ import annotations
+
+from ..base import Auto, Command, Task
+from ..shared_options import (AGGREGATION, EMITTING, READING, SIMULATION, SPARSE, SPECIALIST,
+                              TOKEN_ENCODING, TRAINING)
+
+MAX_LENGTH = Auto("the length fd trained the model with, else 128 or the model's positions "
+                  "if fewer")
+TEXT = {"tokenizer": None, "text_column": None, "split": None}
+
+TASK = Task(
+    name="causal-lm",
+    summary="causal language models (AutoModelForCausalLM): a row per token position",
+    bundle_task="token",
+    architectures=("ForCausalLM", "LMHeadModel"),
+    tables="fdcli.tasks.causal_lm.tables:print_simulation",
+    commands={
+        "train-specialist": Command("fdcli.stages.lm:train_lm_specialist", {
+            **SPECIALIST, **TEXT, "max_length": MAX_LENGTH, "packing": True,
+            "batch_size": 16}),
+        "emit-logits": Command("fdcli.stages.lm:emit_token_logits", {
+            **EMITTING, **TOKEN_ENCODING, **TEXT, "max_length": MAX_LENGTH, "packing": True,
+            "batch_size": 8}),
+        "aggregate": Command("fdcli.stages.aggregate:aggregate", {
+            **AGGREGATION, **SPARSE, "k": Auto("16")}),
+        "distill": Command("fdcli.stages.lm:distill_lm", {
+            **TRAINING, **READING, **TEXT,
+            "temperature": Auto("1, or 2 for a top-k teacher whose mean tail mass is above "
+                                "0.75, or a sampled teacher's own"),
+            "hard_weight": 0.5, "batch_size": 8,
+            "max_length": Auto("the teacher bundle's")}),
+        "evaluate": Command("fdcli.stages.lm:evaluate_lm", {
+            **TEXT, "max_length": MAX_LENGTH, "packing": True, "batch_size": 8,
+            "teacher": None, "proxy": None, "dtype": "auto"}),
+        "simulate": Command("fdcli.stages.simulate_lm:simulate_lm", {
+            **SIMULATION, "num_clients": 4, "rule": "confidence", "compare_rules": ("mean",),
+            "architectures": ("gpt2", "llama"), "student": "gpt2", "client_chars": 300_000,
+            "proxy_chars": 600_000, "max_length": 64, "k": 16, "epochs": 2.0,
+            "distill_epochs": 2.0, "batch_size": 16,
+            "temperature": Auto("as fd distill picks"), "hard_weight": 0.5,
+            "fedavg_rounds": 8, "fedavg_local_epochs": 0.5, "privacy": True}),
+    },
+)

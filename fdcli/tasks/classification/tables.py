@@ -1,0 +1,44 @@
+"""fd simulate's table for classification: accuracy and bytes of every model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from ...console import human, out, plain
+
+
+def print_simulation(results: dict, out_dir: Path) -> None:
+    alpha = results["config"]["alpha"]
+    n_rounds = len(results["rounds"])
+    table = Table(title=plain(f"fd simulate: {len(results['specialists'])} clients, "
+                              f"alpha={alpha}, {n_rounds} round(s) ({out_dir}/results.json)"),
+                  title_justify="left")
+    for col in ("model", "architecture", "accuracy", "macro-F1", "sent (up + down)"):
+        table.add_column(col)
+    for s in results["specialists"]:
+        table.add_row(f"specialist {s['client_id']}", s["architecture"], f"{s['accuracy']:.3f}",
+                      f"{s['macro_f1']:.3f}", human(s["uploaded_bytes"]) + " (last round up)")
+    for name, s in results["students_by_rule"].items():
+        sent = results["bytes"]["fd"]["total"] if name == results["config"]["rule"] else None
+        table.add_row(f"student ({name})", s["architecture"], f"{s['accuracy']:.3f}",
+                      f"{s['macro_f1']:.3f}", human(sent) if sent else "")
+    for name, b in results["baselines"].items():
+        sent = results["bytes"].get(name, {}).get("total")
+        arch = "each alone (mean)" if name == "standalone" else results["student"]["architecture"]
+        table.add_row(name, arch, f"{b['accuracy']:.3f}", f"{b['macro_f1']:.3f}",
+                      human(sent) if sent else "")
+    out.print(table)
+    if results["poisoned_clients"]:
+        out.print(plain(f"poisoned ({results['config']['poison_kind']}): "
+                        f"{', '.join(results['poisoned_clients'])}; flagged as outliers by "
+                        f"the aggregate: {', '.join(results['outliers_flagged']) or 'none'}"))
+    hits = results["bytes_to_target"]
+    if hits:
+        reached = {k: human(v["bytes"]) if v["reached"] else "not reached"
+                   for k, v in hits.items()}
+        out.print(f"bytes to {results['target_accuracy']:.3f} accuracy: " +
+                  ", ".join(f"{k} {v}" for k, v in reached.items()), highlight=False)
+    out.print(plain(f"report: {out_dir}/report.md"))
+

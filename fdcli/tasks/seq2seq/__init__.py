@@ -1,0 +1,41 @@
+"""Encoder-decoder models: every target token, teacher-forced, is a row of a token bundle."""
+
+from __future__ import annotations
+
+from ..base import Auto, Command, Task
+from ..shared_options import (AGGREGATION, EMITTING, READING, SIMULATION, SPARSE, SPECIALIST,
+                              TOKEN_ENCODING, TRAINING)
+
+PAIRS = {"tokenizer": None, "source_column": None, "target_column": None, "split": None}
+LENGTHS = {"max_source_length": Auto("the model's or bundle's, else 256"),
+           "max_target_length": Auto("the model's or bundle's, else 64")}
+
+TASK = Task(
+    name="seq2seq",
+    summary="encoder-decoder models (AutoModelForSeq2SeqLM: T5, BART, Marian): a row per "
+            "target token",
+    bundle_task="token",
+    architectures=("ForConditionalGeneration", "ForSeq2SeqLM", "MTModel", "EncoderDecoderModel"),
+    tables="fdcli.tasks.seq2seq.tables:print_simulation",
+    commands={
+        "train-specialist": Command("fdcli.stages.seq2seq:train_seq2seq_specialist", {
+            **SPECIALIST, **PAIRS, **LENGTHS, "batch_size": 16}),
+        "emit-logits": Command("fdcli.stages.seq2seq:emit_seq2seq_logits", {
+            **EMITTING, **TOKEN_ENCODING, **PAIRS, **LENGTHS, "batch_size": 8}),
+        "aggregate": Command("fdcli.stages.aggregate:aggregate", {
+            **AGGREGATION, **SPARSE, "k": Auto("16")}),
+        "distill": Command("fdcli.stages.seq2seq:distill_seq2seq", {
+            **TRAINING, **READING, **PAIRS,
+            "temperature": Auto("1, or 2 for a top-k teacher whose mean tail mass is above "
+                                "0.75, or a sampled teacher's own"),
+            "hard_weight": 0.5, "batch_size": 8}),
+        "evaluate": Command("fdcli.stages.seq2seq:evaluate_seq2seq", {
+            **PAIRS, **LENGTHS, "batch_size": 8, "dtype": "auto"}),
+        "simulate": Command("fdcli.stages.simulate_seq2seq:simulate_seq2seq", {
+            **SIMULATION, "num_clients": 4, "rule": "confidence",
+            "architectures": ("t5-mini", "t5-tiny"), "student": "t5-tiny",
+            "proxy_pairs": 1000, "k": 16, "epochs": 20.0, "distill_epochs": 20.0,
+            "batch_size": 16, "temperature": Auto("as fd distill picks"), "hard_weight": 0.5,
+            "fedavg_rounds": 10, "fedavg_local_epochs": 2.0, "privacy": True}),
+    },
+)
