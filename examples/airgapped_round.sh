@@ -5,7 +5,7 @@
 #   ROUNDS=1 bash examples/airgapped_round.sh         (one-shot: a single trip of the stick)
 #
 # Three institutions (hospital-a, hospital-b, hospital-c) each hold private support tickets
-# labelled billing / outage / praise. Everyone has the same public proxy set of unlabelled
+# labelled billing / outage / praise; they work at the same time, each on its own machine. Everyone has the same public proxy set of unlabelled
 # tickets. Round 1: each institution trains a specialist and writes a logit bundle that
 # declares its label counts; the bundles travel to the coordinator "on a USB stick" (a folder
 # copy); the coordinator verifies them, aggregates them with the coverage rule, sharpened (the
@@ -61,24 +61,31 @@ train_word_tokenizer(texts, w / "shared" / "tokenizer")
 PY
 
 C="$W/coordinator"
+# what one institution does in round r, on its own machine
+institution() {
+  local site=$1 r=$2
+  if [ "$r" = 1 ]; then
+    echo "== round 1, $site: train a specialist on private data, then emit logits"
+    fd train-specialist "$W/$site/private.csv" --model "$W/shared/bert-tiny.json" \
+       --tokenizer "$W/shared/tokenizer" --client-id "$site" --epochs "$EPOCHS" --lr 3e-3 \
+       --out "$W/$site/specialist-1"
+  else
+    echo "== round $r, $site: digest the consensus that came back, revisit private data"
+    cp -r "$C/consensus-$((r - 1))" "$W/$site/consensus-$((r - 1))"   # the stick comes back
+    fd train-specialist "$W/$site/private.csv" --model "$W/$site/specialist-$((r - 1))" \
+       --teacher "$W/$site/consensus-$((r - 1))" --proxy "$W/shared/proxy.csv" \
+       --client-id "$site" --epochs "$EPOCHS" --lr 3e-3 --out "$W/$site/specialist-$r"
+  fi
+  fd emit-logits "$W/$site/specialist-$r" "$W/shared/proxy.csv" --declare-label-counts \
+     --client-id "$site" --out "$W/$site/bundle-$r"
+  mkdir -p "$C/usb-$r" && cp -r "$W/$site/bundle-$r" "$C/usb-$r/$site"   # the USB stick
+}
+
 for r in $(seq 1 "$ROUNDS"); do
-  for site in $SITES; do
-    if [ "$r" = 1 ]; then
-      echo "== round 1, $site: train a specialist on private data, then emit logits"
-      fd train-specialist "$W/$site/private.csv" --model "$W/shared/bert-tiny.json" \
-         --tokenizer "$W/shared/tokenizer" --client-id "$site" --epochs "$EPOCHS" --lr 3e-3 \
-         --out "$W/$site/specialist-1"
-    else
-      echo "== round $r, $site: digest the consensus that came back, revisit private data"
-      cp -r "$C/consensus-$((r - 1))" "$W/$site/consensus-$((r - 1))"   # the stick comes back
-      fd train-specialist "$W/$site/private.csv" --model "$W/$site/specialist-$((r - 1))" \
-         --teacher "$W/$site/consensus-$((r - 1))" --proxy "$W/shared/proxy.csv" \
-         --epochs "$EPOCHS" --lr 3e-3 --out "$W/$site/specialist-$r"
-    fi
-    fd emit-logits "$W/$site/specialist-$r" "$W/shared/proxy.csv" --declare-label-counts \
-       --out "$W/$site/bundle-$r"
-    mkdir -p "$C/usb-$r" && cp -r "$W/$site/bundle-$r" "$C/usb-$r/$site"   # the USB stick
-  done
+  # the institutions work at the same time; the coordinator waits for every stick
+  pids=()
+  for site in $SITES; do institution "$site" "$r" & pids+=($!); done
+  for pid in "${pids[@]}"; do wait "$pid"; done   # set -e: a failed institution stops here
 
   echo "== round $r, coordinator: verify, aggregate, distill"
   for site in $SITES; do fd verify "$C/usb-$r/$site"; done

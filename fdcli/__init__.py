@@ -33,6 +33,7 @@ _LAZY = {
     **dict.fromkeys(["distill_embedding", "emit_embedding_logits", "evaluate_embedding"],
                     ".stages.embedding"),
     "simulate_embedding": ".stages.simulate_embedding",
+    "TASKS": ".tasks", "FdMeta": ".meta", "Score": ".results", "read_scores": ".results",
 }
 
 
@@ -61,4 +62,5 @@ __all__ = [
     "train_seq2seq_specialist", "emit_seq2seq_logits", "generate_targets", "distill_seq2seq",
     "evaluate_seq2seq", "simulate_seq2seq",
     "emit_embedding_logits", "distill_embedding", "evaluate_embedding", "simulate_embedding",
+    "TASKS", "FdMeta", "Score", "read_scores",
 ]

@@ -71,7 +71,7 @@ def root(
                              "out)")
 
 
-from . import bundles, data, simulate, stages  # noqa: E402,F401  (they add commands)
+from . import stages, simulate, bundles, data  # noqa: E402,F401,I001  (they add commands, in this order)
 
 
 def main() -> None:

@@ -53,7 +53,7 @@ def given(ctx: click.Context) -> dict[str, Any]:
             if ctx.get_parameter_source(name) in sources and name not in inputs}
 
 
-def refuse_foreign(ctx: click.Context, command: str, task: Task, chosen: Mapping[str, Any],
+def refuse_foreign(ctx: click.Context, command: str, chosen: Mapping[str, Any],
                    takes: Mapping[str, Any], why: str) -> None:
     """One error naming every option in ``chosen`` that ``takes`` does not list."""
     foreign = [flag(ctx, n) for n in chosen if n not in takes and n not in COMMON]
@@ -69,8 +69,7 @@ def run(ctx: click.Context, command: str, task: Task, *args: Any, **fixed: Any) 
     task's declared defaults for the rest; an option the task does not take is refused."""
     declared = task.command(command)
     chosen = {k: v for k, v in given(ctx).items() if k not in fixed and k not in COMMON}
-    refuse_foreign(ctx, command, task, chosen, declared.options,
-                   f"to --task {task.name}")
+    refuse_foreign(ctx, command, chosen, declared.options, f"to --task {task.name}")
     kwargs = {**declared.defaults(), **chosen}
     for name, convert in CONVERT.items():
         if name in kwargs:
@@ -81,7 +80,8 @@ def run(ctx: click.Context, command: str, task: Task, *args: Any, **fixed: Any) 
 def task_help(command: str, option: str, text: str) -> str:
     """``text`` followed by which tasks' ``command`` takes ``option`` and each one's
     default, from the registry (the one place they are declared)."""
-    takers = [t for t in TASKS.values() if option in t.commands.get(command, _NONE).options]
+    takers = [t for t in TASKS.values()
+              if command in t.commands and option in t.commands[command].options]
     if not takers:
         raise KeyError(f"no task's {command} takes {option!r}")  # a bug in the CLI
     groups: dict[str, list[str]] = {}
@@ -98,13 +98,6 @@ def task_help(command: str, option: str, text: str) -> str:
         tail = " Default: " + "; ".join(f"{', '.join(names)}: {shown or 'none'}"
                                         for shown, names in groups.items()) + "."
     return escape(f"{text}{who}{tail}")
-
-
-class _NoCommand:
-    options: Mapping[str, Any] = {}
-
-
-_NONE = _NoCommand()
 
 
 def _shown(default: Any) -> str:

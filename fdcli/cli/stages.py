@@ -254,7 +254,7 @@ def aggregate(
         rule_name = rule or chosen.command("aggregate").options["rule"]
         picked = {k: v for k, v in given(ctx).items() if k in RULE_OPTIONS}
         takes = {k: None for k, rules in RULE_OPTIONS.items() if rule_name in rules}
-        refuse_foreign(ctx, "aggregate", chosen, picked, takes, f"to --rule {rule_name}")
+        refuse_foreign(ctx, "aggregate", picked, takes, f"to --rule {rule_name}")
         m = run(ctx, "aggregate", chosen, bundles, out_dir, overwrite=overwrite)
     clients = [{key: p.get(key) for key in ("path", "client_id", "signer", "examples",
                                             "distance_from_consensus", "agreement",

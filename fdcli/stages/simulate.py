@@ -294,11 +294,11 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                 plot(results, root / "accuracy_vs_bytes.png")
             (root / "report.md").write_text(report_markdown(results))
         results["timing"] = meter.summary()
-        results = write_results(root, "classification", results, scores(results, seed))
+        results = write_results(root, "classification", results, typed_scores(results, seed))
     return results
 
 
-def scores(results: dict[str, Any], seed: int) -> list[Score]:
+def typed_scores(results: dict[str, Any], seed: int) -> list[Score]:
     """The typed scores of a classification simulation (:mod:`fdcli.results`): the student
     of every rule (method ``fd``), and each baseline, with what each sent."""
     sent = results["bytes"]

@@ -9,7 +9,7 @@ command runs (:meth:`Task.function`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import import_module
 from typing import Any, Callable, Mapping
 
@@ -63,7 +63,6 @@ class Task:
     architectures: tuple[str, ...] = ()
     any_model: bool = False
     tables: str | None = None  # "module:function" printing fd simulate's results
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def command(self, name: str) -> Command:
         """The declaration of command ``name``; a command the task does not support is
