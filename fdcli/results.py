@@ -84,17 +84,17 @@ def merge(runs: Iterable[list[Score]]) -> list[Score]:
     combined: dict[tuple[str, str], Score] = {}
     for scores in runs:
         for s in scores:
+            sent = list(s.bytes or [None] * len(s.seeds))
             have = combined.get(s.key)
             if have is None:
                 combined[s.key] = Score(s.method, list(s.seeds),
                                         {k: list(v) for k, v in s.metrics.items()},
-                                        dict(s.variant), list(s.bytes or [None] * len(s.seeds)))
+                                        dict(s.variant), sent)
                 continue
-            shared = set(have.metrics) & set(s.metrics)
-            have.metrics = {k: have.metrics[k] + s.metrics[k] for k in have.metrics
-                            if k in shared}
+            have.metrics = {k: v + s.metrics[k] for k, v in have.metrics.items()
+                            if k in s.metrics}
             have.seeds += s.seeds
-            have.bytes = (have.bytes or []) + list(s.bytes or [None] * len(s.seeds))
+            have.bytes = (have.bytes or []) + sent
     return list(combined.values())
 
 

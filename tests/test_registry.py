@@ -5,6 +5,7 @@ the task is inferred from the files, and a new task is one declaration."""
 from __future__ import annotations
 
 import inspect
+import os
 import json
 
 import click
@@ -242,3 +243,29 @@ def test_a_fifth_task_is_one_declaration(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "fd train-specialist does not support --task toy (it supports: evaluate)" in \
         " ".join(result.output.split())
+
+
+def test_inference_reads_hostile_files_as_bundles_are_read(tmp_path):
+    """The manifest or config.json read to infer the task is bounded like a bundle's: a FIFO
+    is not opened (it would block), a symlink is not followed, a deep or huge file is not
+    parsed; inference then says nothing and the stage reports the file."""
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "manifest.json")
+    assert task_of_bundle(fifo) is None  # returns at once instead of blocking on the FIFO
+    link = tmp_path / "link"
+    link.mkdir()
+    write(tmp_path / "real.json", {"task": "embedding"})
+    os.symlink(tmp_path / "real.json", link / "manifest.json")
+    assert task_of_bundle(link) is None
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    (deep / "config.json").write_text("[" * 5000 + "]" * 5000)
+    assert task_of_model(deep) is None
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "manifest.json").write_text(json.dumps({"task": "embedding", "pad": "x" * 9_000_000}))
+    assert task_of_bundle(big) is None
+    result = invoke("aggregate", fifo, "--out", tmp_path / "t")
+    assert result.exit_code == 1 and "manifest.json: is a FIFO (named pipe); expected a " \
+        "regular file" in " ".join(result.output.split())

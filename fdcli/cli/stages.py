@@ -20,6 +20,7 @@ from ..console import out, plain, print_json, report, reporting_errors
 from ..rule_options import RULE_OPTIONS
 from ..tasks import choose_task, task_of_bundle, task_of_model
 from . import app
+from . import options as opts
 from .dispatch import given, refuse_foreign, run, task_help
 from .options import (DataOpt, JsonOpt, LimitOpt, OutOpt, Overwrite, SignOpt, TaskOpt,
                       TrustedOpt)
@@ -249,7 +250,7 @@ def aggregate(
     [bold]Example[/bold]: fd aggregate usb/* --rule median --trusted-keys keys/ --out teacher
     """
     with reporting_errors():
-        chosen = choose_task(task, task_of_bundle(bundles[0]) if bundles else None,
+        chosen = choose_task(task, task_of_bundle(bundles[0], opts.limits(limits)),
                              model=False)
         rule_name = rule or chosen.command("aggregate").options["rule"]
         picked = {k: v for k, v in given(ctx).items() if k in RULE_OPTIONS}
@@ -326,7 +327,7 @@ def distill(
     [bold]Example[/bold]: fd distill student.json proxy.csv teacher/ --out student
     """
     with reporting_errors():
-        chosen = choose_task(task, task_of_bundle(teacher), model=False)
+        chosen = choose_task(task, task_of_bundle(teacher, opts.limits(limits)), model=False)
         meta = run(ctx, "distill", chosen, student, proxy, teacher, out_dir,
                    overwrite=overwrite)
     report({"out": str(out_dir), "task": chosen.name, "architecture": meta["architecture"],

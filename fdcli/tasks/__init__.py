@@ -10,7 +10,6 @@ Nothing here imports torch or transformers.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +36,18 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def _json(path: Path) -> Any:
+def _json(path: Path, limits=None) -> Any:
+    """The parsed JSON of a small file, read as a bundle's manifest is (no symlink or FIFO,
+    bounded size, depth and string length; :mod:`fdcli.bundle.safeio`), or None when that
+    fails: the stage that then reads the file reports why, within the user's limits."""
+    from ..bundle.safeio import DEFAULT_LIMITS, parse_json, read_regular
+
+    limits = limits or DEFAULT_LIMITS
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # the stage that reads it says what is wrong with it
+        return parse_json(read_regular(path, limits.max_manifest_bytes, "max_manifest_bytes"),
+                          path, limits)
+    except (OSError, FdError):
+        return None
 
 
 def _by_architecture(config: Any) -> str | None:
@@ -73,12 +79,13 @@ def task_of_model(path: str | Path) -> tuple[str, str] | None:
     return None
 
 
-def task_of_bundle(path: str | Path) -> tuple[str, str] | None:
+def task_of_bundle(path: str | Path, limits=None) -> tuple[str, str] | None:
     """``(task, where)`` from a bundle's ``manifest.json``: its ``task``, and for a token
     bundle the ``producer.config.task`` it was emitted for (causal-lm when unsaid; None
-    when it names no task fd knows, for the stage to report)."""
+    when it names no task fd knows, for the stage to report). ``limits``: the reading
+    limits of :mod:`fdcli.bundle.safeio` (the defaults when None)."""
     where = Path(path) / "manifest.json"
-    manifest = _json(where)
+    manifest = _json(where, limits)
     if not isinstance(manifest, dict):
         return None
     kind = manifest.get("task")

@@ -75,8 +75,7 @@ class Task:
 
     def function(self, name: str) -> Callable[..., Any]:
         """The library function behind command ``name`` (imported now)."""
-        module, attr = self.command(name).function.split(":")
-        return getattr(import_module(module), attr)
+        return resolve(self.command(name).function)
 
 
 def resolve(spec: str) -> Callable[..., Any]:
