@@ -23,6 +23,10 @@ err = Console(stderr=True, soft_wrap=True)
 #: set by ``fd --quiet``: print only results and errors
 QUIET = False
 
+#: the console width when stdout is a file, a pipe or a CI log and COLUMNS is not set: tables
+#: take their natural width there rather than wrapping their cells at rich's 80 columns
+UNWRAPPED = 10_000
+
 #: the libraries' own switches for their progress bars and reports (read when they are
 #: imported; fd imports them lazily, after :func:`configure_output`)
 LIBRARY_SWITCHES = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -32,12 +36,15 @@ LIBRARY_SWITCHES = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_
 def configure_output(verbose: bool = False, quiet: bool = False) -> None:
     """fd owns its output: other libraries' progress bars and load reports stay silent unless
     ``verbose`` (a variable the user set is left as it is); ``quiet`` also silences fd's
-    progress bars, log lines and warnings, leaving results and errors."""
+    progress bars, log lines and warnings, leaving results and errors. Printed to anything
+    but a terminal, fd's tables do not wrap (:data:`UNWRAPPED`)."""
     global QUIET
     from . import progress
 
     QUIET = quiet
     progress.ENABLED = not quiet
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out.width = UNWRAPPED
     if verbose:
         return
     for key, value in LIBRARY_SWITCHES.items():

@@ -136,3 +136,95 @@ def test_no_length_warning_where_fd_cuts_blocks(tiny, capfd):
     blocks = text_blocks(ds, "proxy", tok, max_length=8, packing=True)
     assert len(blocks.blocks) > 5
     assert "Token indices sequence length" not in capfd.readouterr().err
+
+
+def test_every_command_has_a_one_line_summary_in_fd_help():
+    from typer.main import get_command
+
+    from fdcli.cli import app
+
+    group = get_command(app)
+    result = run("--help", env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    listed = {}
+    for line in result.stdout.splitlines():
+        words = line.strip("│ ").split(maxsplit=1)
+        if words and words[0] in group.commands:
+            listed[words[0]] = words[1].strip(" │") if len(words) > 1 else ""
+    assert set(listed) == set(group.commands)
+    for name, command in group.commands.items():
+        assert command.short_help and len(command.short_help) <= 58, name  # 80 columns in all
+        assert listed[name] == command.short_help, name  # whole, on the command's own line
+        assert "--json" in {o for p in command.params for o in getattr(p, "opts", [])}, name
+    assert "Exit codes: 0: done; 1: a problem with a file" in " ".join(result.stdout.split())
+
+
+def _deny(monkeypatch, *denied):
+    """``os.access`` as for a user who may not read ``denied`` (tests run as root here)."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: (
+        False if any(str(path) == str(d) for d in denied) else real(path, mode, *a, **k)))
+
+
+@pytest.mark.parametrize("args", [
+    ["verify", "{b}"], ["inspect", "{b}"], ["aggregate", "{b}", "--out", "{tmp}/t"],
+    ["emit-logits", "{tmp}/model", "{b}", "--out", "{tmp}/e"],
+    ["train-specialist", "{tmp}/data.csv", "--model", "{tmp}/model", "--teacher", "{b}",
+     "--proxy", "{tmp}/p.csv", "--out", "{tmp}/s"],
+])
+def test_an_unreadable_path_is_fds_error_with_exit_1(tmp_path, monkeypatch, args):
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    _deny(monkeypatch, bundle)
+    result = run(*[a.format(b=bundle, tmp=tmp_path) for a in args])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"error: {bundle}: a folder fd may not read (permission "
+                                    "denied); fd reads it as "), result.stderr
+    assert "Usage:" not in result.output and not (tmp_path / "t").exists()
+
+
+def test_exit_2_only_for_a_bad_invocation(tmp_path, monkeypatch):
+    data = tmp_path / "data.csv"
+    data.write_text("text,label\na,x\n")
+    _deny(monkeypatch, data)
+    result = run("partition", data, "--out", tmp_path / "p")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {data}: a file fd may not read (permission "
+                                    "denied); fd reads it as DATA.")
+    missing = run("verify", tmp_path / "nowhere")
+    assert missing.exit_code == 1 and missing.stderr.startswith(
+        f"error: {tmp_path / 'nowhere'}: not a folder")
+    assert run("verify", tmp_path, "--bogus").exit_code == 2  # an unknown option
+    assert run("verify").exit_code == 2  # a missing argument
+    assert run("partition", data, "--out", tmp_path / "p", "--num-clients", "x").exit_code == 2
+
+
+def test_tables_do_not_wrap_when_stdout_is_not_a_terminal(tmp_path):
+    """The README job's table written to a file: no cell broken over lines, nothing cut."""
+    result = run("simulate", "--out", tmp_path / "sim", "--num-clients", 2, "--epochs", 1,
+                 "--distill-epochs", 1, "--rounds", 2, "--compare-rules", "",
+                 "--baselines", "standalone", "--no-privacy")
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    assert any("standalone_student" in r for r in rows)
+    assert any("(last round up)" in r for r in rows), rows
+    assert "…" not in result.stdout
+    widths = {len(r) for r in rows}
+    assert len(widths) == 1 and widths.pop() > 80  # one line per row, wider than rich's 80
+
+
+def test_inspect_says_it_read_the_manifest_only(tmp_path):
+    write_bundle(tmp_path / "b", torch.arange(4), torch.randn(4, 3), codec=DenseCodec(),
+                 task="classification", num_classes=3, label_names=["a", "b", "c"],
+                 proxy_fingerprint="sha256:" + "ab" * 32, client_id="c",
+                 model_fingerprint="sha256:" + "cd" * 32)
+    shard = next((tmp_path / "b").glob("shard-*"))
+    shard.write_bytes(b"damaged")  # inspect does not look: verify does
+    result = run("inspect", tmp_path / "b")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[-1] == (f"checked: the manifest only; fd verify "
+                                              f"{tmp_path / 'b'} checks the shards, the "
+                                              "signature and the values")
+    assert json.loads(run("inspect", tmp_path / "b", "--json").stdout)["checked"].startswith(
+        "the manifest only")
+    assert run("verify", tmp_path / "b").exit_code == 1

@@ -13,7 +13,8 @@ from .shards import decompress_shard
 
 
 def describe(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
-    """``{"kind", "summary", ...}`` for a bundle folder or a ``shard-*.safetensors.zst`` file."""
+    """``{"kind", "summary", "checked", ...}`` for a bundle folder or a
+    ``shard-*.safetensors.zst`` file; ``checked`` says how little was read."""
     path = Path(path)
     if not path.is_dir() and path.name.endswith(".safetensors.zst"):
         return _describe_shard(path, limits)
@@ -43,7 +44,9 @@ def describe(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any
         "mean_truncation_kl_nats": m.fidelity.get("mean_truncation_kl_nats"),
         "provenance": f"{len(m.provenance)} input bundle(s)" if m.provenance else "-",
     }
-    return {"kind": "bundle", "summary": summary, "manifest": m.to_dict()}
+    return {"kind": "bundle", "summary": summary, "manifest": m.to_dict(),
+            "checked": f"the manifest only; fd verify {path} checks the shards, the signature "
+                       "and the values"}
 
 
 def _describe_shard(path: Path, limits: Limits) -> dict[str, Any]:
@@ -62,4 +65,6 @@ def _describe_shard(path: Path, limits: Limits) -> dict[str, Any]:
     summary.update({f"tensor {k}": v for k, v in tensors.items()})
     summary["stored_bytes"] = len(data)
     summary["raw_bytes"] = len(raw)
-    return {"kind": "shard", "summary": summary, "metadata": meta, "tensors": tensors}
+    return {"kind": "shard", "summary": summary, "metadata": meta, "tensors": tensors,
+            "checked": "this shard's compression and safetensors header only; fd verify "
+                       "BUNDLE checks its values, its sha256 and the manifest"}

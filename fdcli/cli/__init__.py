@@ -8,7 +8,8 @@ dispatch through the task registry (:mod:`fdcli.tasks`, :mod:`.dispatch`) and na
 
 Modules: ``stages`` (the five stage commands), ``simulate``, ``bundles`` (inspect, verify,
 keygen, merge), ``data`` (partition, generate); ``options`` holds the shared options and
-``dispatch`` the registry's side; ``fdcli.console`` does the printing.
+``dispatch`` the registry's side, ``group`` the path checks that keep exit code 2 for bad
+invocations only; ``fdcli.console`` does the printing.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ import typer
 from .. import __version__
 from ..console import configure_output, out, reporting_errors
 from ..launch import ranks
+from .group import EXIT_CODES, FdGroup
 
 app = typer.Typer(
     name="fd",
     help="[bold]fd[/bold]: federated distillation for open foundation models.\n\n"
          "Institutions share compressed logits on a public proxy set ([i]logit bundles[/i]), "
          "never data or weights. Everything works offline.",
+    epilog="Exit codes: " + EXIT_CODES + " [bold]fd COMMAND --help[/bold] shows a command's "
+           "options and examples.",
+    cls=FdGroup,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,

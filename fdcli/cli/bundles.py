@@ -17,7 +17,7 @@ from ..console import human, out, plain, print_json, report, reporting_errors
 from ..errors import BundleError
 
 
-@app.command()
+@app.command(short_help="Describe a bundle from its manifest, or one shard.")
 def inspect(
     path: Annotated[Path, typer.Argument(help="A bundle folder, or one shard file "
                                               "(shard-NNNNN.safetensors.zst).")],
@@ -45,9 +45,10 @@ def inspect(
         table.add_row(plain(str(key)), human(value) if key.endswith("bytes") and isinstance(
             value, (int, float)) else plain(str(value)))
     out.print(table)
+    out.print(plain(f"checked: {info['checked']}"), style="dim")
 
 
-@app.command()
+@app.command(short_help="Check every part of a bundle: manifest, signature, shards.")
 def verify(
     bundle_dir: Annotated[Path, typer.Argument(help="The bundle folder to check.")],
     trusted_keys: TrustedOpt = None, limit: LimitOpt = None, json_out: JsonOpt = False,
@@ -83,7 +84,7 @@ def verify(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(short_help="Make an Ed25519 key pair for signing bundles.")
 def keygen(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the key files.")],
     name: Annotated[str, typer.Option(help="Key name: writes NAME.key and NAME.pub.")] = "fd",
@@ -104,7 +105,7 @@ def keygen(
 
 
 
-@app.command()
+@app.command(short_help="Join the parts of a multi-process emit into one bundle.")
 def merge(
     parts: Annotated[list[Path], typer.Argument(help="The part folders of one emit "
                                                      "(OUT.partRofN).")],

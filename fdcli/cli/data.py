@@ -15,7 +15,7 @@ from .options import (DataOpt, DtypeOpt, ImageCol, JsonOpt, LabelCol, MaxSrc, Ma
 from ..console import report, reporting_errors
 
 
-@app.command()
+@app.command(short_help="Split labelled data into test, proxy and client splits.")
 def partition(
     data: DataOpt,
     out_dir: OutOpt,
@@ -43,7 +43,7 @@ def partition(
     report({"out": str(out_dir), **made["sizes"]}, json_out, "partition")
 
 
-@app.command()
+@app.command(short_help="Write targets for a seq2seq proxy set: the model's decode.")
 def generate(
     model: Annotated[Path, typer.Argument(help="A sequence-to-sequence model folder: a "
                                                "teacher's, or a pretrained student's.")],

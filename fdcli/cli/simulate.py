@@ -21,7 +21,7 @@ from .options import JsonOpt, Overwrite, TaskOpt
 S = partial(opt, "simulate")
 
 
-@app.command()
+@app.command(short_help="Run a whole federation here, against its baselines.")
 def simulate(
     ctx: typer.Context,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
@@ -121,7 +121,7 @@ def simulate(
     seed: Annotated[Optional[int], S("seed", "Random seed, recorded in the output.")] = None,
     overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
-    """Run a whole federation on this machine against its baselines.
+    """Run a whole federation here, against its baselines.
 
     Compares the student with each specialist and with Flower FedAvg (fp32 and 8-bit),
     standalone and centralized training; writes OUT/results.json, OUT/report.md,

@@ -59,7 +59,8 @@ _POOLING = ("mean (over tokens or the feature map), cls (the first token) or poo
             "model's own pooled output).")
 
 
-@app.command("train-specialist")
+@app.command("train-specialist",
+             short_help="Fine-tune a specialist on this institution's private data.")
 def train_specialist_cmd(
     ctx: typer.Context,
     data: DataOpt,
@@ -137,7 +138,8 @@ def train_specialist_cmd(
             **extra, **meta["metrics"]}, json_out, "specialist")
 
 
-@app.command("emit-logits")
+@app.command("emit-logits",
+             short_help="Run a model over the proxy set and write a logit bundle.")
 def emit_logits_cmd(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="A trained model folder.")],
@@ -206,7 +208,7 @@ def emit_logits_cmd(
             "bytes_per_row": size / max(m.rows, 1), **m.fidelity}, json_out, "bundle")
 
 
-@app.command()
+@app.command(short_help="Check bundles and combine them into one teacher bundle.")
 def aggregate(
     ctx: typer.Context,
     bundles: Annotated[list[Path], typer.Argument(help="Bundle folders to combine.")],
@@ -281,7 +283,7 @@ def aggregate(
     out.print(table)
 
 
-@app.command()
+@app.command(short_help="Train a student on the proxy set against a teacher bundle.")
 def distill(
     ctx: typer.Context,
     student: Annotated[Path, typer.Argument(help="Student model folder or config file.")],
@@ -335,7 +337,7 @@ def distill(
             **meta["metrics"]}, json_out, "student")
 
 
-@app.command()
+@app.command(short_help="Score a model on held-out data, by its task.")
 def evaluate(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="A model folder.")],
