@@ -24,8 +24,8 @@ import torch
 
 from .bundle.manifest import fingerprint_labels
 from .data import TEXT_COLUMNS, DataError, pick_column
-from .meta import read_fd_meta, write_fd_meta
-from .models import ModelError, find_tokenizer, read_config_file
+from .meta import read_fd_meta
+from .models import ModelError, find_tokenizer, fingerprint_model, read_config_file
 
 DEFAULT_LM_MAX_LENGTH = 128
 
@@ -37,6 +37,15 @@ class LanguageModel:
     model: Any
     tokenizer: Any
     meta: dict[str, Any] = field(default_factory=dict)  # fd.json of a model fd trained
+    #: the fingerprint of the weights as loaded, when known without hashing them (fd.json's,
+    #: or a GGUF file's sha256)
+    known_fingerprint: str | None = None
+    #: the base model (path, fingerprint) of an adapter, fresh or loaded
+    base: dict[str, str] | None = None
+
+    def fingerprint(self) -> str:
+        """The fingerprint of the weights as loaded (before any change of dtype)."""
+        return self.known_fingerprint or fingerprint_model(self.model)
 
     @property
     def architecture(self) -> str:
@@ -57,34 +66,54 @@ def _load_tokenizer(source: Path | None, tokenizer, where: str):
 
 
 def load_lm(source: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
-            seed: int = 0) -> LanguageModel:
-    """Load a causal LM from a model folder or a config file, with its tokenizer."""
+            seed: int = 0, **kwargs) -> LanguageModel:
+    """Load a causal LM from a model folder, an adapter folder, a GGUF file or a config
+    file, with its tokenizer (``kwargs``: :func:`load_text_model`'s)."""
     from transformers import AutoModelForCausalLM
 
     return load_text_model(source, AutoModelForCausalLM, "causal language model",
-                           tokenizer=tokenizer, seed=seed)
+                           tokenizer=tokenizer, seed=seed, **kwargs)
 
 
 def load_text_model(source: str | os.PathLike, auto, what: str, *,
                     tokenizer: str | os.PathLike | None = None, seed: int = 0,
-                    config_defaults: dict[str, Any] | None = None) -> LanguageModel:
+                    config_defaults: dict[str, Any] | None = None,
+                    quantization=None, trainable: bool = False) -> LanguageModel:
     """Load a model through the ``auto`` class (``AutoModelForCausalLM``,
-    ``AutoModelForSeq2SeqLM``) from a model folder or a config file, with its tokenizer.
-    ``config_defaults`` fills a config file's unset fields after the tokenizer's special ids;
-    a string value there names the field whose value to copy."""
+    ``AutoModelForSeq2SeqLM``) from a model folder, an adapter folder (its base loaded from
+    the path its fd.json names, checked against the recorded fingerprint; ``trainable``
+    keeps the adapter trainable), a GGUF file (dequantized; its fingerprint is the file's
+    sha256) or a config file, with its tokenizer. ``config_defaults`` fills a config file's
+    unset fields after the tokenizer's special ids; a string value there names the field
+    whose value to copy. ``quantization``: a ``BitsAndBytesConfig`` for the weights of a
+    model folder (QLoRA)."""
     from transformers import AutoConfig
 
+    from .adapters import is_adapter_folder
+
     path = Path(source)
+    if is_adapter_folder(path):
+        return _load_adapter_folder(path, auto, what, tokenizer, quantization, trainable)
+    known = None
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(f"{path}: not a model directory; expected a config.json (a folder"
-                             " that from_pretrained reads) or a config file")
+                             " that from_pretrained reads), an adapter_config.json (a LoRA "
+                             "adapter), a GGUF file or a config file")
         tok = _load_tokenizer(path, tokenizer, str(path))
         meta = read_fd_meta(path)
+        known = meta.get("model_fingerprint") if quantization is None else None
+        kwargs = {"quantization_config": quantization} if quantization is not None else {}
         try:
-            model = auto.from_pretrained(str(path))
+            model = auto.from_pretrained(str(path), **kwargs)
         except Exception as exc:
             raise ModelError(f"{path}: could not load a {what} ({exc})") from None
+    elif path.is_file() and path.suffix.lower() == ".gguf":
+        model, tok = _load_gguf(path, auto, what, tokenizer)
+        meta = {}
+        from .adapters import file_fingerprint
+
+        known = file_fingerprint(path)
     elif path.is_file():
         cfg = read_config_file(path)
         tok = _load_tokenizer(None, tokenizer, str(path))
@@ -105,13 +134,62 @@ def load_text_model(source: str | os.PathLike, auto, what: str, *,
             raise ModelError(f"{path}: not a valid {model_type!r} {what} config ({exc})") \
                 from None
     else:
-        raise ModelError(f"{path}: no such model directory or config file")
+        raise ModelError(f"{path}: no such model directory, GGUF file or config file")
     width = model.get_output_embeddings().weight.shape[0] \
         if model.get_output_embeddings() is not None else model.config.vocab_size
     if width < len(tok):
         raise ModelError(f"{path}: the model predicts {width} ids but its tokenizer has "
                          f"{len(tok)}; expected a vocab_size of at least {len(tok)}")
-    return LanguageModel(model, tok, meta)
+    return LanguageModel(model, tok, meta, known_fingerprint=known)
+
+
+def _load_gguf(path: Path, auto, what: str, tokenizer):
+    """A GGUF checkpoint through transformers' GGUF support: dequantized to ordinary fp32
+    weights that save as safetensors, and its own tokenizer unless one is given."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its "de-quantizing" bar; fd shows its own progress
+    try:
+        model = auto.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as exc:
+        raise ModelError(f"{path}: could not load a {what} from this GGUF file ({exc}); "
+                         "expected an architecture that transformers' GGUF support reads "
+                         "(llama, mistral, qwen2, gemma, phi3, gpt2, ...)") from None
+    finally:
+        hf_logging.enable_progress_bar()
+    # the weights are dequantized already: drop the GGUF quantizer that refuses to save them
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if tokenizer is not None:
+        tok = _load_tokenizer(None, tokenizer, str(path))
+    else:
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        except Exception as exc:
+            raise ModelError(f"{path}: could not read the GGUF file's tokenizer ({exc}); pass "
+                             "--tokenizer DIR") from None
+    return model, tok
+
+
+def _load_adapter_folder(path: Path, auto, what: str, tokenizer, quantization,
+                         trainable: bool) -> LanguageModel:
+    """An adapter folder: its base (checked against the recorded fingerprint) with the
+    adapter on it, and the tokenizer saved beside the adapter."""
+    from .adapters import base_of, check_base, load_adapter
+
+    meta = read_fd_meta(path)
+    base_path, expected = base_of(path, meta)
+    base = load_text_model(base_path, auto, what, tokenizer=tokenizer or path,
+                           quantization=quantization)
+    if quantization is None:
+        check_base(path, base_path, expected, base.fingerprint())
+    model = load_adapter(base.model, path, trainable=trainable)
+    return LanguageModel(model, base.tokenizer, meta,
+                         known_fingerprint=meta.get("model_fingerprint"),
+                         base=meta.get("base_model"))
 
 
 def max_positions(model) -> int | None:
@@ -254,11 +332,14 @@ def iter_token_logits(lm: LanguageModel, blocks: Sequence[Sequence[int]], batch_
                torch.tensor([len(b) for b in chunk]), batch["next_ids"][mask])
 
 
-def save_lm(lm: LanguageModel, out: Path, meta: dict[str, Any]) -> None:
-    """Write a folder that ``from_pretrained`` reads (model and tokenizer), plus fd.json."""
-    lm.model.save_pretrained(str(out))
+def save_lm(lm: LanguageModel, out: Path, meta: dict[str, Any], merge: bool = False) -> None:
+    """Write a folder that ``from_pretrained`` reads (model and tokenizer), plus fd.json.
+    An adapter model writes an adapter folder (peft's files; fd.json's ``base_model`` names
+    the base), or with ``merge`` its merged full weights."""
+    from .adapters import save_model
+
+    save_model(lm.model, out, meta, base=lm.base, merge=merge)
     lm.tokenizer.save_pretrained(str(out))
-    write_fd_meta(out, meta)
 
 
 def train_bpe_tokenizer(texts: Sequence[str], out: str | os.PathLike,

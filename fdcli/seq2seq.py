@@ -32,15 +32,16 @@ DEFAULT_TARGET_LENGTH = 64
 
 
 def load_seq2seq(source: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
-                 seed: int = 0) -> LanguageModel:
-    """Load an encoder-decoder model from a model folder or a config file, with its tokenizer.
+                 seed: int = 0, **kwargs) -> LanguageModel:
+    """Load an encoder-decoder model from a model folder, an adapter folder, a GGUF file or a
+    config file, with its tokenizer (``kwargs``: :func:`~fdcli.lm.load_text_model`'s).
     A config file's decoder starts from the padding id unless it says otherwise (T5's and
     Marian's convention; an architecture's own default may lie outside a local vocabulary)."""
     from transformers import AutoModelForSeq2SeqLM
 
     m = load_text_model(source, AutoModelForSeq2SeqLM, "sequence-to-sequence model",
                         tokenizer=tokenizer, seed=seed,
-                        config_defaults={"decoder_start_token_id": "pad_token_id"})
+                        config_defaults={"decoder_start_token_id": "pad_token_id"}, **kwargs)
     if start_id(m) is None:
         raise ModelError(f"{source}: the model has no decoder_start_token_id and its tokenizer "
                         "no padding token; expected one of them to start decoding from")

@@ -109,7 +109,8 @@ def _trainer_class():
 
 def _train(model, dataset, collator, *, epochs: float, learning_rate: float, batch_size: int,
            seed: int, teacher: TeacherRows | None, hard_weight: float, vocab: int | None,
-           progress: bool, dtype: str = "auto", callbacks: tuple = ()) -> dict[str, float]:
+           progress: bool, dtype: str = "auto", callbacks: tuple = (),
+           gradient_checkpointing: bool = False) -> dict[str, float]:
     from contextlib import ExitStack
 
     from transformers import TrainingArguments
@@ -141,6 +142,9 @@ def _train(model, dataset, collator, *, epochs: float, learning_rate: float, bat
             report_to=[], save_strategy="no", logging_strategy="no",
             remove_unused_columns=False, dataloader_num_workers=0,
             disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+            gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+            if gradient_checkpointing else None,
             **trainer_precision(dtype))
         trainer = _trainer_class()(model=model, args=args, train_dataset=dataset,
                                    data_collator=collator)
@@ -160,11 +164,12 @@ def _train(model, dataset, collator, *, epochs: float, learning_rate: float, bat
 def fit_lm(lm: LanguageModel, blocks: list[list[int]], *, epochs: float, learning_rate: float,
            batch_size: int, seed: int, teacher: TeacherRows | None = None,
            example_ids: list[int] | None = None, hard_weight: float = 0.0,
-           progress: bool = True, dtype: str = "auto") -> dict[str, float]:
+           progress: bool = True, dtype: str = "auto",
+           gradient_checkpointing: bool = False) -> dict[str, float]:
     """Train a causal LM in place on token blocks: next-token cross-entropy, or KD against
     ``teacher`` (whose rows for ``example_ids[i]`` belong to ``blocks[i]``) mixed with
     ``hard_weight`` of cross-entropy. ``dtype`` sets mixed precision (the weights stay
-    fp32)."""
+    fp32); ``gradient_checkpointing`` trades compute for activation memory."""
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
 
     def model_inputs(values):
@@ -174,14 +179,14 @@ def fit_lm(lm: LanguageModel, blocks: list[list[int]], *, epochs: float, learnin
     return _train(lm.model, _Rows(blocks, None, targets), _Collator(model_inputs, teacher),
                   epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                   teacher=teacher, hard_weight=hard_weight, vocab=lm.vocab_size,
-                  progress=progress, dtype=dtype)
+                  progress=progress, dtype=dtype, gradient_checkpointing=gradient_checkpointing)
 
 
 def fit_seq2seq(m: LanguageModel, sources: list[list[int]], target_ids: list[list[int]], *,
                 epochs: float, learning_rate: float, batch_size: int, seed: int,
                 teacher: TeacherRows | None = None, example_ids: list[int] | None = None,
-                hard_weight: float = 0.0, progress: bool = True,
-                dtype: str = "auto") -> dict[str, float]:
+                hard_weight: float = 0.0, progress: bool = True, dtype: str = "auto",
+                gradient_checkpointing: bool = False) -> dict[str, float]:
     """Train an encoder-decoder model in place on source/target pairs: cross-entropy on every
     target token (teacher-forced), or KD against ``teacher`` (whose rows for
     ``example_ids[i]`` are pair i's target tokens) mixed with ``hard_weight`` of
@@ -198,7 +203,7 @@ def fit_seq2seq(m: LanguageModel, sources: list[list[int]], target_ids: list[lis
                   _Collator(model_inputs, teacher), epochs=epochs,
                   learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                   teacher=teacher, hard_weight=hard_weight, vocab=m.vocab_size,
-                  progress=progress, dtype=dtype)
+                  progress=progress, dtype=dtype, gradient_checkpointing=gradient_checkpointing)
 
 
 def fit(clf: Classifier, values: list[Any], labels: list[int] | None, *, epochs: float,

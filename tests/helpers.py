@@ -122,3 +122,58 @@ def fd_ok(*args, **kwargs):
     result = fd(*args, **kwargs)
     assert result.exit_code == 0, result.output
     return result
+
+
+def write_tiny_gguf(path: Path, tokenizer_dir: Path, *, hidden: int = 32, layers: int = 1,
+                    heads: int = 2, ffn: int = 64, context: int = 64, seed: int = 0) -> Path:
+    """A tiny llama-architecture GGUF checkpoint with random fp32 weights and the byte-level
+    BPE tokenizer of ``tokenizer_dir`` (its tokens and merges), written with the ``gguf``
+    package the way llama.cpp lays one out."""
+    import json as _json
+
+    import gguf
+    import numpy as np
+
+    tok = _json.loads((tokenizer_dir / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    eos = vocab["<|endoftext|>"]
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(context)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(heads)
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t == "<|endoftext|>" else gguf.TokenType.NORMAL
+                       for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(eos)
+    w.add_eos_token_id(eos)
+    w.add_pad_token_id(eos)
+    rng = np.random.default_rng(seed)
+
+    def t(*shape):
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    w.add_tensor("token_embd.weight", t(len(tokens), hidden))
+    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    for b in range(layers):
+        for name, shape in (("attn_q", (hidden, hidden)), ("attn_k", (hidden, hidden)),
+                            ("attn_v", (hidden, hidden)), ("attn_output", (hidden, hidden)),
+                            ("ffn_gate", (ffn, hidden)), ("ffn_up", (ffn, hidden)),
+                            ("ffn_down", (hidden, ffn))):
+            w.add_tensor(f"blk.{b}.{name}.weight", t(*shape))
+        w.add_tensor(f"blk.{b}.attn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(f"blk.{b}.ffn_norm.weight", np.ones(hidden, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -55,6 +55,16 @@ _DTYPE = ("Model precision: auto (bf16 on a GPU that supports it, else fp32), bf
           "only) or fp32. Training uses mixed precision and saves fp32 weights.")
 _SEED = "Random seed, recorded in the output."
 _BATCH = "Batch size (examples, or blocks of tokens)."
+_LORA_RANK = ("Train a LoRA adapter of this rank on a pretrained model (folder or GGUF "
+              "file) instead of every weight; writes an adapter folder "
+              "(docs/foundation-models.md).")
+_LORA_ALPHA = "LoRA scaling numerator (the adapter's update is scaled by alpha / rank)."
+_LORA_DROPOUT = "Dropout on the adapter's input."
+_LORA_TARGETS = "Modules to adapt, comma-separated (e.g. q_proj,v_proj), or all-linear."
+_LORA_TYPE = "lora, or dora (weight-decomposed LoRA)."
+_QUANTIZE = "QLoRA: load the base in 4bit or 8bit (bitsandbytes, CUDA GPU only)."
+_MERGE = "Write the adapter merged into full weights (an ordinary model folder)."
+_CHECKPOINTING = "Gradient checkpointing: less activation memory, more compute."
 _POOLING = ("mean (over tokens or the feature map), cls (the first token) or pooler (the "
             "model's own pooled output).")
 
@@ -108,6 +118,15 @@ def train_specialist_cmd(
     trusted_keys: Annotated[Optional[Path], T(
         "trusted_keys", "With --teacher: folder of trusted public keys; refuse a consensus "
                         "that is not signed by one of them (fd aggregate --sign-key).")] = None,
+    lora_rank: Annotated[Optional[int], T("lora_rank", _LORA_RANK)] = None,
+    lora_alpha: Annotated[Optional[float], T("lora_alpha", _LORA_ALPHA)] = None,
+    lora_dropout: Annotated[Optional[float], T("lora_dropout", _LORA_DROPOUT)] = None,
+    lora_targets: Annotated[Optional[str], T("lora_targets", _LORA_TARGETS)] = None,
+    lora_type: Annotated[Optional[str], T("lora_type", _LORA_TYPE)] = None,
+    quantize: Annotated[Optional[str], T("quantize", _QUANTIZE)] = None,
+    merge: Annotated[Optional[bool], T("merge", _MERGE, "--merge")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], T(
+        "gradient_checkpointing", _CHECKPOINTING, "--gradient-checkpointing")] = None,
     dtype: Annotated[Optional[str], T("dtype", _DTYPE)] = None,
     seed: Annotated[Optional[int], T("seed", _SEED)] = None,
     overwrite: Overwrite = False, json_out: JsonOpt = False,
@@ -314,6 +333,15 @@ def distill(
                 "step).")] = None,
     pooling: Annotated[Optional[str], D("pooling", _POOLING)] = None,
     trusted_keys: TrustedOpt = None, limits: LimitOpt = None,
+    lora_rank: Annotated[Optional[int], D("lora_rank", _LORA_RANK)] = None,
+    lora_alpha: Annotated[Optional[float], D("lora_alpha", _LORA_ALPHA)] = None,
+    lora_dropout: Annotated[Optional[float], D("lora_dropout", _LORA_DROPOUT)] = None,
+    lora_targets: Annotated[Optional[str], D("lora_targets", _LORA_TARGETS)] = None,
+    lora_type: Annotated[Optional[str], D("lora_type", _LORA_TYPE)] = None,
+    quantize: Annotated[Optional[str], D("quantize", _QUANTIZE)] = None,
+    merge: Annotated[Optional[bool], D("merge", _MERGE, "--merge")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], D(
+        "gradient_checkpointing", _CHECKPOINTING, "--gradient-checkpointing")] = None,
     dtype: Annotated[Optional[str], D("dtype", _DTYPE)] = None,
     seed: Annotated[Optional[int], D("seed", _SEED)] = None,
     overwrite: Overwrite = False, json_out: JsonOpt = False,

@@ -27,6 +27,7 @@ from ..errors import FdWarning, IncompatibleBundlesError
 from ..lm import (DEFAULT_LM_MAX_LENGTH, TextBlocks, iter_token_logits, load_lm,
                   max_positions, save_lm, text_blocks, vocab_fingerprint)
 from ..losses import dense_kd_loss, sparse_kd_loss
+from ..adapters import Tuning
 from ..models import fingerprint_model
 from ..outputs import atomic_dir, check_free
 from ..progress import progress_bar
@@ -73,11 +74,18 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                         max_length: int | None = None, packing: bool = True,
                         epochs: float = 3.0, learning_rate: float = 5e-5, batch_size: int = 16,
                         val_fraction: float = 0.0, seed: int = 0, overwrite: bool = False,
-                        progress: bool = True, dtype: str = "auto") -> dict[str, Any]:
-    """Train a causal LM (model folder or config file) on this institution's text and write a
-    model folder with its tokenizer and fd.json (configuration, vocabulary fingerprint,
-    examples, tokens, metrics; ``val_perplexity`` when ``val_fraction`` > 0). ``dtype`` sets
-    mixed precision (the saved weights stay fp32)."""
+                        progress: bool = True, dtype: str = "auto",
+                        lora_rank: int | None = None, lora_alpha: float | None = None,
+                        lora_dropout: float | None = None, lora_targets: str | None = None,
+                        lora_type: str | None = None, quantize: str | None = None,
+                        merge: bool = False, gradient_checkpointing: bool = False
+                        ) -> dict[str, Any]:
+    """Train a causal LM (model folder, GGUF file or config file) on this institution's text
+    and write a model folder with its tokenizer and fd.json (configuration, vocabulary
+    fingerprint, examples, tokens, metrics; ``val_perplexity`` when ``val_fraction`` > 0).
+    ``dtype`` sets mixed precision (the saved weights stay fp32). ``lora_rank`` trains a
+    LoRA adapter (:class:`~fdcli.adapters.Tuning`) and writes an adapter folder, or merged
+    weights with ``merge``."""
     from ..training import fit_lm
 
     config = stage_config(task="causal-lm", data=data, model=model, tokenizer=tokenizer,
@@ -88,9 +96,11 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     check_free(Path(out), overwrite)
-    lm = load_lm(model, tokenizer=tokenizer, seed=seed)
+    tuning = Tuning.of(model, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_type,
+                        quantize, merge, gradient_checkpointing)
+    lm = tuning.load(load_lm, model, "causal-lm", tokenizer=tokenizer, seed=seed)
     tb = _blocks(data, split, lm, text_column, max_length, packing, model)
-    config["max_length"] = tb.max_length
+    config |= {"max_length": tb.max_length, **tuning.record()}
     order = list(range(len(tb.blocks)))
     random.Random(seed).shuffle(order)
     n_val = int(round(len(order) * val_fraction))
@@ -99,7 +109,8 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
         raise DataError(f"{data}: no blocks left to train on after holding out {n_val}")
     with atomic_dir(out, overwrite) as tmp:
         metrics = fit_lm(lm, train, epochs=epochs, learning_rate=learning_rate,
-                         batch_size=batch_size, seed=seed, progress=progress, dtype=dtype)
+                         batch_size=batch_size, seed=seed, progress=progress, dtype=dtype,
+                         gradient_checkpointing=tuning.gradient_checkpointing)
         if val:
             metrics["val_perplexity"] = token_metrics(lm, val, batch_size)["perplexity"]
         meta = {"fd_version": __version__, "stage": "train-specialist",
@@ -110,7 +121,7 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                 "train_examples": len(train), "train_tokens": sum(len(b) for b in train),
                 "val_examples": len(val), "metrics": metrics, "config": config,
                 "model_fingerprint": fingerprint_model(lm.model)}
-        save_lm(lm, tmp, meta)
+        save_lm(lm, tmp, meta, merge=tuning.merge)
     return meta
 
 
@@ -162,7 +173,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     lm = load_lm(model, tokenizer=tokenizer)
     tb = _blocks(proxy, split, lm, text_column, max_length, packing, model)
     # the weights as stored, before any change of dtype
-    model_fp = lm.meta.get("model_fingerprint") or fingerprint_model(lm.model)
+    model_fp = lm.fingerprint()
     config = stage_config(task="causal-lm", model=model, proxy=proxy, encoding=codec.name,
                      **codec.params(), dtype=place(lm.model, dtype), batch_size=batch_size,
                      split=split, text_column=tb.text_column, max_length=tb.max_length,
@@ -316,7 +327,10 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
                max_length: int | None = None, packing: bool | None = None, seed: int = 0,
                overwrite: bool = False, progress: bool = True,
                limits: Limits = DEFAULT_LIMITS, trusted_keys: dict | None = None,
-               dtype: str = "auto") -> dict[str, Any]:
+               dtype: str = "auto", lora_rank: int | None = None, lora_alpha: float | None = None,
+               lora_dropout: float | None = None, lora_targets: str | None = None,
+               lora_type: str | None = None, quantize: str | None = None,
+               merge: bool = False, gradient_checkpointing: bool = False) -> dict[str, Any]:
     """Distill a causal-LM student (any architecture sharing the teachers' tokenizer) on the
     proxy text against a token bundle. The loss is KL at ``temperature`` times T^2: the
     tail-bucket loss for topk teachers, the sampled-target loss for sample teachers, full KL for
@@ -328,10 +342,12 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
     from ..bundle import TeacherRows
     from ..training import fit_lm
 
+    tuning = Tuning.of(student, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_type,
+                        quantize, merge, gradient_checkpointing)
     reader, temperature = open_token_teacher(teacher, out, "causal-lm", temperature,
                                              hard_weight, overwrite, limits, trusted_keys)
     m = reader.manifest
-    lm = load_lm(student, tokenizer=tokenizer, seed=seed)
+    lm = tuning.load(load_lm, student, "causal-lm", tokenizer=tokenizer, seed=seed)
     check_vocab(lm, m, student, teacher)
     tb = _teacher_blocks(proxy, teacher, m, lm, student, split, text_column, max_length,
                          packing)
@@ -342,12 +358,14 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
     config = stage_config(task="causal-lm", student=student, proxy=proxy, teacher=teacher,
                      tokenizer=tokenizer, temperature=temperature, hard_weight=hard_weight,
                      epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                     max_length=tb.max_length, packing=tb.packing, seed=seed)
+                     max_length=tb.max_length, packing=tb.packing, seed=seed,
+                     **tuning.record())
     with atomic_dir(out, overwrite) as tmp:
         metrics = fit_lm(lm, [tb.blocks[e] for e in ids], epochs=epochs,
                          learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                          teacher=teacher_rows, example_ids=ids, hard_weight=hard_weight,
-                         progress=progress, dtype=dtype)
+                         progress=progress, dtype=dtype,
+                         gradient_checkpointing=tuning.gradient_checkpointing)
         meta = {"fd_version": __version__, "stage": "distill", "client_id": "student",
                 "task": "causal-lm", "architecture": lm.architecture,
                 "vocab_size": lm.vocab_size, "vocab_fingerprint": m.label_fingerprint,
@@ -355,7 +373,7 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
                 "teacher_manifest": m.to_dict() | {"shards": len(m.shards)},
                 "metrics": metrics, "config": config,
                 "model_fingerprint": fingerprint_model(lm.model)}
-        save_lm(lm, tmp, meta)
+        save_lm(lm, tmp, meta, merge=tuning.merge)
     return meta
 
 

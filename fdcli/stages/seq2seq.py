@@ -22,6 +22,7 @@ from ..data import DataError, load_local
 from ..devices import place
 from ..identity import emitted_client_id, specialist_client_id
 from ..launch import ranks
+from ..adapters import Tuning
 from ..lm import save_lm, vocab_fingerprint
 from ..models import fingerprint_model
 from ..outputs import atomic_dir, check_free
@@ -60,17 +61,24 @@ def train_seq2seq_specialist(data: str | Path, model: str | Path, out: str | Pat
                              learning_rate: float = 5e-5, batch_size: int = 16,
                              val_fraction: float = 0.0, seed: int = 0,
                              overwrite: bool = False, progress: bool = True,
-                             dtype: str = "auto") -> dict[str, Any]:
-    """Train an encoder-decoder model (model folder or config file) on this institution's
-    source/target pairs and write a model folder with its tokenizer and fd.json (configuration,
-    vocabulary fingerprint, examples, target tokens, metrics; ``val_nll`` when
-    ``val_fraction`` > 0)."""
+                             dtype: str = "auto", lora_rank: int | None = None,
+                             lora_alpha: float | None = None,
+                             lora_dropout: float | None = None,
+                             lora_targets: str | None = None, lora_type: str | None = None,
+                             quantize: str | None = None, merge: bool = False,
+                             gradient_checkpointing: bool = False) -> dict[str, Any]:
+    """Train an encoder-decoder model (model folder, GGUF file or config file) on this
+    institution's source/target pairs and write a model folder with its tokenizer and fd.json
+    (configuration, vocabulary fingerprint, examples, target tokens, metrics; ``val_nll`` when
+    ``val_fraction`` > 0). ``lora_rank`` trains a LoRA adapter, as for causal-lm."""
     from ..training import fit_seq2seq
 
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     check_free(Path(out), overwrite)
-    m = load_seq2seq(model, tokenizer=tokenizer, seed=seed)
+    tuning = Tuning.of(model, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_type,
+                        quantize, merge, gradient_checkpointing)
+    m = tuning.load(load_seq2seq, model, "seq2seq", tokenizer=tokenizer, seed=seed)
     pairs = _pairs(data, split, m, source_column, target_column, max_source_length,
                    max_target_length)
     config = stage_config(task="seq2seq", data=data, model=model, tokenizer=tokenizer,
@@ -79,7 +87,7 @@ def train_seq2seq_specialist(data: str | Path, model: str | Path, out: str | Pat
                      max_source_length=pairs.max_source_length,
                      max_target_length=pairs.max_target_length, epochs=epochs,
                      learning_rate=learning_rate, batch_size=batch_size,
-                     val_fraction=val_fraction, seed=seed)
+                     val_fraction=val_fraction, seed=seed, **tuning.record())
     order = list(range(len(pairs.sources)))
     random.Random(seed).shuffle(order)
     n_val = int(round(len(order) * val_fraction))
@@ -90,7 +98,8 @@ def train_seq2seq_specialist(data: str | Path, model: str | Path, out: str | Pat
         metrics = fit_seq2seq(m, [pairs.sources[i] for i in train],
                               [pairs.targets[i] for i in train], epochs=epochs,
                               learning_rate=learning_rate, batch_size=batch_size, seed=seed,
-                              progress=progress, dtype=dtype)
+                              progress=progress, dtype=dtype,
+                              gradient_checkpointing=tuning.gradient_checkpointing)
         if val:
             held = TextPairs([pairs.sources[i] for i in val], [pairs.targets[i] for i in val],
                              [], None, pairs.source_column, pairs.target_column,
@@ -105,7 +114,7 @@ def train_seq2seq_specialist(data: str | Path, model: str | Path, out: str | Pat
                 "train_tokens": sum(len(pairs.targets[i]) for i in train),
                 "val_examples": len(val), "metrics": metrics, "config": config,
                 "model_fingerprint": fingerprint_model(m.model)}
-        save_lm(m, tmp, meta)
+        save_lm(m, tmp, meta, merge=tuning.merge)
     return meta
 
 
@@ -130,7 +139,7 @@ def emit_seq2seq_logits(model: str | Path, proxy: str | Path, out: str | Path, *
     m = load_seq2seq(model, tokenizer=tokenizer)
     pairs = _pairs(proxy, split, m, source_column, target_column, max_source_length,
                    max_target_length)
-    model_fp = m.meta.get("model_fingerprint") or fingerprint_model(m.model)
+    model_fp = m.fingerprint()
     config = stage_config(task="seq2seq", model=model, proxy=proxy, encoding=codec.name,
                      **codec.params(), dtype=place(m.model, dtype), batch_size=batch_size,
                      split=split, source_column=pairs.source_column,
@@ -205,7 +214,11 @@ def distill_seq2seq(student: str | Path, proxy: str | Path, teacher: str | Path,
                     source_column: str | None = None, target_column: str | None = None,
                     split: str | None = None, seed: int = 0, overwrite: bool = False,
                     progress: bool = True, limits: Limits = DEFAULT_LIMITS,
-                    trusted_keys: dict | None = None, dtype: str = "auto") -> dict[str, Any]:
+                    trusted_keys: dict | None = None, dtype: str = "auto",
+                    lora_rank: int | None = None, lora_alpha: float | None = None,
+                    lora_dropout: float | None = None, lora_targets: str | None = None,
+                    lora_type: str | None = None, quantize: str | None = None,
+                    merge: bool = False, gradient_checkpointing: bool = False) -> dict[str, Any]:
     """Distill an encoder-decoder student sharing the teachers' tokenizer on the proxy pairs
     against a token bundle: per target token, the tail-bucket loss (topk), the sampled-target
     loss (sample) or full KL (dense) at ``temperature`` (None: picked from the teacher, as for
@@ -213,10 +226,12 @@ def distill_seq2seq(student: str | Path, proxy: str | Path, teacher: str | Path,
     from ..bundle import TeacherRows
     from ..training import fit_seq2seq
 
+    tuning = Tuning.of(student, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_type,
+                        quantize, merge, gradient_checkpointing)
     reader, temperature = open_token_teacher(teacher, out, "seq2seq", temperature,
                                              hard_weight, overwrite, limits, trusted_keys)
     mf = reader.manifest
-    m = load_seq2seq(student, tokenizer=tokenizer, seed=seed)
+    m = tuning.load(load_seq2seq, student, "seq2seq", tokenizer=tokenizer, seed=seed)
     check_vocab(m, mf, student, teacher)
     pairs = _teacher_pairs(proxy, teacher, mf, m, student, split, source_column,
                            target_column, None, None)
@@ -228,13 +243,15 @@ def distill_seq2seq(student: str | Path, proxy: str | Path, teacher: str | Path,
                      epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                      source_column=pairs.source_column, target_column=pairs.target_column,
                      max_source_length=pairs.max_source_length,
-                     max_target_length=pairs.max_target_length, seed=seed)
+                     max_target_length=pairs.max_target_length, seed=seed,
+                     **tuning.record())
     with atomic_dir(out, overwrite) as tmp:
         metrics = fit_seq2seq(m, [pairs.sources[e] for e in ids],
                               [pairs.targets[e] for e in ids], epochs=epochs,
                               learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                               teacher=TeacherRows(block, temperature), example_ids=ids,
-                              hard_weight=hard_weight, progress=progress, dtype=dtype)
+                              hard_weight=hard_weight, progress=progress, dtype=dtype,
+                              gradient_checkpointing=tuning.gradient_checkpointing)
         meta = {"fd_version": __version__, "stage": "distill", "client_id": "student",
                 "task": "seq2seq", "architecture": m.architecture,
                 "vocab_size": m.vocab_size, "vocab_fingerprint": mf.label_fingerprint,
@@ -242,7 +259,7 @@ def distill_seq2seq(student: str | Path, proxy: str | Path, teacher: str | Path,
                 "teacher_manifest": mf.to_dict() | {"shards": len(mf.shards)},
                 "metrics": metrics, "config": config,
                 "model_fingerprint": fingerprint_model(m.model)}
-        save_lm(m, tmp, meta)
+        save_lm(m, tmp, meta, merge=tuning.merge)
     return meta
 
 

@@ -61,18 +61,31 @@ def _by_architecture(config: Any) -> str | None:
     return None
 
 
+#: peft's ``task_type`` -> fd's task
+PEFT_TASKS = {"CAUSAL_LM": "causal-lm", "SEQ_2_SEQ_LM": "seq2seq", "SEQ_CLS": "classification"}
+
+
 def task_of_model(path: str | Path) -> tuple[str, str] | None:
     """``(task, where)`` as a model's files state it: the ``task`` in a model folder's
     ``fd.json``, else the class names in its ``config.json`` (or in a JSON config file):
     ``...ForCausalLM`` is causal-lm, ``...ForConditionalGeneration`` seq2seq,
-    ``...ForSequenceClassification`` classification; None when they say nothing."""
+    ``...ForSequenceClassification`` classification; an adapter folder's ``task_type`` in
+    ``adapter_config.json``; a GGUF file is causal-lm (llama.cpp's checkpoints are decoder
+    LMs); None when they say nothing."""
     path = Path(path)
     if path.is_dir():
         meta = FdMeta.read(path)  # checked: a hostile fd.json is refused here, by field
         if meta is not None and meta.task is not None:
             return meta.task, str(path / FD_META)
         found = _by_architecture(_json(path / "config.json"))
-        return (found, str(path / "config.json")) if found else None
+        if found is None:  # a peft adapter folder
+            adapter = _json(path / "adapter_config.json")
+            found = PEFT_TASKS.get(adapter.get("task_type")) if isinstance(adapter, dict) \
+                else None
+            return (found, str(path / "adapter_config.json")) if found else None
+        return found, str(path / "config.json")
+    if path.suffix.lower() == ".gguf":
+        return CAUSAL_LM.name, f"{path} (a GGUF file)"
     if path.suffix == ".json":
         found = _by_architecture(_json(path))
         return (found, str(path)) if found else None

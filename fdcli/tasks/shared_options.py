@@ -30,3 +30,8 @@ TOKEN_ENCODING = {"encoding": Auto("topk, or sample when --draws is given"),
                   "sample_temperature": 1.0, **SPARSE}
 #: the simulations' models trained from scratch
 SIMULATION = {"learning_rate": 2e-3, "seed": 0}
+#: fine-tuning with an adapter (fdcli.adapters.Tuning)
+LORA = {"lora_rank": None, "lora_alpha": Auto("twice the rank"), "lora_dropout": Auto("0.05"),
+        "lora_targets": Auto("peft's for the architecture, else every linear layer"),
+        "lora_type": Auto("lora"), "quantize": None, "merge": False,
+        "gradient_checkpointing": False}

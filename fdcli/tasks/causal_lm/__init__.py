@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..base import Auto, Command, Task
-from ..shared_options import (AGGREGATION, EMITTING, READING, SIMULATION, SPARSE, SPECIALIST,
-                              TOKEN_ENCODING, TRAINING)
+from ..shared_options import (AGGREGATION, EMITTING, LORA, READING, SIMULATION, SPARSE,
+                              SPECIALIST, TOKEN_ENCODING, TRAINING)
 
 MAX_LENGTH = Auto("the length fd trained the model with, else 128 or the model's positions "
                   "if fewer")
@@ -18,7 +18,7 @@ TASK = Task(
     tables="fdcli.tasks.causal_lm.tables:print_simulation",
     commands={
         "train-specialist": Command("fdcli.stages.lm:train_lm_specialist", {
-            **SPECIALIST, **TEXT, "max_length": MAX_LENGTH, "packing": True,
+            **SPECIALIST, **TEXT, **LORA, "max_length": MAX_LENGTH, "packing": True,
             "batch_size": 16}),
         "emit-logits": Command("fdcli.stages.lm:emit_token_logits", {
             **EMITTING, **TOKEN_ENCODING, **TEXT, "max_length": MAX_LENGTH, "packing": True,
@@ -26,7 +26,7 @@ TASK = Task(
         "aggregate": Command("fdcli.stages.aggregate:aggregate", {
             **AGGREGATION, **SPARSE, "k": Auto("16")}),
         "distill": Command("fdcli.stages.lm:distill_lm", {
-            **TRAINING, **READING, **TEXT,
+            **TRAINING, **READING, **TEXT, **LORA,
             "temperature": Auto("1, or 2 for a top-k teacher whose mean tail mass is above "
                                 "0.75, or a sampled teacher's own"),
             "hard_weight": 0.5, "batch_size": 8,
