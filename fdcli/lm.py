@@ -147,17 +147,12 @@ def _load_gguf(path: Path, auto, what: str, tokenizer):
     """A GGUF checkpoint through transformers' GGUF support: dequantized to ordinary fp32
     weights that save as safetensors, and its own tokenizer unless one is given."""
     from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # its "de-quantizing" bar; fd shows its own progress
     try:
         model = auto.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as exc:
         raise ModelError(f"{path}: could not load a {what} from this GGUF file ({exc}); "
                          "expected an architecture that transformers' GGUF support reads "
                          "(llama, mistral, qwen2, gemma, phi3, gpt2, ...)") from None
-    finally:
-        hf_logging.enable_progress_bar()
     # the weights are dequantized already: drop the GGUF quantizer that refuses to save them
     model.hf_quantizer = None
     model.is_quantized = False
