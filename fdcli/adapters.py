@@ -126,10 +126,13 @@ def default_targets(model) -> list[str] | str:
     return list(known.get(model.config.model_type, [])) or "all-linear"
 
 
-def apply_lora(model, spec: LoraSpec, task: str):
+def apply_lora(model, spec: LoraSpec, task: str, seed: int = 0):
     """``model`` wrapped in a fresh adapter (a ``PeftModel``; only the adapter, and a
-    classifier's head, train)."""
+    classifier's head, train), its initial weights drawn with ``seed``."""
+    import torch
+
     peft = _peft()
+    torch.manual_seed(seed)
     if spec.quantize is not None:
         model = peft.prepare_model_for_kbit_training(model)
     config = peft.LoraConfig(
@@ -258,7 +261,7 @@ class Tuning:
         trainable."""
         lm = loader(source, quantization=quantization_config(self.spec), trainable=True,
                     **kwargs)
-        with_lora(lm, source, self.spec, task)
+        with_lora(lm, source, self.spec, task, kwargs.get("seed", 0))
         return lm
 
     def record(self) -> dict[str, Any]:
@@ -267,7 +270,8 @@ class Tuning:
                 "gradient_checkpointing": self.gradient_checkpointing}
 
 
-def with_lora(lm, source: str | Path, spec: LoraSpec | None, task: str) -> None:
+def with_lora(lm, source: str | Path, spec: LoraSpec | None, task: str,
+              seed: int = 0) -> None:
     """Prepare ``lm`` (a :class:`~fdcli.lm.LanguageModel` or
     :class:`~fdcli.models.Classifier` loaded from ``source``) for training: with a spec, a
     fresh adapter on the base, whose path and fingerprint ``lm.base`` records. A model that
@@ -281,7 +285,7 @@ def with_lora(lm, source: str | Path, spec: LoraSpec | None, task: str) -> None:
                            "LoRA fine-tunes a pretrained one; give --model a model folder or "
                            "a GGUF file, or drop --lora-rank")
     lm.base = base_record(source, lm.fingerprint())
-    lm.model = apply_lora(lm.model, spec, task)
+    lm.model = apply_lora(lm.model, spec, task, seed)
 
 
 def save_model(model, out: Path, meta: dict[str, Any], *, base: dict[str, str] | None,

@@ -107,6 +107,18 @@ def _trainer_class():
     return FdTrainer
 
 
+def _checkpointing() -> dict[str, Any]:
+    """TrainingArguments that turn on gradient checkpointing (non-reentrant, which works with
+    frozen base weights), under the name this transformers uses."""
+    import inspect
+
+    from transformers import TrainingArguments
+
+    name = "activation_checkpointing" if "activation_checkpointing" in \
+        inspect.signature(TrainingArguments).parameters else "gradient_checkpointing"
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
+
+
 def _train(model, dataset, collator, *, epochs: float, learning_rate: float, batch_size: int,
            seed: int, teacher: TeacherRows | None, hard_weight: float, vocab: int | None,
            progress: bool, dtype: str = "auto", callbacks: tuple = (),
@@ -142,9 +154,7 @@ def _train(model, dataset, collator, *, epochs: float, learning_rate: float, bat
             report_to=[], save_strategy="no", logging_strategy="no",
             remove_unused_columns=False, dataloader_num_workers=0,
             disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
-            gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-            if gradient_checkpointing else None,
+            **(_checkpointing() if gradient_checkpointing else {}),
             **trainer_precision(dtype))
         trainer = _trainer_class()(model=model, args=args, train_dataset=dataset,
                                    data_collator=collator)
