@@ -212,14 +212,47 @@ class TextBlocks:
     text_column: str
     documents: int
     fingerprint: str
+    dropped: int = 0  # instruction examples with no response token left
 
     @property
     def tokens(self) -> int:
         return sum(len(b) for b in self.blocks)
 
+    @property
+    def chat(self) -> bool:
+        """Instruction examples (:class:`Turn`): rows on response tokens only."""
+        return bool(self.blocks) and isinstance(self.blocks[0], Turn)
+
     def describe(self) -> str:
+        if self.chat:
+            return f"instruction examples ({self.text_column}) cut to --max-length " \
+                   f"{self.max_length}"
         return (f"{'packed' if self.packing else 'truncated'} to --max-length "
                 f"{self.max_length}")
+
+
+class Turn(list):
+    """The token ids of a prompt and its response (an instruction example). Its rows, and
+    its loss, are the positions that predict the response's tokens only: ``start - 1`` to
+    ``len - 2``, where ``start`` is the response's first position."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, ids, start: int):
+        super().__init__(ids)
+        self.start = start
+
+
+def row_span(block) -> tuple[int, int]:
+    """The positions ``[first, end)`` of a block that carry rows: every position of raw
+    text, the response-predicting ones of a :class:`Turn`."""
+    start = getattr(block, "start", None)
+    return (0, len(block)) if start is None else (start - 1, len(block) - 1)
+
+
+def row_count(block) -> int:
+    first, end = row_span(block)
+    return end - first
 
 
 def text_blocks(ds, where: str, tokenizer, *, text_column: str | None = None,
@@ -268,18 +301,22 @@ def text_blocks(ds, where: str, tokenizer, *, text_column: str | None = None,
 
 
 def pad_blocks(blocks: Sequence[Sequence[int]], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` ``[B, L]`` (right padding), and ``next_ids``: the
-    token each position predicts, -100 at the last position of a block and at padding."""
+    """``input_ids`` and ``attention_mask`` ``[B, L]`` (right padding); ``next_ids``: the
+    token each position predicts, -100 at the last position of a block and at padding; and
+    ``row_mask``: the positions that are rows (:func:`row_span`)."""
     width = max(len(b) for b in blocks)
     ids = torch.full((len(blocks), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(blocks), width), dtype=torch.long)
+    rows = torch.zeros((len(blocks), width), dtype=torch.bool)
     nxt = torch.full((len(blocks), width), -100, dtype=torch.long)
     for i, b in enumerate(blocks):
         t = torch.tensor(b, dtype=torch.long)
         ids[i, :len(b)] = t
         mask[i, :len(b)] = 1
+        first, end = row_span(b)
+        rows[i, first:end] = True
         nxt[i, :len(b) - 1] = t[1:]
-    return {"input_ids": ids, "attention_mask": mask, "next_ids": nxt}
+    return {"input_ids": ids, "attention_mask": mask, "next_ids": nxt, "row_mask": rows}
 
 
 def token_logits(model, batch: dict[str, torch.Tensor], vocab_size: int) -> torch.Tensor:
@@ -311,9 +348,10 @@ def masked_rows(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def iter_token_logits(lm: LanguageModel, blocks: Sequence[Sequence[int]], batch_size: int = 8,
                       ) -> Iterator[tuple[range, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """For each batch of blocks: their indices, the logits of every real position
-    ``[rows, V]`` (on the model's device, in its dtype), the rows per block, and the
-    next-token ids of those rows (-100 where the block ends). Nothing here waits for the
+    """For each batch of blocks: their indices, the logits of every row ``[rows, V]`` (every
+    real position of raw text, the response-predicting ones of a :class:`Turn`; on the
+    model's device, in its dtype), the rows per block, and the next-token ids of those rows
+    (-100 where a raw block ends). Nothing here waits for the
     device: the real positions are chosen from the padding mask on the host."""
     lm.model.eval()
     device = next(lm.model.parameters()).device
@@ -321,10 +359,10 @@ def iter_token_logits(lm: LanguageModel, blocks: Sequence[Sequence[int]], batch_
     for start in range(0, len(blocks), batch_size):
         chunk = blocks[start:start + batch_size]
         batch = pad_blocks(chunk, pad)
-        mask = batch["attention_mask"].bool()
+        mask = batch.pop("row_mask")
         logits = token_logits(lm.model, to_device(batch, device), lm.vocab_size)
         yield (range(start, start + len(chunk)), masked_rows(logits, mask),
-               torch.tensor([len(b) for b in chunk]), batch["next_ids"][mask])
+               torch.tensor([row_count(b) for b in chunk]), batch["next_ids"][mask])
 
 
 def save_lm(lm: LanguageModel, out: Path, meta: dict[str, Any], merge: bool = False) -> None:

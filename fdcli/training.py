@@ -65,7 +65,8 @@ def _trainer_class():
 
     class FdTrainer(Trainer):
         """Cross-entropy, or (1 - hard_weight) * KD + hard_weight * CE when a teacher is given.
-        For causal LMs every real position is a row: the CE target is the next token. In a
+        For causal LMs every real position is a row (an instruction example's response-
+        predicting positions only: ``row_mask``): the CE target is the next token. In a
         mixed batch (``fd_soft``) KD is over the rows that have teacher targets and CE over
         the rows that have labels (-100 elsewhere); a batch with only one kind uses that
         term alone."""
@@ -78,10 +79,12 @@ def _trainer_class():
             teacher = {k: inputs.pop(k) for k in list(inputs) if k.startswith("fd_")}
             labels = inputs.pop("labels", None)
             next_ids = inputs.pop("next_ids", None)
+            rows = inputs.pop("row_mask", None)  # a causal LM's rows (a prompt's are not)
             outputs = model(**inputs)
             logits = outputs.logits
             if next_ids is not None:  # token rows: the decoder's positions, or the LM's
-                mask = inputs.get("decoder_attention_mask", inputs["attention_mask"]).bool()
+                mask = rows if rows is not None else \
+                    inputs.get("decoder_attention_mask", inputs["attention_mask"]).bool()
                 logits, labels = logits[..., :self.fd_vocab][mask], next_ids[mask]
             ce = None
             if labels is not None and bool((labels != -100).any()):

@@ -48,6 +48,9 @@ _SOURCE = ("Source text column (default: source, input, inputs, src, document, q
 _TARGET = ("Target text column (default: target, output, targets, tgt, summary, answer or "
            "completion).")
 _MAXLEN = "Tokens per example block."
+_PROMPT = ("Instruction data: the prompt column (with --response-column); rows and loss on "
+           "response tokens only. A messages column (chat turns) is read without it.")
+_RESPONSE = "Instruction data: the response column (with --prompt-column)."
 _MAXSRC = "Source tokens kept."
 _MAXTGT = "Target tokens kept, end-of-sequence included."
 _PACKING = "Pack documents into full blocks, or truncate each document."
@@ -84,6 +87,8 @@ def train_specialist_cmd(
                                                  "comma-separated, in id order (default: read "
                                                  "from the data).")] = None,
     text_column: Annotated[Optional[str], T("text_column", _TEXT)] = None,
+    prompt_column: Annotated[Optional[str], T("prompt_column", _PROMPT)] = None,
+    response_column: Annotated[Optional[str], T("response_column", _RESPONSE)] = None,
     image_column: Annotated[Optional[str], T("image_column", _IMAGE)] = None,
     label_column: Annotated[Optional[str], T("label_column", _LABEL)] = None,
     source_column: Annotated[Optional[str], T("source_column", _SOURCE)] = None,
@@ -183,6 +188,8 @@ def emit_logits_cmd(
         "proxy_slice", "Emit only slice I of N contiguous slices of the proxy set, as I/N (a "
                        "fresh slice each round).", "--slice")] = None,
     text_column: Annotated[Optional[str], E("text_column", _TEXT)] = None,
+    prompt_column: Annotated[Optional[str], E("prompt_column", _PROMPT)] = None,
+    response_column: Annotated[Optional[str], E("response_column", _RESPONSE)] = None,
     image_column: Annotated[Optional[str], E("image_column", _IMAGE)] = None,
     source_column: Annotated[Optional[str], E("source_column", _SOURCE)] = None,
     target_column: Annotated[Optional[str], E("target_column", _TARGET)] = None,
@@ -372,6 +379,8 @@ def evaluate(
     data: DataOpt,
     task: TaskOpt = None,
     text_column: Annotated[Optional[str], V("text_column", _TEXT)] = None,
+    prompt_column: Annotated[Optional[str], V("prompt_column", _PROMPT)] = None,
+    response_column: Annotated[Optional[str], V("response_column", _RESPONSE)] = None,
     image_column: Annotated[Optional[str], V("image_column", _IMAGE)] = None,
     label_column: Annotated[Optional[str], V("label_column", _LABEL)] = None,
     source_column: Annotated[Optional[str], V("source_column", _SOURCE)] = None,

@@ -143,7 +143,8 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
     if first.task == "token":
         made = first.producer.config  # how the proxy was tokenized, for the student
         for key in ("task", "max_length", "packing", "text_column", "source_column",
-                    "target_column", "max_source_length", "max_target_length"):
+                    "target_column", "max_source_length", "max_target_length", "rows",
+                    "prompt_column", "response_column"):
             if key in made or key in ("max_length", "packing", "text_column"):
                 config[key] = made.get(key)
         k = 16 if k is None else k

@@ -24,8 +24,9 @@ from ..devices import place
 from ..identity import emitted_client_id, specialist_client_id
 from ..launch import ranks
 from ..errors import FdWarning, IncompatibleBundlesError
+from ..chat import MESSAGES_COLUMN, chat_blocks
 from ..lm import (DEFAULT_LM_MAX_LENGTH, TextBlocks, iter_token_logits, load_lm,
-                  max_positions, save_lm, text_blocks, vocab_fingerprint)
+                  max_positions, row_count, save_lm, text_blocks, vocab_fingerprint)
 from ..losses import dense_kd_loss, sparse_kd_loss
 from ..adapters import Tuning
 from ..models import fingerprint_model
@@ -47,10 +48,13 @@ FLAT_TEACHER_TAIL_MASS = 0.75
 WEAK_TEACHER_TAIL_MASS = 0.5
 
 
-def _blocks(data, split, lm, text_column, max_length, packing, model=None) -> TextBlocks:
-    """The token blocks of ``data``, checked to fit the model's positions. ``max_length`` None
-    means the length the model was trained with by fd, else 128 (or the model's positions, if
-    fewer)."""
+def _blocks(data, split, lm, text_column, max_length, packing, model=None, *,
+            prompt_column=None, response_column=None) -> TextBlocks:
+    """The token blocks of ``data``, checked to fit the model's positions: instruction
+    examples (:func:`~fdcli.lm.chat_blocks`) when ``prompt_column``/``response_column`` are
+    given or the data has a ``messages`` column and no ``text_column`` is asked for, else raw
+    text. ``max_length`` None means the length the model was trained with by fd, else 128 (or
+    the model's positions, if fewer)."""
     limit = max_positions(lm.model)
     if max_length is None:
         max_length = lm.meta.get("config", {}).get("max_length") or min(
@@ -60,8 +64,18 @@ def _blocks(data, split, lm, text_column, max_length, packing, model=None) -> Te
                         f"--max-length is {max_length}; expected a --max-length of at most "
                         f"{limit}")
     ds = load_local(data, split, whole_text_files=True)
+    if prompt_column is not None or response_column is not None or (
+            text_column is None and MESSAGES_COLUMN in ds.column_names):
+        return chat_blocks(ds, str(data), lm.tokenizer, prompt_column=prompt_column,
+                           response_column=response_column, max_length=max_length)
     return text_blocks(ds, str(data), lm.tokenizer, text_column=text_column,
                        max_length=max_length, packing=packing)
+
+
+def rows_config(tb: TextBlocks) -> dict[str, Any]:
+    """What a manifest or fd.json records of the rows: which tokens carry them."""
+    return {"rows": "response tokens" if tb.chat else "every token",
+            "text_column": tb.text_column}
 
 
 def stage_config(**kwargs) -> dict[str, Any]:
@@ -71,6 +85,8 @@ def stage_config(**kwargs) -> dict[str, Any]:
 def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                         tokenizer: str | Path | None = None, client_id: str | None = None,
                         text_column: str | None = None, split: str | None = None,
+                        prompt_column: str | None = None,
+                        response_column: str | None = None,
                         max_length: int | None = None, packing: bool = True,
                         epochs: float = 3.0, learning_rate: float = 5e-5, batch_size: int = 16,
                         val_fraction: float = 0.0, seed: int = 0, overwrite: bool = False,
@@ -99,8 +115,9 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     tuning = Tuning.of(model, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_type,
                         quantize, merge, gradient_checkpointing)
     lm = tuning.load(load_lm, model, "causal-lm", tokenizer=tokenizer, seed=seed)
-    tb = _blocks(data, split, lm, text_column, max_length, packing, model)
-    config |= {"max_length": tb.max_length, **tuning.record()}
+    tb = _blocks(data, split, lm, text_column, max_length, packing, model,
+                 prompt_column=prompt_column, response_column=response_column)
+    config |= {"max_length": tb.max_length, **rows_config(tb), **tuning.record()}
     order = list(range(len(tb.blocks)))
     random.Random(seed).shuffle(order)
     n_val = int(round(len(order) * val_fraction))
@@ -118,7 +135,8 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                 "task": "causal-lm",
                 "architecture": lm.architecture, "vocab_size": lm.vocab_size,
                 "vocab_fingerprint": vocab_fingerprint(lm.tokenizer),
-                "train_examples": len(train), "train_tokens": sum(len(b) for b in train),
+                "train_examples": len(train),
+                "train_tokens": sum(row_count(b) for b in train),
                 "val_examples": len(val), "metrics": metrics, "config": config,
                 "model_fingerprint": fingerprint_model(lm.model)}
         save_lm(lm, tmp, meta, merge=tuning.merge)
@@ -150,6 +168,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       sample_temperature: float = 1.0,
                       tokenizer: str | Path | None = None, client_id: str | None = None,
                       text_column: str | None = None, split: str | None = None,
+                      prompt_column: str | None = None, response_column: str | None = None,
                       max_length: int | None = None, packing: bool = True,
                       batch_size: int = 8, seed: int = 0, overwrite: bool = False,
                       progress: bool = True, sign_key=None, dtype: str = "auto",
@@ -171,12 +190,14 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     r = ranks()
     check_free(Path(out), overwrite)
     lm = load_lm(model, tokenizer=tokenizer)
-    tb = _blocks(proxy, split, lm, text_column, max_length, packing, model)
+    tb = _blocks(proxy, split, lm, text_column, max_length, packing, model,
+                 prompt_column=prompt_column, response_column=response_column)
     # the weights as stored, before any change of dtype
     model_fp = lm.fingerprint()
     config = stage_config(task="causal-lm", model=model, proxy=proxy, encoding=codec.name,
                      **codec.params(), dtype=place(lm.model, dtype), batch_size=batch_size,
-                     split=split, text_column=tb.text_column, max_length=tb.max_length,
+                     split=split, **rows_config(tb), prompt_column=prompt_column,
+                     response_column=response_column, max_length=tb.max_length,
                      packing=packing, train_examples=lm.meta.get("train_examples"),
                      train_tokens=lm.meta.get("train_tokens"))
     target = part_target(out, r, config)
@@ -187,7 +208,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       client_id=emitted_client_id(client_id, lm.meta, model, model_fp),
                       model_fingerprint=model_fp, config=config, seed=seed,
                       overwrite=overwrite, sign_key=sign_key) as writer, \
-            progress_bar(sum(len(b) for b in tb.blocks[mine.start:mine.stop]),
+            progress_bar(sum(row_count(b) for b in tb.blocks[mine.start:mine.stop]),
                          "emitting token logits", progress and r.main) as advance:
         write_token_rows(lm, tb.blocks, writer, batch_size, span=mine, advance=advance)
     return finish_parts(out, r, writer.manifest, overwrite, limits, sign_key)
@@ -253,23 +274,29 @@ def _teacher_blocks(proxy, teacher, manifest: BundleManifest, lm, model, split, 
     cfg = manifest.producer.config
     max_length = max_length or cfg.get("max_length")
     packing = cfg.get("packing", True) if packing is None else packing
-    tb = _blocks(proxy, split, lm, text_column or cfg.get("text_column"), max_length, packing,
-                 model)
+    if cfg.get("rows") == "response tokens":  # instruction examples: the bundle's columns
+        tb = _blocks(proxy, split, lm, None, max_length, packing, model,
+                     prompt_column=cfg.get("prompt_column"),
+                     response_column=cfg.get("response_column"))
+    else:
+        tb = _blocks(proxy, split, lm, text_column or cfg.get("text_column"), max_length,
+                     packing, model)
     if tb.fingerprint != manifest.proxy_fingerprint:
         raise DataError(f"{proxy}: these token blocks ({tb.describe()}) differ from the ones "
                         f"{teacher} was made on (fingerprint {tb.fingerprint}, the bundle says "
                         f"{manifest.proxy_fingerprint}); use the same proxy file, tokenizer, "
-                        "--max-length and packing")
+                        "columns, --max-length and packing")
     return tb
 
 
 def check_rows(block, sequences: list, teacher, rows: str = "token rows",
                item: str = "block", missing: str = "no block") -> None:
     """Refuse a token bundle whose example ``e`` has another number of rows than
-    ``sequences[e]`` has tokens (the proxy's blocks, or its pairs' targets)."""
+    ``sequences[e]`` has (the proxy's blocks: :func:`~fdcli.lm.row_count`; its pairs'
+    targets: their tokens)."""
     lengths = (block.row_offsets[1:] - block.row_offsets[:-1]).tolist()
     for e, n in zip(block.example_ids.tolist(), lengths):
-        found = len(sequences[e]) if e < len(sequences) else missing
+        found = row_count(sequences[e]) if e < len(sequences) else missing
         if found != n:
             raise DataError(f"{teacher}: example {e} has {n} {rows}, the proxy {item} has "
                             f"{found}; the bundle does not belong to this proxy set")
@@ -359,6 +386,7 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
                      tokenizer=tokenizer, temperature=temperature, hard_weight=hard_weight,
                      epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                      max_length=tb.max_length, packing=tb.packing, seed=seed,
+                     rows=rows_config(tb)["rows"],
                      **tuning.record())
     with atomic_dir(out, overwrite) as tmp:
         metrics = fit_lm(lm, [tb.blocks[e] for e in ids], epochs=epochs,
@@ -390,8 +418,9 @@ def token_metrics(lm, blocks, batch_size: int = 8, per_example: bool = False
         nll += float(each.sum())
         hits += int((logits.argmax(-1) == nxt).sum())
         count += int(keep.sum())
-        if per_example:  # a block of n tokens has n - 1 next tokens
-            losses += [float(x.mean()) for x in each.cpu().split((counts - 1).tolist())]
+        if per_example:  # each block's rows that have a next token
+            sizes = [int(k.sum()) for k in keep.split(counts.tolist())]
+            losses += [float(x.mean()) for x in each.cpu().split(sizes)]
     if count == 0:
         raise DataError("no position has a next token to score; expected blocks of at least "
                         "two tokens")
@@ -429,6 +458,7 @@ def teacher_agreement(lm, blocks: TextBlocks, reader, batch_size: int = 8) -> di
 
 def evaluate_lm(model: str | Path, data: str | Path, *, tokenizer: str | Path | None = None,
                 text_column: str | None = None, split: str | None = None,
+                prompt_column: str | None = None, response_column: str | None = None,
                 max_length: int | None = None, packing: bool = True,
                 batch_size: int = 8, teacher: str | Path | None = None,
                 proxy: str | Path | None = None, dtype: str = "auto") -> dict[str, Any]:
@@ -439,8 +469,10 @@ def evaluate_lm(model: str | Path, data: str | Path, *, tokenizer: str | Path | 
         raise ValueError("teacher agreement needs both a teacher bundle and its proxy data")
     lm = load_lm(model, tokenizer=tokenizer)
     place(lm.model, dtype)
-    tb = _blocks(data, split, lm, text_column, max_length, packing, model)
+    tb = _blocks(data, split, lm, text_column, max_length, packing, model,
+                 prompt_column=prompt_column, response_column=response_column)
     result: dict[str, Any] = {"model": str(model), "architecture": lm.architecture,
+                              **rows_config(tb),
                               **token_metrics(lm, tb.blocks, batch_size)}
     if teacher is not None:
         reader = read_bundle(teacher)

@@ -9,6 +9,8 @@ from ..shared_options import (AGGREGATION, EMITTING, LORA, READING, SIMULATION, 
 MAX_LENGTH = Auto("the length fd trained the model with, else 128 or the model's positions "
                   "if fewer")
 TEXT = {"tokenizer": None, "text_column": None, "split": None}
+#: instruction examples: a prompt and a response column (else a messages column, if any)
+CHAT = {"prompt_column": None, "response_column": None}
 
 TASK = Task(
     name="causal-lm",
@@ -18,11 +20,11 @@ TASK = Task(
     tables="fdcli.tasks.causal_lm.tables:print_simulation",
     commands={
         "train-specialist": Command("fdcli.stages.lm:train_lm_specialist", {
-            **SPECIALIST, **TEXT, **LORA, "max_length": MAX_LENGTH, "packing": True,
+            **SPECIALIST, **TEXT, **CHAT, **LORA, "max_length": MAX_LENGTH, "packing": True,
             "batch_size": 16}),
         "emit-logits": Command("fdcli.stages.lm:emit_token_logits", {
-            **EMITTING, **TOKEN_ENCODING, **TEXT, "max_length": MAX_LENGTH, "packing": True,
-            "batch_size": 8}),
+            **EMITTING, **TOKEN_ENCODING, **TEXT, **CHAT, "max_length": MAX_LENGTH,
+            "packing": True, "batch_size": 8}),
         "aggregate": Command("fdcli.stages.aggregate:aggregate", {
             **AGGREGATION, **SPARSE, "k": Auto("16")}),
         "distill": Command("fdcli.stages.lm:distill_lm", {
@@ -32,7 +34,7 @@ TASK = Task(
             "hard_weight": 0.5, "batch_size": 8,
             "max_length": Auto("the teacher bundle's")}),
         "evaluate": Command("fdcli.stages.lm:evaluate_lm", {
-            **TEXT, "max_length": MAX_LENGTH, "packing": True, "batch_size": 8,
+            **TEXT, **CHAT, "max_length": MAX_LENGTH, "packing": True, "batch_size": 8,
             "teacher": None, "proxy": None, "dtype": "auto"}),
         "simulate": Command("fdcli.stages.simulate_lm:simulate_lm", {
             **SIMULATION, "num_clients": 4, "rule": "confidence", "compare_rules": ("mean",),
