@@ -7,7 +7,7 @@ the tokenizer and ``fd.json``, whose ``base_model`` names the base the adapter w
 path, checks its fingerprint, and puts the adapter on it; a base that moved or changed is
 refused by name. ``--merge`` writes merged full weights instead (an ordinary model folder).
 
-``peft`` is an optional dependency (``pip install 'fdcli[lora]'``): it is imported only when a
+``peft`` is an optional dependency (``pip install 'fdcli[llm]'``): it is imported only when a
 LoRA option is given or an adapter folder is read. 4-bit and 8-bit base weights (QLoRA) need
 ``bitsandbytes`` and a CUDA GPU; on a CPU they are refused before anything is loaded.
 """
@@ -89,7 +89,7 @@ def _peft():
         import peft
     except ImportError:
         raise AdapterError("LoRA needs the peft library, which is not installed; install "
-                           "fd with it: pip install 'fdcli[lora]'") from None
+                           "fd with it: pip install 'fdcli[llm]'") from None
     return peft
 
 
@@ -194,8 +194,12 @@ def base_of(folder: Path, meta: dict[str, Any]) -> tuple[Path, str | None]:
                        "is (fd train-specialist/distill --merge)")
 
 
-def check_base(folder: Path, base: Path, expected: str | None, found: str) -> None:
-    if expected is not None and expected != found:
+def check_base(folder: Path, base: Path, expected: str | None) -> None:
+    """Refuse a base whose weight files are not the ones the adapter was trained on."""
+    if expected is None:
+        return
+    found = source_fingerprint(base)
+    if expected != found:
         raise AdapterError(f"{folder}: its adapter was trained on a base model with "
                            f"fingerprint {expected}, but {base} has {found}; the base at that "
                            "path changed; put the original base there")
@@ -220,9 +224,35 @@ def merged(model):
 def file_fingerprint(path: Path) -> str:
     """sha256 of a file's bytes (a GGUF checkpoint's fingerprint)."""
     digest = hashlib.sha256()
+    _hash_file(digest, path)
+    return "sha256:" + digest.hexdigest()
+
+
+def _hash_file(digest, path: Path) -> None:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+
+
+#: the files that hold a model folder's weights
+WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def source_fingerprint(source: str | Path) -> str:
+    """The fingerprint of a base model as stored: a GGUF file's sha256, or sha256 over a model
+    folder's weight files (names and bytes, in name order). It reads the files, not a loaded
+    model, so a classification head drawn on loading does not enter it."""
+    path = Path(source)
+    if path.is_file():
+        return file_fingerprint(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_FILES)
+    if not files:
+        raise AdapterError(f"{path}: no weight files ({', '.join(WEIGHT_FILES)}) to "
+                           "fingerprint; expected a model folder that from_pretrained reads")
+    for p in files:
+        digest.update(p.name.encode() + b"\0")
+        _hash_file(digest, p)
     return "sha256:" + digest.hexdigest()
 
 
@@ -284,7 +314,7 @@ def with_lora(lm, source: str | Path, spec: LoraSpec | None, task: str,
         raise AdapterError(f"{source}: a config file builds a model with random weights, and "
                            "LoRA fine-tunes a pretrained one; give --model a model folder or "
                            "a GGUF file, or drop --lora-rank")
-    lm.base = base_record(source, lm.fingerprint())
+    lm.base = base_record(source, source_fingerprint(path))
     lm.model = apply_lora(lm.model, spec, task, seed)
 
 

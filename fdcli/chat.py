@@ -75,19 +75,32 @@ def _checked_chat(value, where: str, i: int) -> list[dict[str, str]]:
     return [{"role": t["role"], "content": t["content"]} for t in value]
 
 
+def _ids(tokenizer, turns, **kw) -> list[int]:
+    out = tokenizer.apply_chat_template(turns, tokenize=True, **kw)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def render_prompt(tokenizer, turns: list[dict[str, str]], where: str) -> list[int]:
+    """The token ids of ``turns`` as a prompt: through the chat template with the generation
+    prompt, or without a template the turns' contents and a newline."""
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            return _ids(tokenizer, turns, add_generation_prompt=True)
+        except Exception as exc:
+            raise DataError(f"{where}: the tokenizer's chat template failed ({exc})") from None
+    text = "\n".join(t["content"] for t in turns) + "\n"
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def _render(tokenizer, chat: list[dict[str, str]], where: str) -> tuple[list[int], list[int]]:
     """The token ids of the prompt (every turn but the last, with the generation prompt) and
     of the whole conversation."""
+    prompt = render_prompt(tokenizer, chat[:-1], where)
     if getattr(tokenizer, "chat_template", None):
-        def ids(turns, **kw):
-            out = tokenizer.apply_chat_template(turns, tokenize=True, **kw)
-            return list(out["input_ids"] if hasattr(out, "keys") else out)
         try:
-            return ids(chat[:-1], add_generation_prompt=True), ids(chat)
+            return prompt, _ids(tokenizer, chat)
         except Exception as exc:
             raise DataError(f"{where}: the tokenizer's chat template failed ({exc})") from None
-    prompt = "\n".join(t["content"] for t in chat[:-1]) + "\n"
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     r = tokenizer(chat[-1]["content"], add_special_tokens=False)["input_ids"]
     eos = getattr(tokenizer, "eos_token_id", None)
-    return p, p + r + ([eos] if eos is not None else [])
+    return prompt, prompt + r + ([eos] if eos is not None else [])

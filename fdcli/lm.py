@@ -177,10 +177,9 @@ def _load_adapter_folder(path: Path, auto, what: str, tokenizer, quantization,
 
     meta = read_fd_meta(path)
     base_path, expected = base_of(path, meta)
+    check_base(path, base_path, expected)
     base = load_text_model(base_path, auto, what, tokenizer=tokenizer or path,
                            quantization=quantization)
-    if quantization is None:
-        check_base(path, base_path, expected, base.fingerprint())
     model = load_adapter(base.model, path, trainable=trainable)
     return LanguageModel(model, base.tokenizer, meta,
                          known_fingerprint=meta.get("model_fingerprint"),

@@ -18,7 +18,7 @@ import torch
 
 from .data import DataError, to_rgb
 from .errors import FdError
-from .meta import read_fd_meta, write_fd_meta
+from .meta import read_fd_meta
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -36,6 +36,11 @@ class Classifier:
     kind: str                  # "text" or "image"
     label_names: list[str]
     meta: dict[str, Any] = field(default_factory=dict)  # fd.json of a model fd trained
+    base: dict[str, str] | None = None  # the base model of an adapter, fresh or loaded
+
+    def fingerprint(self) -> str:
+        """The fingerprint of the weights as loaded."""
+        return self.meta.get("model_fingerprint") or fingerprint_model(self.model)
 
     @property
     def architecture(self) -> str:
@@ -94,14 +99,22 @@ def find_tokenizer(source: Path | None, tokenizer: str | os.PathLike | None, whe
 
 
 def load_classifier(source: str | os.PathLike, kind: str, label_names: Sequence[str] | None,
-                    *, tokenizer: str | os.PathLike | None = None, seed: int = 0) -> Classifier:
+                    *, tokenizer: str | os.PathLike | None = None, seed: int = 0,
+                    quantization=None, trainable: bool = False) -> Classifier:
     """Load a classifier for ``kind`` inputs over ``label_names``.
 
     A model fd trained carries its label space in fd.json; asking for another one is an error.
-    Any other model gets a fresh classification head of the right size, or keeps its own
-    (with the names in its config) when ``label_names`` is None.
+    Any other model gets a fresh classification head of the right size (drawn with ``seed``),
+    or keeps its own (with the names in its config) when ``label_names`` is None. An adapter
+    folder loads as its base with the adapter (and its head) on it (``trainable``: to
+    continue training it); ``quantization`` is a ``BitsAndBytesConfig`` for a QLoRA base.
     """
+    from .adapters import is_adapter_folder
+
     path = Path(source)
+    if is_adapter_folder(path):
+        return _load_adapter_classifier(path, kind, label_names, tokenizer, seed, quantization,
+                                        trainable)
     if path.is_dir():
         meta = read_fd_meta(path)
         own = meta.get("label_names")
@@ -110,11 +123,12 @@ def load_classifier(source: str | os.PathLike, kind: str, label_names: Sequence[
                             f"{list(label_names)}")
         names = list(own or label_names or [])
         config = dir_config(path, kind)
-        kwargs = {}
+        kwargs = {"quantization_config": quantization} if quantization is not None else {}
         if names:
-            kwargs = {"num_labels": len(names), "id2label": dict(enumerate(names)),
-                      "label2id": {n: i for i, n in enumerate(names)},
-                      "ignore_mismatched_sizes": True}
+            kwargs |= {"num_labels": len(names), "id2label": dict(enumerate(names)),
+                       "label2id": {n: i for i, n in enumerate(names)},
+                       "ignore_mismatched_sizes": True}
+        torch.manual_seed(seed)
         try:
             model = _auto(kind).from_pretrained(str(path), **kwargs)
         except Exception as exc:
@@ -136,6 +150,24 @@ def load_classifier(source: str | os.PathLike, kind: str, label_names: Sequence[
     else:
         raise ModelError(f"{path}: no such model directory or config file")
     return Classifier(model, processor, kind, names, meta)
+
+
+def _load_adapter_classifier(path: Path, kind: str, label_names, tokenizer, seed: int,
+                             quantization, trainable: bool) -> Classifier:
+    from .adapters import base_of, check_base, load_adapter
+
+    meta = read_fd_meta(path)
+    own = meta.get("label_names")
+    if own is not None and label_names is not None and list(own) != list(label_names):
+        raise DataError(f"{path}: the model's label space {own} differs from the data's "
+                        f"{list(label_names)}")
+    base_path, expected = base_of(path, meta)
+    check_base(path, base_path, expected)
+    base = load_classifier(base_path, kind, own or label_names, tokenizer=tokenizer, seed=seed,
+                           quantization=quantization)
+    model = load_adapter(base.model, path, trainable=trainable)
+    return Classifier(model, base.processor, kind, base.label_names, meta,
+                      base=meta.get("base_model"))
 
 
 def dir_config(path: Path, kind: str):
@@ -209,12 +241,15 @@ def fingerprint_model(model) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def save_classifier(clf: Classifier, out: Path, meta: dict[str, Any]) -> None:
-    """Write a directory that ``from_pretrained`` reads, plus fd.json."""
-    clf.model.save_pretrained(str(out))
+def save_classifier(clf: Classifier, out: Path, meta: dict[str, Any],
+                    merge: bool = False) -> None:
+    """Write a directory that ``from_pretrained`` reads, plus fd.json (an adapter folder for
+    an adapter model, or with ``merge`` its merged weights: :func:`~fdcli.adapters.save_model`)."""
+    from .adapters import save_model
+
+    save_model(clf.model, out, meta, base=clf.base, merge=merge)
     if clf.processor is not None:
         clf.processor.save_pretrained(str(out))
-    write_fd_meta(out, meta)
 
 
 @torch.no_grad()

@@ -223,7 +223,7 @@ def fit(clf: Classifier, values: list[Any], labels: list[int] | None, *, epochs:
         learning_rate: float, batch_size: int, seed: int, teacher: TeacherRows | None = None,
         example_ids: list[int] | None = None, hard_weight: float = 0.0,
         max_length: int = DEFAULT_MAX_LENGTH, progress: bool = True,
-        dtype: str = "auto") -> dict[str, float]:
+        dtype: str = "auto", gradient_checkpointing: bool = False) -> dict[str, float]:
     """Train ``clf.model`` in place; returns the Trainer's training metrics. With a
     ``teacher``, ``example_ids[i]`` names the teacher row of ``values[i]``. ``dtype`` sets
     mixed precision (the weights stay fp32)."""
@@ -234,7 +234,7 @@ def fit(clf: Classifier, values: list[Any], labels: list[int] | None, *, epochs:
     return _train(clf.model, _Rows(values, labels, targets), _Collator(model_inputs, teacher),
                   epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                   teacher=teacher, hard_weight=hard_weight, vocab=None, progress=progress,
-                  dtype=dtype)
+                  dtype=dtype, gradient_checkpointing=gradient_checkpointing)
 
 
 def fit_relational(student, values: list[Any], anchor_pos: list[int], *, epochs: float,

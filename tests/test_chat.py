@@ -173,3 +173,30 @@ def test_a_prompt_longer_than_max_length_is_dropped(world):
     with pytest.raises(DataError, match="no example keeps a response token"):
         chat_blocks(ds.select([0]), "d", tok, prompt_column="prompt",
                     response_column="response", max_length=64)
+
+
+def test_generate_writes_responses_that_teachers_then_emit_on(world, tmp_path):
+    w = world
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": x["prompt"]}) + "\n"
+                               for x in _rows(6, 7)))
+    r = fd_ok("generate", w / "base", prompts, "--task", "causal-lm", "--max-target-length",
+              "5", "--out", tmp_path / "proxy.jsonl", "--json")
+    made = json.loads(r.stdout)
+    rows = [json.loads(x) for x in (tmp_path / "proxy.jsonl").read_text().splitlines()]
+    assert made["examples"] == len(rows) == 6
+    assert [x["prompt"] for x in rows] == [x["prompt"] for x in _rows(6, 7)]
+    tok = load_lm(w / "base").tokenizer
+    assert all(len(tok(x["response"], add_special_tokens=False)["input_ids"]) <= 5 + 2
+               for x in rows)
+    # a messages proxy gets the assistant's reply appended
+    msgs = tmp_path / "msgs.jsonl"
+    msgs.write_text(json.dumps({"messages": [{"role": "user", "content": "sort: a b"}]}) + "\n")
+    fd_ok("generate", w / "base", msgs, "--task", "causal-lm", "--max-target-length", "3",
+          "--out", tmp_path / "msgs-out.jsonl")
+    turns = json.loads((tmp_path / "msgs-out.jsonl").read_text())["messages"]
+    assert [t["role"] for t in turns] == ["user", "assistant"]
+    r = fd("generate", w / "base", prompts, "--task", "causal-lm", "--source-column", "x",
+           "--out", tmp_path / "x.jsonl")
+    assert r.exit_code == 1 and "--source-column and --max-source-length are seq2seq's" in \
+        r.output

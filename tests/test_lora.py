@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fdcli.adapters import AdapterError, LoraSpec, lora_spec
+from fdcli.adapters import AdapterError, LoraSpec, lora_spec, source_fingerprint
 from fdcli.bundle import read_bundle
 from fdcli.lm import load_lm, train_bpe_tokenizer
 
@@ -62,7 +62,7 @@ def test_lora_specialist_and_student_through_every_command(world):
     assert (w / "spec-a" / "adapter_config.json").exists()
     assert not (w / "spec-a" / "model.safetensors").exists()
     assert meta["base_model"]["resolved"] == str((w / "base").resolve())
-    assert meta["base_model"]["fingerprint"] == load_lm(w / "base").fingerprint()
+    assert meta["base_model"]["fingerprint"] == source_fingerprint(w / "base")
     assert meta["config"]["lora"] == {"rank": 4, "alpha": None, "dropout": 0.05,
                                       "targets": None, "kind": "lora", "quantize": None}
     # only the adapter trained: q_proj and v_proj (peft's llama default), rank 4
@@ -112,7 +112,7 @@ def test_adapter_loads_as_base_plus_adapter(world):
     assert (w / "spec-merged" / "model.safetensors").exists()
     assert not (w / "spec-merged" / "adapter_config.json").exists()
     merged = _meta(w / "spec-merged")
-    assert merged["merged_from"]["fingerprint"] == load_lm(w / "base").fingerprint()
+    assert merged["merged_from"]["fingerprint"] == source_fingerprint(w / "base")
     ids = torch.tensor([[5, 9, 17, 40, 2, 88]])
     with torch.no_grad():
         a = load_lm(w / "spec-m").model(input_ids=ids).logits
@@ -230,3 +230,53 @@ def test_lora_spec_library():
     assert spec.targets == ("q_proj", "v_proj") and spec.dropout == 0.05
     with pytest.raises(AdapterError, match="--lora-type"):
         lora_spec(None, kind="dora")
+
+
+def test_lora_classifier_specialist_round_and_student(tmp_path):
+    """A LoRA text classifier: the adapter carries the head, emits, is distilled into, and
+    continues its own adapter in round 2."""
+    import random
+
+    from fdcli.models import load_classifier, train_word_tokenizer
+
+    pos, neg = ["good", "great", "fine", "happy"], ["bad", "awful", "sad", "poor"]
+
+    def rows(n, seed):
+        r = random.Random(seed)
+        out = []
+        for _ in range(n):
+            y = r.randint(0, 1)
+            words = (pos if y else neg) + ["the", "a", "movie"]
+            out.append({"text": " ".join(r.choice(words) for _ in range(8)),
+                        "label": ["neg", "pos"][y]})
+        return out
+
+    for name, seed, n in (("a", 1, 48), ("proxy", 3, 24), ("test", 4, 24)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(x) + "\n"
+                                                        for x in rows(n, seed)))
+    train_word_tokenizer([x["text"] for x in rows(80, 9)], tmp_path / "tok")
+    (tmp_path / "bert.json").write_text(json.dumps({
+        "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}))
+    clf = load_classifier(tmp_path / "bert.json", "text", ["neg", "pos"],
+                          tokenizer=tmp_path / "tok")
+    clf.model.save_pretrained(str(tmp_path / "base"))
+    clf.processor.save_pretrained(str(tmp_path / "base"))
+    t = tmp_path
+    fd_ok("train-specialist", t / "a.jsonl", "--model", t / "base", "--lora-rank", "4",
+          "--epochs", "3", "--lr", "5e-3", "--out", t / "spec")
+    weights = _weights(t / "spec")
+    assert any(k.endswith("classifier.weight") for k in weights)  # the head trains and saves
+    assert any("query.lora_A" in k for k in weights)  # peft's bert default: query, value
+    assert _meta(t / "spec")["label_names"] == ["neg", "pos"]
+    fd_ok("emit-logits", t / "spec", t / "proxy.jsonl", "--out", t / "bundle")
+    fd_ok("aggregate", t / "bundle", "--out", t / "teacher")
+    fd_ok("train-specialist", t / "a.jsonl", "--model", t / "spec", "--teacher", t / "teacher",
+          "--proxy", t / "proxy.jsonl", "--epochs", "1", "--lr", "5e-3", "--out", t / "spec-2")
+    assert _meta(t / "spec-2")["round"] == 2 and (t / "spec-2" / "adapter_config.json").exists()
+    fd_ok("distill", t / "base", t / "proxy.jsonl", t / "teacher", "--lora-rank", "4",
+          "--merge", "--epochs", "3", "--lr", "5e-3", "--out", t / "student")
+    assert (t / "student" / "model.safetensors").exists()
+    acc = {m: json.loads(fd_ok("evaluate", t / m, t / "test.jsonl", "--json").stdout)
+           ["accuracy"] for m in ("spec", "base")}
+    assert acc["spec"] > acc["base"]

@@ -49,9 +49,6 @@ SourceCol = Annotated[Optional[str], typer.Option(
          "question, prompt or text).")]
 MaxSrc = Annotated[Optional[int], typer.Option(
     help="seq2seq: source tokens kept (default: the model's or bundle's, else 256).")]
-MaxTgt = Annotated[Optional[int], typer.Option(
-    help="seq2seq: target tokens kept, end-of-sequence included (default: the model's or "
-         "bundle's, else 64).")]
 DtypeOpt = Annotated[str, typer.Option(
     help="Model precision: auto (bf16 on a GPU that supports it, else fp32), bf16, fp16 "
          "(GPU only) or fp32. Training uses mixed precision and saves fp32 weights; emitted "

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..adapters import Tuning
 from ..bundle import read_bundle
 from ..bundle.safeio import DEFAULT_LIMITS, Limits
 from ..bundle.signing import check_signature
@@ -67,13 +68,21 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
             label_column: str | None = None, tokenizer: str | Path | None = None,
             split: str | None = None, overwrite: bool = False,
             progress: bool = True, limits: Limits = DEFAULT_LIMITS,
-            trusted_keys: dict | None = None, dtype: str = "auto") -> dict[str, Any]:
+            trusted_keys: dict | None = None, dtype: str = "auto",
+            lora_rank: int | None = None, lora_alpha: float | None = None,
+            lora_dropout: float | None = None, lora_targets: str | None = None,
+            lora_type: str | None = None, quantize: str | None = None,
+            merge: bool = False, gradient_checkpointing: bool = False) -> dict[str, Any]:
     """Distill ``student`` (model directory or config file, any architecture) on ``proxy``
     against the teacher bundle. The soft loss is KL at ``temperature`` times T^2; topk
     teachers use the tail-bucket loss. ``hard_weight`` > 0 mixes in cross-entropy on the
     proxy labels, which the proxy must then have. ``limits`` and ``trusted_keys`` are as in
-    :func:`open_teacher`. ``dtype`` sets mixed precision (the saved weights stay fp32)."""
+    :func:`open_teacher`. ``dtype`` sets mixed precision (the saved weights stay fp32).
+    ``lora_rank`` trains a LoRA adapter on a pretrained student, as train-specialist does."""
     from ..training import fit
+
+    tuning = Tuning.of(student, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_type,
+                       quantize, merge, gradient_checkpointing)
 
     reader = open_teacher(teacher, out, task="classification", temperature=temperature,
                           hard_weight=hard_weight, overwrite=overwrite, limits=limits,
@@ -85,7 +94,8 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
     ds, spec, rows, teacher_rows = proxy_teacher(
         reader, proxy, split=split, temperature=temperature, text_column=text_column,
         image_column=image_column, label_column=label_column, need_labels=hard_weight > 0)
-    clf = load_classifier(student, spec.kind, names, tokenizer=tokenizer, seed=seed)
+    clf = tuning.load(load_classifier, student, "classification", kind=spec.kind,
+                      label_names=names, tokenizer=tokenizer, seed=seed)
     all_values = list(ds[spec.input_column])
     values = [all_values[int(i)] for i in rows]
     labels = None
@@ -94,17 +104,19 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
         labels = [all_labels[int(i)] for i in rows]
     config = {"student": str(student), "proxy": str(proxy), "teacher": str(teacher),
               "temperature": temperature, "hard_weight": hard_weight, "epochs": epochs,
-              "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed}
+              "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed,
+              **tuning.record()}
     with atomic_dir(out, overwrite) as tmp:
         metrics = fit(clf, values, labels, epochs=epochs, learning_rate=learning_rate,
                       batch_size=batch_size, seed=seed, teacher=teacher_rows,
                       example_ids=rows.tolist(), hard_weight=hard_weight,
-                      progress=progress, dtype=dtype)
+                      progress=progress, dtype=dtype,
+                      gradient_checkpointing=tuning.gradient_checkpointing)
         meta = {"fd_version": __version__, "stage": "distill", "client_id": "student",
                 "task": "classification", "kind": spec.kind, "label_names": clf.label_names,
                 "architecture": clf.architecture, "proxy_examples": len(values),
                 "teacher_manifest": m.to_dict() | {"shards": len(m.shards)},
                 "metrics": metrics, "config": config,
                 "model_fingerprint": fingerprint_model(clf.model)}
-        save_classifier(clf, tmp, meta)
+        save_classifier(clf, tmp, meta, merge=tuning.merge)
     return meta

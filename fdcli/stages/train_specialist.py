@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..adapters import Tuning
 from ..data import label_ids, load_local, resolve
 from ..errors import IncompatibleBundlesError
 from ..identity import specialist_client_id
@@ -30,7 +31,10 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                      digest_weight: float = 0.2, schedule: str = "mixed",
                      temperature: float = 2.0, seed: int = 0, overwrite: bool = False,
                      progress: bool = True, trusted_keys: dict | None = None,
-                     dtype: str = "auto") -> dict[str, Any]:
+                     dtype: str = "auto", lora_rank: int | None = None, lora_alpha: float | None = None,
+                     lora_dropout: float | None = None, lora_targets: str | None = None,
+                     lora_type: str | None = None, quantize: str | None = None,
+                     merge: bool = False, gradient_checkpointing: bool = False) -> dict[str, Any]:
     """Train ``model`` (a model directory or a config file) on the labelled dataset ``data``
     and write a model directory to ``out``: weights, tokenizer or image processor, and fd.json
     with the configuration, the label names, the training label histogram and the metrics.
@@ -47,7 +51,9 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     revisits for ``epochs``. fd.json records the round and the consensus's sha256. With
     ``trusted_keys`` the consensus must be signed by one of them (the coordinator's key).
     ``dtype`` sets mixed precision (``auto``: bf16 on a GPU that has it); the saved weights
-    stay fp32."""
+    stay fp32. ``lora_rank`` trains a LoRA adapter and the head
+    (:class:`~fdcli.adapters.Tuning`) and writes an adapter folder, or merged weights with
+    ``merge``."""
     from ..training import fit
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dict(
@@ -55,6 +61,9 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
         image_column=image_column, label_column=label_column, tokenizer=tokenizer, split=split,
         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
         val_fraction=val_fraction, seed=seed).items()}
+    tuning = Tuning.of(model, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_type,
+                       quantize, merge, gradient_checkpointing)
+    config.update(tuning.record())
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if (teacher is None) != (proxy is None):
@@ -71,7 +80,8 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     ds = load_local(data, split)
     spec = resolve(ds, str(data), text_column=text_column, image_column=image_column,
                    label_column=label_column, label_names=labels)
-    clf = load_classifier(model, spec.kind, spec.label_names, tokenizer=tokenizer, seed=seed)
+    clf = tuning.load(load_classifier, model, "classification", kind=spec.kind,
+                      label_names=spec.label_names, tokenizer=tokenizer, seed=seed)
     labels = label_ids(ds, spec)
     values = list(ds[spec.input_column])
     order = list(range(len(values)))
@@ -85,7 +95,8 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                               image_column)
     with atomic_dir(out, overwrite) as tmp:
         common = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                      seed=seed, progress=progress, dtype=dtype)
+                      seed=seed, progress=progress, dtype=dtype,
+                      gradient_checkpointing=tuning.gradient_checkpointing)
         if digest is None:
             metrics = fit(clf, train_values, train_labels, **common)
         else:
@@ -108,7 +119,7 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
             meta["round"] = consensus["record"]["round"] + 1
             meta["consensus"] = consensus["record"]
             meta["proxy_examples"] = len(digest[0])
-        save_classifier(clf, tmp, meta)
+        save_classifier(clf, tmp, meta, merge=tuning.merge)
     return meta
 
 

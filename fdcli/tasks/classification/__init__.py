@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..base import Auto, Command, Task
-from ..shared_options import AGGREGATION, EMITTING, READING, SIMULATION, SPECIALIST, TRAINING
+from ..shared_options import (AGGREGATION, EMITTING, LORA, READING, SIMULATION, SPECIALIST,
+                              TRAINING)
 
 COLUMNS = {"text_column": None, "image_column": None}
 LABELLED = {**COLUMNS, "label_column": None}
@@ -16,7 +17,7 @@ TASK = Task(
     tables="fdcli.tasks.classification.tables:print_simulation",
     commands={
         "train-specialist": Command("fdcli.stages.train_specialist:train_specialist", {
-            **SPECIALIST, **LABELLED, "labels": None, "batch_size": 16, "teacher": None,
+            **SPECIALIST, **LABELLED, **LORA, "labels": None, "batch_size": 16, "teacher": None,
             "proxy": None, "digest_weight": 0.2, "schedule": "mixed", "temperature": 2.0,
             "trusted_keys": None}),
         "emit-logits": Command("fdcli.stages.emit:emit_logits", {
@@ -26,7 +27,7 @@ TASK = Task(
         "aggregate": Command("fdcli.stages.aggregate:aggregate", {
             **AGGREGATION, "sharpen": None}),
         "distill": Command("fdcli.stages.distill:distill", {
-            **TRAINING, **READING, **LABELLED, "temperature": 2.0, "hard_weight": 0.0,
+            **TRAINING, **READING, **LABELLED, **LORA, "temperature": 2.0, "hard_weight": 0.0,
             "batch_size": 16, "tokenizer": None, "split": None}),
         "evaluate": Command("fdcli.tasks.classification.commands:evaluate", {
             **LABELLED, "split": None, "batch_size": 64, "dtype": "auto", "mia": False,
