@@ -69,7 +69,14 @@ class Stages:
     """Runs fd commands, each in its own process, and keeps their measurements."""
 
     def __init__(self, root: Path):
-        self.root, self.log = root, {}
+        self.root, self.file = root, root / "stages.json"
+        # a rerun skips the stages whose outputs exist and keeps their measurements
+        self.log = json.loads(self.file.read_text()) if self.file.exists() else {}
+
+    def record(self, name: str, entry: dict) -> None:
+        self.log[name] = entry
+        self.file.write_text(json.dumps(self.log, indent=2))
+        print(f"[real_lm] {name}: {entry}", file=sys.stderr, flush=True)
 
     def fd(self, name: str, *args, tokens: int | None = None) -> dict:
         peak = self.root / f".peak-{name}.json"
@@ -85,8 +92,7 @@ class Stages:
         if tokens:
             entry["tokens"] = tokens
             entry["tokens_per_s"] = round(tokens / seconds, 1)
-        self.log[name] = entry
-        print(f"[real_lm] {name}: {entry}", file=sys.stderr, flush=True)
+        self.record(name, entry)
         return json.loads(proc.stdout)
 
 
@@ -125,18 +131,21 @@ def main() -> None:
 
     # -- the base: GGUF -> an ordinary safetensors folder, once ---------------------------
     gguf = args.gguf or find_gguf()
-    base = root / "base"
-    if not (base / "config.json").exists():
+    base, base_info = root / "base", root / "base.json"
+    if not base_info.exists():
         start = time.perf_counter()
         lm = load_lm(gguf)
-        results["gguf_load_seconds"] = round(time.perf_counter() - start, 1)
-        lm.model.save_pretrained(str(base))
-        lm.tokenizer.save_pretrained(str(base))
-        results["base"] = {"gguf": str(gguf), "gguf_bytes": gguf.stat().st_size,
-                           "gguf_sha256": lm.fingerprint(),
-                           "parameters": sum(p.numel() for p in lm.model.parameters()),
-                           "vocab": lm.vocab_size, "architecture": lm.architecture}
+        seconds = round(time.perf_counter() - start, 1)
+        if not (base / "config.json").exists():
+            lm.model.save_pretrained(str(base))
+            lm.tokenizer.save_pretrained(str(base))
+        base_info.write_text(json.dumps({
+            "gguf": str(gguf), "gguf_bytes": gguf.stat().st_size,
+            "gguf_sha256": lm.fingerprint(), "gguf_load_seconds": seconds,
+            "parameters": sum(p.numel() for p in lm.model.parameters()),
+            "vocab": lm.vocab_size, "architecture": lm.architecture}))
         del lm
+    results["base"] = json.loads(base_info.read_text())
     tok = load_lm(base).tokenizer
 
     # -- the corpus -----------------------------------------------------------------------
@@ -244,11 +253,11 @@ def main() -> None:
         if proc.returncode:
             sys.exit(f"fedavg_lora failed:\n{proc.stderr[-3000:]}")
         seconds = time.perf_counter() - start
-        s.log["fedavg-lora"] = {"seconds": round(seconds, 1),
-                                "peak_rss_mib": round(float(proc.stdout.strip())),
-                                "tokens": int(sum(client_tokens) * int(args.epochs)),
-                                "tokens_per_s": round(sum(client_tokens) * int(args.epochs)
-                                                      / seconds, 1)}
+        s.record("fedavg-lora", {"seconds": round(seconds, 1),
+                                 "peak_rss_mib": round(float(proc.stdout.strip())),
+                                 "tokens": int(sum(client_tokens) * int(args.epochs)),
+                                 "tokens_per_s": round(sum(client_tokens) * int(args.epochs)
+                                                       / seconds, 1)})
     fed_meta = json.loads((fed / "fd.json").read_text())
     folders["FedAvg of LoRA adapters (Flower)"] = fed
 

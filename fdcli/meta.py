@@ -49,6 +49,11 @@ def _object(v: Any) -> bool:
     return isinstance(v, dict)
 
 
+def _base(v: Any) -> bool:
+    return isinstance(v, dict) and all(_string(v.get(k)) for k in ("path", "fingerprint")) \
+        and (v.get("resolved") is None or _string(v["resolved"]))
+
+
 def _task(v: Any) -> bool:
     from .tasks import TASKS
 
@@ -80,6 +85,8 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "metrics": (_object, "an object"),
     "config": (_object, "an object"),
     "consensus": (_object, "an object"),
+    "base_model": (_base, "an object with a string path and fingerprint (an adapter's base)"),
+    "merged_from": (_base, "an object with a string path and fingerprint"),
 }
 
 

@@ -280,3 +280,28 @@ def test_lora_classifier_specialist_round_and_student(tmp_path):
     acc = {m: json.loads(fd_ok("evaluate", t / m, t / "test.jsonl", "--json").stdout)
            ["accuracy"] for m in ("spec", "base")}
     assert acc["spec"] > acc["base"]
+
+
+def test_a_hostile_base_model_record_is_refused_by_field(world, tmp_path):
+    import shutil
+
+    fd_ok("train-specialist", world / "a.jsonl", "--model", world / "base", "--task",
+          "causal-lm", *COMMON, "--lora-rank", "2", "--out", tmp_path / "ad")
+    meta = _meta(tmp_path / "ad")
+    for bad in ({"path": 7, "fingerprint": "x"}, "base", {"path": "p"}):
+        shutil.rmtree(tmp_path / "bundle", ignore_errors=True)
+        (tmp_path / "ad" / "fd.json").write_text(json.dumps(meta | {"base_model": bad}))
+        r = fd("emit-logits", tmp_path / "ad", world / "proxy.jsonl", "--max-length", "32",
+               "--out", tmp_path / "bundle")
+        assert r.exit_code == 1 and "field 'base_model'" in r.output, r.output
+        assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA needs a CUDA GPU")
+def test_qlora_on_a_gpu(world, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    fd_ok("train-specialist", world / "a.jsonl", "--model", world / "base", "--task",
+          "causal-lm", *COMMON, "--lora-rank", "2", "--quantize", "4bit",
+          "--out", tmp_path / "q")
+    assert _meta(tmp_path / "q")["config"]["lora"]["quantize"] == "4bit"
+    fd_ok("evaluate", tmp_path / "q", world / "test.jsonl", "--max-length", "32")
