@@ -146,7 +146,13 @@ def load_text_model(source: str | os.PathLike, auto, what: str, *,
 def _load_gguf(path: Path, auto, what: str, tokenizer):
     """A GGUF checkpoint through transformers' GGUF support: dequantized to ordinary fp32
     weights that save as safetensors, and its own tokenizer unless one is given."""
+    from importlib.util import find_spec
+
     from transformers import AutoTokenizer
+
+    if find_spec("gguf") is None:
+        raise ModelError(f"{path}: reading a GGUF file needs the gguf library, which is not "
+                         "installed; install fd with it: pip install 'fdcli[llm]'")
     try:
         model = auto.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as exc:

@@ -305,3 +305,21 @@ def test_qlora_on_a_gpu(world, tmp_path):
           "--out", tmp_path / "q")
     assert _meta(tmp_path / "q")["config"]["lora"]["quantize"] == "4bit"
     fd_ok("evaluate", tmp_path / "q", world / "test.jsonl", "--max-length", "32")
+
+
+def test_missing_optional_libraries_are_named(world, tmp_path, monkeypatch):
+    """Without peft or gguf installed, fd names the library and the extra to install."""
+    import importlib.util
+    import sys
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gguf" else real(name, *a))
+    r = fd("evaluate", world / "tiny.gguf", world / "test.jsonl", "--max-length", "32")
+    assert r.exit_code == 1 and "needs the gguf library" in r.output
+    assert "pip install 'fdcli[llm]'" in r.output
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft raises ImportError
+    r = fd("train-specialist", world / "a.jsonl", "--model", world / "base", "--task",
+           "causal-lm", *COMMON, "--lora-rank", "2", "--out", tmp_path / "x")
+    assert r.exit_code == 1 and "needs the peft library" in r.output
+    assert not (tmp_path / "x").exists()
