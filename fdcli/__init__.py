@@ -34,6 +34,8 @@ _LAZY = {
                     ".stages.embedding"),
     "simulate_embedding": ".stages.simulate_embedding",
     "TASKS": ".tasks", "FdMeta": ".meta", "Score": ".results", "read_scores": ".results",
+    "generate_responses": ".stages.chat", "fedavg_lora": ".stages.lora_fedavg",
+    **dict.fromkeys(["LoraSpec", "Tuning"], ".adapters"),
 }
 
 
@@ -62,5 +64,6 @@ __all__ = [
     "train_seq2seq_specialist", "emit_seq2seq_logits", "generate_targets", "distill_seq2seq",
     "evaluate_seq2seq", "simulate_seq2seq",
     "emit_embedding_logits", "distill_embedding", "evaluate_embedding", "simulate_embedding",
-    "TASKS", "FdMeta", "Score", "read_scores",
+    "TASKS", "FdMeta", "Score", "read_scores", "generate_responses", "fedavg_lora",
+    "LoraSpec", "Tuning",
 ]
