@@ -200,3 +200,7 @@ def test_generate_writes_responses_that_teachers_then_emit_on(world, tmp_path):
            "--out", tmp_path / "x.jsonl")
     assert r.exit_code == 1 and "--source-column and --max-source-length are seq2seq's" in \
         r.output
+    r = fd("generate", w / "base", prompts, "--task", "causal-lm", "--max-target-length",
+           "500", "--out", tmp_path / "y.jsonl")
+    assert r.exit_code == 1 and "reads at most 128 positions" in r.output
+    assert not (tmp_path / "y.jsonl").exists()

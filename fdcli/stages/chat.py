@@ -52,7 +52,11 @@ def generate_responses(model: str | Path, proxy: str | Path, out: str | Path, *,
                  for m in ds[MESSAGES_COLUMN]]
     limit = max_positions(lm.model)
     prompts = [render_prompt(lm.tokenizer, c, str(proxy)) for c in chats]
-    if limit is not None:
+    if limit is not None:  # keep each prompt's end, leaving room for the response
+        if max_new_tokens >= limit:
+            raise DataError(f"{model}: it reads at most {limit} positions, and "
+                            f"--max-target-length is {max_new_tokens}; expected fewer tokens "
+                            "to generate than the model's positions")
         prompts = [p[-(limit - max_new_tokens):] for p in prompts]
     responses = _greedy(lm, prompts, max_new_tokens, batch_size)
     rows = ([{"prompt": c[0]["content"], "response": r} for c, r in zip(chats, responses)]
