@@ -158,8 +158,8 @@ class LocalGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def _strategy(bits: int, fraction: float, num_clients: int):
-    from flwr.serverapp.strategy import FedAvg
+def _strategy(bits: int, fraction: float, num_clients: int, proximal_mu: float | None = None):
+    from flwr.serverapp.strategy import FedAvg, FedProx
 
     class PackedFedAvg(FedAvg):
         """Flower's FedAvg, sending 8-bit packed arrays and averaging them dequantised."""
@@ -176,9 +176,13 @@ def _strategy(bits: int, fraction: float, num_clients: int):
             return super().aggregate_train(server_round, replies)
 
     n = max(1, round(fraction * num_clients))
-    kind = FedAvg if bits == 32 else PackedFedAvg
-    return kind(fraction_train=fraction, fraction_evaluate=0.0, min_train_nodes=n,
-                        min_available_nodes=num_clients, arrayrecord_key=ARRAYS)
+    common = dict(fraction_train=fraction, fraction_evaluate=0.0, min_train_nodes=n,
+                  min_available_nodes=num_clients, arrayrecord_key=ARRAYS)
+    if proximal_mu is not None:
+        if bits != 32:
+            raise ValueError("FedProx runs with 32-bit arrays only")
+        return FedProx(proximal_mu=proximal_mu, **common)
+    return (FedAvg if bits == 32 else PackedFedAvg)(**common)
 
 
 #: ``train_fn(partition, state, config) -> (new state, examples, metrics)`` runs on a client.
@@ -221,11 +225,16 @@ class FedAvgRun:
 def run_fedavg(initial: dict[str, torch.Tensor], train_fn: TrainFn, *, num_clients: int,
                num_rounds: int, bits: int = 32, fraction: float = 1.0, seed: int = 0,
                evaluate_fn: Callable[[int, dict[str, torch.Tensor]], dict[str, float]] | None
-               = None, config: dict[str, Any] | None = None) -> FedAvgRun:
+               = None, config: dict[str, Any] | None = None,
+               proximal_mu: float | None = None) -> FedAvgRun:
     """Run ``num_rounds`` of Flower FedAvg over ``num_clients`` in-process clients, sampling
     ``fraction`` of them per round. ``evaluate_fn(round, state)`` scores the global model
-    after every round (round 0 = the initial model). Rounds' bytes come from the grid."""
+    after every round (round 0 = the initial model); each round's record also holds the wall
+    ``seconds`` since the start (training, transfers and the evaluations before it). Rounds'
+    bytes come from the grid. ``proximal_mu`` runs Flower's FedProx instead, which sends
+    ``"proximal-mu"`` in each round's config for ``train_fn`` to apply."""
     import logging
+    import time
 
     from flwr.app import ConfigRecord, MetricRecord
     from flwr.common.logger import FLOWER_LOGGER
@@ -234,19 +243,21 @@ def run_fedavg(initial: dict[str, torch.Tensor], train_fn: TrainFn, *, num_clien
         raise ValueError("num_rounds and num_clients must be >= 1 and fraction in (0, 1]")
     grid = LocalGrid(client_app(train_fn, bits), num_clients)
     rounds: list[dict[str, Any]] = []
+    started = time.perf_counter()
 
     def on_round(server_round: int, arrays):
         if evaluate_fn is None:
             return None
+        seconds = time.perf_counter() - started
         scores = evaluate_fn(server_round, unpack(arrays))
-        rounds.append({"round": server_round, **scores})
+        rounds.append({"round": server_round, "seconds": seconds, **scores})
         return MetricRecord({k: float(v) for k, v in scores.items()})
 
     random.seed(seed)  # Flower samples the round's nodes with the random module
     level = FLOWER_LOGGER.level
     FLOWER_LOGGER.setLevel(logging.ERROR)
     try:
-        strategy = _strategy(bits, fraction, num_clients)
+        strategy = _strategy(bits, fraction, num_clients, proximal_mu)
         with _server_identity(grid.run.run_id):
             result = strategy.start(grid, pack(initial, 32), num_rounds=num_rounds,
                                     train_config=ConfigRecord(config or {}),

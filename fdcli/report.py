@@ -12,16 +12,18 @@ Curve = list[dict[str, Any]]
 
 
 def bytes_to_target(curve: Curve, target: float) -> dict[str, Any]:
-    """The first point of ``curve`` whose accuracy reaches ``target``: its round and its
-    cumulative bytes (``bytes`` counts both directions); ``reached`` False (bytes None) and
-    the best accuracy seen when no point does."""
+    """The first point of ``curve`` whose accuracy reaches ``target``: its round, its
+    cumulative bytes (``bytes`` counts both directions) and its cumulative wall ``seconds``
+    (None for a curve without times); ``reached`` False (bytes and seconds None) and the best
+    accuracy seen when no point does."""
     for point in curve:
         if point["accuracy"] >= target:
             return {"reached": True, "round": point["round"], "bytes": point["total_bytes"],
-                    "uploaded_bytes": point["uploaded_bytes"], "accuracy": point["accuracy"]}
+                    "uploaded_bytes": point["uploaded_bytes"],
+                    "seconds": point.get("seconds"), "accuracy": point["accuracy"]}
     best = max((p["accuracy"] for p in curve), default=None)
     return {"reached": False, "round": None, "bytes": None, "uploaded_bytes": None,
-            "best_accuracy": best}
+            "seconds": None, "best_accuracy": best}
 
 
 def ratios_to(hits: dict[str, dict[str, Any]], base: str) -> dict[str, float]:
@@ -36,7 +38,8 @@ def ratios_to(hits: dict[str, dict[str, Any]], base: str) -> dict[str, float]:
 
 def rounds_curve(rounds: list[dict[str, Any]], traffic: list[dict[str, int]]) -> Curve:
     """A FedAvg curve: ``rounds`` holds the global model's scores after each round (round 0
-    first), ``traffic`` the bytes of each round (see :func:`fdcli.fedavg.bytes_per_round`)."""
+    first; with its cumulative ``seconds`` and ``validation_accuracy`` where measured),
+    ``traffic`` the bytes of each round (see :func:`fdcli.fedavg.bytes_per_round`)."""
     by_round = {t["round"]: t for t in traffic}
     up = total = 0
     curve = []
@@ -45,7 +48,8 @@ def rounds_curve(rounds: list[dict[str, Any]], traffic: list[dict[str, int]]) ->
         up += t["up_bytes"]
         total += t["up_bytes"] + t["down_bytes"]
         curve.append({"round": r["round"], "uploaded_bytes": up, "total_bytes": total,
-                      "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]})
+                      "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
+                      **{k: r[k] for k in ("seconds", "validation_accuracy") if k in r}})
     return curve
 
 
@@ -57,7 +61,8 @@ def one_shot_curve(uploaded: int, downloaded: int, scores: dict[str, float]) -> 
 
 LABELS = {"standalone": "standalone (each specialist alone, mean)",
           "standalone_student": "standalone student (one teacher)",
-          "fedavg": "fedavg (Flower, fp32)", "fedavg_8bit": "fedavg (Flower, 8-bit)"}
+          "fedavg": "fedavg (Flower, fp32)", "fedavg_8bit": "fedavg (Flower, 8-bit)",
+          "fedprox": "fedprox (Flower)"}
 
 
 def megabytes(n: int | None) -> str:
@@ -68,6 +73,10 @@ def figure(x: Any, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def seconds(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0f} s"
+
+
 def report_markdown(results: dict[str, Any]) -> str:
     """The tables of ``results`` (from :func:`fdcli.stages.simulate.simulate`) as Markdown."""
     cfg = results["config"]
@@ -76,33 +85,54 @@ def report_markdown(results: dict[str, Any]) -> str:
              f"Test split: {results['partition']['sizes']['test']} examples no client saw. "
              f"Target accuracy: {figure(results['target_accuracy'])} "
              f"({cfg['target_fraction']:.0%} of centralized; none without it).", "",
-             "## Accuracy", "", "| method | accuracy | macro-F1 |", "|---|---|---|",
+             _selection(results), "",
+             "## Accuracy", "", "| method | accuracy | macro-F1 | validation accuracy |",
+             "|---|---|---|---|",
              f"| fd student ({cfg['rule']}) | {figure(results['student']['accuracy'])} | "
-             f"{figure(results['student']['macro_f1'])} |"]
+             f"{figure(results['student']['macro_f1'])} | "
+             f"{figure(results['student'].get('validation_accuracy'))} |"]
     for name, b in results["baselines"].items():
         lines.append(f"| {LABELS.get(name, name)} | {figure(b['accuracy'])} | "
-                     f"{figure(b['macro_f1'])} |")
+                     f"{figure(b['macro_f1'])} | {figure(b.get('validation_accuracy'))} |")
+    tuning = results.get("fedavg_tuning")
+    if tuning:
+        lines += ["", f"FedAvg tuned on the validation split over {tuning['configurations']} "
+                      f"configurations (learning rate x local epochs):", "",
+                  "| learning rate | local epochs | validation | test | wall s |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {t['learning_rate']:g} | {t['local_epochs']:g} | "
+                  f"{figure(t['validation_accuracy'])} | {figure(t['test_accuracy'])} | "
+                  f"{t['seconds']:.0f} |" for t in tuning["tried"]]
     lines += ["", f"The aggregated teacher's accuracy on the proxy split: "
                   f"{figure(results['student'].get('teacher_proxy_accuracy'))}."]
     if len(results.get("rounds") or []) > 1:
         lines += ["", "## Rounds", "",
-                  "| round | teacher on the proxy | student | specialists (mean) | up | down "
-                  "| cumulative (up + down) |", "|---|---|---|---|---|---|---|"]
+                  "| round | teacher on the proxy | student | student (validation) | "
+                  "specialists (mean) | up | down | cumulative (up + down) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in results["rounds"]:
             lines.append(f"| {r['round']} | {figure(r['teacher_proxy_accuracy'])} | "
                          f"{figure(r['student_accuracy'])} | "
+                         f"{figure(r.get('student_validation_accuracy'))} | "
                          f"{figure(r['specialists_mean_accuracy'])} | "
                          f"{megabytes(r['uploaded_bytes'])} | {megabytes(r['downloaded_bytes'])} | "
                          f"{megabytes(r['cumulative_bytes'])} |")
     lines += ["", "## Communication", "",
-              "| method | rounds | uploaded | total (up + down) | bytes to target | round |",
-              "|---|---|---|---|---|---|"]
+              "| method | rounds | uploaded | total (up + down) | wall time | bytes to target "
+              "| time to target | round |", "|---|---|---|---|---|---|---|---|"]
     for name, curve in results["curves"].items():
         hit = results["bytes_to_target"].get(name) or {"reached": False}
         lines.append(f"| {name} | {curve[-1]['round']} | {megabytes(curve[-1]['uploaded_bytes'])} "
                      f"| {megabytes(curve[-1]['total_bytes'])} | "
+                     f"{seconds(curve[-1].get('seconds'))} | "
                      f"{megabytes(hit['bytes']) if hit['reached'] else 'not reached'} | "
+                     f"{seconds(hit.get('seconds')) if hit['reached'] else '–'} | "
                      f"{hit['round'] if hit['reached'] else '–'} |")
+    lines += ["", "Wall time counts each method's own training, transfers and per-round "
+                  "evaluations (fd: the specialists, their bundles, aggregation and "
+                  "distillation; "
+                  + ("on a GPU, these seconds are GPU-seconds of one device)."
+                     if results.get("device") == "cuda" else "on CPU).")]
     ratios = results.get("bytes_ratio_to_fd") or {}
     if ratios:
         lines += ["", "Bytes to target relative to fd: " + ", ".join(
@@ -122,6 +152,21 @@ def report_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _selection(results: dict[str, Any]) -> str:
+    cfg = results["config"]
+    size = results["partition"]["sizes"].get("validation")
+    if not size:
+        return "No validation split: the last round's models are reported."
+    if cfg.get("coordinator_validation"):
+        return (f"Validation split: {size} labelled examples held out from everyone. The "
+                f"coordinator used it (--coordinator-validation): the reported student is "
+                f"round {results['selected_round']}'s, the best on validation, and FedAvg's "
+                f"its best round on validation.")
+    return (f"Validation split: {size} labelled examples held out from everyone, used only for "
+            "choices (tuning); the coordinator did not use it, so the last round's models are "
+            "reported.")
+
+
 def _privacy_table(p: dict[str, Any]) -> list[str]:
     lines = ["", "## Membership inference (loss threshold; reference attack in brackets)", "",
              "| model | AUC | TPR at 1% FPR | TPR at 0.1% FPR |", "|---|---|---|---|"]
@@ -134,7 +179,7 @@ def _privacy_table(p: dict[str, Any]) -> list[str]:
         row(f"specialist {s['client_id']}", s)
     if len(p["specialists"]) > 20:
         lines.append(f"| … {len(p['specialists']) - 20} more specialists (results.json) | | | |")
-    for name in ("student", "fedavg", "fedavg_8bit", "centralized"):
+    for name in ("student", "fedavg", "fedavg_8bit", "fedprox", "centralized"):
         if name in p:
             row(name, p[name])
     return lines
@@ -170,3 +215,99 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _spread(x: dict[str, Any], digits: int = 3) -> str:
+    """``mean ± sd [low, high]`` of :func:`fdcli.stages.seeds.interval`."""
+    if not x["n"]:
+        return "–"
+    low, high = x["ci95"]
+    ci = f" [{low:.{digits}f}, {high:.{digits}f}]" if low is not None else ""
+    return f"{x['mean']:.{digits}f} ± {x['std']:.{digits}f}{ci}"
+
+
+def seeds_markdown(doc: dict[str, Any]) -> str:
+    """The report of ``fd simulate --seeds N`` (:func:`fdcli.stages.seeds.over_seeds`)."""
+    cfg, found = doc["config"], doc["over_seeds"]
+    n = len(cfg["seeds"])
+    lines = [f"# fd simulate over {n} seeds: {cfg['num_clients']} clients, alpha "
+             f"{cfg['alpha']}, {cfg['data']}", "",
+             f"Seeds {', '.join(map(str, cfg['seeds']))}; each seed draws its own partition, "
+             "models and baselines (its run: seed-<s>/report.md). Figures are mean ± standard "
+             "deviation [95% Student-t interval of the mean].", "",
+             "## Accuracy", "", "| method | accuracy | macro-F1 | membership AUC |",
+             "|---|---|---|---|"]
+    for name, m in found["methods"].items():
+        lines.append(f"| {LABELS.get(name, name)} | {_spread(m['accuracy'])} | "
+                     f"{_spread(m['macro_f1'])} | {_spread(m['membership_auc'])} |")
+    lines += ["", "## Cost to the target accuracy", "",
+              f"Target: {cfg['target_fraction']:.0%} of each seed's centralized accuracy. Bytes "
+              "and seconds are over the seeds that reached it.", "",
+              "| method | reached | bytes to target (MB) | time to target (s) | total MB | "
+              "total s |", "|---|---|---|---|---|---|"]
+    for name, m in found["methods"].items():
+        t = m["target"]
+        if not t["seeds"] and not m["total_bytes"]["n"]:
+            continue  # no curve: centralized, standalone
+        lines.append(f"| {LABELS.get(name, name)} | {t['reached']} of {t['seeds']} | "
+                     f"{_spread(_scaled(t['bytes'], 1e-6))} | {_spread(t['seconds'], 0)} | "
+                     f"{_spread(_scaled(m['total_bytes'], 1e-6))} | "
+                     f"{_spread(m['seconds'], 0)} |")
+    lines += ["", "## Paired differences (fd minus the method, seed by seed)", "",
+              "| method | accuracy difference | macro-F1 difference | bytes-to-target ratio "
+              "(method / fd) | seeds both reached |", "|---|---|---|---|---|"]
+    for name, p in found["paired"].items():
+        lines.append(f"| {LABELS.get(name, name)} | {_spread(p['accuracy_difference'])} | "
+                     f"{_spread(p['macro_f1_difference'])} | "
+                     f"{_spread(p['bytes_to_target_ratio'], 1)} | {p['seeds_both_reached']} |")
+    lines += ["", "![accuracy against cumulative bytes, mean and 95% interval over seeds]"
+                  "(accuracy_vs_bytes.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _scaled(x: dict[str, Any], factor: float) -> dict[str, Any]:
+    if not x["n"]:
+        return x
+    low, high = x["ci95"]
+    return {**x, "mean": x["mean"] * factor, "std": x["std"] * factor,
+            "ci95": [low * factor, high * factor] if low is not None else [None, None]}
+
+
+def plot_seeds(doc: dict[str, Any], path: Path) -> None:
+    """Accuracy against cumulative bytes over seeds: each method's mean curve (per round),
+    with the 95% interval of the accuracy as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .stages.seeds import interval
+
+    by_seed = doc["curves_by_seed"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, name in enumerate(by_seed[0]):
+        curves = [c[name] for c in by_seed if name in c]
+        xs, ys, errs = [], [], []
+        for j in range(max(len(c) for c in curves)):
+            points = [c[j] for c in curves if j < len(c) and c[j]["total_bytes"] > 0]
+            if not points:
+                continue
+            acc = interval([p["accuracy"] for p in points])
+            xs.append(sum(p["total_bytes"] for p in points) / len(points))
+            ys.append(acc["mean"])
+            errs.append(acc["ci95"][1] - acc["mean"] if acc["ci95"][1] is not None else 0.0)
+        ax.errorbar(xs, ys, yerr=errs, marker="." if len(xs) > 1 else "o", capsize=3,
+                    color=f"C{i}", label=name)
+    targets = [t for t in doc["target_accuracy"] if t is not None]
+    if targets:
+        ax.axhline(sum(targets) / len(targets), color="grey", linestyle="--", linewidth=1,
+                   label="target (mean)")
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative bytes sent, up and down, all clients (mean over seeds)")
+    ax.set_ylabel("test accuracy (mean, 95% interval)")
+    cfg = doc["config"]
+    ax.set_title(f"{cfg['num_clients']} clients, alpha {cfg['alpha']}, "
+                 f"{len(cfg['seeds'])} seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -74,6 +74,7 @@ def _trainer_class():
         fd_temperature: float = 1.0
         fd_hard_weight: float = 0.0
         fd_vocab: int | None = None  # causal LM: logits are cut to the tokenizer's size
+        fd_proximal: tuple[float, list] | None = None  # FedProx: mu and the global weights
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             teacher = {k: inputs.pop(k) for k in list(inputs) if k.startswith("fd_")}
@@ -105,6 +106,10 @@ def _trainer_class():
                     loss = (1 - self.fd_hard_weight) * loss + self.fd_hard_weight * ce
             if loss is None:  # no row of the batch has a target (never for fd's own data)
                 loss = logits.sum() * 0.0
+            if self.fd_proximal is not None:  # FedProx: (mu / 2) ||w - w_global||^2
+                mu, anchor = self.fd_proximal
+                loss = loss + mu / 2 * sum((p - a).pow(2).sum() for p, a in
+                                           zip(model.parameters(), anchor))
             return (loss, outputs) if return_outputs else loss
 
     return FdTrainer
@@ -125,7 +130,8 @@ def _checkpointing() -> dict[str, Any]:
 def _train(model, dataset, collator, *, epochs: float, learning_rate: float, batch_size: int,
            seed: int, teacher: TeacherRows | None, hard_weight: float, vocab: int | None,
            progress: bool, dtype: str = "auto", callbacks: tuple = (),
-           gradient_checkpointing: bool = False) -> dict[str, float]:
+           gradient_checkpointing: bool = False, proximal_mu: float = 0.0
+           ) -> dict[str, float]:
     from contextlib import ExitStack
 
     from transformers import TrainingArguments
@@ -163,6 +169,9 @@ def _train(model, dataset, collator, *, epochs: float, learning_rate: float, bat
                                    data_collator=collator)
         trainer.fd_temperature = teacher.temperature if teacher is not None else 1.0
         trainer.fd_hard_weight, trainer.fd_vocab = hard_weight, vocab
+        if proximal_mu > 0:
+            trainer.fd_proximal = (proximal_mu, [p.detach().clone() for p in
+                                                 model.parameters()])
         trainer.remove_callback(PrinterCallback)  # results go to stdout only from fd itself
         trainer.remove_callback(ProgressCallback)
         if progress and ranks().main:
@@ -223,10 +232,12 @@ def fit(clf: Classifier, values: list[Any], labels: list[int] | None, *, epochs:
         learning_rate: float, batch_size: int, seed: int, teacher: TeacherRows | None = None,
         example_ids: list[int] | None = None, hard_weight: float = 0.0,
         max_length: int = DEFAULT_MAX_LENGTH, progress: bool = True,
-        dtype: str = "auto", gradient_checkpointing: bool = False) -> dict[str, float]:
+        dtype: str = "auto", gradient_checkpointing: bool = False,
+        proximal_mu: float = 0.0) -> dict[str, float]:
     """Train ``clf.model`` in place; returns the Trainer's training metrics. With a
     ``teacher``, ``example_ids[i]`` names the teacher row of ``values[i]``. ``dtype`` sets
-    mixed precision (the weights stay fp32)."""
+    mixed precision (the weights stay fp32). ``proximal_mu`` > 0 adds FedProx's
+    ``mu / 2 * ||w - w0||^2`` toward the weights training started from."""
     def model_inputs(batch_values):
         return batch_inputs(clf, batch_values, max_length)
 
@@ -234,7 +245,8 @@ def fit(clf: Classifier, values: list[Any], labels: list[int] | None, *, epochs:
     return _train(clf.model, _Rows(values, labels, targets), _Collator(model_inputs, teacher),
                   epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                   teacher=teacher, hard_weight=hard_weight, vocab=None, progress=progress,
-                  dtype=dtype, gradient_checkpointing=gradient_checkpointing)
+                  dtype=dtype, gradient_checkpointing=gradient_checkpointing,
+                  proximal_mu=proximal_mu)
 
 
 def fit_relational(student, values: list[Any], anchor_pos: list[int], *, epochs: float,

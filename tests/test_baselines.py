@@ -285,7 +285,7 @@ def test_simulate_on_a_text_dataset_without_fedavg(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--baselines", "fedavg,fedprox"], "unknown baseline(s) ['fedprox']"),
+    (["--baselines", "fedavg,fedsgd"], "unknown baseline(s) ['fedsgd']"),
     (["--fedavg-fraction", "0"], "fedavg_fraction must be in (0, 1], got 0.0"),
     (["--target-fraction", "1.5"], "target_fraction must be in (0, 1], got 1.5"),
     (["--fedavg-rounds", "0"], "fedavg_rounds must be >= 1"),

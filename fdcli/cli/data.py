@@ -25,11 +25,14 @@ def partition(
     proxy_fraction: Annotated[float, typer.Option(help="Share cut out as the proxy set.")] = 0.2,
     test_fraction: Annotated[float, typer.Option(help="Share cut out as the global test set.")]
     = 0.2,
+    validation_fraction: Annotated[float, typer.Option(
+        help="Share cut out as a labelled validation set for choosing settings (0 for "
+             "none).")] = 0.1,
     text_column: TextCol = None, image_column: ImageCol = None, label_column: LabelCol = None,
     split: SplitOpt = None, seed: SeedOpt = 0, overwrite: Overwrite = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Split a labelled dataset into a test split, a proxy split and Dirichlet client splits.
+    """Split a labelled dataset into test, proxy, validation and Dirichlet client splits.
 
     [bold]Example[/bold]: fd partition data.csv --num-clients 5 --alpha 0.1 --out parts
     """
@@ -38,7 +41,8 @@ def partition(
     with reporting_errors():
         made = run(data, out_dir, num_clients=num_clients, alpha=alpha,
                    proxy_fraction=proxy_fraction, test_fraction=test_fraction,
-                   text_column=text_column, image_column=image_column,
+                   validation_fraction=validation_fraction, text_column=text_column,
+                   image_column=image_column,
                    label_column=label_column, split=split, seed=seed, overwrite=overwrite)
     report({"out": str(out_dir), **made["sizes"]}, json_out, "partition")
 

@@ -32,6 +32,8 @@ CONVERT: dict[str, Callable[[Any], Any]] = {
     "baselines": _commas, "references": lambda v: tuple(v or ()),
     "proxy_slice": opts.proxy_slice, "limits": opts.limits, "trusted_keys": opts.trusted,
     "sign_key": opts.sign_key, "dtype": opts.dtype, "sharpen": opts.sharpening,
+    "fedavg_tune_lrs": opts.numbers("--fedavg-tune-lrs"),
+    "fedavg_tune_epochs": opts.numbers("--fedavg-tune-epochs"),
 }
 
 

@@ -97,3 +97,16 @@ def proxy_slice(text: str | None) -> tuple[int, int] | None:
 def sharpening(value: float | None) -> float | None:
     """``--sharpen``: 0 means none."""
     return None if value == 0 else value
+
+
+def numbers(flag: str):
+    """A comma-separated list of numbers (``--fedavg-tune-lrs 5e-4,2e-3``)."""
+    def convert(text):
+        if text is None or not isinstance(text, str):
+            return text
+        try:
+            return [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"{flag} must be numbers separated by commas (for example "
+                             f"5e-4,2e-3), got {text!r}") from None
+    return convert

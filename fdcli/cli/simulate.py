@@ -35,6 +35,14 @@ def simulate(
     proxy_fraction: Annotated[Optional[float], S("proxy_fraction", "Share of the data that "
                                                                    "becomes the shared proxy "
                                                                    "set.")] = None,
+    validation_fraction: Annotated[Optional[float], S(
+        "validation_fraction", "Share of the data held out as a labelled validation split "
+                               "for choices (0 for none).")] = None,
+    coordinator_validation: Annotated[Optional[bool], S(
+        "coordinator_validation", "Let the coordinator use the validation split: stop the "
+                                  "rounds when the student stops improving on it and report "
+                                  "the best round (FedAvg's too).",
+        "--coordinator-validation")] = None,
     rule: Annotated[Optional[str], S("rule", "Aggregation rule (see fd aggregate).")] = None,
     compare_rules: Annotated[Optional[str], S(
         "compare_rules", "Other rules to distill a student with from the last round's "
@@ -103,8 +111,8 @@ def simulate(
                        "overconfident (certainty on a wrong class).")] = None,
     baselines: Annotated[Optional[str], S(
         "baselines", "Baselines to run, comma-separated: fedavg (Flower FedAvg, fp32 and "
-                     "8-bit), standalone (each specialist alone; a student from one teacher), "
-                     "centralized ('' for none).")] = None,
+                     "8-bit), fedprox (Flower FedProx), standalone (each specialist alone; a "
+                     "student from one teacher), centralized ('' for none).")] = None,
     fedavg_rounds: Annotated[Optional[int], S("fedavg_rounds", "FedAvg rounds (0 for none).")]
     = None,
     fedavg_local_epochs: Annotated[Optional[float], S("fedavg_local_epochs",
@@ -113,12 +121,23 @@ def simulate(
     fedavg_fraction: Annotated[Optional[float], S("fedavg_fraction", "Share of the clients "
                                                                      "FedAvg samples each "
                                                                      "round.")] = None,
+    fedavg_tune_lrs: Annotated[Optional[str], S(
+        "fedavg_tune_lrs", "Tune FedAvg on the validation split over these learning rates, "
+                           "comma-separated (with --fedavg-tune-epochs: their grid).")] = None,
+    fedavg_tune_epochs: Annotated[Optional[str], S(
+        "fedavg_tune_epochs", "Tune FedAvg on the validation split over these local epochs, "
+                              "comma-separated.")] = None,
+    fedprox_mu: Annotated[Optional[float], S("fedprox_mu", "FedProx's proximal weight mu.")]
+    = None,
     target_fraction: Annotated[Optional[float], S(
         "target_fraction", "bytes_to_target's target, as a share of the centralized "
                            "accuracy.")] = None,
     privacy: Annotated[Optional[bool], S("privacy", "Run the membership-inference attacks.",
                                          "--privacy/--no-privacy")] = None,
     seed: Annotated[Optional[int], S("seed", "Random seed, recorded in the output.")] = None,
+    seeds: Annotated[Optional[int], S(
+        "seeds", "Run the whole comparison at this many seeds (from --seed) and report mean, "
+                 "sd and 95% intervals.")] = None,
     overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Run a whole federation here, against its baselines.

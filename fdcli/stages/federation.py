@@ -13,6 +13,7 @@ and ``students/RULE``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -77,6 +78,12 @@ class Federation:
     def student_dir(self, r: int, rule: str | None = None) -> Path:
         return round_dir(self.root, r) / "students" / (rule or self.rule)
 
+    @property
+    def validation(self) -> Path | None:
+        """The partition's labelled validation split, where it has one."""
+        folder = self.parts / "validation"
+        return folder if folder.is_dir() else None
+
     def slice_of(self, r: int) -> tuple[int, int] | None:
         """The proxy slice round ``r`` emits on: a fresh one each round, in turn."""
         return None if self.proxy_slices == 1 else ((r - 1) % self.proxy_slices + 1,
@@ -84,12 +91,14 @@ class Federation:
 
     def run_round(self, r: int, meter) -> dict[str, Any]:
         """Specialists, bundles, the consensus and the student of round ``r``; returns the
-        round's record (scores and the bytes each direction carried)."""
+        round's record (scores, the bytes each direction carried, and its wall seconds:
+        training, emission, aggregation and distillation, with their evaluations)."""
         from ..poison import poison_bundle
         from .emit import emit_logits
         from .evaluate import evaluate
         from .train_specialist import train_specialist
 
+        started = time.perf_counter()
         parts, test = self.parts, self.parts / "test"
         specialists, uploads = [], []
         downloaded = 0
@@ -137,7 +146,8 @@ class Federation:
         record = {"round": r, "specialists": specialists, "student": student,
                   "teacher_proxy_accuracy": student["teacher_proxy_accuracy"],
                   "uploaded_bytes": sum(uploads), "downloaded_bytes": downloaded,
-                  "uploaded_per_client": uploads}
+                  "uploaded_per_client": uploads,
+                  "seconds": time.perf_counter() - started}
         self.history.append(record)
         return record
 
@@ -174,21 +184,31 @@ class Federation:
             distill(source, self.parts / "proxy", teacher, out,
                     **{**self.distilling, "epochs": epochs})
             evaluated = evaluate(out, self.parts / "test")
+            extra = {}
+            if self.validation is not None:
+                extra["validation_accuracy"] = evaluate(out, self.validation)["accuracy"]
             return scores(evaluated, architecture=self.student, nll=evaluated["nll"],
                           ece=evaluated["ece"], teacher_proxy_accuracy=accuracy_on(
-                              self.teacher_dir(r, rule), self.parts / "proxy-labels"))
+                              self.teacher_dir(r, rule), self.parts / "proxy-labels"),
+                          **extra)
 
     def curve(self) -> list[dict[str, Any]]:
-        """One point per round: the student's scores and the cumulative bytes, bundles up and
-        consensus (and, with ``from_student``, the student's weights) down."""
+        """One point per round: the student's scores (and validation accuracy, where there is
+        a validation split), the cumulative bytes, bundles up and consensus (and, with
+        ``from_student``, the student's weights) down, and the cumulative wall seconds."""
         up = total = 0
+        seconds = 0.0
         points = []
         for h in self.history:
             up += h["uploaded_bytes"]
             total += h["uploaded_bytes"] + h["downloaded_bytes"]
+            seconds += h["seconds"]
+            student = h["student"]
             points.append({"round": h["round"], "uploaded_bytes": up, "total_bytes": total,
-                           "accuracy": h["student"]["accuracy"],
-                           "macro_f1": h["student"]["macro_f1"]})
+                           "seconds": seconds, "accuracy": student["accuracy"],
+                           "macro_f1": student["macro_f1"],
+                           **({"validation_accuracy": student["validation_accuracy"]}
+                              if "validation_accuracy" in student else {})})
         return points
 
 

@@ -42,7 +42,13 @@ TEXT_ARCHITECTURES: dict[str, dict[str, Any]] = {
                    "hidden_dim": 128, "max_position_embeddings": 128},
 }
 DEFAULTS = {"image": (("vit", "resnet"), "resnet"), "text": (("bert", "distilbert"), "bert")}
-BASELINES = ("fedavg", "standalone", "centralized")
+BASELINES = ("fedavg", "fedprox", "standalone", "centralized")
+
+
+def _improved(history: list[dict[str, Any]]) -> bool:
+    """Whether the newest round's student beat every earlier one on validation."""
+    *before, newest = [h["student"]["validation_accuracy"] for h in history]
+    return newest > max(before)
 
 
 def _flagged(teacher: Path) -> list[str]:
@@ -67,7 +73,8 @@ def digits_dataset():
 
 
 def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: int = 5,
-             alpha: float = 1.0, proxy_fraction: float = 0.2, rule: str = "coverage",
+             alpha: float = 1.0, proxy_fraction: float = 0.2, validation_fraction: float = 0.1,
+             coordinator_validation: bool = False, rule: str = "coverage",
              compare_rules: Sequence[str] = (),
              architectures: Sequence[str] | None = None, student: str | None = None,
              epochs: float = 60.0, distill_epochs: float = 100.0, learning_rate: float = 2e-3,
@@ -76,10 +83,13 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
              digest_weight: float = 0.2, schedule: str = "mixed", from_student: bool = False,
              proxy_slices: int = 1, sharpen: float | None = 0.1,
              poison: float = 0.0, poison_kind: str = "flip",
-             baselines: Sequence[str] = BASELINES, fedavg_rounds: int = 20,
-             fedavg_local_epochs: float = 3.0, fedavg_fraction: float = 1.0,
+             baselines: Sequence[str] = ("fedavg", "standalone", "centralized"),
+             fedavg_rounds: int = 20, fedavg_local_epochs: float = 3.0,
+             fedavg_fraction: float = 1.0, fedavg_tune_lrs: Sequence[float] = (),
+             fedavg_tune_epochs: Sequence[float] = (), fedprox_mu: float = 0.01,
              target_fraction: float = 0.95, privacy: bool = True, seed: int = 0,
-             overwrite: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
+             seeds: int = 1, overwrite: bool = False, progress: bool = True,
+             log=print) -> dict[str, Any]:
     """Run the federation and its baselines; write ``out/results.json``, ``out/report.md``
     and ``out/accuracy_vs_bytes.png``; return the results.
 
@@ -102,7 +112,27 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     ``poison`` is the fraction of clients that are hostile: their bundles are replaced by
     ``poison_kind`` predictions (:mod:`fdcli.poison`) every round. The results name them
     and the clients the aggregate's outlier report flagged.
+
+    ``validation_fraction`` of the data becomes a labelled validation split that no client,
+    proxy or test sees (:func:`~fdcli.stages.partition.partition`); every student and
+    baseline round is scored on it as well as on test. With ``coordinator_validation`` the
+    coordinator may use it (a protocol choice, off by default): ``rounds`` becomes a maximum,
+    the rounds stop after the first that does not improve the student's validation accuracy,
+    and the reported student is the best round's; FedAvg and FedProx likewise report their
+    best round on validation. Without it, the last round's models are reported.
+    ``fedavg_tune_lrs`` and ``fedavg_tune_epochs`` tune FedAvg on validation over their grid
+    (:func:`~fdcli.stages.weight_baselines.tune`); the chosen configuration also runs the
+    8-bit FedAvg and FedProx (``fedprox_mu``). ``seeds`` > 1 runs the whole comparison at
+    ``seed``, ``seed + 1``, ... into ``out/seed-<s>`` and combines them
+    (:mod:`fdcli.stages.seeds`).
     """
+    if seeds > 1:
+        settings = {k: v for k, v in locals().items() if k not in ("out", "seeds", "seed",
+                                                                  "overwrite", "log")}
+        from .seeds import over_seeds
+
+        return over_seeds(simulate, out, seeds=seeds, first_seed=seed, overwrite=overwrite,
+                          log=log, **settings)
     from ..meter import StageMeter
     from ..report import bytes_to_target, one_shot_curve, plot, ratios_to, report_markdown
     from .distill import distill
@@ -111,6 +141,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     from .partition import partition
     from ..poison import POISON_KINDS, poisoned_clients
     from .train_specialist import SCHEDULES, train_specialist
+    from .weight_baselines import adopt, tune, weight_baseline
 
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
@@ -134,12 +165,23 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     if fedavg_rounds < 1 or not fedavg_local_epochs > 0:
         raise ValueError(f"fedavg_rounds must be >= 1 and fedavg_local_epochs > 0; got "
                          f"{fedavg_rounds} and {fedavg_local_epochs}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    tuning = bool(fedavg_tune_lrs or fedavg_tune_epochs)
+    if any(not v > 0 for v in [*fedavg_tune_lrs, *fedavg_tune_epochs]) or not fedprox_mu >= 0:
+        raise ValueError(f"the FedAvg tuning grid's values must be > 0 and fedprox_mu >= 0; "
+                         f"got {list(fedavg_tune_lrs)}, {list(fedavg_tune_epochs)} and "
+                         f"{fedprox_mu}")
+    if (coordinator_validation or tuning) and not validation_fraction > 0:
+        raise ValueError("coordinator_validation and FedAvg tuning choose on the validation "
+                         "split; validation_fraction must be > 0")
     meter = StageMeter()
     with fresh_dir(out, overwrite) as root:
         with meter.stage("partition"):
             parts = root / "partition"
             report = partition(data or "sklearn-digits", parts, num_clients=num_clients,
-                               alpha=alpha, proxy_fraction=proxy_fraction, seed=seed,
+                               alpha=alpha, proxy_fraction=proxy_fraction,
+                               validation_fraction=validation_fraction, seed=seed,
                                dataset=None if data else digits_dataset())
             kind = report["kind"]
             catalogue = ARCHITECTURES if kind == "image" else TEXT_ARCHITECTURES
@@ -152,7 +194,9 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
             configs, tokenizer = _write_configs(root, parts, kind, catalogue)
         config = {"data": str(data) if data else "sklearn digits", "kind": kind,
                   "num_clients": num_clients, "alpha": alpha, "proxy_fraction": proxy_fraction,
-                  "rule": rule, "compare_rules": list(compare_rules),
+                  "validation_fraction": validation_fraction,
+                  "coordinator_validation": coordinator_validation, "rule": rule,
+                  "compare_rules": list(compare_rules),
                   "architectures": architectures, "student": student, "epochs": epochs,
                   "distill_epochs": distill_epochs, "learning_rate": learning_rate,
                   "batch_size": batch_size, "temperature": temperature, "rounds": rounds,
@@ -163,8 +207,10 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                   "poison_kind": poison_kind if poisoned else None,
                   "baselines": list(baselines), "fedavg_rounds": fedavg_rounds,
                   "fedavg_local_epochs": fedavg_local_epochs,
-                  "fedavg_fraction": fedavg_fraction, "target_fraction": target_fraction,
-                  "seed": seed}
+                  "fedavg_fraction": fedavg_fraction,
+                  "fedavg_tune_lrs": list(fedavg_tune_lrs),
+                  "fedavg_tune_epochs": list(fedavg_tune_epochs), "fedprox_mu": fedprox_mu,
+                  "target_fraction": target_fraction, "seed": seed}
         train = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                      seed=seed, progress=progress, tokenizer=tokenizer)
         distilling = dict(temperature=temperature, epochs=distill_epochs,
@@ -182,11 +228,17 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                          progress=progress, log=log)
         for r in range(1, rounds + 1):
             fed.run_round(r, meter)
+            if coordinator_validation and r > 1 and not _improved(fed.history):
+                log(f"round {r} did not improve the student's validation accuracy: stopping")
+                break
+        ran = len(fed.history)
         last = fed.history[-1]
+        chosen = max(fed.history, key=lambda h: h["student"]["validation_accuracy"]) \
+            if coordinator_validation else last
         specialists, alone = last["specialists"], fed.history[0]
-        students = {rule: last["student"]}
+        students = {rule: {**chosen["student"], "round": chosen["round"]}}
         for other in [c for c in compare_rules if c != rule]:
-            students[other] = fed.aggregate_and_distill(rounds, other, meter, fresh=True)
+            students[other] = fed.aggregate_and_distill(ran, other, meter, fresh=True)
         curves = {"fd": fed.curve()}
         results_baselines: dict[str, dict[str, Any]] = {}
         members_union = None
@@ -220,35 +272,57 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                                  labels=report["label_names"], **train)
                 results_baselines["centralized"] = scores(evaluate(root / "centralized",
                                                                     test))
-        fedavg_runs = {}
-        if "fedavg" in baselines:
-            for bits, name in ((32, "fedavg"), (8, "fedavg_8bit")):
-                with meter.stage(name):
-                    log(f"{name}: {fedavg_rounds} Flower rounds of {fedavg_local_epochs:g} "
-                        f"local epochs, {bits}-bit arrays")
-                    fedavg_runs[name] = _fedavg(
+        fedavg_runs: dict[str, dict[str, Any]] = {}
+        weights = dict(rounds=fedavg_rounds, fraction=fedavg_fraction, batch_size=batch_size,
+                       seed=seed, tokenizer=tokenizer, select=coordinator_validation)
+        local = dict(learning_rate=learning_rate, local_epochs=fedavg_local_epochs)
+        tuned = None
+        if tuning and ({"fedavg", "fedprox"} & set(baselines)):
+            with meter.stage("fedavg_tuning"):
+                tuned = tune(root / "fedavg-tuning", parts, configs / f"{student}.json",
+                             report, learning_rates=fedavg_tune_lrs or [learning_rate],
+                             local_epochs=fedavg_tune_epochs or [fedavg_local_epochs],
+                             log=log, **weights)
+                local = {k: tuned["chosen"][k] for k in local}
+                log(f"fedavg tuning chose learning rate {local['learning_rate']:g}, "
+                    f"{local['local_epochs']:g} local epochs (validation accuracy "
+                    f"{tuned['chosen']['validation_accuracy']:.3f})")
+        plan = [(n, b, None) for n, b in (("fedavg", 32), ("fedavg_8bit", 8))
+                if "fedavg" in baselines] + \
+            [("fedprox", 32, fedprox_mu)] * ("fedprox" in baselines)
+        for name, bits, mu in plan:
+            with meter.stage(name):
+                log(f"{name}: {fedavg_rounds} Flower rounds of {local['local_epochs']:g} local "
+                    f"epochs at learning rate {local['learning_rate']:g}, {bits}-bit arrays"
+                    + (f", proximal mu {mu:g}" if mu is not None else ""))
+                if name == "fedavg" and tuned is not None:
+                    fedavg_runs[name] = adopt(tuned, root / name)
+                else:
+                    fedavg_runs[name] = weight_baseline(
                         root / name, parts, configs / f"{student}.json", report, bits=bits,
-                        rounds=fedavg_rounds, local_epochs=fedavg_local_epochs,
-                        fraction=fedavg_fraction, learning_rate=learning_rate,
-                        batch_size=batch_size, seed=seed, tokenizer=tokenizer)
-                    results_baselines[name] = fedavg_runs[name]["final"]
-                    curves[name] = fedavg_runs[name]["curve"]
+                        proximal_mu=mu, **weights, **local)
+                results_baselines[name] = fedavg_runs[name]["final"]
+                curves[name] = fedavg_runs[name]["curve"]
         privacy_report: dict[str, Any] = {}
         if privacy:
             with meter.stage("privacy"):
                 log("membership inference: specialists, student and baselines")
-                trained = [n for n in ("fedavg", "fedavg_8bit", "centralized")
+                trained = [n for n in ("fedavg", "fedavg_8bit", "fedprox", "centralized")
                            if (root / n).is_dir()]
                 privacy_report = _privacy(root, parts, test, members_union,
-                                          configs / f"{student}.json", fed.specialist_dirs(rounds),
-                                          fed.student_dir(rounds), train, trained)
+                                          configs / f"{student}.json", fed.specialist_dirs(ran),
+                                          fed.student_dir(students[rule]["round"]), train,
+                                          trained)
         central = results_baselines.get("centralized")
         target = target_fraction * central["accuracy"] if central else None
         hits = {name: bytes_to_target(c, target) for name, c in curves.items()} \
             if target is not None else {}
         best = max(specialists, key=lambda s: s["accuracy"])
+        import torch
+
         results = {
             "fd_version": __version__, "config": config,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
             "partition": {"sizes": report["sizes"],
                           "client_label_histograms": report["client_label_histograms"]},
             "specialists": specialists,
@@ -258,9 +332,15 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
             "baselines": results_baselines,
             "target_accuracy": target,
             "curves": curves,
+            "selected_round": students[rule]["round"],
+            "fedavg_tuning": {k: v for k, v in tuned.items() if k not in ("run", "folder")}
+            if tuned else None,
             "rounds": [{"round": h["round"],
                         "teacher_proxy_accuracy": h["teacher_proxy_accuracy"],
                         "student_accuracy": h["student"]["accuracy"],
+                        "student_validation_accuracy": h["student"].get(
+                            "validation_accuracy"),
+                        "seconds": h["seconds"],
                         "specialists_mean_accuracy": sum(
                             s["accuracy"] for s in h["specialists"]) / num_clients,
                         "specialists_accuracy": [s["accuracy"] for s in h["specialists"]],
@@ -284,7 +364,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                 for name, c in curves.items()},
             "privacy": privacy_report,
             "poisoned_clients": [f"client-{i}" for i in sorted(poisoned)],
-            "outliers_flagged": _flagged(fed.teacher_dir(rounds)),
+            "outliers_flagged": _flagged(fed.teacher_dir(ran)),
         }
         if central:
             results["centralized"] = {"architecture": student, **central}
@@ -329,68 +409,6 @@ def _write_configs(root: Path, parts: Path, kind: str, catalogue: dict[str, dict
     for name, cfg in catalogue.items():
         (configs / f"{name}.json").write_text(json.dumps({**cfg, **extra}, indent=2))
     return configs, tokenizer
-
-
-def _fedavg(out: Path, parts: Path, model_config: Path, report: dict[str, Any], *, bits: int,
-            rounds: int, local_epochs: float, fraction: float, learning_rate: float,
-            batch_size: int, seed: int, tokenizer) -> dict[str, Any]:
-    """Flower FedAvg of the student architecture over the clients' partitions; the global
-    model is scored on the test split after every round and saved to ``out``."""
-    import datasets
-    import torch
-
-    from ..data import label_ids, resolve
-    from ..fedavg import bytes_per_round, run_fedavg
-    from ..models import load_classifier, predict_logits, save_classifier
-    from ..report import rounds_curve
-    from ..training import fit
-    from .evaluate import classification_metrics
-
-    kind, names = report["kind"], report["label_names"]
-
-    def model():
-        return load_classifier(model_config, kind, names, tokenizer=tokenizer, seed=seed)
-
-    def examples(path: Path):
-        ds = datasets.load_from_disk(str(path))
-        spec = resolve(ds, str(path), label_names=names)
-        return list(ds[spec.input_column]), label_ids(ds, spec)
-
-    def train_fn(partition: int, state, config):
-        clf = model()
-        clf.model.load_state_dict(state)
-        values, labels = examples(parts / f"client-{partition}")
-        metrics = fit(clf, values, labels, epochs=local_epochs, learning_rate=learning_rate,
-                      batch_size=batch_size, seed=seed + int(config.get("server-round", 0)),
-                      progress=False)
-        return clf.model.state_dict(), len(values), {"train_loss": metrics.get("train_loss",
-                                                                               0.0)}
-
-    server = model()
-    test_values, test_labels = examples(parts / "test")
-
-    def evaluate_fn(server_round: int, state):
-        server.model.load_state_dict(state)
-        logits = predict_logits(server, test_values)
-        return classification_metrics(logits, torch.tensor(test_labels), len(names))
-
-    run = run_fedavg({k: v.clone() for k, v in server.model.state_dict().items()}, train_fn,
-                     num_clients=len(report["sizes"]["clients"]), num_rounds=rounds,
-                     bits=bits, fraction=fraction, seed=seed, evaluate_fn=evaluate_fn)
-    server.model.load_state_dict(run.state)
-    out.mkdir()
-    save_classifier(server, out, {"fd_version": __version__, "stage": "fedavg",
-                                  "task": "classification", "kind": kind, "label_names": names,
-                                  "architecture": server.architecture,
-                                  "config": {"bits": bits, "rounds": rounds,
-                                             "local_epochs": local_epochs,
-                                             "fraction": fraction}})
-    traffic = bytes_per_round(run.traffic)
-    curve = rounds_curve(run.rounds, traffic)
-    final = run.rounds[-1]
-    return {"final": {"accuracy": final["accuracy"], "macro_f1": final["macro_f1"],
-                      "rounds": rounds, "bits": bits},
-            "curve": curve, "traffic": traffic}
 
 
 def _privacy(root: Path, parts: Path, test: Path, union: Path, student_config: Path,

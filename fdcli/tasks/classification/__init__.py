@@ -34,7 +34,7 @@ TASK = Task(
             "members": None, "nonmembers": None, "references": (), "match_labels": False}),
         "simulate": Command("fdcli.stages.simulate:simulate", {
             **SIMULATION, "data": None, "num_clients": 5, "alpha": 1.0, "proxy_fraction": 0.2,
-            "rule": "coverage", "compare_rules": (), "architectures": Auto("vit,resnet; "
+            "validation_fraction": 0.1, "coordinator_validation": False, "rule": "coverage", "compare_rules": (), "architectures": Auto("vit,resnet; "
                                                                           "bert,distilbert "
                                                                           "for text"),
             "student": Auto("resnet; bert for text"), "epochs": 60.0, "distill_epochs": 100.0,
@@ -43,6 +43,7 @@ TASK = Task(
             "from_student": False, "proxy_slices": 1, "sharpen": 0.1, "poison": 0.0,
             "poison_kind": "flip", "baselines": ("fedavg", "standalone", "centralized"),
             "fedavg_rounds": 20, "fedavg_local_epochs": 3.0, "fedavg_fraction": 1.0,
-            "target_fraction": 0.95, "privacy": True}),
+            "fedavg_tune_lrs": (), "fedavg_tune_epochs": (), "fedprox_mu": 0.01,
+            "target_fraction": 0.95, "privacy": True, "seeds": 1}),
     },
 )

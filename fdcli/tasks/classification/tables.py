@@ -10,6 +10,9 @@ from ...console import human, out, plain
 
 
 def print_simulation(results: dict, out_dir: Path) -> None:
+    if "over_seeds" in results:
+        print_seeds(results, out_dir)
+        return
     alpha = results["config"]["alpha"]
     n_rounds = len(results["rounds"])
     table = Table(title=plain(f"fd simulate: {len(results['specialists'])} clients, "
@@ -42,3 +45,25 @@ def print_simulation(results: dict, out_dir: Path) -> None:
                   ", ".join(f"{k} {v}" for k, v in reached.items()), highlight=False)
     out.print(plain(f"report: {out_dir}/report.md"))
 
+
+
+def print_seeds(results: dict, out_dir: Path) -> None:
+    """The table of ``fd simulate --seeds N``: each method's mean, sd and 95% interval."""
+    cfg, found = results["config"], results["over_seeds"]
+    table = Table(title=plain(f"fd simulate: {cfg['num_clients']} clients, alpha="
+                              f"{cfg['alpha']}, {len(cfg['seeds'])} seeds "
+                              f"({out_dir}/results.json)"), title_justify="left")
+    for col in ("model", "accuracy: mean ± sd [95% interval]", "reached target",
+                "fd minus it [95% interval]"):
+        table.add_column(col)
+    for name, m in found["methods"].items():
+        acc, t = m["accuracy"], m["target"]
+        low, high = acc["ci95"]
+        diff = found["paired"].get(name, {}).get("accuracy_difference")
+        table.add_row(name, f"{acc['mean']:.3f} ± {acc['std']:.3f}"
+                      + (f" [{low:.3f}, {high:.3f}]" if low is not None else ""),
+                      f"{t['reached']} of {t['seeds']}" if t["seeds"] else "",
+                      f"{diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]"
+                      if diff and diff["ci95"][0] is not None else "")
+    out.print(table)
+    out.print(plain(f"report: {out_dir}/report.md"))
