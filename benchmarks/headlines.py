@@ -68,6 +68,14 @@ HEADLINES: dict[str, dict] = {
     "cli_startup": {
         "command": [sys.executable, "benchmarks/cli_startup.py", "--repeats", "7"],
         "results": "cli_startup.json", "stdout": True, "cost": "a minute", "default": True},
+    "fuzz": {
+        "command": [sys.executable, "-m", "tests.fuzzing"],
+        "results": "fuzz.json", "stdout": True, "cost": "a minute", "default": True},
+    "aggregate_scale_classification": {
+        "command": [sys.executable, "benchmarks/aggregate_scale.py", "--task", "classification",
+                    "--clients", "200", "--rows", "20000"],
+        "results": "aggregate_scale/classification_200x20000.json", "stdout": True,
+        "cost": "a few minutes, 1 GB of scratch disk", "default": False},
     "lm_cli_defaults": {
         "command": [sys.executable, "benchmarks/lm_cli_defaults.py", "--out", "{out}"],
         "results": "lm_cli_defaults.json", "stdout": True,

@@ -182,8 +182,9 @@ def test_stage_meter_sees_a_stage_s_allocation():
     stages = meter.summary()
     assert set(stages) == {"small", "big", "total"}
     assert stages["big"]["peak_rss_mb"] >= stages["small"]["peak_rss_mb"] + 150
+    # the total is the stages' sum by definition (not a second timing): equal up to rounding
     assert stages["total"]["wall_s"] == pytest.approx(
-        stages["small"]["wall_s"] + stages["big"]["wall_s"], abs=0.02)
+        stages["small"]["wall_s"] + stages["big"]["wall_s"], abs=0.011)
 
 
 def _dir_bytes(path):
@@ -213,8 +214,13 @@ def test_simulate_with_baselines_on_digits(tmp_path):
         results["baselines"]["fedavg"]["accuracy"])
     assert set(results["baselines"]) == {"fedavg", "fedavg_8bit", "standalone",
                                          "standalone_student", "centralized"}
-    for b in results["baselines"].values():
-        assert 0 <= b["accuracy"] <= 1 and 0 <= b["macro_f1"] <= 1
+    # the simulation learns: the student beats the mean specialist alone (0.72 against 0.34
+    # when written), FedAvg does too, and centralized training on the union beats both
+    alone = results["baselines"]["standalone"]["accuracy"]
+    assert results["student"]["accuracy"] > alone + 0.1
+    assert results["baselines"]["fedavg"]["accuracy"] > alone + 0.1
+    assert results["baselines"]["centralized"]["accuracy"] > max(
+        results["student"]["accuracy"], results["baselines"]["fedavg"]["accuracy"])
     specialists = results["specialists"]
     assert results["baselines"]["standalone"]["accuracy"] == pytest.approx(
         sum(s["accuracy"] for s in specialists) / 3)

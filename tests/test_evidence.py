@@ -128,14 +128,13 @@ def test_fedprox_sends_its_mu_to_every_client():
         run_fedavg(state, train_fn, num_clients=2, num_rounds=1, proximal_mu=0.1, bits=8)
 
 
-def test_simulate_over_seeds_with_tuned_fedavg_and_coordinator_validation(tmp_path):
+def test_simulate_over_seeds_with_coordinator_validation(tmp_path):
     out = tmp_path / "sim"
-    result = run("simulate", "--out", out, "--num-clients", 2, "--epochs", 2,
-                 "--distill-epochs", 2, "--rounds", 3, "--round-epochs", 1,
-                 "--round-distill-epochs", 2, "--coordinator-validation",
-                 "--compare-rules", "", "--fedavg-rounds", 2, "--fedavg-local-epochs", 1,
-                 "--fedavg-tune-lrs", "1e-3,5e-3", "--baselines", "fedavg,fedprox",
-                 "--no-privacy", "--seeds", 2, "--json")
+    result = run("simulate", "--out", out, "--num-clients", 2, "--epochs", 1,
+                 "--distill-epochs", 2, "--rounds", 3, "--round-epochs", 0.5,
+                 "--round-distill-epochs", 1, "--coordinator-validation",
+                 "--compare-rules", "", "--baselines", "", "--no-privacy", "--seeds", 2,
+                 "--json")
     assert result.exit_code == 0, result.output
     combined = json.loads(result.stdout)
     assert combined == json.loads((out / "results.json").read_text())
@@ -148,28 +147,51 @@ def test_simulate_over_seeds_with_tuned_fedavg_and_coordinator_validation(tmp_pa
         best = vals.index(max(vals))
         assert r["selected_round"] == history[best]["round"] == r["student"]["round"]
         assert r["student"]["accuracy"] == history[best]["student_accuracy"]
+        assert all(vals[i] > max(vals[:i]) for i in range(1, len(vals) - 1))
         if len(history) < 3:  # stopped early: the last round did not improve
             assert vals[-1] <= max(vals[:-1])
-        tuning = r["fedavg_tuning"]
-        assert [t["learning_rate"] for t in tuning["tried"]] == [1e-3, 5e-3]
-        chosen = max(tuning["tried"], key=lambda t: t["validation_accuracy"])
-        assert tuning["chosen"] == chosen
-        assert r["baselines"]["fedavg"]["learning_rate"] == chosen["learning_rate"]
-        assert r["baselines"]["fedavg"]["accuracy"] == chosen["test_accuracy"]
-        assert r["baselines"]["fedprox"]["proximal_mu"] == 0.01
-        for name in ("fd", "fedavg", "fedprox"):
-            assert all("seconds" in p and "validation_accuracy" in p
-                       for p in r["curves"][name] if p["round"] > 0)
+        points = r["curves"]["fd"]
+        assert [p["validation_accuracy"] for p in points] == vals
+        assert all(b["seconds"] > a["seconds"] > 0 for a, b in zip(points, points[1:]))
     fd = combined["over_seeds"]["methods"]["fd"]
     assert fd["accuracy"]["values"] == [r["student"]["accuracy"] for r in runs]
-    paired = combined["over_seeds"]["paired"]["fedavg"]["accuracy_difference"]["values"]
-    assert paired == pytest.approx([r["student"]["accuracy"] - r["baselines"]["fedavg"][
-        "accuracy"] for r in runs])
     scores = {s["method"]: s for s in combined["scores"]}
-    assert scores["fd"]["seeds"] == [0, 1] and len(scores["fedprox"]["metrics"]["accuracy"]) == 2
+    assert scores["fd"]["seeds"] == [0, 1]
+    assert scores["fd"]["metrics"]["accuracy"] == fd["accuracy"]["values"]
     report = (out / "report.md").read_text()
     assert "over 2 seeds" in report and "## Paired differences" in report
     assert (out / "accuracy_vs_bytes.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_simulate_tunes_fedavg_on_validation_and_runs_fedprox(tmp_path):
+    out = tmp_path / "sim"
+    result = run("simulate", "--out", out, "--num-clients", 2, "--epochs", 2,
+                 "--distill-epochs", 2, "--rounds", 1, "--compare-rules", "",
+                 "--fedavg-rounds", 1, "--fedavg-local-epochs", 1,
+                 "--fedavg-tune-lrs", "1e-3,5e-3", "--baselines", "fedavg,fedprox",
+                 "--fedprox-mu", 0.5, "--no-privacy", "--json")
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)
+    tuning = r["fedavg_tuning"]
+    assert tuning["grid"] == {"learning_rate": [1e-3, 5e-3], "local_epochs": [1.0]}
+    assert [t["learning_rate"] for t in tuning["tried"]] == [1e-3, 5e-3]
+    chosen = max(tuning["tried"], key=lambda t: t["validation_accuracy"])
+    assert tuning["chosen"] == chosen and tuning["configurations"] == 2
+    for name in ("fedavg", "fedavg_8bit", "fedprox"):
+        assert r["baselines"][name]["learning_rate"] == chosen["learning_rate"]
+    assert r["baselines"]["fedavg"]["accuracy"] == chosen["test_accuracy"]
+    assert r["baselines"]["fedavg"]["validation_accuracy"] == chosen["validation_accuracy"]
+    assert r["baselines"]["fedprox"]["proximal_mu"] == 0.5
+    # the same arrays; each FedProx message down also carries "proximal-mu" in its config
+    extra = r["bytes"]["fedprox"]["total"] - r["bytes"]["fedavg"]["total"]
+    assert 0 < extra <= 2 * 40, extra
+    meta = json.loads((out / "fedprox" / "fd.json").read_text())
+    assert meta["stage"] == "fedprox" and meta["config"]["proximal_mu"] == 0.5
+    for name in ("fd", "fedavg", "fedprox"):
+        assert all(p["seconds"] >= 0 for p in r["curves"][name])
+    report = (out / "report.md").read_text()
+    assert "FedAvg tuned on the validation split over 2 configurations" in report
+    assert "| fedprox (Flower) |" in report and "time to target" in report
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,5 +1,6 @@
-"""The bundle fuzzer (tests/fuzzing.py) in a child process: at least 2,000 hostile cases in
-under 60 s, only FdError escaping, no hang, and a bounded peak memory."""
+"""The bundle fuzzer (tests/fuzzing.py) in a child process: at least 2,000 hostile cases, only
+FdError escaping, no hang, and a bounded peak memory. Its speed is a benchmark, not a test
+(a busy machine would fail a wall-time budget): benchmarks/results/fuzz.json."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: the child's peak resident memory, torch and the test templates included (about 280 MiB).
+#: the child's peak resident memory, torch and the test templates included (measured:
+#: benchmarks/results/fuzz.json).
 MAX_RSS_MIB = 768
 
 
@@ -21,5 +23,4 @@ def test_fuzzer_over_manifests_shards_and_file_types():
     assert child.returncode == 0, child.stderr[-4000:]
     result = json.loads(child.stdout.strip().splitlines()[-1])
     assert result["cases"] >= 2000, result
-    assert result["seconds"] < 60, result
     assert result["max_rss_mib"] < MAX_RSS_MIB, result

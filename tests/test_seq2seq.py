@@ -183,7 +183,7 @@ def _seq2seq_pipeline_steps(s2s_world):
     s, u = scores["student"], scores["untrained"]
     assert s["examples"] == u["examples"] == 40 and s["tokens"] == u["tokens"]
     assert s["nll"] < u["nll"] - 1 and s["token_accuracy"] > u["token_accuracy"]
-    assert 0 <= s["bleu"] <= 100 and s["chrf"] >= u["chrf"] and 0 <= s["rouge_l"] <= 100
+    assert s["bleu"] >= u["bleu"] and s["chrf"] > u["chrf"] and s["rouge_l"] >= u["rouge_l"]
 
 
 def test_generate_writes_targets_every_teacher_then_shares(s2s_pipeline):

@@ -56,7 +56,7 @@ def simulate_embedding(out: str | Path, *, data: str | Path | None = None,
                            student=student, epochs=epochs, distill_epochs=distill_epochs,
                            learning_rate=learning_rate, batch_size=batch_size, rounds=1,
                            baselines=(), privacy=False, seed=seed, progress=progress,
-                           log=log)
+                           log=log, validation_fraction=0)  # no choices are made here yet
         cfg = fed["config"]
         kind, student = cfg["kind"], cfg["student"]
         parts, configs = fed_root / "partition", fed_root / "configs"
