@@ -230,9 +230,10 @@ def run_fedavg(initial: dict[str, torch.Tensor], train_fn: TrainFn, *, num_clien
     """Run ``num_rounds`` of Flower FedAvg over ``num_clients`` in-process clients, sampling
     ``fraction`` of them per round. ``evaluate_fn(round, state)`` scores the global model
     after every round (round 0 = the initial model); each round's record also holds the wall
-    ``seconds`` since the start (training, transfers and the evaluations before it). Rounds'
-    bytes come from the grid. ``proximal_mu`` runs Flower's FedProx instead, which sends
-    ``"proximal-mu"`` in each round's config for ``train_fn`` to apply."""
+    ``seconds`` and the process's ``cpu_seconds`` since the start (training, transfers and the
+    evaluations before it). Rounds' bytes come from the grid. ``proximal_mu`` runs Flower's
+    FedProx instead, which sends ``"proximal-mu"`` in each round's config for ``train_fn`` to
+    apply."""
     import logging
     import time
 
@@ -243,14 +244,15 @@ def run_fedavg(initial: dict[str, torch.Tensor], train_fn: TrainFn, *, num_clien
         raise ValueError("num_rounds and num_clients must be >= 1 and fraction in (0, 1]")
     grid = LocalGrid(client_app(train_fn, bits), num_clients)
     rounds: list[dict[str, Any]] = []
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
 
     def on_round(server_round: int, arrays):
         if evaluate_fn is None:
             return None
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
         scores = evaluate_fn(server_round, unpack(arrays))
-        rounds.append({"round": server_round, "seconds": seconds, **scores})
+        rounds.append({"round": server_round, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                       **scores})
         return MetricRecord({k: float(v) for k, v in scores.items()})
 
     random.seed(seed)  # Flower samples the round's nodes with the random module

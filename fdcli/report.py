@@ -14,16 +14,17 @@ Curve = list[dict[str, Any]]
 def bytes_to_target(curve: Curve, target: float) -> dict[str, Any]:
     """The first point of ``curve`` whose accuracy reaches ``target``: its round, its
     cumulative bytes (``bytes`` counts both directions) and its cumulative wall ``seconds``
-    (None for a curve without times); ``reached`` False (bytes and seconds None) and the best
-    accuracy seen when no point does."""
+    and CPU ``cpu_seconds`` (None for a curve without times); ``reached`` False (bytes and
+    seconds None) and the best accuracy seen when no point does."""
     for point in curve:
         if point["accuracy"] >= target:
             return {"reached": True, "round": point["round"], "bytes": point["total_bytes"],
                     "uploaded_bytes": point["uploaded_bytes"],
-                    "seconds": point.get("seconds"), "accuracy": point["accuracy"]}
+                    "seconds": point.get("seconds"), "cpu_seconds": point.get("cpu_seconds"),
+                    "accuracy": point["accuracy"]}
     best = max((p["accuracy"] for p in curve), default=None)
     return {"reached": False, "round": None, "bytes": None, "uploaded_bytes": None,
-            "seconds": None, "best_accuracy": best}
+            "seconds": None, "cpu_seconds": None, "best_accuracy": best}
 
 
 def ratios_to(hits: dict[str, dict[str, Any]], base: str) -> dict[str, float]:
@@ -49,7 +50,8 @@ def rounds_curve(rounds: list[dict[str, Any]], traffic: list[dict[str, int]]) ->
         total += t["up_bytes"] + t["down_bytes"]
         curve.append({"round": r["round"], "uploaded_bytes": up, "total_bytes": total,
                       "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
-                      **{k: r[k] for k in ("seconds", "validation_accuracy") if k in r}})
+                      **{k: r[k] for k in ("seconds", "cpu_seconds", "validation_accuracy")
+                         if k in r}})
     return curve
 
 
@@ -75,6 +77,12 @@ def figure(x: Any, digits: int = 3) -> str:
 
 def seconds(x: float | None) -> str:
     return "–" if x is None else f"{x:.0f} s"
+
+
+def _times(hit: dict[str, Any]) -> str:
+    """Wall seconds to target, and CPU seconds where measured."""
+    cpu = hit.get("cpu_seconds")
+    return seconds(hit.get("seconds")) + (f" ({cpu:.0f} CPU s)" if cpu is not None else "")
 
 
 def report_markdown(results: dict[str, Any]) -> str:
@@ -126,7 +134,7 @@ def report_markdown(results: dict[str, Any]) -> str:
                      f"| {megabytes(curve[-1]['total_bytes'])} | "
                      f"{seconds(curve[-1].get('seconds'))} | "
                      f"{megabytes(hit['bytes']) if hit['reached'] else 'not reached'} | "
-                     f"{seconds(hit.get('seconds')) if hit['reached'] else '–'} | "
+                     f"{_times(hit) if hit['reached'] else '–'} | "
                      f"{hit['round'] if hit['reached'] else '–'} |")
     lines += ["", "Wall time counts each method's own training, transfers and per-round "
                   "evaluations (fd: the specialists, their bundles, aggregation and "
@@ -243,14 +251,15 @@ def seeds_markdown(doc: dict[str, Any]) -> str:
     lines += ["", "## Cost to the target accuracy", "",
               f"Target: {cfg['target_fraction']:.0%} of each seed's centralized accuracy. Bytes "
               "and seconds are over the seeds that reached it.", "",
-              "| method | reached | bytes to target (MB) | time to target (s) | total MB | "
-              "total s |", "|---|---|---|---|---|---|"]
+              "| method | reached | bytes to target (MB) | time to target (s) | CPU time to "
+              "target (s) | total MB | total s |", "|---|---|---|---|---|---|---|"]
     for name, m in found["methods"].items():
         t = m["target"]
         if not t["seeds"] and not m["total_bytes"]["n"]:
             continue  # no curve: centralized, standalone
         lines.append(f"| {LABELS.get(name, name)} | {t['reached']} of {t['seeds']} | "
                      f"{_spread(_scaled(t['bytes'], 1e-6))} | {_spread(t['seconds'], 0)} | "
+                     f"{_spread(t.get('cpu_seconds') or {'n': 0}, 0)} | "
                      f"{_spread(_scaled(m['total_bytes'], 1e-6))} | "
                      f"{_spread(m['seconds'], 0)} |")
     lines += ["", "## Paired differences (fd minus the method, seed by seed)", "",

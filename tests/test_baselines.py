@@ -155,18 +155,21 @@ def test_fedavg_samples_a_fraction_of_clients_per_round():
 
 
 def test_bytes_to_target_finds_the_first_round_that_reaches_it():
-    rounds = [{"round": 0, "accuracy": 0.1, "macro_f1": 0.1},
-              {"round": 1, "accuracy": 0.8, "macro_f1": 0.7},
-              {"round": 2, "accuracy": 0.95, "macro_f1": 0.9},
-              {"round": 3, "accuracy": 0.93, "macro_f1": 0.9}]
+    rounds = [{"round": 0, "accuracy": 0.1, "macro_f1": 0.1, "seconds": 0.0},
+              {"round": 1, "accuracy": 0.8, "macro_f1": 0.7, "seconds": 2.0},
+              {"round": 2, "accuracy": 0.95, "macro_f1": 0.9, "seconds": 4.5,
+               "cpu_seconds": 8.0},
+              {"round": 3, "accuracy": 0.93, "macro_f1": 0.9, "seconds": 7.0}]
     traffic = [{"round": r, "clients": 2, "down_bytes": 100, "up_bytes": 40} for r in (1, 2, 3)]
     curve = rounds_curve(rounds, traffic)
     assert [p["uploaded_bytes"] for p in curve] == [0, 40, 80, 120]
     assert [p["total_bytes"] for p in curve] == [0, 140, 280, 420]
     assert bytes_to_target(curve, 0.9) == {"reached": True, "round": 2, "bytes": 280,
-                                           "uploaded_bytes": 80, "accuracy": 0.95}
+                                           "uploaded_bytes": 80, "seconds": 4.5,
+                                           "cpu_seconds": 8.0, "accuracy": 0.95}
     miss = bytes_to_target(curve, 0.99)
     assert miss["reached"] is False and miss["bytes"] is None and miss["best_accuracy"] == 0.95
+    assert miss["seconds"] is None and miss["cpu_seconds"] is None
     fd = one_shot_curve(500, 0, {"accuracy": 0.91, "macro_f1": 0.9})
     assert bytes_to_target(fd, 0.9)["bytes"] == 500
     assert not bytes_to_target(fd, 0.92)["reached"]
@@ -196,23 +199,26 @@ def test_simulate_with_baselines_on_digits(tmp_path):
     result = run("simulate", "--out", out, "--num-clients", 3, "--epochs", 3,
                  "--distill-epochs", 3, "--rounds", 1, "--rule", "confidence",
                  "--compare-rules", "", "--fedavg-rounds", 2,
-                 "--fedavg-local-epochs", 1, "--json")
+                 "--fedavg-local-epochs", 1, "--fedavg-tune-lrs", "1e-3,2e-3",
+                 "--baselines", "fedavg,fedprox,standalone,centralized", "--fedprox-mu", 0.5,
+                 "--json")
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)
     assert results == json.loads((out / "results.json").read_text())
+    _check_tuning_and_fedprox(results, out)
     # the typed scores (fdcli.results) say what the sections say
     assert (results["schema"], results["schema_version"], results["task"]) == (
         "fd-simulate-results", 1, "classification")
     scores = {(s["method"], s["variant"].get("rule")): s for s in results["scores"]}
     assert set(scores) == {("fd", "confidence"), ("fedavg", None), ("fedavg_8bit", None),
-                           ("standalone", None), ("standalone_student", None),
-                           ("centralized", None)}
+                           ("fedprox", None), ("standalone", None),
+                           ("standalone_student", None), ("centralized", None)}
     assert scores[("fd", "confidence")]["metrics"]["accuracy"] == [
         pytest.approx(results["student"]["accuracy"])]
     assert scores[("fd", "confidence")]["bytes"] == [results["bytes"]["fd"]["total"]]
     assert scores[("fedavg", None)]["summary"]["accuracy"]["mean"] == pytest.approx(
         results["baselines"]["fedavg"]["accuracy"])
-    assert set(results["baselines"]) == {"fedavg", "fedavg_8bit", "standalone",
+    assert set(results["baselines"]) == {"fedavg", "fedavg_8bit", "fedprox", "standalone",
                                          "standalone_student", "centralized"}
     # the simulation learns: the student beats the mean specialist alone (0.72 against 0.34
     # when written), FedAvg does too, and centralized training on the union beats both
@@ -230,7 +236,7 @@ def test_simulate_with_baselines_on_digits(tmp_path):
                                          for i in range(3)]
     assert results["curves"]["fd"][0]["uploaded_bytes"] == fd["uploaded_total"]
     # FedAvg bytes: every client each round, up and down; 8-bit sends about a quarter
-    for name in ("fedavg", "fedavg_8bit"):
+    for name in ("fedavg", "fedavg_8bit", "fedprox"):
         per_round = results["bytes"][name]["per_round"]
         assert [r["round"] for r in per_round] == [1, 2]
         assert all(r["clients"] == 3 for r in per_round)
@@ -248,7 +254,7 @@ def test_simulate_with_baselines_on_digits(tmp_path):
     target = 0.95 * results["baselines"]["centralized"]["accuracy"]
     assert results["target_accuracy"] == pytest.approx(target)
     assert set(results["bytes_to_target"]) == {"fd", "fd_single_teacher", "fedavg",
-                                               "fedavg_8bit"}
+                                               "fedavg_8bit", "fedprox"}
     for name, hit in results["bytes_to_target"].items():
         assert hit["reached"] == any(p["accuracy"] >= target for p in results["curves"][name])
     student = results["student"]["accuracy"]
@@ -258,17 +264,45 @@ def test_simulate_with_baselines_on_digits(tmp_path):
         first = next((p for p in results["curves"][name] if p["accuracy"] >= student), None)
         assert hit["bytes"] == (first["total_bytes"] if first else None)
     privacy = results["privacy"]
-    for name in ("student", "fedavg", "fedavg_8bit", "centralized"):
+    for name in ("student", "fedavg", "fedavg_8bit", "fedprox", "centralized"):
         assert privacy[name]["members"] == sum(results["partition"]["sizes"]["clients"])
         assert 0 <= privacy[name]["auc"] <= 1
     assert len(privacy["specialists"]) == 3
     stages = results["timing"]
     assert {"partition", "specialists", "aggregate_confidence", "distill_confidence",
-            "fedavg", "fedavg_8bit", "centralized", "privacy", "total"} <= set(stages)
+            "fedavg_tuning", "fedavg", "fedavg_8bit", "fedprox", "centralized", "privacy",
+            "total"} <= set(stages)
     assert all(s["wall_s"] >= 0 and s["peak_rss_mb"] > 100 for s in stages.values())
     report = (out / "report.md").read_text()
     assert "| fedavg_8bit |" in report and "## Membership inference" in report
     assert (out / "accuracy_vs_bytes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_tuning_and_fedprox(r, out):
+    """FedAvg tuned on validation over the grid; FedProx and 8-bit FedAvg at its choice."""
+    tuning = r["fedavg_tuning"]
+    assert tuning["grid"] == {"learning_rate": [1e-3, 2e-3], "local_epochs": [1.0]}
+    assert [t["learning_rate"] for t in tuning["tried"]] == [1e-3, 2e-3]
+    chosen = max(tuning["tried"], key=lambda t: t["validation_accuracy"])
+    assert tuning["chosen"] == chosen and tuning["configurations"] == 2
+    for name in ("fedavg", "fedavg_8bit", "fedprox"):
+        assert r["baselines"][name]["learning_rate"] == chosen["learning_rate"]
+    assert r["baselines"]["fedavg"]["accuracy"] == chosen["test_accuracy"]
+    assert r["baselines"]["fedavg"]["validation_accuracy"] == chosen["validation_accuracy"]
+    assert r["baselines"]["fedprox"]["proximal_mu"] == 0.5
+    # the same arrays; each FedProx message down also carries "proximal-mu" in its config
+    extra = r["bytes"]["fedprox"]["total"] - r["bytes"]["fedavg"]["total"]
+    assert 0 < extra <= 6 * 40, extra
+    meta = json.loads((out / "fedprox" / "fd.json").read_text())
+    assert meta["stage"] == "fedprox" and meta["config"]["proximal_mu"] == 0.5
+    for name in ("fd", "fedavg", "fedprox"):  # wall seconds on every curve: time to target
+        points = r["curves"][name]
+        assert all(b["seconds"] >= a["seconds"] >= 0 for a, b in zip(points, points[1:]))
+        assert r["bytes_to_target"][name]["seconds"] == next(
+            (p["seconds"] for p in points if p["accuracy"] >= r["target_accuracy"]), None)
+    report = (out / "report.md").read_text()
+    assert "FedAvg tuned on the validation split over 2 configurations" in report
+    assert "| fedprox (Flower) |" in report and "time to target" in report
 
 
 def test_simulate_on_a_text_dataset_without_fedavg(tmp_path):

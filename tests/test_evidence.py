@@ -163,37 +163,6 @@ def test_simulate_over_seeds_with_coordinator_validation(tmp_path):
     assert (out / "accuracy_vs_bytes.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_simulate_tunes_fedavg_on_validation_and_runs_fedprox(tmp_path):
-    out = tmp_path / "sim"
-    result = run("simulate", "--out", out, "--num-clients", 2, "--epochs", 2,
-                 "--distill-epochs", 2, "--rounds", 1, "--compare-rules", "",
-                 "--fedavg-rounds", 1, "--fedavg-local-epochs", 1,
-                 "--fedavg-tune-lrs", "1e-3,5e-3", "--baselines", "fedavg,fedprox",
-                 "--fedprox-mu", 0.5, "--no-privacy", "--json")
-    assert result.exit_code == 0, result.output
-    r = json.loads(result.stdout)
-    tuning = r["fedavg_tuning"]
-    assert tuning["grid"] == {"learning_rate": [1e-3, 5e-3], "local_epochs": [1.0]}
-    assert [t["learning_rate"] for t in tuning["tried"]] == [1e-3, 5e-3]
-    chosen = max(tuning["tried"], key=lambda t: t["validation_accuracy"])
-    assert tuning["chosen"] == chosen and tuning["configurations"] == 2
-    for name in ("fedavg", "fedavg_8bit", "fedprox"):
-        assert r["baselines"][name]["learning_rate"] == chosen["learning_rate"]
-    assert r["baselines"]["fedavg"]["accuracy"] == chosen["test_accuracy"]
-    assert r["baselines"]["fedavg"]["validation_accuracy"] == chosen["validation_accuracy"]
-    assert r["baselines"]["fedprox"]["proximal_mu"] == 0.5
-    # the same arrays; each FedProx message down also carries "proximal-mu" in its config
-    extra = r["bytes"]["fedprox"]["total"] - r["bytes"]["fedavg"]["total"]
-    assert 0 < extra <= 2 * 40, extra
-    meta = json.loads((out / "fedprox" / "fd.json").read_text())
-    assert meta["stage"] == "fedprox" and meta["config"]["proximal_mu"] == 0.5
-    for name in ("fd", "fedavg", "fedprox"):
-        assert all(p["seconds"] >= 0 for p in r["curves"][name])
-    report = (out / "report.md").read_text()
-    assert "FedAvg tuned on the validation split over 2 configurations" in report
-    assert "| fedprox (Flower) |" in report and "time to target" in report
-
-
 @pytest.mark.parametrize("args, message", [
     (["--coordinator-validation", "--validation-fraction", "0"],
      "validation_fraction must be > 0"),

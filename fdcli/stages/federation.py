@@ -98,7 +98,7 @@ class Federation:
         from .evaluate import evaluate
         from .train_specialist import train_specialist
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         parts, test = self.parts, self.parts / "test"
         specialists, uploads = [], []
         downloaded = 0
@@ -147,7 +147,8 @@ class Federation:
                   "teacher_proxy_accuracy": student["teacher_proxy_accuracy"],
                   "uploaded_bytes": sum(uploads), "downloaded_bytes": downloaded,
                   "uploaded_per_client": uploads,
-                  "seconds": time.perf_counter() - started}
+                  "seconds": time.perf_counter() - started,
+                  "cpu_seconds": time.process_time() - cpu}
         self.history.append(record)
         return record
 
@@ -195,17 +196,21 @@ class Federation:
     def curve(self) -> list[dict[str, Any]]:
         """One point per round: the student's scores (and validation accuracy, where there is
         a validation split), the cumulative bytes, bundles up and consensus (and, with
-        ``from_student``, the student's weights) down, and the cumulative wall seconds."""
+        ``from_student``, the student's weights) down, and the cumulative wall and CPU seconds
+        (this process's, all threads: a figure that other jobs on the machine do not
+        inflate)."""
         up = total = 0
-        seconds = 0.0
+        seconds = cpu = 0.0
         points = []
         for h in self.history:
             up += h["uploaded_bytes"]
             total += h["uploaded_bytes"] + h["downloaded_bytes"]
             seconds += h["seconds"]
+            cpu += h["cpu_seconds"]
             student = h["student"]
             points.append({"round": h["round"], "uploaded_bytes": up, "total_bytes": total,
-                           "seconds": seconds, "accuracy": student["accuracy"],
+                           "seconds": seconds, "cpu_seconds": cpu,
+                           "accuracy": student["accuracy"],
                            "macro_f1": student["macro_f1"],
                            **({"validation_accuracy": student["validation_accuracy"]}
                               if "validation_accuracy" in student else {})})

@@ -74,7 +74,9 @@ def combine(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "target": {"seeds": len(hits), "reached": len(reached),
                        "bytes": interval([h["bytes"] for h in reached]),
                        "seconds": interval([h["seconds"] for h in reached
-                                            if h.get("seconds") is not None])}}
+                                            if h.get("seconds") is not None]),
+                       "cpu_seconds": interval([h["cpu_seconds"] for h in reached
+                                                if h.get("cpu_seconds") is not None])}}
     paired: dict[str, Any] = {}
     for name in [n for n in names if n != "fd"]:
         both = [(r["fd"]["hit"], r[name]["hit"]) for r in runs

@@ -34,9 +34,8 @@ TASK = Task(
             "members": None, "nonmembers": None, "references": (), "match_labels": False}),
         "simulate": Command("fdcli.stages.simulate:simulate", {
             **SIMULATION, "data": None, "num_clients": 5, "alpha": 1.0, "proxy_fraction": 0.2,
-            "validation_fraction": 0.1, "coordinator_validation": False, "rule": "coverage", "compare_rules": (), "architectures": Auto("vit,resnet; "
-                                                                          "bert,distilbert "
-                                                                          "for text"),
+            "validation_fraction": 0.1, "coordinator_validation": False, "rule": "coverage",
+            "compare_rules": (), "architectures": Auto("vit,resnet; bert,distilbert for text"),
             "student": Auto("resnet; bert for text"), "epochs": 60.0, "distill_epochs": 100.0,
             "batch_size": 32, "temperature": 2.0, "rounds": 2, "round_epochs": 5.0,
             "round_distill_epochs": 30.0, "digest_weight": 0.2, "schedule": "mixed",
