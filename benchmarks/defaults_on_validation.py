@@ -38,16 +38,23 @@ def main() -> int:
     from fdcli.stages.simulate import simulate
 
     runs = []
-    for (rule, sharpen), seed in itertools.product(itertools.product(RULES, SHARPEN),
-                                                   range(args.seeds)):
+    for seed, (rule, sharpen) in itertools.product(range(args.seeds),
+                                                   itertools.product(RULES, SHARPEN)):
         name = f"{rule}-sharpen{sharpen}-seed{seed}"
         started = time.perf_counter()
-        found = simulate(args.out / name, num_clients=args.num_clients, alpha=args.alpha,
-                         rule=rule, sharpen=sharpen, rounds=args.rounds, baselines=(),
-                         privacy=False, seed=seed, overwrite=True, progress=False,
-                         log=lambda m: print(f"[{name}] {m}", file=sys.stderr, flush=True))
+        done = args.out / name / "results.json"
+        resumed = done.is_file()
+        if resumed:  # resume: a run an earlier invocation finished
+            found = json.loads(done.read_text())
+        else:
+            found = simulate(args.out / name, num_clients=args.num_clients, alpha=args.alpha,
+                             rule=rule, sharpen=sharpen, rounds=args.rounds, baselines=(),
+                             privacy=False, seed=seed, overwrite=True, progress=False,
+                             log=lambda m: print(f"[{name}] {m}", file=sys.stderr,
+                                                 flush=True))
         runs.append({"rule": rule, "sharpen": sharpen, "seed": seed,
-                     "seconds": round(time.perf_counter() - started, 1),
+                     "seconds": round(time.perf_counter() - started, 1)
+                     if not resumed else None,
                      "validation": [r["student_validation_accuracy"] for r in found["rounds"]],
                      "test": [r["student_accuracy"] for r in found["rounds"]],
                      "cumulative_bytes": [r["cumulative_bytes"] for r in found["rounds"]]})

@@ -101,25 +101,32 @@ def over_seeds(run: Callable[..., dict[str, Any]], out: str | Path, *, seeds: in
     """``run`` (the one-seed simulation) at ``seeds`` consecutive seeds into ``out/seed-<s>``;
     writes the combination to ``out/results.json``, ``out/report.md`` and
     ``out/accuracy_vs_bytes.png`` and returns it."""
-    from ..report import plot_seeds, seeds_markdown
-
     with fresh_dir(out, overwrite) as root:
         docs = []
         for i, s in enumerate(range(first_seed, first_seed + seeds)):
             log(f"seed {s} ({i + 1} of {seeds})")
             docs.append(run(root / f"seed-{s}", seed=s, seeds=1, overwrite=False, log=log,
                             **settings))
-        merged = merge([Score.from_json(v, f"seed-{d['config']['seed']}: scores[{i}]")
-                        for i, v in enumerate(d["scores"])] for d in docs)
-        config = {**docs[0]["config"], "seeds": [d["config"]["seed"] for d in docs]}
-        config.pop("seed", None)
-        results = {"fd_version": __version__, "config": config,
-                   "runs": [f"seed-{d['config']['seed']}/results.json" for d in docs],
-                   "target_accuracy": [d["target_accuracy"] for d in docs],
-                   "over_seeds": combine(docs),
-                   "curves_by_seed": [d["curves"] for d in docs]}
-        doc = document("classification", results, merged)
-        (root / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (root / "report.md").write_text(seeds_markdown(doc))
-        plot_seeds(doc, root / "accuracy_vs_bytes.png")
+        return write_combined(root, docs)
+
+
+def write_combined(root: Path, docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Write the combination of one-seed results ``docs`` (runs in ``root/seed-<s>``) to
+    ``root/results.json``, ``report.md`` and ``accuracy_vs_bytes.png``; return it. Also for
+    runs made one seed at a time: ``write_combined(root, [json.load(...) for each seed])``."""
+    from ..report import plot_seeds, seeds_markdown
+
+    merged = merge([Score.from_json(v, f"seed-{d['config']['seed']}: scores[{i}]")
+                    for i, v in enumerate(d["scores"])] for d in docs)
+    config = {**docs[0]["config"], "seeds": [d["config"]["seed"] for d in docs]}
+    config.pop("seed", None)
+    results = {"fd_version": __version__, "config": config,
+               "runs": [f"seed-{d['config']['seed']}/results.json" for d in docs],
+               "target_accuracy": [d["target_accuracy"] for d in docs],
+               "over_seeds": combine(docs),
+               "curves_by_seed": [d["curves"] for d in docs]}
+    doc = document("classification", results, merged)
+    (root / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (root / "report.md").write_text(seeds_markdown(doc))
+    plot_seeds(doc, root / "accuracy_vs_bytes.png")
     return doc
