@@ -312,6 +312,7 @@ def plot_seeds(doc: dict[str, Any], path: Path) -> None:
         ax.axhline(sum(targets) / len(targets), color="grey", linestyle="--", linewidth=1,
                    label="target (mean)")
     ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)  # accuracy; an interval of few seeds can reach past it
     ax.set_xlabel("cumulative bytes sent, up and down, all clients (mean over seeds)")
     ax.set_ylabel("test accuracy (mean, 95% interval)")
     cfg = doc["config"]
