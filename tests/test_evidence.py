@@ -57,7 +57,7 @@ def test_interval_is_the_student_t_interval_of_the_mean():
 def _doc(seed, fd_acc, avg_acc, fd_hit, avg_hit):
     def hit(b):
         return {"reached": b is not None, "bytes": b, "seconds": b and b / 1000,
-                "round": 1 if b else None}
+                "cpu_seconds": b and b / 500, "round": 1 if b else None}
 
     return {"config": {"rule": "coverage", "seed": seed},
             "student": {"accuracy": fd_acc, "macro_f1": fd_acc - 0.01},
@@ -77,7 +77,8 @@ def test_seeds_combine_into_paired_differences_and_count_misses():
     assert fd["accuracy"]["mean"] == pytest.approx(0.92)
     assert avg["target"] == {"seeds": 3, "reached": 2,
                              "bytes": interval([1000, 3000]),
-                             "seconds": interval([1.0, 3.0])}
+                             "seconds": interval([1.0, 3.0]),
+                             "cpu_seconds": interval([2.0, 6.0])}
     assert fd["target"]["reached"] == 3 and fd["membership_auc"]["mean"] == 0.5
     paired = found["paired"]["fedavg"]
     assert paired["accuracy_difference"]["values"] == pytest.approx([0.05, 0.02, 0.05])
