@@ -49,10 +49,11 @@ def text_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("text")
     text_recipe(root, 240, seed=1, layers=2)
     result = run("partition", root / "all.csv", "--num-clients", 2, "--alpha", 1.0,
-                 "--out", root / "parts", "--json")
+                 "--validation-fraction", 0, "--out", root / "parts", "--json")
     assert result.exit_code == 0, result.output
     sizes = json.loads(result.stdout)
     assert sizes["test"] == 48 and sizes["proxy"] == 48 and sum(sizes["clients"]) == 144
+    assert sizes["validation"] == 0 and not (root / "parts" / "validation").exists()
     common = ["--tokenizer", root / "tokenizer", "--epochs", 20, "--lr", 3e-3]
     for i in range(2):
         result = run("train-specialist", root / "parts" / f"client-{i}", "--model",
