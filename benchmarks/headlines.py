@@ -54,7 +54,8 @@ HEADLINES: dict[str, dict] = {
         "results": "evidence/digits10_alpha1.0_seeds3", "simulation": True,
         "cost": "about 40 minutes on 2 cores", "default": False},
     "defaults_on_validation": {
-        "command": [sys.executable, "benchmarks/defaults_on_validation.py", "--out", "{out}"],
+        "command": [sys.executable, "benchmarks/defaults_on_validation.py", "--seeds", "1",
+                    "--out", "{out}"],
         "results": "evidence/defaults_on_validation.json", "stdout": True,
         "cost": "about 30 minutes on 2 cores", "default": False},
     "codec": {
