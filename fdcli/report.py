@@ -290,7 +290,7 @@ def plot_seeds(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .stages.seeds import interval
+    from .results import interval
 
     by_seed = doc["curves_by_seed"]
     fig, ax = plt.subplots(figsize=(7, 4.5))

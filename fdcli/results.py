@@ -19,7 +19,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import FdError
 
@@ -55,9 +55,7 @@ class Score:
         """Each metric's mean, sample standard deviation (0 for one seed) and count."""
         out = {}
         for name, values in self.metrics.items():
-            n = len(values)
-            mean = sum(values) / n
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+            n, mean, std = _mean_std(values)
             out[name] = {"mean": mean, "std": std, "n": n}
         return out
 
@@ -76,6 +74,29 @@ class Score:
                           "seed for every metric")
         return cls(value["method"], list(seeds), {k: list(v) for k, v in metrics.items()},
                    dict(value.get("variant") or {}), value.get("bytes"))
+
+
+def _mean_std(values: Sequence[float]) -> tuple[int, float, float]:
+    """Count, mean and sample standard deviation (0 for one value) of non-empty ``values``."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return n, mean, std
+
+
+def interval(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation and the 95% Student-t interval of the mean (None
+    bounds for fewer than two values)."""
+    if not values:
+        return {"n": 0, "mean": None, "std": None, "ci95": [None, None], "values": []}
+    n, mean, std = _mean_std(values)
+    ci95: list[float | None] = [None, None]
+    if n > 1:
+        from scipy.stats import t  # scipy comes with scikit-learn
+
+        half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        ci95 = [mean - half, mean + half]
+    return {"n": n, "mean": mean, "std": std, "ci95": ci95, "values": list(values)}
 
 
 def merge(runs: Iterable[list[Score]]) -> list[Score]:

@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from fdcli.stages.seeds import combine, interval
+from fdcli.results import interval
+from fdcli.stages.seeds import combine
 
 from .helpers import fd as run
 

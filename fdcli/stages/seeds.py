@@ -10,35 +10,17 @@ over the seeds that reached it, beside how many did, never averaged as if the ot
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import __version__
 from ..outputs import fresh_dir
-from ..results import Score, document, merge
-
-
-def interval(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation and the 95% Student-t interval of the mean (None
-    bounds for fewer than two values)."""
-    from scipy.stats import t
-
-    n = len(values)
-    if n == 0:
-        return {"n": 0, "mean": None, "std": None, "ci95": [None, None], "values": []}
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else None
-    return {"n": n, "mean": mean, "std": std,
-            "ci95": [mean - half, mean + half] if half is not None else [None, None],
-            "values": list(values)}
+from ..results import Score, document, interval, merge
 
 
 def _method_runs(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each method's final scores, what it reached and its membership AUC in one run."""
-    rule = doc["config"]["rule"]
-    finals = {"fd": doc["student"], **{k: v for k, v in doc["baselines"].items()}}
+    finals = {"fd": doc["student"], **doc["baselines"]}
     privacy = doc.get("privacy") or {}
     auc = {"fd": privacy.get("student", {}).get("auc"),
            **{k: privacy[k]["auc"] for k in finals if isinstance(privacy.get(k), dict)
@@ -51,7 +33,6 @@ def _method_runs(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
                      "auc": auc.get(name), "hit": hit,
                      "total_bytes": curve[-1]["total_bytes"] if curve else None,
                      "seconds": curve[-1].get("seconds") if curve else None}
-    out["fd"]["rule"] = rule
     return out
 
 

@@ -318,11 +318,10 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
         hits = {name: bytes_to_target(c, target) for name, c in curves.items()} \
             if target is not None else {}
         best = max(specialists, key=lambda s: s["accuracy"])
-        import torch
+        from ..devices import device
 
         results = {
-            "fd_version": __version__, "config": config,
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "fd_version": __version__, "config": config, "device": device().type,
             "partition": {"sizes": report["sizes"],
                           "client_label_histograms": report["client_label_histograms"]},
             "specialists": specialists,
