@@ -67,8 +67,9 @@ def _trainer_class():
         """Cross-entropy, or (1 - hard_weight) * KD + hard_weight * CE when a teacher is given.
         For causal LMs every real position is a row (an instruction example's response-
         predicting positions only: ``row_mask``): the CE target is the next token. In a
-        mixed batch (``fd_soft``) KD is over the rows that have teacher targets and CE over
-        the rows that have labels (-100 elsewhere); a batch with only one kind uses that
+        mixed batch (``fd_soft``, one flag per example) KD is over the rows that have teacher
+        targets and CE over the rows that have labels (-100 elsewhere; for token rows, the
+        rows of examples without a teacher target); a batch with only one kind uses that
         term alone."""
 
         fd_temperature: float = 1.0
@@ -83,14 +84,17 @@ def _trainer_class():
             rows = inputs.pop("row_mask", None)  # a causal LM's rows (a prompt's are not)
             outputs = model(**inputs)
             logits = outputs.logits
+            soft = teacher.pop("fd_soft", None)
             if next_ids is not None:  # token rows: the decoder's positions, or the LM's
                 mask = rows if rows is not None else \
                     inputs.get("decoder_attention_mask", inputs["attention_mask"]).bool()
                 logits, labels = logits[..., :self.fd_vocab][mask], next_ids[mask]
+                if soft is not None:  # a mixed batch: the proxy examples' rows learn the
+                    soft = soft[:, None].expand(mask.shape)[mask]  # consensus, not the text
+                    labels = labels.masked_fill(soft, -100)
             ce = None
             if labels is not None and bool((labels != -100).any()):
                 ce = torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=-100)
-            soft = teacher.pop("fd_soft", None)
             if soft is not None:
                 logits = logits[soft]
             if not teacher:

@@ -13,6 +13,7 @@ from ..identity import emitted_client_id
 from ..launch import ranks
 from ..models import ModelError, fingerprint_model, load_classifier, predict_logits
 from ..progress import progress_bar
+from .digest import round_config
 from .parallel import batch_share, finish_parts, part_target
 
 ENCODINGS = ("dense", "topk")
@@ -63,9 +64,7 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                              "label histogram, which fd.json holds for models trained by fd "
                              "train-specialist; found none")
         config["label_histogram"] = histogram
-    for key in ("round", "consensus"):  # rounds: which consensus the model digested
-        if clf.meta.get(key) is not None:
-            config[key] = clf.meta[key]
+    config |= round_config(clf.meta)  # rounds: which consensus the model digested
     if encoding == "topk":
         config.update(k=k, value_dtype=value_dtype)
     values = list(ds[spec.input_column])

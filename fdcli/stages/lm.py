@@ -32,6 +32,8 @@ from ..adapters import Tuning
 from ..models import fingerprint_model
 from ..outputs import atomic_dir, check_free
 from ..progress import progress_bar
+from .digest import (check_pair, check_round, consensus_record, digest_and_revisit,
+                     round_config, round_meta)
 from .distill import open_teacher
 from .parallel import batch_share, finish_parts, part_target
 
@@ -94,14 +96,24 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                         lora_rank: int | None = None, lora_alpha: float | None = None,
                         lora_dropout: float | None = None, lora_targets: str | None = None,
                         lora_type: str | None = None, quantize: str | None = None,
-                        merge: bool = False, gradient_checkpointing: bool = False
-                        ) -> dict[str, Any]:
+                        merge: bool = False, gradient_checkpointing: bool = False,
+                        teacher: str | Path | None = None, proxy: str | Path | None = None,
+                        digest_weight: float = 0.2, schedule: str = "mixed",
+                        temperature: float | None = None, trusted_keys: dict | None = None,
+                        limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Train a causal LM (model folder, GGUF file or config file) on this institution's text
     and write a model folder with its tokenizer and fd.json (configuration, vocabulary
     fingerprint, examples, tokens, metrics; ``val_perplexity`` when ``val_fraction`` > 0).
     ``dtype`` sets mixed precision (the saved weights stay fp32). ``lora_rank`` trains a
     LoRA adapter (:class:`~fdcli.adapters.Tuning`) and writes an adapter folder, or merged
-    weights with ``merge``."""
+    weights with ``merge``.
+
+    A round after the first: given ``teacher`` (the coordinator's token consensus) and
+    ``proxy`` (the proxy text it was made on), the model also learns the consensus on every
+    token of the proxy blocks while it trains on its own text, as a classifier does
+    (:mod:`fdcli.stages.digest`: ``schedule``, ``digest_weight``; ``temperature`` None picks
+    one from the consensus as ``fd distill`` does). With ``trusted_keys`` the consensus must
+    be signed by one of them."""
     from ..training import fit_lm
 
     config = stage_config(task="causal-lm", data=data, model=model, tokenizer=tokenizer,
@@ -112,12 +124,27 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     check_free(Path(out), overwrite)
+    check_pair(teacher, proxy)
+    consensus = None
+    if teacher is not None:
+        check_round(digest_weight, schedule)
+        consensus, temperature = open_token_teacher(teacher, out, "causal-lm", temperature,
+                                                    1 - digest_weight, overwrite, limits,
+                                                    trusted_keys, warn=False)
+        config |= stage_config(teacher=teacher, proxy=proxy, digest_weight=digest_weight,
+                               schedule=schedule, temperature=temperature)
     tuning = Tuning.of(model, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_type,
                         quantize, merge, gradient_checkpointing)
     lm = tuning.load(load_lm, model, "causal-lm", tokenizer=tokenizer, seed=seed)
     tb = _blocks(data, split, lm, text_column, max_length, packing, model,
                  prompt_column=prompt_column, response_column=response_column)
     config |= {"max_length": tb.max_length, **rows_config(tb), **tuning.record()}
+    digest = None
+    if consensus is not None:  # the consensus's own blocks: its length, columns and packing
+        check_vocab(lm, consensus.manifest, model, teacher)
+        ptb = _teacher_blocks(proxy, teacher, consensus.manifest, lm, model, None, text_column,
+                              None, None)
+        digest = token_digest(consensus, ptb.blocks, temperature)
     order = list(range(len(tb.blocks)))
     random.Random(seed).shuffle(order)
     n_val = int(round(len(order) * val_fraction))
@@ -125,9 +152,14 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     if not train:
         raise DataError(f"{data}: no blocks left to train on after holding out {n_val}")
     with atomic_dir(out, overwrite) as tmp:
-        metrics = fit_lm(lm, train, epochs=epochs, learning_rate=learning_rate,
-                         batch_size=batch_size, seed=seed, progress=progress, dtype=dtype,
-                         gradient_checkpointing=tuning.gradient_checkpointing)
+        common = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                      seed=seed, progress=progress, dtype=dtype,
+                      gradient_checkpointing=tuning.gradient_checkpointing)
+        if digest is None:
+            metrics = fit_lm(lm, train, **common)
+        else:
+            metrics = digest_and_revisit(lambda v, _, **kw: fit_lm(lm, v, **common, **kw),
+                                         train, None, *digest, schedule, digest_weight)
         if val:
             metrics["val_perplexity"] = token_metrics(lm, val, batch_size)["perplexity"]
         meta = {"fd_version": __version__, "stage": "train-specialist",
@@ -139,8 +171,24 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                 "train_tokens": sum(row_count(b) for b in train),
                 "val_examples": len(val), "metrics": metrics, "config": config,
                 "model_fingerprint": fingerprint_model(lm.model)}
+        if consensus is not None:
+            meta |= round_meta(consensus_record(consensus, teacher), len(digest[0]))
         save_lm(lm, tmp, meta, merge=tuning.merge)
     return meta
+
+
+def token_digest(reader, values: list, temperature: float, sequences: list | None = None,
+                 rows: str = "token rows", item: str = "block", missing: str = "no block"):
+    """The proxy examples a token consensus covers, for a later round's specialist:
+    ``(their values, their example ids, TeacherRows)``, the bundle's rows checked against
+    ``sequences`` (default ``values``: the proxy's blocks; a seq2seq proxy's targets)."""
+    from ..bundle import TeacherRows
+
+    block = reader.read_all()
+    check_rows(block, values if sequences is None else sequences, reader.path, rows, item,
+               missing)
+    ids = block.example_ids.tolist()
+    return [values[e] for e in ids], ids, TeacherRows(block, temperature)
 
 
 def token_codec(encoding: str | None = None, k: int | None = None, value_dtype: str = "int8",
@@ -199,7 +247,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                      split=split, **rows_config(tb), prompt_column=prompt_column,
                      response_column=response_column, max_length=tb.max_length,
                      packing=packing, train_examples=lm.meta.get("train_examples"),
-                     train_tokens=lm.meta.get("train_tokens"))
+                     train_tokens=lm.meta.get("train_tokens"), **round_config(lm.meta))
     target = part_target(out, r, config)
     mine = batch_share(len(tb.blocks), batch_size, r)
     with BundleWriter(target, codec=codec, task="token", num_classes=lm.vocab_size,
@@ -230,11 +278,12 @@ def write_token_rows(lm, blocks, writer: BundleWriter, batch_size: int = 8, *,
 
 def open_token_teacher(teacher, out, task: str, temperature: float | None,
                        hard_weight: float, overwrite: bool, limits: Limits,
-                       trusted_keys: dict | None):
+                       trusted_keys: dict | None, warn: bool = True):
     """Open a token bundle for a ``task`` (causal-lm or seq2seq) student: checked as
     :func:`~fdcli.stages.distill.open_teacher` does, refused when emitted for the other task,
-    warned about when top-k and flat. Returns the reader and the temperature (``None``: the
-    one :func:`default_temperature` picks)."""
+    warned about when top-k and flat (with ``warn``: a student's teacher, not a later
+    round's consensus). Returns the reader and the temperature (``None``: the one
+    :func:`default_temperature` picks)."""
     student = "a causal-LM" if task == "causal-lm" else f"a {task}"
     reader = open_teacher(teacher, out, task="token",
                           temperature=1.0 if temperature is None else temperature,
@@ -245,7 +294,8 @@ def open_token_teacher(teacher, out, task: str, temperature: float | None,
     check_emit_task(reader.manifest, teacher, task)
     if temperature is None:
         temperature = default_temperature(reader.manifest)
-    warn_weak_teacher(reader.manifest, teacher, hard_weight)
+    if warn:
+        warn_weak_teacher(reader.manifest, teacher, hard_weight)
     return reader, temperature
 
 

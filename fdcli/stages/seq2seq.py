@@ -29,8 +29,10 @@ from ..outputs import atomic_dir, check_free
 from ..progress import progress_bar
 from ..seq2seq import (DEFAULT_SOURCE_LENGTH, DEFAULT_TARGET_LENGTH, TextPairs, generate,
                        iter_pair_logits, load_seq2seq, text_metrics, text_pairs, token_nll)
+from .digest import (check_pair, check_round, consensus_record, digest_and_revisit,
+                     round_config, round_meta)
 from .lm import (LM_HARD_WEIGHT, check_vocab, stage_config, check_rows,
-                 open_token_teacher, token_codec)
+                 open_token_teacher, token_codec, token_digest)
 from .parallel import batch_share, finish_parts, part_target
 
 
@@ -66,16 +68,31 @@ def train_seq2seq_specialist(data: str | Path, model: str | Path, out: str | Pat
                              lora_dropout: float | None = None,
                              lora_targets: str | None = None, lora_type: str | None = None,
                              quantize: str | None = None, merge: bool = False,
-                             gradient_checkpointing: bool = False) -> dict[str, Any]:
+                             gradient_checkpointing: bool = False,
+                             teacher: str | Path | None = None,
+                             proxy: str | Path | None = None, digest_weight: float = 0.2,
+                             schedule: str = "mixed", temperature: float | None = None,
+                             trusted_keys: dict | None = None,
+                             limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Train an encoder-decoder model (model folder, GGUF file or config file) on this
     institution's source/target pairs and write a model folder with its tokenizer and fd.json
     (configuration, vocabulary fingerprint, examples, target tokens, metrics; ``val_nll`` when
-    ``val_fraction`` > 0). ``lora_rank`` trains a LoRA adapter, as for causal-lm."""
+    ``val_fraction`` > 0). ``lora_rank`` trains a LoRA adapter, as for causal-lm. A later
+    round (``teacher``, ``proxy``, ``digest_weight``, ``schedule``, ``temperature``,
+    ``trusted_keys``) digests a token consensus on every target token of the proxy pairs, as
+    :func:`~fdcli.stages.lm.train_lm_specialist` does on proxy blocks."""
     from ..training import fit_seq2seq
 
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     check_free(Path(out), overwrite)
+    check_pair(teacher, proxy)
+    consensus = None
+    if teacher is not None:
+        check_round(digest_weight, schedule)
+        consensus, temperature = open_token_teacher(teacher, out, "seq2seq", temperature,
+                                                    1 - digest_weight, overwrite, limits,
+                                                    trusted_keys, warn=False)
     tuning = Tuning.of(model, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_type,
                         quantize, merge, gradient_checkpointing)
     m = tuning.load(load_seq2seq, model, "seq2seq", tokenizer=tokenizer, seed=seed)
@@ -88,6 +105,16 @@ def train_seq2seq_specialist(data: str | Path, model: str | Path, out: str | Pat
                      max_target_length=pairs.max_target_length, epochs=epochs,
                      learning_rate=learning_rate, batch_size=batch_size,
                      val_fraction=val_fraction, seed=seed, **tuning.record())
+    digest = None
+    if consensus is not None:  # the consensus's own pairs: its columns and lengths
+        config |= stage_config(teacher=teacher, proxy=proxy, digest_weight=digest_weight,
+                               schedule=schedule, temperature=temperature)
+        check_vocab(m, consensus.manifest, model, teacher)
+        proxy_pairs = _teacher_pairs(proxy, teacher, consensus.manifest, m, model, None, None,
+                                     None, None, None)
+        digest = token_digest(consensus, list(zip(proxy_pairs.sources, proxy_pairs.targets)),
+                              temperature, proxy_pairs.targets, "target-token rows", "pair",
+                              "no target")
     order = list(range(len(pairs.sources)))
     random.Random(seed).shuffle(order)
     n_val = int(round(len(order) * val_fraction))
@@ -95,11 +122,17 @@ def train_seq2seq_specialist(data: str | Path, model: str | Path, out: str | Pat
     if not train:
         raise DataError(f"{data}: no pairs left to train on after holding out {n_val}")
     with atomic_dir(out, overwrite) as tmp:
-        metrics = fit_seq2seq(m, [pairs.sources[i] for i in train],
-                              [pairs.targets[i] for i in train], epochs=epochs,
-                              learning_rate=learning_rate, batch_size=batch_size, seed=seed,
-                              progress=progress, dtype=dtype,
-                              gradient_checkpointing=tuning.gradient_checkpointing)
+        common = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                      seed=seed, progress=progress, dtype=dtype,
+                      gradient_checkpointing=tuning.gradient_checkpointing)
+
+        def fit(values, _labels, **kw):
+            return fit_seq2seq(m, [v[0] for v in values], [v[1] for v in values], **common,
+                               **kw)
+
+        own = [(pairs.sources[i], pairs.targets[i]) for i in train]
+        metrics = fit(own, None) if digest is None else \
+            digest_and_revisit(fit, own, None, *digest, schedule, digest_weight)
         if val:
             held = TextPairs([pairs.sources[i] for i in val], [pairs.targets[i] for i in val],
                              [], None, pairs.source_column, pairs.target_column,
@@ -114,6 +147,8 @@ def train_seq2seq_specialist(data: str | Path, model: str | Path, out: str | Pat
                 "train_tokens": sum(len(pairs.targets[i]) for i in train),
                 "val_examples": len(val), "metrics": metrics, "config": config,
                 "model_fingerprint": fingerprint_model(m.model)}
+        if consensus is not None:
+            meta |= round_meta(consensus_record(consensus, teacher), len(digest[0]))
         save_lm(m, tmp, meta, merge=tuning.merge)
     return meta
 
@@ -147,7 +182,7 @@ def emit_seq2seq_logits(model: str | Path, proxy: str | Path, out: str | Path, *
                      max_source_length=pairs.max_source_length,
                      max_target_length=pairs.max_target_length,
                      train_examples=m.meta.get("train_examples"),
-                     train_tokens=m.meta.get("train_tokens"))
+                     train_tokens=m.meta.get("train_tokens"), **round_config(m.meta))
     target = part_target(out, r, config)
     mine = batch_share(len(pairs.sources), batch_size, r)
     sources, targets = pairs.sources[mine.start:mine.stop], pairs.targets[mine.start:mine.stop]

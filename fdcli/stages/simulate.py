@@ -140,7 +140,8 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     from .federation import Federation, scores
     from .partition import partition
     from ..poison import POISON_KINDS, poisoned_clients
-    from .train_specialist import SCHEDULES, train_specialist
+    from .digest import SCHEDULES
+    from .train_specialist import train_specialist
     from .weight_baselines import adopt, tune, weight_baseline
 
     unknown = [b for b in baselines if b not in BASELINES]

@@ -16,9 +16,8 @@ from ..identity import specialist_client_id
 from ..meta import read_fd_meta
 from ..models import fingerprint_model, load_classifier, predict_logits, save_classifier
 from ..outputs import atomic_dir
-
-SCHEDULES = ("mixed", "alternate")
-
+from .digest import (check_pair, check_round, consensus_record, digest_and_revisit,
+                     round_meta)
 
 def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                      client_id: str | None = None, labels: list[str] | None = None,
@@ -31,7 +30,8 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                      digest_weight: float = 0.2, schedule: str = "mixed",
                      temperature: float = 2.0, seed: int = 0, overwrite: bool = False,
                      progress: bool = True, trusted_keys: dict | None = None,
-                     dtype: str = "auto", lora_rank: int | None = None, lora_alpha: float | None = None,
+                     dtype: str = "auto", lora_rank: int | None = None,
+                     lora_alpha: float | None = None,
                      lora_dropout: float | None = None, lora_targets: str | None = None,
                      lora_type: str | None = None, quantize: str | None = None,
                      merge: bool = False, gradient_checkpointing: bool = False) -> dict[str, Any]:
@@ -66,9 +66,7 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     config.update(tuning.record())
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if (teacher is None) != (proxy is None):
-        raise ValueError("--teacher (the consensus bundle) and --proxy (the proxy set it was "
-                         "made on) go together")
+    check_pair(teacher, proxy)
     consensus = None
     if teacher is not None:
         consensus = _open_consensus(teacher, digest_weight, schedule, temperature, out,
@@ -100,8 +98,10 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
         if digest is None:
             metrics = fit(clf, train_values, train_labels, **common)
         else:
-            metrics = _digest_and_revisit(clf, train_values, train_labels, digest, schedule,
-                                          digest_weight, common)
+            proxy_values, rows, teacher_rows = digest
+            metrics = digest_and_revisit(
+                lambda v, y, **kw: fit(clf, v, y, **common, **kw), train_values,
+                train_labels, proxy_values, rows, teacher_rows, schedule, digest_weight)
         if val:
             logits = predict_logits(clf, [values[i] for i in val])
             hits = sum(int(p == labels[i]) for p, i in zip(logits.argmax(-1).tolist(), val))
@@ -116,27 +116,9 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                 "architecture": clf.architecture, "metrics": metrics, "config": config,
                 "model_fingerprint": fingerprint_model(clf.model)}
         if consensus is not None:
-            meta["round"] = consensus["record"]["round"] + 1
-            meta["consensus"] = consensus["record"]
-            meta["proxy_examples"] = len(digest[0])
+            meta |= round_meta(consensus["record"], len(digest[0]))
         save_classifier(clf, tmp, meta, merge=tuning.merge)
     return meta
-
-
-def _digest_and_revisit(clf, values, labels, digest, schedule, digest_weight,
-                        common) -> dict[str, float]:
-    """Train on the private examples and on the consensus over the proxy examples: in the
-    same batches (``mixed``), or one after the other (``alternate``)."""
-    from ..training import fit
-
-    proxy_values, rows, teacher_rows = digest
-    if schedule == "mixed":
-        return fit(clf, values + proxy_values, labels + [-100] * len(proxy_values),
-                   teacher=teacher_rows, example_ids=[None] * len(values) + rows,
-                   hard_weight=1 - digest_weight, **common)
-    digested = fit(clf, proxy_values, None, teacher=teacher_rows, example_ids=rows, **common)
-    metrics = fit(clf, values, labels, **common)
-    return {**metrics, **{f"digest_{k}": v for k, v in digested.items()}}
 
 
 def _open_consensus(teacher, digest_weight, schedule, temperature, out, overwrite,
@@ -145,21 +127,12 @@ def _open_consensus(teacher, digest_weight, schedule, temperature, out, overwrit
     identified by the sha256 of its manifest."""
     from .distill import open_teacher
 
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
-    if not 0 < digest_weight <= 1:
-        raise ValueError(f"digest_weight must be in (0, 1], got {digest_weight}")
+    check_round(digest_weight, schedule)
     reader = open_teacher(teacher, out, task="classification", temperature=temperature,
                           hard_weight=1 - digest_weight, overwrite=overwrite,
                           trusted_keys=trusted_keys,
-                          hint="a specialist digests a classification consensus (rounds of "
-                               "causal LMs are not supported yet)")
-    m = reader.manifest
-    seen = m.producer.config.get("round")
-    record = {"sha256": reader.manifest_sha256,
-              "round": seen if isinstance(seen, int) and seen > 0 else 1,
-              "path": str(teacher), "examples": m.examples,
-              "clients": [p.get("client_id") for p in m.provenance if isinstance(p, dict)]}
+                          hint="a classifier digests a classification consensus")
+    record = consensus_record(reader, teacher)
     return {"reader": reader, "record": record}
 
 

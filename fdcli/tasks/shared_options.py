@@ -35,3 +35,8 @@ LORA = {"lora_rank": None, "lora_alpha": Auto("twice the rank"), "lora_dropout":
         "lora_targets": Auto("peft's for the architecture, else every linear layer"),
         "lora_type": Auto("lora"), "quantize": None, "merge": False,
         "gradient_checkpointing": False}
+#: a later round of a token task's train-specialist: the consensus digested on the proxy
+#: (fdcli.stages.digest)
+ROUNDS = {"teacher": None, "proxy": None, "digest_weight": 0.2, "schedule": "mixed",
+          "temperature": Auto("1, or 2 for a top-k consensus whose mean tail mass is above "
+                              "0.75"), "trusted_keys": None}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..base import Auto, Command, Task
-from ..shared_options import (AGGREGATION, EMITTING, LORA, READING, SIMULATION, SPARSE,
-                              SPECIALIST, TOKEN_ENCODING, TRAINING)
+from ..shared_options import (AGGREGATION, EMITTING, LORA, READING, ROUNDS, SIMULATION,
+                              SPARSE, SPECIALIST, TOKEN_ENCODING, TRAINING)
 
 MAX_LENGTH = Auto("the length fd trained the model with, else 128 or the model's positions "
                   "if fewer")
@@ -20,8 +20,8 @@ TASK = Task(
     tables="fdcli.tasks.causal_lm.tables:print_simulation",
     commands={
         "train-specialist": Command("fdcli.stages.lm:train_lm_specialist", {
-            **SPECIALIST, **TEXT, **CHAT, **LORA, "max_length": MAX_LENGTH, "packing": True,
-            "batch_size": 16}),
+            **SPECIALIST, **TEXT, **CHAT, **LORA, **ROUNDS, "max_length": MAX_LENGTH,
+            "packing": True, "batch_size": 16}),
         "emit-logits": Command("fdcli.stages.lm:emit_token_logits", {
             **EMITTING, **TOKEN_ENCODING, **TEXT, **CHAT, "max_length": MAX_LENGTH,
             "packing": True, "batch_size": 8}),

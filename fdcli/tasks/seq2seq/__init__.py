@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..base import Auto, Command, Task
-from ..shared_options import (AGGREGATION, EMITTING, LORA, READING, SIMULATION, SPARSE,
-                              SPECIALIST, TOKEN_ENCODING, TRAINING)
+from ..shared_options import (AGGREGATION, EMITTING, LORA, READING, ROUNDS, SIMULATION,
+                              SPARSE, SPECIALIST, TOKEN_ENCODING, TRAINING)
 
 PAIRS = {"tokenizer": None, "source_column": None, "target_column": None, "split": None}
 LENGTHS = {"max_source_length": Auto("the model's or bundle's, else 256"),
@@ -19,7 +19,7 @@ TASK = Task(
     tables="fdcli.tasks.seq2seq.tables:print_simulation",
     commands={
         "train-specialist": Command("fdcli.stages.seq2seq:train_seq2seq_specialist", {
-            **SPECIALIST, **PAIRS, **LENGTHS, **LORA, "batch_size": 16}),
+            **SPECIALIST, **PAIRS, **LENGTHS, **LORA, **ROUNDS, "batch_size": 16}),
         "emit-logits": Command("fdcli.stages.seq2seq:emit_seq2seq_logits", {
             **EMITTING, **TOKEN_ENCODING, **PAIRS, **LENGTHS, "batch_size": 8}),
         "aggregate": Command("fdcli.stages.aggregate:aggregate", {
