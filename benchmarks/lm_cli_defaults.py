@@ -41,7 +41,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from fdcli.cli import app  # noqa: E402
 from fdcli.stages.federation import dir_bytes  # noqa: E402
-from fdcli.stages.simulate_lm import stdlib_domains, write_stdlib_corpus  # noqa: E402
+from fdcli.stages.token_corpus import stdlib_domains, write_stdlib_corpus  # noqa: E402
 
 TRAIN = ["--epochs", "3", "--lr", "1e-3"]
 ARCHS = ("gpt2", "llama")

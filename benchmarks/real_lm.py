@@ -121,7 +121,7 @@ def main() -> None:
     from fdcli.lm import load_lm, text_blocks
     from fdcli.data import load_local
     from fdcli.stages.lm import token_metrics
-    from fdcli.stages.simulate_lm import stdlib_domains, write_stdlib_corpus
+    from fdcli.stages.token_corpus import stdlib_domains, write_stdlib_corpus
 
     torch.manual_seed(0)
     root = args.out

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from fdcli.stages.lm import default_temperature
-from fdcli.stages.simulate_lm import stdlib_domains, write_stdlib_corpus
+from fdcli.stages.token_corpus import stdlib_domains, write_stdlib_corpus
 
 from .helpers import fd_ok
 

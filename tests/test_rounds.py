@@ -224,11 +224,14 @@ def test_simulate_rounds_count_bytes_both_ways(tmp_path):
     assert "## Rounds" in report and "| 2 |" in report
 
 
-def test_simulate_refuses_rounds_for_language_models(tmp_path):
+def test_simulate_refuses_classification_round_options_for_language_models(tmp_path):
+    """Token tasks have rounds, but not classification's student-started specialists or
+    proxy slices."""
     result = run("simulate", "--task", "causal-lm", "--rounds", 2, "--from-student",
-                 "--out", tmp_path / "lm")
+                 "--proxy-slices", 2, "--out", tmp_path / "lm")
     assert result.exit_code == 1
-    assert "fd simulate: --rounds, --from-student do not apply to --task causal-lm" in result.stderr
+    assert "fd simulate: --from-student, --proxy-slices do not apply to --task causal-lm" in \
+        result.stderr
     assert not (tmp_path / "lm").exists()
 
 

@@ -457,8 +457,10 @@ def test_causal_lm_student_from_a_sampled_bundle(lm_pipeline):
     (["train-specialist", "{w}/a.jsonl", "--model", "{w}/spec-a", "--task", "embedding"],
      "fd train-specialist does not support --task embedding (it supports: emit-logits, "
      "aggregate, distill, evaluate, simulate)"),
-    (["simulate", "--task", "causal-lm", "--data", "{w}/a.jsonl", "--alpha", "0.1"],
-     "fd simulate: --data, --alpha do not apply to --task causal-lm"),
+    (["simulate", "--task", "seq2seq", "--data", "{w}/a.jsonl", "--alpha", "0.1"],
+     "fd simulate: --data, --alpha do not apply to --task seq2seq"),
+    (["simulate", "--task", "causal-lm", "--domain-column", "topic"],
+     "domain_column, label_column and split describe --data; give --data FILE"),
 ])
 def test_causal_lm_errors_are_messages(lm_pipeline, args, fragment):
     w = lm_pipeline
@@ -479,11 +481,14 @@ def test_simulate_causal_lm_small(tmp_path):
     r = _fd("simulate", "--task", "causal-lm", "--num-clients", "2", "--epochs", "2",
             "--distill-epochs", "2", "--max-length", "32", "--compare-rules", "",
             "--client-chars", "40000", "--proxy-chars", "60000", "--fedavg-rounds", "2",
-            "--fedavg-local-epochs", "0.5", "--out", out)
+            "--fedavg-local-epochs", "0.5", "--rounds", "2", "--out", out)
     assert r.exit_code == 0, r.output
     assert "perplexity by domain" in r.output and "membership-inference AUC" in r.output
+    assert "student (confidence, round 2)" in " ".join(r.output.split())
     res = json.loads((out / "results.json").read_text())
     scores = {(s["method"], s["variant"].get("rule")): s["metrics"] for s in res["scores"]}
+    assert [s["variant"] for s in res["scores"] if s["method"] == "fd"] == [
+        {"rule": "confidence", "round": 2}]
     assert res["task"] == "causal-lm" and scores[("fd", "confidence")]["mean_ppl"] == [
         pytest.approx(res["student"]["mean_ppl"])]
     assert scores[("proxy_only", None)]["mean_ppl"] == [
@@ -499,7 +504,32 @@ def test_simulate_causal_lm_small(tmp_path):
                                           (out / "bundles" / s["client_id"]).iterdir())
         assert 0 < s["bytes_per_token"] < 40
     student = res["student"]
-    assert student == res["students_by_rule"]["confidence"]
+    assert student["round"] == 2 and student["architecture"] == "gpt2"
+    # round 2: every client digested round 1's consensus and emitted again; the consensus
+    # went down to both; the student continued on round 2's consensus
+    first, second = res["rounds"]
+    round2 = out / "rounds" / "round-2"
+    consensus = read_bundle(out / "teachers" / "confidence")
+    assert first["student"] == res["students_by_rule"]["confidence"]
+    assert second["student"]["mean_ppl"] == student["mean_ppl"] == second["perplexity"]
+    assert second["downloaded_bytes"] == 2 * sum(
+        p.stat().st_size for p in (out / "teachers" / "confidence").iterdir())
+    for i in range(2):
+        meta = json.loads((round2 / "specialists" / f"client-{i}" / "fd.json").read_text())
+        assert meta["round"] == 2 and meta["consensus"]["sha256"] == consensus.manifest_sha256
+        assert second["uploaded_per_client"][i] == sum(
+            p.stat().st_size for p in (round2 / "bundles" / f"client-{i}").iterdir())
+    assert read_bundle(round2 / "teachers" / "confidence").manifest.producer.config[
+        "round"] == 2
+    continued = json.loads((round2 / "students" / "confidence" / "fd.json").read_text())
+    assert continued["config"]["student"] == str(out / "students" / "confidence")
+    b = res["bytes"]
+    assert b["uploaded_total"] == first["uploaded_bytes"] + second["uploaded_bytes"]
+    assert b["total"] == b["uploaded_total"] + b["downloaded_total"] == \
+        res["curves"]["fd"][-1]["total_bytes"]
+    assert [p["perplexity"] for p in res["curves"]["fd"]] == [
+        first["perplexity"], second["perplexity"]]
+    assert "| 2 | " in (out / "report.md").read_text().split("Rounds")[1]
     vocab = 2048
     # every model learned something: well below the uniform perplexity of the vocabulary
     for model in (student, res["proxy_only"], res["centralized"], *res["specialists"]):
@@ -525,4 +555,5 @@ def test_simulate_causal_lm_small(tmp_path):
         assert 0 <= p[name]["auc"] <= 1 and p[name]["members"] > 0
     assert p["proxy_only"]["reference"]["auc"] == 0.5  # the reference model itself
     report = (out / "report.md").read_text()
-    assert "| student (confidence) | gpt2 |" in report and "Membership inference" in report
+    assert "| student (confidence, round 1) | gpt2 |" in report and \
+        "| student (confidence, round 2) | gpt2 |" in report and "Membership inference" in report

@@ -28,7 +28,20 @@ def simulate(
         "fd-simulation"),
     task: TaskOpt = None,
     data: Annotated[Optional[Path], S("data", "A labelled image or text dataset (default: "
-                                              "scikit-learn's digits).")] = None,
+                                              "scikit-learn's digits); causal-lm: a text "
+                                              "corpus (default: the standard library's "
+                                              "source); embedding: unlabelled examples.")]
+    = None,
+    text_column: Annotated[Optional[str], S("text_column", "causal-lm --data: the text "
+                                                           "column.")] = None,
+    domain_column: Annotated[Optional[str], S(
+        "domain_column", "causal-lm --data: the column that names each document's domain or "
+                         "institution (default: domain, institution, client or source).")]
+    = None,
+    label_column: Annotated[Optional[str], S(
+        "label_column", "causal-lm --data: split by Dirichlet(--alpha) over this column "
+                        "instead of by domain.")] = None,
+    split: Annotated[Optional[str], S("split", "causal-lm --data: the dataset split.")] = None,
     num_clients: Annotated[Optional[int], S("num_clients", "Number of institutions.")] = None,
     alpha: Annotated[Optional[float], S("alpha", "Dirichlet concentration of the label "
                                                  "split.")] = None,

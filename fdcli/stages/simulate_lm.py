@@ -3,7 +3,8 @@
 Every machine with Python has a real, varied corpus: the standard library's source. Each
 institution holds the files of one package (asyncio, email, xml, ...), a domain of its own; a
 few files of each package are held out as that domain's test text. The shared proxy set is the
-standard library's top-level modules, which no institution holds. One tokenizer is trained
+standard library's top-level modules, which no institution holds. ``--data FILE`` runs on the
+user's own corpus instead (:mod:`fdcli.stages.token_corpus`). One tokenizer is trained
 locally on the proxy (byte-level BPE, saved as a normal tokenizer folder) and shared by all.
 
 Specialists are small causal LMs trained from scratch (GPT-2 and Llama configs in turn), they
@@ -15,117 +16,19 @@ the proxy alone (no teachers), and with the student trained on the union of the 
 
 from __future__ import annotations
 
-import json
 import math
-import sysconfig
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import __version__
 from ..outputs import fresh_dir
 from ..results import write_results
-from .federation import dir_bytes
+from .federation import dir_bytes, round_dir
 from .lm import LM_HARD_WEIGHT
 from .token_evidence import evidence_md, token_scores
-
-#: tiny random-init causal LMs; ``n_positions``/``max_position_embeddings`` and the vocabulary
-#: come from the simulation's settings.
-LM_ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "gpt2": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4},
-    "llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2},
-}
-#: packages tried first as domains, in order (others follow by size)
-PREFERRED = ("asyncio", "email", "xml", "multiprocessing", "unittest", "importlib", "http",
-             "logging", "tkinter", "urllib", "json", "concurrent", "sqlite3", "ctypes",
-             "curses", "html", "wsgiref", "zoneinfo", "collections", "dbm")
-SKIP = {"site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__", "ensurepip",
-        "turtledemo", "encodings", "pydoc_data", "distutils"}
-
-
-def stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def _read(paths: Sequence[Path], limit: int) -> list[str]:
-    texts, total = [], 0
-    for p in paths:
-        try:
-            text = p.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        texts.append(text[: max(limit - total, 0)])
-        total += len(texts[-1])
-        if total >= limit:
-            break
-    return [t for t in texts if t]
-
-
-def stdlib_domains(count: int, root: Path | None = None) -> dict[str, list[Path]]:
-    """``count`` standard-library packages and their .py files (sorted), preferred ones first."""
-    root = root or stdlib_root()
-    found = {}
-    for d in sorted(root.iterdir()):
-        if d.is_dir() and d.name not in SKIP and (d / "__init__.py").exists():
-            files = sorted(p for p in d.rglob("*.py") if not SKIP & set(p.relative_to(root).parts))
-            if len(files) >= 2:
-                found[d.name] = files
-    order = [p for p in PREFERRED if p in found]
-    order += sorted((p for p in found if p not in order),
-                    key=lambda p: -sum(f.stat().st_size for f in found[p]))
-    if count > len(order):
-        raise ValueError(f"the standard library at {root} has {len(order)} usable packages; "
-                         f"expected at least {count} (one per client)")
-    return {p: found[p] for p in order[:count]}
-
-
-def _write_jsonl(path: Path, texts: Sequence[str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-    return path
-
-
-@dataclass
-class StdlibCorpus:
-    """The files :func:`write_stdlib_corpus` wrote."""
-
-    clients: list[Path]        # data/client-<i>.jsonl: one package's private text each
-    tests: dict[str, Path]     # package -> data/test-<package>.jsonl (its held-out files)
-    proxy: Path                # data/proxy.jsonl: the top-level modules
-    tokenizer: Path            # tokenizer/: byte-level BPE trained on the proxy
-    configs: dict[str, Path]   # architecture -> configs/<name>.json
-
-
-def write_stdlib_corpus(root: Path, domains: dict[str, list[Path]], *,
-                        client_chars: int = 300_000, proxy_chars: int = 600_000,
-                        test_chars: int = 40_000, vocab_size: int = 2048,
-                        max_length: int = 64) -> StdlibCorpus:
-    """Write the language-model federation's files under ``root``: every fifth file of each
-    package (``domains``, from :func:`stdlib_domains`) is its held-out test text, the rest its
-    client's private text; the proxy is the standard library's top-level modules; one shared
-    tokenizer; and a config per architecture of :data:`LM_ARCHITECTURES` reading
-    ``max_length`` positions."""
-    from ..lm import train_bpe_tokenizer
-
-    data = root / "data"
-    clients, tests = [], {}
-    for i, (pkg, files) in enumerate(domains.items()):
-        held = files[::5]
-        private = [f for f in files if f not in held]
-        clients.append(_write_jsonl(data / f"client-{i}.jsonl", _read(private, client_chars)))
-        tests[pkg] = _write_jsonl(data / f"test-{pkg}.jsonl", _read(held, test_chars))
-    top = sorted(stdlib_root().glob("*.py"))
-    proxy = _write_jsonl(data / "proxy.jsonl", _read(top, proxy_chars))
-    tok = train_bpe_tokenizer(_texts(proxy), root / "tokenizer", vocab_size=vocab_size)
-    configs = {}
-    (root / "configs").mkdir(parents=True, exist_ok=True)
-    for name, cfg in LM_ARCHITECTURES.items():
-        pos = "n_positions" if name == "gpt2" else "max_position_embeddings"
-        configs[name] = root / "configs" / f"{name}.json"
-        configs[name].write_text(json.dumps({**cfg, pos: max_length}))
-    return StdlibCorpus(clients, tests, proxy, tok, configs)
+from .token_corpus import LM_ARCHITECTURES, _texts, _write_jsonl
+from .token_rounds import rounds_md
 
 
 def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidence",
@@ -137,6 +40,11 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                 learning_rate: float = 2e-3, batch_size: int = 16,
                 temperature: float | None = None, hard_weight: float = LM_HARD_WEIGHT,
                 fedavg_rounds: int = 8, fedavg_local_epochs: float = 0.5,
+                rounds: int = 1, round_epochs: float = 1.0, round_distill_epochs: float = 1.0,
+                digest_weight: float = 0.2, data: str | Path | None = None,
+                text_column: str | None = None, domain_column: str | None = None,
+                label_column: str | None = None, alpha: float = 1.0,
+                proxy_fraction: float = 0.2, split: str | None = None,
                 privacy: bool = True, seed: int = 0, overwrite: bool = False,
                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the language-model federation and write ``out/results.json``; returns the results.
@@ -156,7 +64,18 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
     client, twice the specialists', so that its curve can reach the student's perplexity),
     with the bytes it sends to reach the student's perplexity; and,
     with ``privacy``, membership-inference attacks on every model, the held-out files being
-    the non-members. ``out/report.md`` holds the tables."""
+    the non-members. ``out/report.md`` holds the tables.
+
+    ``rounds`` > 1 continues the federation (:mod:`fdcli.stages.token_rounds`): each client
+    digests the last consensus (``digest_weight``) while it revisits its text for
+    ``round_epochs``, emits again, and the student continues on the new consensus for
+    ``round_distill_epochs``. The main rule's student is then the last round's; the other
+    rules are compared in round 1; the bytes count every round, up and down.
+
+    ``data`` runs on the user's corpus instead of the standard library
+    (:func:`~fdcli.stages.token_corpus.write_user_corpus`: ``text_column``, and
+    ``domain_column`` or ``label_column`` with ``alpha``, ``proxy_fraction``, ``split``);
+    ``client_chars``, ``proxy_chars`` and ``test_chars`` then do not apply."""
     from ..lm import load_lm, text_blocks
     from ..data import load_local
     from ..training import fit_lm
@@ -164,10 +83,23 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
     from .lm import distill_lm, emit_token_logits, token_metrics, train_lm_specialist
     from .token_evidence import (TokenTask, bytes_report, check_setup, fedavg_baselines,
                                  privacy_report)
+    from .token_corpus import stdlib_domains, write_stdlib_corpus, write_user_corpus
+    from .token_rounds import (TokenStages, check_rounds, first_round, later_rounds,
+                               round_curve)
 
     check_setup(LM_ARCHITECTURES, architectures, student, num_clients)
+    check_rounds(rounds, round_epochs, round_distill_epochs, digest_weight)
     test_chars = min(40_000, client_chars) if test_chars is None else test_chars
-    config = {"task": "causal-lm", "data": "python standard library", "num_clients": num_clients,
+    if data is None and any(v is not None for v in (text_column, domain_column, label_column,
+                                                     split)):
+        raise ValueError("text_column, domain_column, label_column and split describe --data; "
+                         "give --data FILE, or leave them out for the standard library")
+    config = {"task": "causal-lm", "num_clients": num_clients,
+              "data": "python standard library" if data is None else str(data),
+              **({} if data is None else {
+                  "text_column": text_column, "domain_column": domain_column,
+                  "label_column": label_column, "alpha": alpha,
+                  "proxy_fraction": proxy_fraction, "split": split}),
               "rule": rule, "compare_rules": list(compare_rules),
               "architectures": list(architectures), "student": student,
               "client_chars": client_chars, "proxy_chars": proxy_chars,
@@ -176,16 +108,26 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
               "learning_rate": learning_rate, "batch_size": batch_size,
               "temperature": temperature, "hard_weight": hard_weight,
               "fedavg_rounds": fedavg_rounds, "fedavg_local_epochs": fedavg_local_epochs,
+              "rounds": rounds, "round_epochs": round_epochs,
+              "round_distill_epochs": round_distill_epochs, "digest_weight": digest_weight,
               "privacy": privacy, "seed": seed}
-    domains = stdlib_domains(num_clients)
+    domains = stdlib_domains(num_clients) if data is None else None
     timing: dict[str, float] = {}
     train = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                  max_length=max_length, progress=progress)
     with fresh_dir(out, overwrite) as root:
         t = time.perf_counter()
-        corpus = write_stdlib_corpus(root, domains, client_chars=client_chars,
-                                     proxy_chars=proxy_chars, test_chars=test_chars,
-                                     vocab_size=vocab_size, max_length=max_length)
+        if data is None:
+            corpus = write_stdlib_corpus(root, domains, client_chars=client_chars,
+                                         proxy_chars=proxy_chars, test_chars=test_chars,
+                                         vocab_size=vocab_size, max_length=max_length)
+        else:
+            corpus = write_user_corpus(root, data, num_clients=num_clients,
+                                       text_column=text_column, domain_column=domain_column,
+                                       label_column=label_column, alpha=alpha,
+                                       proxy_fraction=proxy_fraction, split=split,
+                                       vocab_size=vocab_size, max_length=max_length, seed=seed)
+            log(f"{data}: institutions {', '.join(corpus.domains)}")
         tests, proxy, tok, configs = (corpus.tests, corpus.proxy, corpus.tokenizer,
                                       corpus.configs)
         timing["data_and_tokenizer_s"] = time.perf_counter() - t
@@ -211,7 +153,7 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
 
         specialists, uploads = [], []
         t = time.perf_counter()
-        for i, pkg in enumerate(domains):
+        for i, pkg in enumerate(corpus.domains):
             arch = architectures[i % len(architectures)]
             model_dir = root / "specialists" / f"client-{i}"
             log(f"client {i} ({pkg}): training a {arch}")
@@ -242,6 +184,28 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
             students[r] = {"architecture": student,
                            "temperature": meta["config"]["temperature"], **scores(student_dir)}
         timing["aggregate_distill_s"] = time.perf_counter() - t
+        stages = TokenStages(
+            train=lambda i, start, model, consensus: train_lm_specialist(
+                corpus.clients[i], start, model, tokenizer=tok, client_id=f"client-{i}",
+                teacher=consensus, proxy=proxy, digest_weight=digest_weight,
+                temperature=temperature, **{**train, "epochs": round_epochs}),
+            emit=lambda model, bundle, i: emit_token_logits(
+                model, proxy, bundle, k=k, client_id=f"client-{i}", max_length=max_length,
+                seed=seed, progress=progress),
+            aggregate=lambda bundles, teacher: aggregate(bundles, teacher, rule=rule, k=k,
+                                                         seed=seed, progress=progress),
+            distill=lambda start, teacher, model: distill_lm(
+                start, proxy, teacher, model, tokenizer=tok, temperature=temperature,
+                hard_weight=hard_weight, epochs=round_distill_epochs,
+                learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+                progress=progress),
+            score=scores, perplexity=lambda s: s["mean_ppl"])
+        records = [first_round(stages, uploads, students[rule], specialists,
+                               timing["specialists_s"] + timing["aggregate_distill_s"])]
+        t = time.perf_counter()
+        records += later_rounds(root, rounds, num_clients, rule, stages, log)
+        timing["later_rounds_s"] = time.perf_counter() - t
+        final = {**students[rule], **records[-1]["student"], "round": rounds}
         t = time.perf_counter()
         log(f"references: a {student} on the proxy alone, and on the union of the private text")
         proxy_only = root / "proxy-only"
@@ -271,17 +235,16 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
             meta={"fd_version": __version__, "task": "causal-lm", "architecture": student},
             log=log)
         timing["fedavg_s"] = time.perf_counter() - t
-        target = students[rule]["mean_ppl"]
+        target = final["mean_ppl"]
         results = {
             "fd_version": __version__, "config": config,
-            "domains": {pkg: {"client": f"client-{i}", "files": len(files)}
-                        for i, (pkg, files) in enumerate(domains.items())},
+            "domains": corpus.domains,
             "specialists": specialists,
-            "student": students[rule], "students_by_rule": students,
+            "student": final, "students_by_rule": students, "rounds": records,
             "proxy_only": {"architecture": student, **scores(proxy_only)},
             "centralized": {"architecture": student, **scores(central)},
-            "baselines": baselines, "curves": curves,
-            **bytes_report(uploads, curves, target),
+            "baselines": baselines, "curves": {"fd": round_curve(records), **curves},
+            **bytes_report(records, curves, target),
         }
         if privacy:
             t = time.perf_counter()
@@ -289,7 +252,7 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
             results["privacy"] = privacy_report(
                 task, load_lm, client_blocks, list(test_blocks.values()),
                 [root / "specialists" / f"client-{i}" for i in range(num_clients)],
-                {"student": root / "students" / rule, "centralized": central,
+                {"student": round_dir(root, rounds) / "students" / rule, "centralized": central,
                  "proxy_only": proxy_only, **{n: root / n for n in baselines}},
                 proxy_only, seed=seed)
             results["privacy"].update(PRIVACY_NOTE)
@@ -298,10 +261,6 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
         results = write_results(root, "causal-lm", results, token_scores(results, seed))
         (root / "report.md").write_text(report_markdown(results))
     return results
-
-
-def _texts(path: Path) -> list[str]:
-    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 PRIVACY_NOTE = {
@@ -329,12 +288,18 @@ def report_markdown(results: dict[str, Any]) -> str:
 
     for s in results["specialists"]:
         row(f"specialist {s['client_id']} ({s['domain']})", s, f"{s['uploaded_bytes']:,} B up")
+    rule, final = results["config"]["rule"], results["student"]
     for name, s in results["students_by_rule"].items():
-        row(f"student ({name})", s, f"{results['bytes']['uploaded_total']:,} B"
-            if name == results["config"]["rule"] else "")
+        if name == rule:
+            if final["round"] > 1:
+                row(f"student ({name}, round 1)", s)
+                name = f"{name}, round {final['round']}"
+            s = final
+        row(f"student ({name})", s, f"{results['bytes']['total']:,} B" if s is final else "")
     row("proxy only", results["proxy_only"])
     row("centralized", results["centralized"])
     for name, s in results.get("baselines", {}).items():
         row(name, s, f"{s['total_bytes']:,} B")
+    lines += rounds_md(results["rounds"])
     lines += evidence_md(results)
     return "\n".join(lines) + "\n"

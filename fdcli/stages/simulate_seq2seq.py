@@ -29,10 +29,11 @@ from typing import Any, Callable, Sequence
 from .. import __version__
 from ..outputs import fresh_dir
 from ..results import write_results
-from .federation import dir_bytes
+from .federation import dir_bytes, round_dir
 from .lm import LM_HARD_WEIGHT
 from .token_evidence import evidence_md, token_scores
-from .simulate_lm import stdlib_domains, stdlib_root
+from .token_rounds import rounds_md
+from .token_corpus import stdlib_domains, stdlib_root
 
 #: tiny random-init T5-shaped models (gated-GELU feed-forward, as FLAN-T5); the vocabulary
 #: comes from the simulation's tokenizer
@@ -116,20 +117,27 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
                      distill_epochs: float = 20.0, learning_rate: float = 2e-3,
                      batch_size: int = 16, temperature: float | None = None,
                      hard_weight: float = LM_HARD_WEIGHT, fedavg_rounds: int = 10,
-                     fedavg_local_epochs: float = 2.0, privacy: bool = True,
+                     fedavg_local_epochs: float = 2.0, rounds: int = 1,
+                     round_epochs: float = 2.0, round_distill_epochs: float = 2.0,
+                     digest_weight: float = 0.2, privacy: bool = True,
                      compare_generated: bool = True, seed: int = 0, overwrite: bool = False,
                      progress: bool = True, log: Callable[[str], None] = print
                      ) -> dict[str, Any]:
     """Run the docstring federation and write ``out/results.json`` and ``out/report.md``;
-    returns the results (see the module docstring)."""
+    returns the results (see the module docstring). ``rounds`` > 1 continues the federation
+    on the proxy's own targets as :func:`~fdcli.stages.simulate_lm.simulate_lm` does; the
+    student on generated targets stays one-shot."""
     from ..data import load_local
     from ..seq2seq import load_seq2seq, text_pairs
     from .aggregate import aggregate
     from .seq2seq import (distill_seq2seq, emit_seq2seq_logits, generate_targets,
                           train_seq2seq_specialist)
     from .token_evidence import bytes_report, check_setup, fedavg_baselines, privacy_report
+    from .token_rounds import (TokenStages, check_rounds, first_round, later_rounds,
+                               round_curve)
 
     check_setup(T5_ARCHITECTURES, architectures, student, num_clients)
+    check_rounds(rounds, round_epochs, round_distill_epochs, digest_weight)
     config = {"task": "seq2seq", "data": "python standard library: function source -> first "
               "docstring line", "num_clients": num_clients, "rule": rule,
               "architectures": list(architectures), "student": student,
@@ -139,6 +147,8 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
               "learning_rate": learning_rate, "batch_size": batch_size,
               "temperature": temperature, "hard_weight": hard_weight,
               "fedavg_rounds": fedavg_rounds, "fedavg_local_epochs": fedavg_local_epochs,
+              "rounds": rounds, "round_epochs": round_epochs,
+              "round_distill_epochs": round_distill_epochs, "digest_weight": digest_weight,
               "privacy": privacy, "compare_generated": compare_generated, "seed": seed}
     domains = stdlib_domains(num_clients)
     lengths = dict(max_source_length=max_source_length, max_target_length=max_target_length)
@@ -199,6 +209,28 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
         t = time.perf_counter()
         log(f"aggregating with rule {rule!r} and distilling a {student}")
         students = {"proxy_targets": distill_student(root / "bundles", rule, proxy)}
+        round_one_s = timing["specialists_s"] + time.perf_counter() - t
+        stages = TokenStages(
+            train=lambda i, start, model, consensus: train_seq2seq_specialist(
+                corpus["clients"][i], start, model, tokenizer=tok, client_id=f"client-{i}",
+                teacher=consensus, proxy=proxy, digest_weight=digest_weight,
+                temperature=temperature, **{**train, "epochs": round_epochs}),
+            emit=lambda model, bundle, i: emit_seq2seq_logits(
+                model, proxy, bundle, k=k, client_id=f"client-{i}", seed=seed,
+                progress=progress, **lengths),
+            aggregate=lambda bundles, teacher: aggregate(bundles, teacher, rule=rule, k=k,
+                                                         seed=seed, progress=progress),
+            distill=lambda start, teacher, model: distill_seq2seq(
+                start, proxy, teacher, model, tokenizer=tok, temperature=temperature,
+                hard_weight=hard_weight, epochs=round_distill_epochs,
+                learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+                progress=progress),
+            score=lambda path: scored(path, architecture=student),
+            perplexity=lambda s: s["union"]["perplexity"])
+        records = [first_round(stages, uploads, students["proxy_targets"], specialists,
+                               round_one_s)]
+        records += later_rounds(root, rounds, num_clients, rule, stages, log)
+        final = {**students["proxy_targets"], **records[-1]["student"], "round": rounds}
         if compare_generated:
             log("targets written by client-0's specialist (fd generate); every client emits "
                 "on them; a second student")
@@ -235,7 +267,7 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
             meta={"fd_version": __version__, "task": "seq2seq", "architecture": student},
             log=log)
         timing["fedavg_s"] = time.perf_counter() - t
-        target = students["proxy_targets"]["union"]["perplexity"]
+        target = final["union"]["perplexity"]
         results: dict[str, Any] = {
             "fd_version": __version__, "config": config,
             "domains": {pkg: {"client": f"client-{i}", "files": len(files),
@@ -247,11 +279,11 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
             "specialists_mean": {"union": {key: round(sum(s["union"][key] for s in specialists)
                                                       / len(specialists), 2)
                                            for key in (*METRICS, "perplexity")}},
-            "student": students["proxy_targets"], "students": students,
+            "student": final, "students": students, "rounds": records,
             "proxy_only": scored(root / "proxy-only", architecture=student),
             "centralized": scored(root / "centralized", architecture=student),
-            "baselines": baselines, "curves": curves,
-            **bytes_report(uploads, curves, target),
+            "baselines": baselines, "curves": {"fd": round_curve(records), **curves},
+            **bytes_report(records, curves, target),
         }
         if privacy:
             t = time.perf_counter()
@@ -260,7 +292,8 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
                 task, load_seq2seq, client_examples,
                 [list(zip(p.sources, p.targets)) for p in tests.values()],
                 [root / "specialists" / f"client-{i}" for i in range(num_clients)],
-                {"student": root / "students" / rule, "centralized": root / "centralized",
+                {"student": round_dir(root, rounds) / "students" / rule,
+                 "centralized": root / "centralized",
                  "proxy_only": root / "proxy-only", **{n: root / n for n in baselines}},
                 root / "proxy-only", seed=seed)
             results["privacy"].update(PRIVACY_NOTE)
@@ -360,12 +393,21 @@ def report_markdown(results: dict[str, Any]) -> str:
                          f"{o['rouge_l']:.2f} | {w['perplexity']:.2f} / {o['perplexity']:.2f} "
                          "| |")
     row("specialists (mean)", results["specialists_mean"])
+    final = results["student"]
     for name, s in results["students"].items():
+        if name == "proxy_targets":
+            if final["round"] > 1:
+                row("student (proxy targets, round 1)", s)
+                name = f"proxy_targets, round {final['round']}"
+            s = final
         row(f"student ({name.replace('_', ' ')})", s,
-            f"{results['bytes']['uploaded_total']:,} B" if name == "proxy_targets" else "")
+            f"{results['bytes']['total']:,} B" if s is final else "")
     row("proxy only", results["proxy_only"])
     row("centralized (private + proxy)", results["centralized"])
     for name, s in results["baselines"].items():
         row(name, s, f"{s['total_bytes']:,} B")
+    lines += rounds_md(results["rounds"], {"BLEU": lambda s: s["union"]["bleu"],
+                                           "chrF": lambda s: s["union"]["chrf"],
+                                           "ROUGE-L": lambda s: s["union"]["rouge_l"]})
     lines += evidence_md(results)
     return "\n".join(lines) + "\n"

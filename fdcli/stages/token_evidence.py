@@ -112,14 +112,19 @@ def token_scores(results: dict[str, Any], seed: int) -> list[Score]:
     def flat(entry: dict[str, Any]) -> dict[str, Any]:
         return {**entry, **entry.get("union", {})}
 
-    uploaded = results["bytes"]["uploaded_total"]
-    if "students_by_rule" in results:
-        students = [({"rule": r}, s, r == results["config"]["rule"])
+    sent = results["bytes"].get("total", results["bytes"]["uploaded_total"])
+    if "students_by_rule" in results:  # the main rule's is the last round's student
+        rule, final = results["config"]["rule"], results["student"]
+        students = [({"rule": r, **({"round": final["round"]} if r == rule else {})},
+                     final if r == rule else s, r == rule)
                     for r, s in results["students_by_rule"].items()]
     else:
-        students = [({"targets": name.removesuffix("_targets")}, s, name == "proxy_targets")
+        final = results["student"]
+        students = [({"targets": name.removesuffix("_targets"),
+                      **({"round": final["round"]} if name == "proxy_targets" else {})},
+                     final if name == "proxy_targets" else s, name == "proxy_targets")
                     for name, s in results["students"].items()]
-    out = [Score.one("fd", seed, flat(s), variant=variant, sent=uploaded if main else None)
+    out = [Score.one("fd", seed, flat(s), variant=variant, sent=sent if main else None)
            for variant, s, main in students]
     out += [Score.one(name, seed, flat(results[name])) for name in ("proxy_only", "centralized")]
     out += [Score.one(name, seed, flat(b), sent=b.get("total_bytes"))
@@ -127,12 +132,18 @@ def token_scores(results: dict[str, Any], seed: int) -> list[Score]:
     return out
 
 
-def bytes_report(uploads: Sequence[int], curves: dict[str, list], target: float
+def bytes_report(records: Sequence[dict[str, Any]], curves: dict[str, list], target: float
                  ) -> dict[str, Any]:
-    """The results' ``bytes`` (the bundles each client uploads) and
-    ``bytes_to_student_perplexity`` (each FedAvg curve's bytes to ``target``)."""
-    return {"bytes": {"uploaded_per_client": list(uploads), "uploaded_total": sum(uploads),
-                      "downloaded_per_client": 0},
+    """The results' ``bytes`` (fd's rounds, :mod:`~fdcli.stages.token_rounds`: the bundles
+    each client uploaded over them, the consensus each downloaded, the total both ways) and
+    ``bytes_to_student_perplexity`` (each FedAvg curve's bytes, up and down, to
+    ``target``)."""
+    per_client = [sum(col) for col in zip(*(r["uploaded_per_client"] for r in records))]
+    up = sum(r["uploaded_bytes"] for r in records)
+    down = sum(r["downloaded_bytes"] for r in records)
+    return {"bytes": {"uploaded_per_client": per_client, "uploaded_total": up,
+                      "downloaded_per_client": down // max(len(per_client), 1),
+                      "downloaded_total": down, "total": up + down},
             "bytes_to_student_perplexity": {
                 "target_perplexity": target,
                 **{name: bytes_to_perplexity(c, target) for name, c in curves.items()}}}

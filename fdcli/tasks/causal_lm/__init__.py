@@ -37,11 +37,14 @@ TASK = Task(
             **TEXT, **CHAT, "max_length": MAX_LENGTH, "packing": True, "batch_size": 8,
             "teacher": None, "proxy": None, "dtype": "auto"}),
         "simulate": Command("fdcli.stages.simulate_lm:simulate_lm", {
-            **SIMULATION, "num_clients": 4, "rule": "confidence", "compare_rules": ("mean",),
+            **SIMULATION, "data": None, "text_column": None, "domain_column": None,
+            "label_column": None, "alpha": 1.0, "proxy_fraction": 0.2, "split": None,
+            "num_clients": 4, "rule": "confidence", "compare_rules": ("mean",),
             "architectures": ("gpt2", "llama"), "student": "gpt2", "client_chars": 300_000,
             "proxy_chars": 600_000, "max_length": 64, "k": 16, "epochs": 2.0,
             "distill_epochs": 2.0, "batch_size": 16,
             "temperature": Auto("as fd distill picks"), "hard_weight": 0.5,
-            "fedavg_rounds": 8, "fedavg_local_epochs": 0.5, "privacy": True}),
+            "fedavg_rounds": 8, "fedavg_local_epochs": 0.5, "rounds": 1, "round_epochs": 1.0,
+            "round_distill_epochs": 1.0, "digest_weight": 0.2, "privacy": True}),
     },
 )

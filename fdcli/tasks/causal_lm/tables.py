@@ -23,8 +23,14 @@ def print_simulation(results: dict, out_dir: Path) -> None:
 
     for s in results["specialists"]:
         row(f"specialist {s['client_id']} ({s['domain']})", s, human(s["uploaded_bytes"]))
+    rule, final = results["config"]["rule"], results["student"]
     for name, s in results["students_by_rule"].items():
-        row(f"student ({name})", s)
+        if name == rule:
+            if final.get("round", 1) > 1:
+                row(f"student ({name}, round 1)", s)
+                name = f"{name}, round {final['round']}"
+            s = final
+        row(f"student ({name})", s, human(results["bytes"]["total"]) if s is final else "")
     row("proxy only (no teachers)", results["proxy_only"])
     row("centralized", results["centralized"])
     for name, s in results.get("baselines", {}).items():

@@ -24,9 +24,15 @@ def print_simulation(results: dict, out_dir: Path) -> None:
     for s in results["specialists"]:
         row(f"specialist {s['client_id']} ({s['domain']})", s, human(s["uploaded_bytes"]))
     row("specialists (mean)", results["specialists_mean"])
+    final = results["student"]
     for name, s in results["students"].items():
+        if name == "proxy_targets":
+            if final.get("round", 1) > 1:
+                row("student (proxy targets, round 1)", s)
+                name = f"proxy_targets, round {final['round']}"
+            s = final
         row(f"student ({name.replace('_', ' ')})", s,
-            human(results["bytes"]["uploaded_total"]) if name == "proxy_targets" else "")
+            human(results["bytes"]["total"]) if s is final else "")
     row("proxy only", results["proxy_only"])
     row("centralized", results["centralized"])
     for name, s in results["baselines"].items():

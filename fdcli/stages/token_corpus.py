@@ -1,0 +1,264 @@
+"""The text a language-model federation runs on (``fd simulate --task causal-lm``): the
+standard library's source by default, or the user's own corpus (``--data FILE``).
+
+Standard library: each institution holds the files of one package (asyncio, email, xml, ...),
+a domain of its own, every fifth file held out as that domain's test text; the proxy is the
+standard library's top-level modules, which no institution holds.
+
+The user's corpus (:func:`write_user_corpus`): a local text dataset (jsonl/json, csv,
+parquet, txt, a save_to_disk folder) with a text column, split into institutions by a column
+that names each document's domain or institution (``domain_column``), or by a Dirichlet
+split over a label column (``label_column``, ``alpha``). Every institution gives
+``proxy_fraction`` of its documents to the shared proxy (domains that no institution holds
+give all of theirs), and every fifth of the rest is its held-out test text.
+
+Either way one byte-level BPE tokenizer is trained on the proxy and shared by all.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sysconfig
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..data import TEXT_COLUMNS, DataError, load_local, pick_column
+
+#: tiny random-init causal LMs; ``n_positions``/``max_position_embeddings`` and the vocabulary
+#: come from the simulation's settings.
+LM_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "gpt2": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4},
+    "llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2},
+}
+#: packages tried first as domains, in order (others follow by size)
+PREFERRED = ("asyncio", "email", "xml", "multiprocessing", "unittest", "importlib", "http",
+             "logging", "tkinter", "urllib", "json", "concurrent", "sqlite3", "ctypes",
+             "curses", "html", "wsgiref", "zoneinfo", "collections", "dbm")
+SKIP = {"site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__", "ensurepip",
+        "turtledemo", "encodings", "pydoc_data", "distutils"}
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _read(paths: Sequence[Path], limit: int) -> list[str]:
+    texts, total = [], 0
+    for p in paths:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        texts.append(text[: max(limit - total, 0)])
+        total += len(texts[-1])
+        if total >= limit:
+            break
+    return [t for t in texts if t]
+
+
+def stdlib_domains(count: int, root: Path | None = None) -> dict[str, list[Path]]:
+    """``count`` standard-library packages and their .py files (sorted), preferred ones first."""
+    root = root or stdlib_root()
+    found = {}
+    for d in sorted(root.iterdir()):
+        if d.is_dir() and d.name not in SKIP and (d / "__init__.py").exists():
+            files = sorted(p for p in d.rglob("*.py") if not SKIP & set(p.relative_to(root).parts))
+            if len(files) >= 2:
+                found[d.name] = files
+    order = [p for p in PREFERRED if p in found]
+    order += sorted((p for p in found if p not in order),
+                    key=lambda p: -sum(f.stat().st_size for f in found[p]))
+    if count > len(order):
+        raise ValueError(f"the standard library at {root} has {len(order)} usable packages; "
+                         f"expected at least {count} (one per client)")
+    return {p: found[p] for p in order[:count]}
+
+
+def _write_jsonl(path: Path, texts: Sequence[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+@dataclass
+class TokenCorpus:
+    """The files a language-model federation runs on (:func:`write_stdlib_corpus`,
+    :func:`write_user_corpus`)."""
+
+    clients: list[Path]        # data/client-<i>.jsonl: one institution's private text each
+    tests: dict[str, Path]     # domain -> data/test-<domain>.jsonl (its held-out text)
+    proxy: Path                # data/proxy.jsonl: text no institution holds
+    tokenizer: Path            # tokenizer/: byte-level BPE trained on the proxy
+    configs: dict[str, Path]   # architecture -> configs/<name>.json
+    domains: dict[str, dict[str, Any]]  # domain -> its client and what it holds
+
+
+def write_stdlib_corpus(root: Path, domains: dict[str, list[Path]], *,
+                        client_chars: int = 300_000, proxy_chars: int = 600_000,
+                        test_chars: int = 40_000, vocab_size: int = 2048,
+                        max_length: int = 64) -> TokenCorpus:
+    """Write the language-model federation's files under ``root``: every fifth file of each
+    package (``domains``, from :func:`stdlib_domains`) is its held-out test text, the rest its
+    client's private text; the proxy is the standard library's top-level modules; one shared
+    tokenizer; and a config per architecture of :data:`LM_ARCHITECTURES` reading
+    ``max_length`` positions."""
+    data = root / "data"
+    clients, tests = [], {}
+    for i, (pkg, files) in enumerate(domains.items()):
+        held = files[::5]
+        private = [f for f in files if f not in held]
+        clients.append(_write_jsonl(data / f"client-{i}.jsonl", _read(private, client_chars)))
+        tests[pkg] = _write_jsonl(data / f"test-{pkg}.jsonl", _read(held, test_chars))
+    top = sorted(stdlib_root().glob("*.py"))
+    proxy = _write_jsonl(data / "proxy.jsonl", _read(top, proxy_chars))
+    return TokenCorpus(clients, tests, proxy, *_tokenizer_and_configs(root, proxy, vocab_size,
+                                                                      max_length),
+                       {pkg: {"client": f"client-{i}", "files": len(files)}
+                        for i, (pkg, files) in enumerate(domains.items())})
+
+
+def _tokenizer_and_configs(root: Path, proxy: Path, vocab_size: int, max_length: int
+                           ) -> tuple[Path, dict[str, Path]]:
+    """One byte-level BPE tokenizer trained on the proxy, and a config per architecture of
+    :data:`LM_ARCHITECTURES` reading ``max_length`` positions."""
+    from ..lm import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(_texts(proxy), root / "tokenizer", vocab_size=vocab_size)
+    configs = {}
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    for name, cfg in LM_ARCHITECTURES.items():
+        pos = "n_positions" if name == "gpt2" else "max_position_embeddings"
+        configs[name] = root / "configs" / f"{name}.json"
+        configs[name].write_text(json.dumps({**cfg, pos: max_length}))
+    return tok, configs
+
+
+
+def _texts(path: Path) -> list[str]:
+    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+#: columns taken as the domain (institution) of each document when none is named
+DOMAIN_COLUMNS = ("domain", "institution", "client", "source")
+#: every ``TEST_EVERY``-th document an institution keeps is its held-out test text
+TEST_EVERY = 5
+
+
+def split_documents(domains: Sequence[Any], num_clients: int, *, proxy_fraction: float,
+                    seed: int, where: str, what: str) -> tuple[list[str], list[list[int]],
+                                                               list[list[int]], list[int]]:
+    """Split documents among ``num_clients`` institutions by their domain (``domains[i]``: the
+    domain of document i): the ``num_clients`` largest domains (ties by name) are the
+    institutions, every other domain goes to the proxy whole. Each institution's documents,
+    shuffled with ``seed``, give ``proxy_fraction`` of themselves to the proxy, and every
+    :data:`TEST_EVERY`-th of the rest is held out as its test text. Returns (institution
+    names, each one's private document indices, each one's test indices, the proxy's)."""
+    by_domain: dict[str, list[int]] = defaultdict(list)
+    for i, d in enumerate(domains):
+        if d is None or str(d) == "":
+            raise DataError(f"{where}: document {i} has no {what}; expected every document "
+                            f"to name one")
+        by_domain[str(d)].append(i)
+    if len(by_domain) < num_clients:
+        raise DataError(f"{where}: {len(by_domain)} {what}(s) ({', '.join(sorted(by_domain))})"
+                        f" for {num_clients} institutions; expected at least --num-clients "
+                        f"{num_clients} distinct values, or fewer --num-clients")
+    order = sorted(by_domain, key=lambda d: (-len(by_domain[d]), d))
+    names, rng = order[:num_clients], random.Random(seed)
+    private, tests, proxy = [], [], [i for d in order[num_clients:] for i in by_domain[d]]
+    for name in names:
+        docs = list(by_domain[name])
+        rng.shuffle(docs)
+        shared = round(len(docs) * proxy_fraction)
+        kept = docs[shared:]
+        test = kept[::TEST_EVERY]
+        own = [i for i in kept if i not in set(test)]
+        if not own or not test:
+            raise DataError(f"{where}: {what} {name!r} has {len(docs)} document(s), "
+                            f"{len(kept)} after giving {proxy_fraction:g} of them to the proxy;"
+                            f" expected at least 2 there, for private and held-out test text")
+        proxy += docs[:shared]
+        private.append(sorted(own))
+        tests.append(sorted(test))
+    if not proxy:
+        raise DataError(f"{where}: no document is left for the proxy; expected a "
+                        f"--proxy-fraction above 0 or a {what} that no institution holds")
+    return names, private, tests, sorted(proxy)
+
+
+def dirichlet_domains(labels: Sequence[Any], num_clients: int, alpha: float, seed: int
+                      ) -> list[str]:
+    """A domain (``share-<i>``) for every document: each label's documents are dealt to the
+    institutions in proportions drawn from Dirichlet(``alpha``), as classification's
+    partition does."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, y in enumerate(labels):
+        by_label[str(y)].append(i)
+    out = [""] * len(labels)
+    for label in sorted(by_label):
+        docs = by_label[label]
+        shares = rng.dirichlet([alpha] * num_clients)
+        cuts = (np.cumsum(shares)[:-1] * len(docs)).round().astype(int)
+        for client, part in enumerate(np.split(np.array(docs), cuts)):
+            for i in part.tolist():
+                out[i] = f"share-{client}"
+    return out
+
+
+def write_user_corpus(root: Path, data: str | Path, *, num_clients: int,
+                      text_column: str | None = None, domain_column: str | None = None,
+                      label_column: str | None = None, alpha: float = 1.0,
+                      proxy_fraction: float = 0.2, split: str | None = None,
+                      vocab_size: int = 2048, max_length: int = 64,
+                      seed: int = 0) -> TokenCorpus:
+    """Write the federation's files under ``root`` from the user's corpus ``data`` (see the
+    module docstring): ``data/client-<i>.jsonl``, ``data/test-<domain>.jsonl``,
+    ``data/proxy.jsonl``, the tokenizer and the configs."""
+    if not 0 <= proxy_fraction < 1:
+        raise ValueError(f"proxy_fraction must be in [0, 1), got {proxy_fraction}")
+    where = str(data)
+    ds = load_local(data, split, whole_text_files=True)
+    columns = list(ds.column_names)
+    text = pick_column(columns, text_column, TEXT_COLUMNS, "text", where, "--text-column")
+    if text is None:
+        raise DataError(f"{where}: no text column found; expected one of {list(TEXT_COLUMNS)}, "
+                        f"found {columns}; set --text-column")
+    if label_column is not None:
+        pick_column(columns, label_column, (), "label", where, "--label-column")
+        domains, what = dirichlet_domains(ds[label_column], num_clients, alpha, seed), "share"
+    else:
+        column = pick_column(columns, domain_column, DOMAIN_COLUMNS, "domain", where,
+                             "--domain-column")
+        if column is None:
+            raise DataError(f"{where}: nothing says which institution holds each document; "
+                            f"expected a domain column (one of {list(DOMAIN_COLUMNS)}, or "
+                            f"--domain-column NAME), or --label-column NAME for a Dirichlet "
+                            f"split by label; found columns {columns}")
+        domains, what = ds[column], f"{column!r} value"
+    texts = ["" if t is None else str(t) for t in ds[text]]
+    names, private, tests, proxy_ids = split_documents(
+        domains, num_clients, proxy_fraction=proxy_fraction, seed=seed, where=where, what=what)
+    out = root / "data"
+    clients = [_write_jsonl(out / f"client-{i}.jsonl", [texts[j] for j in own])
+               for i, own in enumerate(private)]
+    test_files = {name: _write_jsonl(out / f"test-{i}-{_safe(name)}.jsonl",
+                                     [texts[j] for j in test])
+                  for i, (name, test) in enumerate(zip(names, tests))}
+    proxy = _write_jsonl(out / "proxy.jsonl", [texts[j] for j in proxy_ids])
+    return TokenCorpus(clients, test_files, proxy,
+                       *_tokenizer_and_configs(root, proxy, vocab_size, max_length),
+                       {name: {"client": f"client-{i}", "documents": len(private[i]),
+                               "test_documents": len(tests[i])}
+                        for i, name in enumerate(names)})
+
+
+def _safe(name: str) -> str:
+    """A domain's name as part of a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64] or "domain"

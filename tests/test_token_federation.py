@@ -1,0 +1,122 @@
+"""The token tasks in the federation: the user's own corpus for ``fd simulate --task
+causal-lm --data FILE`` (split by a domain column or by Dirichlet over a label column)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fdcli.data import DataError
+from fdcli.stages.token_corpus import TEST_EVERY, dirichlet_domains, split_documents
+
+from .helpers import fd as _fd
+from .test_token import _corpus
+
+WORDS = {"legal": ["court", "ruling", "appeal", "judge", "statute", "party", "claim", "order"],
+         "clinic": ["patient", "dose", "scan", "nurse", "ward", "fever", "blood", "chart"],
+         "bank": ["loan", "rate", "credit", "deposit", "branch", "teller", "asset", "fund"]}
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_split_documents_by_domain():
+    domains = ["a"] * 30 + ["b"] * 20 + ["c"] * 7
+    names, private, tests, proxy = split_documents(domains, 2, proxy_fraction=0.2, seed=0,
+                                                   where="x.jsonl", what="'domain' value")
+    assert names == ["a", "b"]  # the largest domains; "c" goes to the proxy whole
+    assert set(range(50, 57)) <= set(proxy)
+    for docs, own, test, n in zip((range(30), range(30, 50)), private, tests, (30, 20)):
+        shared = [i for i in proxy if i in docs]
+        assert len(shared) == round(n * 0.2)
+        assert set(own) | set(test) | set(shared) == set(docs)
+        assert not set(own) & set(test) and not set(own) & set(shared)
+        assert len(test) == -(-(n - len(shared)) // TEST_EVERY)
+    again = split_documents(domains, 2, proxy_fraction=0.2, seed=0, where="x", what="d")
+    assert again == (names, private, tests, proxy)
+    other = split_documents(domains, 2, proxy_fraction=0.2, seed=1, where="x", what="d")
+    assert other[1] != private
+
+
+@pytest.mark.parametrize("domains, clients, fraction, fragment", [
+    (["a"] * 10, 2, 0.2, "x.jsonl: 1 'domain' value(s) (a) for 2 institutions"),
+    (["a"] * 10 + ["b"] * 1, 2, 0.2, "'domain' value 'b' has 1 document(s), 1 after giving"),
+    (["a"] * 10 + [None], 1, 0.2, "document 10 has no 'domain' value"),
+    (["a"] * 10, 1, 0.0, "no document is left for the proxy"),
+])
+def test_split_documents_refuses_what_cannot_be_split(domains, clients, fraction, fragment):
+    with pytest.raises(DataError, match=None) as caught:
+        split_documents(domains, clients, proxy_fraction=fraction, seed=0, where="x.jsonl",
+                        what="'domain' value")
+    assert fragment in str(caught.value)
+
+
+def test_dirichlet_domains_follow_alpha():
+    labels = [i % 4 for i in range(400)]
+    skewed = dirichlet_domains(labels, 4, 0.05, seed=0)
+    even = dirichlet_domains(labels, 4, 100.0, seed=0)
+    assert set(even) == {f"share-{i}" for i in range(4)}
+
+    def purity(assigned):  # the share of each client's documents in its commonest label
+        out = []
+        for c in set(assigned):
+            mine = [labels[i] for i, a in enumerate(assigned) if a == c]
+            out.append(max(mine.count(y) for y in set(mine)) / len(mine))
+        return sum(out) / len(out)
+
+    assert purity(even) < 0.35 < 0.55 < purity(skewed)  # 4 labels: 0.25 is an even mix
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Three domains of documents; two institutions, so the third is the proxy's."""
+    root = tmp_path_factory.mktemp("user-corpus")
+    rows = [{"body": doc, "topic": topic, "kind": k % 2}
+            for k, (topic, words) in enumerate(WORDS.items())
+            for doc in _corpus(k + 1, 30 if topic != "bank" else 20, words)]
+    return _write(root / "corpus.jsonl", rows)
+
+
+def test_simulate_causal_lm_on_the_users_corpus(corpus, tmp_path):
+    out = tmp_path / "sim"
+    r = _fd("simulate", "--task", "causal-lm", "--data", corpus, "--text-column", "body",
+            "--domain-column", "topic", "--num-clients", "2", "--epochs", "2",
+            "--distill-epochs", "2", "--max-length", "32", "--compare-rules", "",
+            "--fedavg-rounds", "1", "--fedavg-local-epochs", "0.5", "--no-privacy",
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["data"] == str(corpus) and res["config"]["domain_column"] == "topic"
+    assert list(res["domains"]) == ["clinic", "legal"]  # 30 documents each, ties by name
+    assert res["domains"]["clinic"] == {"client": "client-0", "documents": 19,
+                                        "test_documents": 5}
+    proxy = [json.loads(line)["text"] for line in (out / "data" / "proxy.jsonl").open()]
+    # all 20 bank documents, and 6 of each institution's 30
+    assert len(proxy) == 20 + 6 + 6
+    client0 = [json.loads(line)["text"] for line in (out / "data" / "client-0.jsonl").open()]
+    assert all("patient" in d or "nurse" in d or "dose" in d for d in client0)
+    assert not set(client0) & set(proxy)
+    for s, own in zip(res["specialists"], ("clinic", "legal")):
+        assert s["domain"] == own and set(s["ppl_by_domain"]) == {"clinic", "legal"}
+        assert s["ppl_by_domain"][own] == min(s["ppl_by_domain"].values())
+    assert res["student"]["mean_ppl"] < res["proxy_only"]["mean_ppl"] * 1.5
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--text-column", "body"], "nothing says which institution holds each document"),
+    (["--text-column", "body", "--domain-column", "region"],
+     "domain column 'region' not found"),
+    (["--domain-column", "topic"], "no text column found"),
+    (["--text-column", "body", "--label-column", "kind", "--num-clients", "40"],
+     "for 40 institutions"),
+])
+def test_simulate_causal_lm_refuses_a_corpus_it_cannot_split(corpus, tmp_path, args,
+                                                             fragment):
+    out = tmp_path / "sim"
+    r = _fd("simulate", "--task", "causal-lm", "--data", corpus, *args, "--out", out)
+    assert r.exit_code == 1, r.output
+    assert fragment in " ".join(r.output.split()), r.output
+    assert "Traceback" not in r.output and not out.exists()
