@@ -8,9 +8,16 @@ A poisoned client emits whatever it likes; these are the three behaviours measur
   class (c -> c + 1 mod C), as a client trained on relabelled data would emit.
 - ``overconfident``: certainty (a logit margin of 30) on a wrong class, drawn at random
   for each example: the attack aimed at rules that weight clients by confidence.
+- ``shuffled``: the client's own distributions, each sent for another row (of the same
+  shard): plausible, peaked predictions that belong to other inputs, or for a token bundle to
+  other positions of the text.
 
-:func:`poison_logits` is pure; :func:`poison_bundle` rewrites a classification bundle in
-place, keeping its client id, encoding and manifest fields, as a hostile client would.
+For token bundles (causal-lm, seq2seq) the kinds that make sense per token are ``random``,
+``shuffled`` and ``overconfident`` (a wrong token); ``flip`` (id -> id + 1 over the
+vocabulary) is refused there, having no meaning for tokens (:data:`TOKEN_POISON_KINDS`).
+
+:func:`poison_logits` is pure; :func:`poison_bundle` rewrites a bundle in place, keeping its
+client id, encoding and manifest fields, as a hostile client would.
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ import torch
 from .bundle import BundleWriter, read_bundle
 from .errors import FdError
 
-POISON_KINDS = ("random", "flip", "overconfident")
+POISON_KINDS = ("random", "flip", "overconfident", "shuffled")
+TOKEN_POISON_KINDS = ("random", "shuffled", "overconfident")
+#: a token bundle is poisoned this many rows (whole examples) at a time
+TOKEN_ROWS_AT_ONCE = 4096
 
 
 def poison_logits(logp: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
@@ -37,19 +47,25 @@ def poison_logits(logp: torch.Tensor, kind: str, generator: torch.Generator) -> 
         own = logp.argmax(-1)
         wrong = (own + torch.randint(1, c, (n,), generator=generator)) % c
         return torch.nn.functional.one_hot(wrong, c).float() * 30.0
+    if kind == "shuffled":
+        return logp[torch.randperm(n, generator=generator)]
     raise ValueError(f"poison kind must be one of {list(POISON_KINDS)}, got {kind!r}")
 
 
 def poison_bundle(path: str | os.PathLike, kind: str, seed: int = 0) -> None:
-    """Replace the classification bundle at ``path`` with its poisoned version."""
+    """Replace the bundle at ``path`` (classification, or a token bundle with one of
+    :data:`TOKEN_POISON_KINDS`) with its poisoned version, example by example."""
     path = Path(path)
     reader = read_bundle(path)
     m = reader.manifest
-    if m.task != "classification":
-        raise FdError(f"{path}: poisoning is measured on classification bundles, found "
-                      f"{m.task!r}")
-    block = reader.read_all()
-    logits = poison_logits(block.dense().float(), kind, torch.Generator().manual_seed(seed))
+    if m.task not in ("classification", "token"):
+        raise FdError(f"{path}: poisoning is measured on classification and token bundles, "
+                      f"found {m.task!r}")
+    if m.task == "token" and kind not in TOKEN_POISON_KINDS:
+        raise FdError(f"{path}: a token bundle is poisoned with one of "
+                      f"{list(TOKEN_POISON_KINDS)}, got {kind!r}")
+    blocks = list(reader.iter_blocks())  # read whole before the bundle is rewritten
+    generator = torch.Generator().manual_seed(seed)
     with BundleWriter(path, codec=reader.codec, task=m.task, num_classes=m.num_classes,
                       label_names=m.label_space.get("names"),
                       label_fingerprint=m.label_fingerprint,
@@ -57,7 +73,15 @@ def poison_bundle(path: str | os.PathLike, kind: str, seed: int = 0) -> None:
                       model_fingerprint=m.producer.model_fingerprint,
                       config=m.producer.config, seed=seed,
                       overwrite=True) as writer:
-        writer.add(block.example_ids, logits)
+        for block in blocks:
+            if m.task == "classification":
+                writer.add(block.example_ids, poison_logits(block.dense().float(), kind,
+                                                            generator))
+                continue
+            for part in block.chunks(TOKEN_ROWS_AT_ONCE):
+                counts = part.row_offsets[1:] - part.row_offsets[:-1]
+                writer.add(part.example_ids, poison_logits(part.dense().float(), kind,
+                                                           generator), row_counts=counts)
 
 
 def poisoned_clients(num_clients: int, fraction: float, seed: int = 0) -> list[int]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fdcli.bundle import read_bundle, verify_bundle
+from fdcli.errors import FdError
 from fdcli.poison import poison_bundle, poison_logits, poisoned_clients
 from fdcli.rules import RULES, consensus_distance
 
@@ -92,3 +93,59 @@ def test_simulate_with_poisoned_clients(tmp_path):
     result = run("simulate", "--out", tmp_path / "x", "--poison-kind", "subtle")
     assert result.exit_code == 1 and "poison kind must be one of" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def _token_bundle(path, vocab=50, seed=0):
+    """A top-4 token bundle of 30 examples of 5-9 rows each, peaked on known ids."""
+    from fdcli.bundle import BundleWriter, TopKCodec
+
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(5, 10, (30,), generator=g)
+    rows = int(counts.sum())
+    logits = torch.randn(rows, vocab, generator=g)
+    logits[torch.arange(rows), torch.randint(0, vocab, (rows,), generator=g)] += 6.0
+    with BundleWriter(path, codec=TopKCodec(4), task="token", num_classes=vocab,
+                      label_fingerprint="sha256:" + "a" * 64, proxy_fingerprint="sha256:" + "b" * 64,
+                      client_id="lab", model_fingerprint="sha256:" + "c" * 64,
+                      config={"task": "causal-lm", "round": 2}) as w:
+        w.add(range(30), logits, row_counts=counts)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["random", "shuffled", "overconfident"])
+def test_poison_a_token_bundle(tmp_path, kind, monkeypatch):
+    import fdcli.poison
+
+    monkeypatch.setattr(fdcli.poison, "TOKEN_ROWS_AT_ONCE", 64)  # several groups per shard
+    path = _token_bundle(tmp_path / "b")
+    before = read_bundle(path)
+    block = before.read_all()
+    top = block.dense().argmax(-1)
+    poison_bundle(path, kind, seed=5)
+    assert verify_bundle(path).ok
+    after = read_bundle(path)
+    m, n = before.manifest, after.manifest
+    assert (n.task, n.producer.client_id, n.proxy_fingerprint, n.label_fingerprint,
+            n.encoding, n.producer.config) == (m.task, "lab", m.proxy_fingerprint,
+                                               m.label_fingerprint, m.encoding,
+                                               m.producer.config)
+    poisoned = after.read_all()
+    assert torch.equal(poisoned.example_ids, block.example_ids)
+    assert torch.equal(poisoned.row_offsets, block.row_offsets)  # every row where it was
+    p = poisoned.dense().exp()
+    if kind == "overconfident":  # certain, and never of the client's own token
+        assert bool((p.max(-1).values > 0.99).all())
+        assert not bool((p.argmax(-1) == top).any())
+    elif kind == "shuffled":  # the same distributions, sent for other rows
+        assert sorted(p.argmax(-1).tolist()) == sorted(top.tolist())
+        assert float((p.argmax(-1) == top).double().mean()) < 0.2
+    else:
+        assert float((p.argmax(-1) == top).double().mean()) < 0.2
+
+
+def test_token_bundles_refuse_flip(tmp_path):
+    path = _token_bundle(tmp_path / "b")
+    with pytest.raises(FdError, match=r"one of \['random', 'shuffled', 'overconfident'\], "
+                                      r"got 'flip'"):
+        poison_bundle(path, "flip")
+    assert verify_bundle(path).ok

@@ -11,6 +11,7 @@ import torch
 
 from fdcli.bundle import SampleCodec, SparseRows, TopKCodec, read_bundle, verify_bundle
 from fdcli.lm import load_lm
+from fdcli.poison import poisoned_clients
 from fdcli.losses import dense_kd_loss, sparse_kd_loss
 from fdcli.rules import RULES, aggregate_sparse, union_support
 from fdcli.stages.lm import default_temperature
@@ -461,6 +462,9 @@ def test_causal_lm_student_from_a_sampled_bundle(lm_pipeline):
      "fd simulate: --data, --alpha do not apply to --task seq2seq"),
     (["simulate", "--task", "causal-lm", "--domain-column", "topic"],
      "domain_column, label_column and split describe --data; give --data FILE"),
+    (["simulate", "--task", "causal-lm", "--poison", "0.5", "--poison-kind", "flip"],
+     "poison kind must be one of ['random', 'shuffled', 'overconfident'] for a token task, "
+     "got 'flip'"),
 ])
 def test_causal_lm_errors_are_messages(lm_pipeline, args, fragment):
     w = lm_pipeline
@@ -481,7 +485,8 @@ def test_simulate_causal_lm_small(tmp_path):
     r = _fd("simulate", "--task", "causal-lm", "--num-clients", "2", "--epochs", "2",
             "--distill-epochs", "2", "--max-length", "32", "--compare-rules", "",
             "--client-chars", "40000", "--proxy-chars", "60000", "--fedavg-rounds", "2",
-            "--fedavg-local-epochs", "0.5", "--rounds", "2", "--out", out)
+            "--fedavg-local-epochs", "0.5", "--rounds", "2", "--poison", "0.5",
+            "--poison-kind", "shuffled", "--out", out)
     assert r.exit_code == 0, r.output
     assert "perplexity by domain" in r.output and "membership-inference AUC" in r.output
     assert "student (confidence, round 2)" in " ".join(r.output.split())
@@ -523,6 +528,19 @@ def test_simulate_causal_lm_small(tmp_path):
         "round"] == 2
     continued = json.loads((round2 / "students" / "confidence" / "fd.json").read_text())
     assert continued["config"]["student"] == str(out / "students" / "confidence")
+    # one of the two clients is hostile: it sends its own rows for other positions, in
+    # every round
+    hostile = [f"client-{i}" for i in poisoned_clients(2, 0.5, seed=0)]
+    assert res["poisoned_clients"] == hostile and res["config"]["poison_kind"] == "shuffled"
+    assert set(res["outliers_flagged"]) <= {"client-0", "client-1"}
+    from fdcli.stages.lm import emit_token_logits
+
+    emit_token_logits(out / "specialists" / hostile[0], out / "data" / "proxy.jsonl",
+                      tmp_path / "clean", k=16, max_length=32, progress=False)
+    clean = read_bundle(tmp_path / "clean").read_all().dense().argmax(-1)
+    sent = read_bundle(out / "bundles" / hostile[0]).read_all().dense().argmax(-1)
+    assert sorted(sent.tolist()) == sorted(clean.tolist())  # its own rows, shuffled
+    assert float((sent == clean).double().mean()) < 0.3
     b = res["bytes"]
     assert b["uploaded_total"] == first["uploaded_bytes"] + second["uploaded_bytes"]
     assert b["total"] == b["uploaded_total"] + b["downloaded_total"] == \

@@ -50,9 +50,22 @@ class LogitBlock:
 
     def example(self, i: int) -> "LogitBlock":
         """The rows of the ``i``-th example in this block."""
-        a, b = int(self.row_offsets[i]), int(self.row_offsets[i + 1])
+        return self.examples(i, i + 1)
+
+    def chunks(self, max_rows: int) -> "Iterator[LogitBlock]":
+        """This block as runs of whole examples, each of at least ``max_rows`` rows (the last
+        of what is left), in order."""
+        first, offsets = 0, self.row_offsets.tolist()
+        for i in range(1, len(offsets)):
+            if offsets[i] - offsets[first] >= max_rows or i == len(offsets) - 1:
+                yield self.examples(first, i)
+                first = i
+
+    def examples(self, first: int, stop: int) -> "LogitBlock":
+        """The rows of examples ``first`` to ``stop - 1`` of this block."""
+        a, b = int(self.row_offsets[first]), int(self.row_offsets[stop])
         shared = self.codec.shared_tensors
-        return LogitBlock(self.example_ids[i:i + 1], torch.tensor([0, b - a]),
+        return LogitBlock(self.example_ids[first:stop], self.row_offsets[first:stop + 1] - a,
                           {k: (v if k in shared else v[a:b]) for k, v in self.tensors.items()},
                           self.codec, self.num_classes)
 

@@ -120,8 +120,10 @@ def simulate(
         "poison", "Share of the clients that are hostile (e.g. 0.2): their bundles are "
                   "replaced by --poison-kind predictions every round.")] = None,
     poison_kind: Annotated[Optional[str], S(
-        "poison_kind", "random (confident noise), flip (every class moved to the next) or "
-                       "overconfident (certainty on a wrong class).")] = None,
+        "poison_kind", "random (confident noise), flip (every class moved to the next), "
+                       "overconfident (certainty on a wrong class or token) or shuffled "
+                       "(predictions sent for other rows); token tasks: random, shuffled or "
+                       "overconfident.")] = None,
     baselines: Annotated[Optional[str], S(
         "baselines", "Baselines to run, comma-separated: fedavg (Flower FedAvg, fp32 and "
                      "8-bit), fedprox (Flower FedProx), standalone (each specialist alone; a "

@@ -24,6 +24,13 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def flagged_clients(teacher: Path) -> list[str]:
+    """The clients the aggregate's outlier report flagged in ``teacher``'s provenance."""
+    from ..bundle import read_manifest
+
+    return [p["client_id"] for p in read_manifest(teacher).provenance if p.get("outlier")]
+
+
 def scores(evaluated: dict[str, Any], **extra) -> dict[str, Any]:
     return {"accuracy": evaluated["accuracy"], "macro_f1": evaluated["macro_f1"], **extra}
 

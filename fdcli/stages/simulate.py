@@ -51,13 +51,6 @@ def _improved(history: list[dict[str, Any]]) -> bool:
     return newest > max(before)
 
 
-def _flagged(teacher: Path) -> list[str]:
-    """The clients the aggregate's outlier report flagged in ``teacher``'s provenance."""
-    from ..bundle import read_manifest
-
-    return [p["client_id"] for p in read_manifest(teacher).provenance if p.get("outlier")]
-
-
 def digits_dataset():
     """scikit-learn's 1,797 handwritten digits as an image dataset with named labels."""
     import datasets
@@ -137,7 +130,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     from ..report import bytes_to_target, one_shot_curve, plot, ratios_to, report_markdown
     from .distill import distill
     from .evaluate import evaluate
-    from .federation import Federation, scores
+    from .federation import Federation, flagged_clients, scores
     from .partition import partition
     from ..poison import POISON_KINDS, poisoned_clients
     from .digest import SCHEDULES
@@ -364,7 +357,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                 for name, c in curves.items()},
             "privacy": privacy_report,
             "poisoned_clients": [f"client-{i}" for i in sorted(poisoned)],
-            "outliers_flagged": _flagged(fed.teacher_dir(ran)),
+            "outliers_flagged": flagged_clients(fed.teacher_dir(ran)),
         }
         if central:
             results["centralized"] = {"architecture": student, **central}

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 from .. import __version__
 from ..outputs import fresh_dir
 from ..results import write_results
-from .federation import dir_bytes, round_dir
+from .federation import dir_bytes, flagged_clients, round_dir
 from .lm import LM_HARD_WEIGHT
 from .token_evidence import evidence_md, token_scores
 from .token_corpus import LM_ARCHITECTURES, _texts, _write_jsonl
@@ -45,7 +45,8 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                 text_column: str | None = None, domain_column: str | None = None,
                 label_column: str | None = None, alpha: float = 1.0,
                 proxy_fraction: float = 0.2, split: str | None = None,
-                privacy: bool = True, seed: int = 0, overwrite: bool = False,
+                poison: float = 0.0, poison_kind: str = "random", privacy: bool = True,
+                seed: int = 0, overwrite: bool = False,
                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the language-model federation and write ``out/results.json``; returns the results.
     Each client is tested on ``test_chars`` characters of its held-out files (default: 40,000, or
@@ -75,7 +76,11 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
     ``data`` runs on the user's corpus instead of the standard library
     (:func:`~fdcli.stages.token_corpus.write_user_corpus`: ``text_column``, and
     ``domain_column`` or ``label_column`` with ``alpha``, ``proxy_fraction``, ``split``);
-    ``client_chars``, ``proxy_chars`` and ``test_chars`` then do not apply."""
+    ``client_chars``, ``proxy_chars`` and ``test_chars`` then do not apply.
+
+    ``poison`` is the fraction of clients that are hostile: every bundle they send is
+    replaced by ``poison_kind`` rows (:data:`~fdcli.poison.TOKEN_POISON_KINDS`); the results
+    name them and the clients the last consensus's outlier report flagged."""
     from ..lm import load_lm, text_blocks
     from ..data import load_local
     from ..training import fit_lm
@@ -83,12 +88,14 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
     from .lm import distill_lm, emit_token_logits, token_metrics, train_lm_specialist
     from .token_evidence import (TokenTask, bytes_report, check_setup, fedavg_baselines,
                                  privacy_report)
+    from ..poison import poison_bundle
     from .token_corpus import stdlib_domains, write_stdlib_corpus, write_user_corpus
     from .token_rounds import (TokenStages, check_rounds, first_round, later_rounds,
-                               round_curve)
+                               round_curve, token_poisoned)
 
     check_setup(LM_ARCHITECTURES, architectures, student, num_clients)
     check_rounds(rounds, round_epochs, round_distill_epochs, digest_weight)
+    poisoned = token_poisoned(num_clients, poison, poison_kind, seed)
     test_chars = min(40_000, client_chars) if test_chars is None else test_chars
     if data is None and any(v is not None for v in (text_column, domain_column, label_column,
                                                      split)):
@@ -110,6 +117,7 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
               "fedavg_rounds": fedavg_rounds, "fedavg_local_epochs": fedavg_local_epochs,
               "rounds": rounds, "round_epochs": round_epochs,
               "round_distill_epochs": round_distill_epochs, "digest_weight": digest_weight,
+              "poison": poison, "poison_kind": poison_kind if poisoned else None,
               "privacy": privacy, "seed": seed}
     domains = stdlib_domains(num_clients) if data is None else None
     timing: dict[str, float] = {}
@@ -151,6 +159,17 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                                                      for m in per.values())
                                                  / sum(m["tokens"] for m in per.values()), 4)}
 
+        sent = [0] * num_clients  # the bundles each client has sent: its round
+
+        def emit(model: Path, bundle: Path, i: int):
+            """Client i's bundle: its model's, or what a hostile client sends instead."""
+            sent[i] += 1
+            emitted = emit_token_logits(model, proxy, bundle, k=k, client_id=f"client-{i}",
+                                        max_length=max_length, seed=seed, progress=progress)
+            if i in poisoned:
+                poison_bundle(bundle, poison_kind, seed=seed + 1000 * sent[i] + i)
+            return emitted
+
         specialists, uploads = [], []
         t = time.perf_counter()
         for i, pkg in enumerate(corpus.domains):
@@ -161,8 +180,7 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                                        model_dir, tokenizer=tok, client_id=f"client-{i}",
                                        **train)
             bundle = root / "bundles" / f"client-{i}"
-            m = emit_token_logits(model_dir, proxy, bundle, k=k, client_id=f"client-{i}",
-                                  max_length=max_length, seed=seed, progress=progress)
+            m = emit(model_dir, bundle, i)
             uploads.append(dir_bytes(bundle))
             specialists.append({"client_id": f"client-{i}", "domain": pkg, "architecture": arch,
                                 "train_tokens": meta["train_tokens"], **scores(model_dir),
@@ -189,9 +207,7 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                 corpus.clients[i], start, model, tokenizer=tok, client_id=f"client-{i}",
                 teacher=consensus, proxy=proxy, digest_weight=digest_weight,
                 temperature=temperature, **{**train, "epochs": round_epochs}),
-            emit=lambda model, bundle, i: emit_token_logits(
-                model, proxy, bundle, k=k, client_id=f"client-{i}", max_length=max_length,
-                seed=seed, progress=progress),
+            emit=emit,
             aggregate=lambda bundles, teacher: aggregate(bundles, teacher, rule=rule, k=k,
                                                          seed=seed, progress=progress),
             distill=lambda start, teacher, model: distill_lm(
@@ -241,6 +257,8 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
             "domains": corpus.domains,
             "specialists": specialists,
             "student": final, "students_by_rule": students, "rounds": records,
+            "poisoned_clients": [f"client-{i}" for i in sorted(poisoned)],
+            "outliers_flagged": flagged_clients(round_dir(root, rounds) / "teachers" / rule),
             "proxy_only": {"architecture": student, **scores(proxy_only)},
             "centralized": {"architecture": student, **scores(central)},
             "baselines": baselines, "curves": {"fd": round_curve(records), **curves},

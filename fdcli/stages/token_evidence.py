@@ -95,6 +95,32 @@ def load_unique(model, state: dict) -> None:
         raise RuntimeError(f"the FedAvg state lacks {sorted(missing)}")
 
 
+def teacher_perplexity(bundle, blocks: Sequence[Sequence[int]]) -> float:
+    """A token consensus's perplexity on the text it was made on: exp of the mean NLL it gives
+    each position's actual next token (``blocks``: the proxy's token blocks, raw text; a
+    block's last position has no next token and is not counted). The coordinator cannot
+    compute it for instruction data, but a simulation can for its proxy text."""
+    import torch
+
+    from ..bundle import read_bundle
+    from ..poison import TOKEN_ROWS_AT_ONCE
+
+    nll, count = 0.0, 0
+    for block in read_bundle(bundle).iter_blocks():
+        for part in block.chunks(TOKEN_ROWS_AT_ONCE):
+            logp = part.dense()
+            offsets = part.row_offsets.tolist()
+            rows, targets = [], []
+            for j, e in enumerate(part.example_ids.tolist()):
+                ids = blocks[e]
+                rows += range(offsets[j], offsets[j] + len(ids) - 1)
+                targets += ids[1:]
+            picked = logp[torch.tensor(rows), torch.tensor(targets)]
+            nll -= float(picked.double().sum())
+            count += len(targets)
+    return math.exp(nll / count)
+
+
 def bytes_to_perplexity(curve: Sequence[dict[str, Any]], target: float) -> dict[str, Any]:
     """The first point of a curve at or below ``target`` perplexity, and the bytes (up and
     down) sent until then."""

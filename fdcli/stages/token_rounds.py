@@ -50,6 +50,17 @@ def check_rounds(rounds: int, round_epochs: float, round_distill_epochs: float,
         raise ValueError(f"digest_weight must be in (0, 1], got {digest_weight}")
 
 
+def token_poisoned(num_clients: int, fraction: float, kind: str, seed: int) -> set[int]:
+    """The hostile clients of a token simulation (:func:`~fdcli.poison.poisoned_clients`),
+    the kind checked first."""
+    from ..poison import TOKEN_POISON_KINDS, poisoned_clients
+
+    if kind not in TOKEN_POISON_KINDS:
+        raise ValueError(f"poison kind must be one of {list(TOKEN_POISON_KINDS)} for a token "
+                         f"task, got {kind!r}")
+    return set(poisoned_clients(num_clients, fraction, seed))
+
+
 def first_round(stages: TokenStages, uploads: list[int], student: dict[str, Any],
                 specialists: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """Round 1's record, from what the one-shot simulation measured."""

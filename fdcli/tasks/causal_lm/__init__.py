@@ -45,6 +45,7 @@ TASK = Task(
             "distill_epochs": 2.0, "batch_size": 16,
             "temperature": Auto("as fd distill picks"), "hard_weight": 0.5,
             "fedavg_rounds": 8, "fedavg_local_epochs": 0.5, "rounds": 1, "round_epochs": 1.0,
-            "round_distill_epochs": 1.0, "digest_weight": 0.2, "privacy": True}),
+            "round_distill_epochs": 1.0, "digest_weight": 0.2, "poison": 0.0,
+            "poison_kind": "random", "privacy": True}),
     },
 )
