@@ -275,11 +275,28 @@ def test_simulate_seq2seq_small(tmp_path):
     out = tmp_path / "sim"
     r = _fd("simulate", "--task", "seq2seq", "--num-clients", "2", "--proxy-pairs", "120",
             "--epochs", "2", "--distill-epochs", "2", "--fedavg-rounds", "1",
-            "--fedavg-local-epochs", "1", "--out", out)
+            "--fedavg-local-epochs", "1", "--rounds", "2", "--round-epochs", "1",
+            "--round-distill-epochs", "1", "--out", out)
     assert r.exit_code == 0, r.output
     assert "docstrings on the union of the domains" in r.output
     res = json.loads((out / "results.json").read_text())
     scores = {(s["method"], s["variant"].get("targets")): s["metrics"] for s in res["scores"]}
+    # round 2: the specialists digested round 1's consensus on the proxy pairs; the student
+    # (the headline) continued on round 2's consensus
+    first, second = res["rounds"]
+    assert first["student"] == res["students"]["proxy_targets"]
+    assert res["student"]["round"] == 2 and second["perplexity"] == \
+        res["student"]["union"]["perplexity"]
+    round2 = out / "rounds" / "round-2"
+    meta = json.loads((round2 / "specialists" / "client-1" / "fd.json").read_text())
+    assert meta["round"] == 2 and meta["consensus"]["sha256"] == read_bundle(
+        out / "teachers" / "confidence").manifest_sha256
+    assert meta["proxy_examples"] == res["proxy_pairs"]
+    assert second["downloaded_bytes"] == 2 * sum(
+        p.stat().st_size for p in (out / "teachers" / "confidence").iterdir())
+    assert res["bytes"]["total"] == res["curves"]["fd"][-1]["total_bytes"] == sum(
+        r["uploaded_bytes"] + r["downloaded_bytes"] for r in res["rounds"])
+    assert "| 2 | " in (out / "report.md").read_text().split("Rounds")[1]
     assert res["task"] == "seq2seq" and scores[("fd", "proxy")]["bleu"] == [
         pytest.approx(res["student"]["union"]["bleu"])]
     assert scores[("centralized", None)]["chrf"] == [
@@ -309,7 +326,8 @@ def test_simulate_seq2seq_small(tmp_path):
     # the reference model is the proxy-only student: its reference attack scores 0 everywhere
     assert p["proxy_only"]["reference"]["auc"] == 0.5
     report = (out / "report.md").read_text()
-    assert "| student (proxy targets) | t5-tiny |" in report and "fedavg_8bit" in report
+    assert "| student (proxy targets, round 1) | t5-tiny |" in report and \
+        "| student (proxy targets, round 2) | t5-tiny |" in report and "fedavg_8bit" in report
     assert "Membership inference" in report
 
 

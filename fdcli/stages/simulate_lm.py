@@ -27,7 +27,7 @@ from ..results import write_results
 from .federation import dir_bytes, flagged_clients, round_dir
 from .lm import LM_HARD_WEIGHT
 from .token_evidence import evidence_md, token_scores
-from .token_corpus import LM_ARCHITECTURES, _texts, _write_jsonl
+from .token_corpus import LM_ARCHITECTURES, read_texts, write_texts
 from .token_rounds import rounds_md
 
 
@@ -227,9 +227,9 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
         proxy_only = root / "proxy-only"
         train_lm_specialist(proxy, configs[student], proxy_only, tokenizer=tok,
                             client_id="proxy-only", **{**train, "epochs": distill_epochs})
-        union = _write_jsonl(root / "union.jsonl", [
+        union = write_texts(root / "union.jsonl", [
             line for i in range(num_clients)
-            for line in _texts(corpus.clients[i])])
+            for line in read_texts(corpus.clients[i])])
         central = root / "centralized"
         train_lm_specialist(union, configs[student], central, tokenizer=tok,
                             client_id="centralized", **train)

@@ -78,7 +78,8 @@ def stdlib_domains(count: int, root: Path | None = None) -> dict[str, list[Path]
     return {p: found[p] for p in order[:count]}
 
 
-def _write_jsonl(path: Path, texts: Sequence[str]) -> Path:
+def write_texts(path: Path, texts: Sequence[str]) -> Path:
+    """``texts`` as a jsonl file of ``{"text": ...}`` rows at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     return path
@@ -111,10 +112,10 @@ def write_stdlib_corpus(root: Path, domains: dict[str, list[Path]], *,
     for i, (pkg, files) in enumerate(domains.items()):
         held = files[::5]
         private = [f for f in files if f not in held]
-        clients.append(_write_jsonl(data / f"client-{i}.jsonl", _read(private, client_chars)))
-        tests[pkg] = _write_jsonl(data / f"test-{pkg}.jsonl", _read(held, test_chars))
+        clients.append(write_texts(data / f"client-{i}.jsonl", _read(private, client_chars)))
+        tests[pkg] = write_texts(data / f"test-{pkg}.jsonl", _read(held, test_chars))
     top = sorted(stdlib_root().glob("*.py"))
-    proxy = _write_jsonl(data / "proxy.jsonl", _read(top, proxy_chars))
+    proxy = write_texts(data / "proxy.jsonl", _read(top, proxy_chars))
     return TokenCorpus(clients, tests, proxy, *_tokenizer_and_configs(root, proxy, vocab_size,
                                                                       max_length),
                        {pkg: {"client": f"client-{i}", "files": len(files)}
@@ -127,7 +128,7 @@ def _tokenizer_and_configs(root: Path, proxy: Path, vocab_size: int, max_length:
     :data:`LM_ARCHITECTURES` reading ``max_length`` positions."""
     from ..lm import train_bpe_tokenizer
 
-    tok = train_bpe_tokenizer(_texts(proxy), root / "tokenizer", vocab_size=vocab_size)
+    tok = train_bpe_tokenizer(read_texts(proxy), root / "tokenizer", vocab_size=vocab_size)
     configs = {}
     (root / "configs").mkdir(parents=True, exist_ok=True)
     for name, cfg in LM_ARCHITECTURES.items():
@@ -138,7 +139,8 @@ def _tokenizer_and_configs(root: Path, proxy: Path, vocab_size: int, max_length:
 
 
 
-def _texts(path: Path) -> list[str]:
+def read_texts(path: Path) -> list[str]:
+    """The texts of a jsonl file :func:`write_texts` wrote."""
     return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
 
 
@@ -246,12 +248,12 @@ def write_user_corpus(root: Path, data: str | Path, *, num_clients: int,
     names, private, tests, proxy_ids = split_documents(
         domains, num_clients, proxy_fraction=proxy_fraction, seed=seed, where=where, what=what)
     out = root / "data"
-    clients = [_write_jsonl(out / f"client-{i}.jsonl", [texts[j] for j in own])
+    clients = [write_texts(out / f"client-{i}.jsonl", [texts[j] for j in own])
                for i, own in enumerate(private)]
-    test_files = {name: _write_jsonl(out / f"test-{i}-{_safe(name)}.jsonl",
+    test_files = {name: write_texts(out / f"test-{i}-{_safe(name)}.jsonl",
                                      [texts[j] for j in test])
                   for i, (name, test) in enumerate(zip(names, tests))}
-    proxy = _write_jsonl(out / "proxy.jsonl", [texts[j] for j in proxy_ids])
+    proxy = write_texts(out / "proxy.jsonl", [texts[j] for j in proxy_ids])
     return TokenCorpus(clients, test_files, proxy,
                        *_tokenizer_and_configs(root, proxy, vocab_size, max_length),
                        {name: {"client": f"client-{i}", "documents": len(private[i]),
