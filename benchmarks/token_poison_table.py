@@ -4,10 +4,11 @@ One causal-LM federation is trained once (``fd simulate --task causal-lm`` machi
 institutions, each one standard-library package, tiny GPT-2/Llama specialists, one round);
 its clean top-16 token bundles are then poisoned (:mod:`fdcli.poison`: ``random``,
 ``shuffled``, ``overconfident``) at each fraction, aggregated per token with every rule, and
-each consensus is scored by its perplexity on the proxy text's actual next tokens (the
-simulation can, a coordinator cannot) and by the clients the aggregate's outlier report
-flagged. With ``--students`` a student is distilled from each consensus too and scored by
-its geometric-mean perplexity over the domains' held-out text::
+each consensus is scored by its perplexity on the proxy text's actual next tokens and how
+often its top id is that token (the simulation can, a coordinator cannot), and by the
+clients the aggregate's outlier report flagged. With ``--students`` a student is distilled
+from each consensus too and scored by its geometric-mean perplexity over the domains'
+held-out text::
 
     python benchmarks/token_poison_table.py --out /tmp/tpoison > \
         benchmarks/results/token_poison_table.json
@@ -46,7 +47,7 @@ def run(args) -> dict:
     from fdcli.poison import poison_bundle, poisoned_clients
     from fdcli.stages.aggregate import aggregate
     from fdcli.stages.lm import distill_lm, token_metrics
-    from fdcli.stages.token_evidence import teacher_perplexity
+    from fdcli.stages.token_evidence import teacher_next_tokens
 
     out = Path(args.out)
     start = time.perf_counter()
@@ -83,10 +84,11 @@ def run(args) -> dict:
             teacher = here / "teachers" / rule
             t0 = time.perf_counter()
             m = aggregate(bundles, teacher, rule=rule, k=16, seed=args.seed, progress=False)
+            quality = teacher_next_tokens(teacher, proxy_blocks)
             row = {"kind": kind, "fraction": fraction,
                    "poisoned": [f"client-{i}" for i in bad], "rule": rule,
-                   "teacher_proxy_perplexity": round(teacher_perplexity(teacher,
-                                                                        proxy_blocks), 3),
+                   "teacher_proxy_perplexity": round(quality["perplexity"], 3),
+                   "teacher_proxy_accuracy": round(quality["accuracy"], 4),
                    "flagged": [p["client_id"] for p in m.provenance if p["outlier"]],
                    "aggregate_s": round(time.perf_counter() - t0, 1)}
             if args.students:
@@ -109,18 +111,18 @@ def run(args) -> dict:
 
 
 def markdown(results: dict) -> str:
-    """The consensus's proxy perplexity per poison level and rule (its change from the clean
-    consensus in brackets), and how many of the poisoned clients the outlier report
-    flagged."""
+    """The consensus's proxy perplexity / next-token accuracy per poison level and rule (the
+    accuracy's change from the clean consensus in brackets), and how many of the poisoned
+    clients the outlier report flagged."""
     rules = list(dict.fromkeys(r["rule"] for r in results["rows"]))
     cell = {(r["kind"], r["fraction"], r["rule"]): r for r in results["rows"]}
     lines = ["| poison | " + " | ".join(rules) + " | poisoned flagged (honest flagged) |",
              "|---" * (len(rules) + 2) + "|"]
     for kind, fraction in dict.fromkeys((r["kind"], r["fraction"]) for r in results["rows"]):
         got = [cell[(kind, fraction, q)] for q in rules]
-        clean = [cell[("clean", 0.0, q)]["teacher_proxy_perplexity"] for q in rules]
-        text = [f"{g['teacher_proxy_perplexity']:.1f}" + (
-            f" ({g['teacher_proxy_perplexity'] - c:+.1f})" if kind != "clean" else "")
+        clean = [cell[("clean", 0.0, q)]["teacher_proxy_accuracy"] for q in rules]
+        text = [f"{g['teacher_proxy_perplexity']:.0f} / {g['teacher_proxy_accuracy']:.3f}" + (
+            f" ({g['teacher_proxy_accuracy'] - c:+.3f})" if kind != "clean" else "")
             for g, c in zip(got, clean)]
         first = got[0]
         caught = len(set(first["flagged"]) & set(first["poisoned"]))

@@ -120,3 +120,36 @@ def test_simulate_causal_lm_refuses_a_corpus_it_cannot_split(corpus, tmp_path, a
     assert r.exit_code == 1, r.output
     assert fragment in " ".join(r.output.split()), r.output
     assert "Traceback" not in r.output and not out.exists()
+
+
+def test_teacher_next_tokens_by_hand(tmp_path):
+    """A consensus's perplexity and accuracy on the proxy's next tokens, against the same
+    sums done by hand on its dense rows (each block's last position predicts nothing)."""
+    import math
+
+    import torch
+
+    from fdcli.bundle import BundleWriter, DenseCodec, read_bundle
+    from fdcli.stages.token_evidence import teacher_next_tokens
+
+    g = torch.Generator().manual_seed(0)
+    blocks = [torch.randint(0, 12, (n,), generator=g).tolist() for n in (5, 3, 7, 2)]
+    logits = torch.randn(sum(map(len, blocks)), 12, generator=g)
+    logits[0, blocks[0][1]] += 20.0  # one sure hit
+    with BundleWriter(tmp_path / "t", codec=DenseCodec(), task="token", num_classes=12,
+                      label_fingerprint="sha256:" + "a" * 64,
+                      proxy_fingerprint="sha256:" + "b" * 64, client_id="c",
+                      model_fingerprint="sha256:" + "c" * 64, max_shard_rows=6) as w:
+        w.add(range(4), logits, row_counts=[len(b) for b in blocks])
+    logp = read_bundle(tmp_path / "t").read_all().dense()
+    nll, hits, count, row = 0.0, 0, 0, 0
+    for b in blocks:
+        for j in range(len(b) - 1):
+            nll -= float(logp[row + j, b[j + 1]])
+            hits += int(logp[row + j].argmax()) == b[j + 1]
+            count += 1
+        row += len(b)
+    got = teacher_next_tokens(tmp_path / "t", blocks)
+    assert count == 4 + 2 + 6 + 1 and hits >= 1
+    assert got["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
+    assert got["accuracy"] == pytest.approx(hits / count)

@@ -95,17 +95,19 @@ def load_unique(model, state: dict) -> None:
         raise RuntimeError(f"the FedAvg state lacks {sorted(missing)}")
 
 
-def teacher_perplexity(bundle, blocks: Sequence[Sequence[int]]) -> float:
-    """A token consensus's perplexity on the text it was made on: exp of the mean NLL it gives
-    each position's actual next token (``blocks``: the proxy's token blocks, raw text; a
-    block's last position has no next token and is not counted). The coordinator cannot
-    compute it for instruction data, but a simulation can for its proxy text."""
+def teacher_next_tokens(bundle, blocks: Sequence[Sequence[int]]) -> dict[str, float]:
+    """How well a token consensus predicts the text it was made on: its ``perplexity`` (exp
+    of the mean NLL it gives each position's actual next token, the tail spread evenly over
+    the ids it did not keep) and ``accuracy`` (how often its most likely id is that token).
+    ``blocks``: the proxy's token blocks (raw text; a block's last position has no next
+    token and is not counted). A coordinator cannot compute this for instruction data; a
+    simulation can for its proxy text."""
     import torch
 
     from ..bundle import read_bundle
     from ..poison import TOKEN_ROWS_AT_ONCE
 
-    nll, count = 0.0, 0
+    nll, hits, count = 0.0, 0, 0
     for block in read_bundle(bundle).iter_blocks():
         for part in block.chunks(TOKEN_ROWS_AT_ONCE):
             logp = part.dense()
@@ -115,10 +117,11 @@ def teacher_perplexity(bundle, blocks: Sequence[Sequence[int]]) -> float:
                 ids = blocks[e]
                 rows += range(offsets[j], offsets[j] + len(ids) - 1)
                 targets += ids[1:]
-            picked = logp[torch.tensor(rows), torch.tensor(targets)]
-            nll -= float(picked.double().sum())
+            rows_t, targets_t = torch.tensor(rows), torch.tensor(targets)
+            nll -= float(logp[rows_t, targets_t].double().sum())
+            hits += int((logp[rows_t].argmax(-1) == targets_t).sum())
             count += len(targets)
-    return math.exp(nll / count)
+    return {"perplexity": math.exp(nll / count), "accuracy": hits / count}
 
 
 def bytes_to_perplexity(curve: Sequence[dict[str, Any]], target: float) -> dict[str, Any]:
