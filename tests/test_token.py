@@ -540,7 +540,10 @@ def test_simulate_causal_lm_small(tmp_path):
     clean = read_bundle(tmp_path / "clean").read_all().dense().argmax(-1)
     sent = read_bundle(out / "bundles" / hostile[0]).read_all().dense().argmax(-1)
     assert sorted(sent.tolist()) == sorted(clean.tolist())  # its own rows, shuffled
-    assert float((sent == clean).double().mean()) < 0.3
+    # they match the positions they are sent for no more often than chance (a tiny LM's top
+    # token is often the same few ids, so chance is well above zero)
+    chance = float(((torch.bincount(clean) / len(clean)) ** 2).sum())
+    assert float((sent == clean).double().mean()) < chance + 0.05 < 0.6
     b = res["bytes"]
     assert b["uploaded_total"] == first["uploaded_bytes"] + second["uploaded_bytes"]
     assert b["total"] == b["uploaded_total"] + b["downloaded_total"] == \
