@@ -105,7 +105,8 @@ def _token_bundle(path, vocab=50, seed=0):
     logits = torch.randn(rows, vocab, generator=g)
     logits[torch.arange(rows), torch.randint(0, vocab, (rows,), generator=g)] += 6.0
     with BundleWriter(path, codec=TopKCodec(4), task="token", num_classes=vocab,
-                      label_fingerprint="sha256:" + "a" * 64, proxy_fingerprint="sha256:" + "b" * 64,
+                      label_fingerprint="sha256:" + "a" * 64,
+                      proxy_fingerprint="sha256:" + "b" * 64,
                       client_id="lab", model_fingerprint="sha256:" + "c" * 64,
                       config={"task": "causal-lm", "round": 2}) as w:
         w.add(range(30), logits, row_counts=counts)

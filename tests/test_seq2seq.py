@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fdcli.bundle import read_bundle, verify_bundle
+from fdcli.poison import poisoned_clients
 
 from .helpers import fd as _fd
 
@@ -276,7 +277,8 @@ def test_simulate_seq2seq_small(tmp_path):
     r = _fd("simulate", "--task", "seq2seq", "--num-clients", "2", "--proxy-pairs", "120",
             "--epochs", "2", "--distill-epochs", "2", "--fedavg-rounds", "1",
             "--fedavg-local-epochs", "1", "--rounds", "2", "--round-epochs", "1",
-            "--round-distill-epochs", "1", "--out", out)
+            "--round-distill-epochs", "1", "--poison", "0.5", "--poison-kind", "overconfident",
+            "--out", out)
     assert r.exit_code == 0, r.output
     assert "docstrings on the union of the domains" in r.output
     res = json.loads((out / "results.json").read_text())
@@ -297,6 +299,12 @@ def test_simulate_seq2seq_small(tmp_path):
     assert res["bytes"]["total"] == res["curves"]["fd"][-1]["total_bytes"] == sum(
         r["uploaded_bytes"] + r["downloaded_bytes"] for r in res["rounds"])
     assert "| 2 | " in (out / "report.md").read_text().split("Rounds")[1]
+    # one of the two clients is hostile: certain of a wrong token, in every bundle it sends
+    hostile = [f"client-{i}" for i in poisoned_clients(2, 0.5, seed=0)]
+    assert res["poisoned_clients"] == hostile and res["config"]["poison_kind"] == "overconfident"
+    for bundle in (out / "bundles", round2 / "bundles", out / "bundles-generated"):
+        sure = read_bundle(bundle / hostile[0]).read_all().dense().exp().max(-1).values
+        assert bool((sure > 0.99).all()), bundle
     assert res["task"] == "seq2seq" and scores[("fd", "proxy")]["bleu"] == [
         pytest.approx(res["student"]["union"]["bleu"])]
     assert scores[("centralized", None)]["chrf"] == [

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 from .. import __version__
 from ..outputs import fresh_dir
 from ..results import write_results
-from .federation import dir_bytes, round_dir
+from .federation import dir_bytes, flagged_clients, round_dir
 from .lm import LM_HARD_WEIGHT
 from .token_evidence import evidence_md, token_scores
 from .token_rounds import rounds_md
@@ -119,25 +119,29 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
                      hard_weight: float = LM_HARD_WEIGHT, fedavg_rounds: int = 10,
                      fedavg_local_epochs: float = 2.0, rounds: int = 1,
                      round_epochs: float = 2.0, round_distill_epochs: float = 2.0,
-                     digest_weight: float = 0.2, privacy: bool = True,
+                     digest_weight: float = 0.2, poison: float = 0.0,
+                     poison_kind: str = "random", privacy: bool = True,
                      compare_generated: bool = True, seed: int = 0, overwrite: bool = False,
                      progress: bool = True, log: Callable[[str], None] = print
                      ) -> dict[str, Any]:
     """Run the docstring federation and write ``out/results.json`` and ``out/report.md``;
     returns the results (see the module docstring). ``rounds`` > 1 continues the federation
     on the proxy's own targets as :func:`~fdcli.stages.simulate_lm.simulate_lm` does; the
-    student on generated targets stays one-shot."""
+    student on generated targets stays one-shot. ``poison``/``poison_kind``: hostile clients,
+    as for causal-lm (every bundle they send, the generated targets' too)."""
     from ..data import load_local
     from ..seq2seq import load_seq2seq, text_pairs
     from .aggregate import aggregate
     from .seq2seq import (distill_seq2seq, emit_seq2seq_logits, generate_targets,
                           train_seq2seq_specialist)
     from .token_evidence import bytes_report, check_setup, fedavg_baselines, privacy_report
+    from ..poison import poison_bundle
     from .token_rounds import (TokenStages, check_rounds, first_round, later_rounds,
-                               round_curve)
+                               round_curve, token_poisoned)
 
     check_setup(T5_ARCHITECTURES, architectures, student, num_clients)
     check_rounds(rounds, round_epochs, round_distill_epochs, digest_weight)
+    poisoned = token_poisoned(num_clients, poison, poison_kind, seed)
     config = {"task": "seq2seq", "data": "python standard library: function source -> first "
               "docstring line", "num_clients": num_clients, "rule": rule,
               "architectures": list(architectures), "student": student,
@@ -149,6 +153,7 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
               "fedavg_rounds": fedavg_rounds, "fedavg_local_epochs": fedavg_local_epochs,
               "rounds": rounds, "round_epochs": round_epochs,
               "round_distill_epochs": round_distill_epochs, "digest_weight": digest_weight,
+              "poison": poison, "poison_kind": poison_kind if poisoned else None,
               "privacy": privacy, "compare_generated": compare_generated, "seed": seed}
     domains = stdlib_domains(num_clients)
     lengths = dict(max_source_length=max_source_length, max_target_length=max_target_length)
@@ -173,6 +178,17 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
         def scores(m) -> dict[str, Any]:
             return _scores(m, tests, max_target_length)
 
+        sent = [0] * num_clients  # the bundles each client has sent
+
+        def emit(model: Path, bundle: Path, i: int, on: Path = proxy):
+            """Client i's bundle on ``on``: its model's, or what a hostile client sends."""
+            sent[i] += 1
+            emitted = emit_seq2seq_logits(model, on, bundle, k=k, client_id=f"client-{i}",
+                                          seed=seed, progress=progress, **lengths)
+            if i in poisoned:
+                poison_bundle(bundle, poison_kind, seed=seed + 1000 * sent[i] + i)
+            return emitted
+
         def scored(path: Path, **extra) -> dict[str, Any]:
             return {**extra, **scores(load_seq2seq(path))}
 
@@ -185,8 +201,7 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
             meta = train_seq2seq_specialist(corpus["clients"][i], configs[arch], model_dir,
                                             tokenizer=tok, client_id=f"client-{i}", **train)
             bundle = root / "bundles" / f"client-{i}"
-            m = emit_seq2seq_logits(model_dir, proxy, bundle, k=k, client_id=f"client-{i}",
-                                    seed=seed, progress=progress, **lengths)
+            m = emit(model_dir, bundle, i)
             uploads.append(dir_bytes(bundle))
             specialists.append(_own_and_others(scored(
                 model_dir, client_id=f"client-{i}", domain=pkg, architecture=arch,
@@ -215,9 +230,7 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
                 corpus["clients"][i], start, model, tokenizer=tok, client_id=f"client-{i}",
                 teacher=consensus, proxy=proxy, digest_weight=digest_weight,
                 temperature=temperature, **{**train, "epochs": round_epochs}),
-            emit=lambda model, bundle, i: emit_seq2seq_logits(
-                model, proxy, bundle, k=k, client_id=f"client-{i}", seed=seed,
-                progress=progress, **lengths),
+            emit=emit,
             aggregate=lambda bundles, teacher: aggregate(bundles, teacher, rule=rule, k=k,
                                                          seed=seed, progress=progress),
             distill=lambda start, teacher, model: distill_seq2seq(
@@ -229,7 +242,9 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
             perplexity=lambda s: s["union"]["perplexity"])
         records = [first_round(stages, uploads, students["proxy_targets"], specialists,
                                round_one_s)]
+        later = time.perf_counter()
         records += later_rounds(root, rounds, num_clients, rule, stages, log)
+        timing["later_rounds_s"] = time.perf_counter() - later
         final = {**students["proxy_targets"], **records[-1]["student"], "round": rounds}
         if compare_generated:
             log("targets written by client-0's specialist (fd generate); every client emits "
@@ -237,13 +252,11 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
             gen = root / "data" / "proxy-generated.jsonl"
             generate_targets(root / "specialists" / "client-0", proxy, gen, **lengths)
             for i in range(num_clients):
-                emit_seq2seq_logits(root / "specialists" / f"client-{i}", gen,
-                                    root / "bundles-generated" / f"client-{i}", k=k,
-                                    client_id=f"client-{i}", seed=seed, progress=progress,
-                                    **lengths)
+                emit(root / "specialists" / f"client-{i}",
+                     root / "bundles-generated" / f"client-{i}", i, on=gen)
             students["generated_targets"] = distill_student(root / "bundles-generated",
                                                             f"{rule}-generated", gen)
-        timing["aggregate_distill_s"] = time.perf_counter() - t
+        timing["aggregate_distill_s"] = time.perf_counter() - t - timing["later_rounds_s"]
 
         t = time.perf_counter()
         log(f"references: a {student} on the proxy alone, and centrally on the union of the "
@@ -280,6 +293,8 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
                                                       / len(specialists), 2)
                                            for key in (*METRICS, "perplexity")}},
             "student": final, "students": students, "rounds": records,
+            "poisoned_clients": [f"client-{i}" for i in sorted(poisoned)],
+            "outliers_flagged": flagged_clients(round_dir(root, rounds) / "teachers" / rule),
             "proxy_only": scored(root / "proxy-only", architecture=student),
             "centralized": scored(root / "centralized", architecture=student),
             "baselines": baselines, "curves": {"fd": round_curve(records), **curves},
