@@ -142,8 +142,8 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     digest = None
     if consensus is not None:  # the consensus's own blocks: its length, columns and packing
         check_vocab(lm, consensus.manifest, model, teacher)
-        ptb = _teacher_blocks(proxy, teacher, consensus.manifest, lm, model, None, text_column,
-                              None, None)
+        ptb = _teacher_blocks(proxy, teacher, consensus.manifest, lm, model, None, None, None,
+                              None)
         digest = token_digest(consensus, ptb.blocks, temperature)
     order = list(range(len(tb.blocks)))
     random.Random(seed).shuffle(order)
