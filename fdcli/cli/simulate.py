@@ -36,7 +36,7 @@ def simulate(
                                                            "column.")] = None,
     domain_column: Annotated[Optional[str], S(
         "domain_column", "causal-lm --data: the column that names each document's domain or "
-                         "institution (default: domain, institution, client or source).")]
+                         "institution (default: domain, institution or client).")]
     = None,
     label_column: Annotated[Optional[str], S(
         "label_column", "causal-lm --data: split by Dirichlet(--alpha) over this column "

@@ -145,7 +145,7 @@ def read_texts(path: Path) -> list[str]:
 
 
 #: columns taken as the domain (institution) of each document when none is named
-DOMAIN_COLUMNS = ("domain", "institution", "client", "source")
+DOMAIN_COLUMNS = ("domain", "institution", "client")
 #: every ``TEST_EVERY``-th document an institution keeps is its held-out test text
 TEST_EVERY = 5
 
