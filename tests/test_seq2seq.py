@@ -227,8 +227,8 @@ def test_generate_writes_targets_every_teacher_then_shares(s2s_pipeline):
     (["train-specialist", "{w}/a.jsonl", "--model", "{w}/t5.json", "--task", "seq2seq"],
      "t5.json: no tokenizer found"),
     (["train-specialist", "{w}/a.jsonl", "--model", "{w}/t5.json", "--task", "seq2seq",
-      "--tokenizer", "{w}/tok", "--teacher", "{w}/teacher", "--proxy", "{w}/proxy.jsonl"],
-     "fd train-specialist: --teacher, --proxy do not apply to --task seq2seq"),
+      "--tokenizer", "{w}/tok", "--teacher", "{w}/teacher"],
+     "--teacher (the consensus bundle) and --proxy (the proxy set it was made on) go together"),
     (["evaluate", "{w}/spec-a", "{w}/test.jsonl", "--task", "seq2seq", "--teacher",
       "{w}/teacher"], "fd evaluate: --teacher does not apply to --task seq2seq"),
     (["train-specialist", "{w}/a.jsonl", "--model", "{w}/t5.json", "--task", "seq2seq",
@@ -239,9 +239,9 @@ def test_generate_writes_targets_every_teacher_then_shares(s2s_pipeline):
     (["emit-logits", "{w}/spec-a", "{w}/proxy.jsonl", "--task", "regression"],
      "--task must be one of classification, causal-lm, seq2seq, embedding; got 'regression'"),
 ])
-def test_seq2seq_errors_are_messages(s2s_pipeline, args, fragment):
+def test_seq2seq_errors_are_messages(s2s_pipeline, tmp_path, args, fragment):
     w = s2s_pipeline
-    out = w / "err-out"
+    out = tmp_path / "err-out"
     extra = [] if args[0] in ("evaluate", "generate") else ["--out", out]
     result = _fd(*[a.format(w=w) for a in args], *extra)
     assert result.exit_code == 1, result.output

@@ -399,13 +399,19 @@ def test_causal_lm_round_errors_are_messages(lm_pipeline, args, fragment):
     assert "Traceback" not in r.output and not out.exists()
 
 
+def _sampled_bundle(w):
+    """spec-b's sampled bundle (12 draws per position), emitted once per world."""
+    if not (w / "sampled-b").exists():
+        r = _fd("emit-logits", w / "spec-b", w / "proxy.jsonl", "--task", "causal-lm",
+                "--max-length", "32", "--draws", "12", "--out", w / "sampled-b", "--json")
+        assert r.exit_code == 0, r.output
+
+
 def test_causal_lm_student_from_a_sampled_bundle(lm_pipeline):
     """The sampled-target loss: a student distilled from spec-b's sampled ids alone (at the
     temperature they were drawn at) moves towards spec-b."""
     w = lm_pipeline
-    r = _fd("emit-logits", w / "spec-b", w / "proxy.jsonl", "--task", "causal-lm",
-            "--max-length", "32", "--draws", "12", "--out", w / "sampled-b", "--json")
-    assert r.exit_code == 0, r.output
+    _sampled_bundle(w)
     m = read_bundle(w / "sampled-b").manifest
     assert m.encoding == {"name": "sample", "draws": 12, "temperature": 1.0}
     # without --temperature, a sampled teacher is read at the temperature it was drawn at
@@ -466,12 +472,14 @@ def test_causal_lm_student_from_a_sampled_bundle(lm_pipeline):
      "poison kind must be one of ['random', 'shuffled', 'overconfident'] for a token task, "
      "got 'flip'"),
 ])
-def test_causal_lm_errors_are_messages(lm_pipeline, args, fragment):
+def test_causal_lm_errors_are_messages(lm_pipeline, tmp_path, args, fragment):
     w = lm_pipeline
     (w / "small.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 16, "n_layer": 1,
                                               "n_head": 2, "vocab_size": 100}))
     (w / "notext.jsonl").write_text('{"body": "no text column here"}\n')
-    out = w / "err-out"
+    if "{w}/sampled-b" in args:
+        _sampled_bundle(w)
+    out = tmp_path / "err-out"
     extra = [] if args[0] == "evaluate" else ["--out", out]
     result = _fd(*[a.format(w=w) for a in args], *extra)
     assert result.exit_code == 1, result.output
