@@ -58,18 +58,35 @@ def _alive(pid: int) -> bool:
 def remove_stale(path: Path) -> list[Path]:
     """Remove the hidden ``.NAME.tmp-PID-*`` folders that runs killed while writing ``path``
     left next to it (those whose process no longer exists on this machine)."""
-    removed = []
+    removed = stale_siblings(path)
+    for entry in removed:
+        shutil.rmtree(entry, ignore_errors=True)
+    return removed
+
+
+def stale_siblings(path: Path, own: bool = False) -> list[Path]:
+    """The hidden folders that runs killed while writing ``path`` left next to it (see
+    :func:`remove_stale`), the most recently changed first; with ``own``, also those of this
+    process (a writer interrupted earlier in it, as in a notebook)."""
     try:
         entries = list(path.parent.glob(f".{glob.escape(path.name)}.tmp-*"))
     except OSError:
-        return removed
+        return []
+    out = []
     for entry in entries:
         pid = entry.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) \
+        mine = pid.isdigit() and int(pid) == os.getpid()
+        if pid.isdigit() and (own and mine or not mine and not _alive(int(pid))) \
                 and entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
+            out.append(entry)
+    return sorted(out, key=lambda e: e.stat().st_mtime, reverse=True)
+
+
+def claim_sibling(path: Path, stale: Path) -> Path:
+    """Rename the stale folder ``stale`` to a new temporary name of this process."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.replace(stale, tmp)
+    return tmp
 
 
 def temporary_sibling(path: Path) -> Path:

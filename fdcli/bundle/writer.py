@@ -22,9 +22,10 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import FdError
-from ..outputs import (check_free, fsync_dir, make_parents, move_into_place, remove_created,
-                       temporary_sibling)
+from ..outputs import (check_free, claim_sibling, fsync_dir, make_parents, move_into_place,
+                       remove_created, stale_siblings, temporary_sibling)
 from .codecs import Codec
+from .journal import JOURNAL, Checkpoint, Resumed, append_line, load_partial, resume_key, tidy
 from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, SIGNATURE, TASKS, BundleManifest,
                        Producer, ShardInfo, fingerprint_labels)
 from .shards import ZSTD_LEVEL, encode_shard, sha256_bytes, write_file_atomic
@@ -89,6 +90,13 @@ class BundleWriter:
     the first failure fails the next call. Random codecs (``sample``) draw each batch from a
     generator seeded by ``seed`` and the batch's first example id, so the same batches give
     the same bundle rows in any process.
+
+    Every complete shard is recorded in a journal (:mod:`.journal`). With ``resume``, a
+    folder that an earlier writer of the same bundle with the same settings left behind
+    (killed, or interrupted with Ctrl-C) is checked and reused: :attr:`resume_after` is then
+    the last example id of the batches to skip (the caller starts its batches after it),
+    :attr:`resume_note` says what was found, and the finished bundle equals an uninterrupted
+    one (its creation time too). Row-wise codecs only.
     """
 
     def __init__(self, path: str | os.PathLike, *, codec: Codec, task: str, num_classes: int,
@@ -98,7 +106,7 @@ class BundleWriter:
                  seed: int = 0, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
                  max_shard_rows: int | None = None, overwrite: bool = False,
                  zstd_level: int = ZSTD_LEVEL, created: str | None = None,
-                 fd_version: str | None = None, sign_key=None):
+                 fd_version: str | None = None, sign_key=None, resume: bool = False):
         from .. import __version__
 
         if task not in TASKS:
@@ -132,8 +140,18 @@ class BundleWriter:
                     timespec="seconds"),
                 config={"seed": seed, **(config or {})}),
             rows=0, examples=0, shards=[], fidelity={}, provenance=list(provenance or []))
+        self._key = resume_key({"manifest": self._manifest.to_dict() | {"producer": None},
+                                "producer": {k: v for k, v in vars(self._manifest.producer)
+                                             .items() if k != "created"},
+                                "max_shard_bytes": max_shard_bytes,
+                                "max_shard_rows": max_shard_rows, "zstd_level": zstd_level})
+        if resume and not codec.row_wise:
+            raise ValueError(f"the {codec.name!r} encoding cannot resume (it encodes whole "
+                             "shards, not rows)")
         self._created = make_parents(self.path)
-        self._tmp = temporary_sibling(self.path)
+        self.resume_note = ""
+        resumed = self._claim() if resume else None
+        self._tmp = resumed.folder if resumed else temporary_sibling(self.path)
         self._pending: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
         self._pending_rows = 0
         self._row_bytes: float | None = None
@@ -145,6 +163,51 @@ class BundleWriter:
         self._writes: deque[Future] = deque()  # shard writes, in shard order
         self._next_shard = 0
         self.manifest: BundleManifest | None = None
+        # resuming: batches up to this example id are skipped by the caller, rows up to
+        # _written_through are dropped (they are in the kept shards)
+        self.resume_after: int | None = None
+        self._written_through = -1
+        self._checkpoints: deque[Checkpoint] = deque([self._checkpoint(-1)])
+        self._shard_last: dict[int, int] = {}
+        if resumed is not None:
+            self._restore(resumed)
+
+    # -- resuming ------------------------------------------------------------------------
+    def _claim(self) -> Resumed | None:
+        """The newest partial folder of this bundle that a writer with the same settings
+        left, renamed to this writer's temporary name; ``None`` if there is none."""
+        reasons = []
+        for stale in stale_siblings(self.path, own=True):
+            found, why = load_partial(stale, self._key)
+            if found is None:
+                reasons.append(f"{stale.name}: {why}")
+                continue
+            found.folder = claim_sibling(self.path, stale)
+            tidy(found)
+            return found
+        self.resume_note = ("no interrupted emit of this bundle to resume"
+                            + (f" ({'; '.join(reasons)})" if reasons else "")
+                            + "; starting from the first example")
+        return None
+
+    def _restore(self, r: Resumed) -> None:
+        m = self._manifest
+        m.shards = list(r.shards)
+        m.rows = sum(s.rows for s in r.shards)
+        m.examples = sum(s.examples for s in r.shards)
+        m.producer.created = r.created
+        self._next_shard = len(r.shards)
+        self._row_bytes = r.row_bytes
+        c = r.checkpoint
+        self._sums, self._counted, self._has_truncation = dict(c.sums), c.counted, c.truncation
+        self._checkpoints = deque([c])
+        self.resume_after, self._written_through = c.after, r.written_through
+        self.resume_note = (f"resuming after {len(r.shards)} complete shard(s), "
+                            f"{m.examples} example(s), {m.rows} row(s)")
+
+    def _checkpoint(self, after: int) -> Checkpoint:
+        return Checkpoint(after=after, sums=dict(self._sums), counted=self._counted,
+                          truncation=self._has_truncation)
 
     # -- adding rows ---------------------------------------------------------------------
     def add(self, example_ids, logits: torch.Tensor, row_counts=None) -> None:
@@ -220,6 +283,8 @@ class BundleWriter:
             self._sums[key] += value
         self._counted += sampled
         self._has_truncation |= truncation
+        if len(ids):
+            self._checkpoints.append(self._checkpoint(int(ids[-1])))
         self._buffer(ids, counts, self.codec.finish(tensors, self.num_classes))
 
     def add_sparse(self, example_ids, rows: SparseRows, row_counts=None) -> None:
@@ -237,6 +302,8 @@ class BundleWriter:
                          "kl": _sparse_kl(rows, stored)}.items():
             self._sums[key] += float(val.double().sum())
         self._counted += rows.ids.shape[0]
+        if len(ids):
+            self._checkpoints.append(self._checkpoint(int(ids[-1])))
         self._buffer(ids, counts, tensors)
 
     def _row_counts(self, ids, row_counts, rows: int) -> torch.Tensor:
@@ -256,6 +323,11 @@ class BundleWriter:
         return counts
 
     def _buffer(self, ids, counts, tensors) -> None:
+        if len(ids) and int(ids[0]) <= self._written_through:  # resuming: already written
+            keep = ids > self._written_through
+            row_keep = torch.repeat_interleave(keep, counts)
+            ids, counts = ids[keep], counts[keep]
+            tensors = {k: v[row_keep] for k, v in tensors.items()}
         rows = int(counts.sum())
         if self._row_bytes is None and rows:
             self._row_bytes = sum(t.numel() * t.element_size()
@@ -304,6 +376,7 @@ class BundleWriter:
         out.update(tensors)
         index = self._next_shard
         self._next_shard += 1
+        self._shard_last[index] = int(ids[-1])
         name = f"shard-{index:05d}.safetensors.zst"
         m = self._manifest
         meta = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "task": m.task,
@@ -329,7 +402,18 @@ class BundleWriter:
         """Record finished shard writes in order, waiting while more than ``keep`` are
         queued; a failed write raises here."""
         while self._writes and (len(self._writes) > keep or self._writes[0].done()):
-            self._manifest.shards.append(self._writes.popleft().result())
+            info = self._writes.popleft().result()
+            self._manifest.shards.append(info)
+            self._journal(len(self._manifest.shards) - 1, info)
+
+    def _journal(self, index: int, info: ShardInfo) -> None:
+        """Record shard ``index`` with the state after the last batch wholly within it and
+        the shards before (where a resumed writer goes on)."""
+        last = self._shard_last.pop(index)
+        while len(self._checkpoints) > 1 and self._checkpoints[1].after <= last:
+            self._checkpoints.popleft()
+        append_line(self._tmp, self._key, self._manifest.producer.created, self._row_bytes or 0.0,
+                    info, last, self._checkpoints[0])
 
     def update_provenance(self, entries: list[dict]) -> None:
         """Replace the provenance the manifest will record (before :meth:`close`)."""
@@ -344,8 +428,8 @@ class BundleWriter:
         if self.manifest is None:
             try:
                 self.manifest = self._finish()
-            except BaseException:
-                self.abort()
+            except BaseException as exc:
+                self.abort(keep_partial=isinstance(exc, KeyboardInterrupt))
                 raise
         return self.manifest
 
@@ -369,6 +453,7 @@ class BundleWriter:
         for key, val in m.fidelity.items():
             if val is not None and not math.isfinite(val):
                 m.fidelity[key] = None
+        (self._tmp / JOURNAL).unlink(missing_ok=True)
         manifest = m.to_json().encode()
         write_file_atomic(self._tmp / MANIFEST, manifest)
         if self.sign_key is not None:
@@ -384,13 +469,20 @@ class BundleWriter:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def abort(self) -> None:
-        """Discard everything written so far (background writes are stopped first)."""
+    def abort(self, keep_partial: bool = False) -> None:
+        """Discard everything written so far (background writes are stopped first). With
+        ``keep_partial``, the complete shards and their journal stay in the hidden folder,
+        for a resumed writer (``resume=True``)."""
         self._shutdown()
         self._writes.clear()
         self._inflight.clear()
-        shutil.rmtree(self._tmp, ignore_errors=True)
-        remove_created(self._created)
+        if keep_partial and self._manifest.shards:
+            for entry in self._tmp.iterdir():
+                if entry.name.endswith(".part"):
+                    entry.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            remove_created(self._created)
         self._pending = []
 
     def __enter__(self) -> "BundleWriter":
@@ -400,7 +492,7 @@ class BundleWriter:
         if exc_type is None:
             self.close()
         else:
-            self.abort()
+            self.abort(keep_partial=issubclass(exc_type, KeyboardInterrupt))
 
 
 def write_bundle(path, example_ids, logits, *, codec: Codec, row_counts=None,

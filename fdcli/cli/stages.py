@@ -210,6 +210,9 @@ def emit_logits_cmd(
     = None,
     dtype: Annotated[Optional[str], E("dtype", _DTYPE)] = None,
     seed: Annotated[Optional[int], E("seed", _SEED)] = None,
+    resume: Annotated[Optional[bool], E(
+        "resume", "Continue an emit of --out with the same settings that was killed or "
+                  "interrupted, from its last complete shard.", "--resume")] = None,
     overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
     """Run a model over the proxy dataset and write a logit bundle to carry out.

@@ -22,7 +22,7 @@ from ..models import fingerprint_model, save_classifier
 from ..outputs import atomic_dir
 from ..progress import progress_bar
 from .distill import open_teacher, proxy_teacher
-from .parallel import batch_share, finish_parts, part_target
+from .parallel import batch_share, finish_parts, part_target, resume_start
 
 ENCODINGS = ("topk", "dense")
 DEFAULT_ANCHORS = 1024
@@ -36,8 +36,8 @@ def emit_embedding_logits(model: str | Path, proxy: str | Path, out: str | Path,
                           image_column: str | None = None, tokenizer: str | Path | None = None,
                           split: str | None = None, batch_size: int = 64, seed: int = 0,
                           overwrite: bool = False, progress: bool = True, sign_key=None,
-                          dtype: str = "auto", limits: Limits = DEFAULT_LIMITS
-                          ) -> BundleManifest:
+                          dtype: str = "auto", resume: bool = False,
+                          limits: Limits = DEFAULT_LIMITS) -> BundleManifest:
     """Write the relational bundle of ``model``'s embeddings on ``proxy``: per example, its
     cosine similarities to ``anchors`` anchor examples (picked from the proxy set by
     :func:`~fdcli.embedding.pick_anchors` with ``seed``; default: 1,024, or the whole proxy
@@ -47,7 +47,8 @@ def emit_embedding_logits(model: str | Path, proxy: str | Path, out: str | Path,
 
     Under ``torchrun`` / ``accelerate launch`` every process embeds the anchors, takes a
     contiguous share of whole batches and writes a part, which process 0 merges into ``out``
-    (as :func:`~fdcli.stages.emit.emit_logits` does)."""
+    (as :func:`~fdcli.stages.emit.emit_logits` does); ``resume`` continues a killed or
+    interrupted emit as there."""
     if encoding not in ENCODINGS:
         raise ValueError(f"--task embedding: encoding must be one of {list(ENCODINGS)}, got "
                          f"{encoding!r}")
@@ -90,9 +91,9 @@ def emit_embedding_logits(model: str | Path, proxy: str | Path, out: str | Path,
                       proxy_fingerprint=fingerprint(ds, spec),
                       client_id=emitted_client_id(client_id, enc.meta, model, model_fp),
                       model_fingerprint=model_fp, config=config, seed=seed,
-                      overwrite=overwrite, sign_key=sign_key) as writer, \
+                      overwrite=overwrite, sign_key=sign_key, resume=resume) as writer, \
             progress_bar(stop - first, "emitting relations", progress and r.main) as advance:
-        for start in range(first, stop, step):
+        for start in range(resume_start(writer, first, advance), stop, step):
             ids = range(start, min(start + step, stop))
             z = embed(enc, values[ids.start:ids.stop], pooling, batch_size, advance)
             writer.add(ids, relation_logits(z, bank, center, temperature,

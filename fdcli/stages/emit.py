@@ -14,7 +14,7 @@ from ..launch import ranks
 from ..models import ModelError, fingerprint_model, load_classifier, predict_logits
 from ..progress import progress_bar
 from .digest import round_config
-from .parallel import batch_share, finish_parts, part_target
+from .parallel import batch_share, finish_parts, part_target, resume_start
 
 ENCODINGS = ("dense", "topk")
 
@@ -27,7 +27,7 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                 batch_size: int = 64, proxy_slice: tuple[int, int] | None = None,
                 seed: int = 0, overwrite: bool = False,
                 progress: bool = True, sign_key=None, dtype: str = "auto",
-                limits: Limits = DEFAULT_LIMITS) -> BundleManifest:
+                resume: bool = False, limits: Limits = DEFAULT_LIMITS) -> BundleManifest:
     """Write the bundle of ``model``'s predictions on every example of ``proxy``.
 
     ``declare_label_counts`` copies the model's training label histogram (from its fd.json)
@@ -42,7 +42,10 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
 
     Under ``torchrun`` / ``accelerate launch`` each process takes a contiguous share of whole
     batches and writes a part, which process 0 merges into ``out`` (as
-    :func:`~fdcli.stages.lm.emit_token_logits` does)."""
+    :func:`~fdcli.stages.lm.emit_token_logits` does).
+
+    ``resume`` continues an emit of ``out`` with the same settings that was killed or
+    interrupted, from its last complete shard (:class:`~fdcli.bundle.BundleWriter`)."""
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
     ds = load_local(proxy, split)
@@ -84,9 +87,10 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       client_id=emitted_client_id(client_id, clf.meta, model, model_fp),
                       model_fingerprint=model_fp,
                       config=config, seed=seed, overwrite=overwrite,
-                      sign_key=sign_key) as writer, \
+                      sign_key=sign_key, resume=resume) as writer, \
             progress_bar(stop - first, "emitting logits", progress and r.main) as advance:
-        for start in range(first, stop, step):
+        begin = resume_start(writer, first, advance)
+        for start in range(begin, stop, step):
             chunk = values[start:min(start + step, stop)]
             logits = predict_logits(clf, chunk, batch_size, progress=advance)
             writer.add(range(start, start + len(chunk)), logits)

@@ -35,7 +35,7 @@ from ..progress import progress_bar
 from .digest import (check_pair, check_round, consensus_record, digest_and_revisit,
                      round_config, round_meta)
 from .distill import open_teacher
-from .parallel import batch_share, finish_parts, part_target
+from .parallel import batch_share, finish_parts, part_target, resume_start
 
 TOKEN_ENCODINGS = ("topk", "sample", "dense")
 #: defaults chosen by benchmarks/lm_cli_defaults.py (docs/token-distillation.md): top-16
@@ -220,7 +220,7 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       max_length: int | None = None, packing: bool = True,
                       batch_size: int = 8, seed: int = 0, overwrite: bool = False,
                       progress: bool = True, sign_key=None, dtype: str = "auto",
-                      limits: Limits = DEFAULT_LIMITS) -> BundleManifest:
+                      resume: bool = False, limits: Limits = DEFAULT_LIMITS) -> BundleManifest:
     """Write a token bundle: the model's next-token distribution at every position of every
     proxy block, streamed into shards (memory does not grow with the proxy size).
     ``topk`` (the default) keeps the ``k`` (16) most likely ids per token and their tail mass;
@@ -233,7 +233,8 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     of the batches and writes a part (:func:`~fdcli.bundle.merge.part_path`); when every part
     is visible to process 0 (a shared filesystem) it merges them into ``out`` and removes them,
     else ``fd merge`` joins them. The rows are those of a one-process emit, byte for byte, at
-    the same batch size."""
+    the same batch size. ``resume`` continues a killed or interrupted emit of ``out`` with
+    the same settings from its last complete shard."""
     codec = token_codec(encoding, k, value_dtype, draws, sample_temperature)
     r = ranks()
     check_free(Path(out), overwrite)
@@ -255,10 +256,13 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                       proxy_fingerprint=tb.fingerprint,
                       client_id=emitted_client_id(client_id, lm.meta, model, model_fp),
                       model_fingerprint=model_fp, config=config, seed=seed,
-                      overwrite=overwrite, sign_key=sign_key) as writer, \
+                      overwrite=overwrite, sign_key=sign_key, resume=resume) as writer, \
             progress_bar(sum(row_count(b) for b in tb.blocks[mine.start:mine.stop]),
                          "emitting token logits", progress and r.main) as advance:
-        write_token_rows(lm, tb.blocks, writer, batch_size, span=mine, advance=advance)
+        begin = resume_start(writer, mine.start, advance, lambda stop: sum(
+            row_count(b) for b in tb.blocks[mine.start:stop]))
+        write_token_rows(lm, tb.blocks, writer, batch_size, span=range(begin, mine.stop),
+                         advance=advance)
     return finish_parts(out, r, writer.manifest, overwrite, limits, sign_key)
 
 

@@ -26,6 +26,22 @@ def batch_share(items: int, batch_size: int, r: Ranks) -> range:
     return range(min(batches.start * batch_size, items), min(batches.stop * batch_size, items))
 
 
+def resume_start(writer, first: int, advance=None, rows_before=None) -> int:
+    """The example id to start the batches at: ``first``, or when ``writer`` resumes a
+    partial bundle the one after the batches it holds (the skipped examples, or
+    ``rows_before(id)`` rows, counted on the progress bar ``advance``)."""
+    if writer.resume_note:
+        from ..console import log
+
+        log("fd emit-logits", writer.resume_note)
+    if writer.resume_after is None or writer.resume_after < first:
+        return first
+    begin = writer.resume_after + 1
+    if advance is not None:
+        advance(rows_before(begin) if rows_before else begin - first)
+    return begin
+
+
 def part_target(out, r: Ranks, config: dict) -> Path:
     """Where this process writes: ``out`` itself alone, else its part (numbered in
     ``config``, which the manifest records)."""

@@ -33,7 +33,7 @@ from .digest import (check_pair, check_round, consensus_record, digest_and_revis
                      round_config, round_meta)
 from .lm import (LM_HARD_WEIGHT, check_vocab, stage_config, check_rows,
                  open_token_teacher, token_codec, token_digest)
-from .parallel import batch_share, finish_parts, part_target
+from .parallel import batch_share, finish_parts, part_target, resume_start
 
 
 def _lengths(m, max_source_length, max_target_length, saved: dict | None = None):
@@ -163,11 +163,12 @@ def emit_seq2seq_logits(model: str | Path, proxy: str | Path, out: str | Path, *
                         max_target_length: int | None = None, batch_size: int = 8,
                         seed: int = 0, overwrite: bool = False, progress: bool = True,
                         limits: Limits = DEFAULT_LIMITS, sign_key=None,
-                        dtype: str = "auto") -> BundleManifest:
+                        dtype: str = "auto", resume: bool = False) -> BundleManifest:
     """Run an encoder-decoder model over the proxy pairs, teacher-forced on their targets,
     and write a token bundle with one row per target token (topk, sample or dense). Under a
     launcher each process writes a contiguous share of the batches, joined as for causal-lm
-    (:func:`~fdcli.stages.lm.emit_token_logits`)."""
+    (:func:`~fdcli.stages.lm.emit_token_logits`), and ``resume`` continues a killed or
+    interrupted emit as there."""
     codec = token_codec(encoding, k, value_dtype, draws, sample_temperature)
     r = ranks()
     check_free(Path(out), overwrite)
@@ -185,17 +186,19 @@ def emit_seq2seq_logits(model: str | Path, proxy: str | Path, out: str | Path, *
                      train_tokens=m.meta.get("train_tokens"), **round_config(m.meta))
     target = part_target(out, r, config)
     mine = batch_share(len(pairs.sources), batch_size, r)
-    sources, targets = pairs.sources[mine.start:mine.stop], pairs.targets[mine.start:mine.stop]
     with BundleWriter(target, codec=codec, task="token", num_classes=m.vocab_size,
                       label_fingerprint=vocab_fingerprint(m.tokenizer),
                       proxy_fingerprint=pairs.fingerprint,
                       client_id=emitted_client_id(client_id, m.meta, model, model_fp),
                       model_fingerprint=model_fp, config=config, seed=seed,
-                      overwrite=overwrite, sign_key=sign_key) as writer, \
-            progress_bar(sum(len(t) for t in targets), "emitting target-token logits",
-                         progress and r.main) as advance:
+                      overwrite=overwrite, sign_key=sign_key, resume=resume) as writer, \
+            progress_bar(sum(len(t) for t in pairs.targets[mine.start:mine.stop]),
+                         "emitting target-token logits", progress and r.main) as advance:
+        begin = resume_start(writer, mine.start, advance, lambda stop: sum(
+            len(t) for t in pairs.targets[mine.start:stop]))
+        sources, targets = pairs.sources[begin:mine.stop], pairs.targets[begin:mine.stop]
         for index, logits, counts, _ in iter_pair_logits(m, sources, targets, batch_size):
-            writer.add(range(mine.start + index.start, mine.start + index.stop), logits,
+            writer.add(range(begin + index.start, begin + index.stop), logits,
                        row_counts=counts)
             advance(int(counts.sum()))
     return finish_parts(out, r, writer.manifest, overwrite, limits, sign_key)

@@ -17,7 +17,7 @@ AGGREGATION = {"rule": "confidence", "confidence_measure": "max", "tau": 1.0,
 #: emitting: the bundle's producer, its signature
 EMITTING = {"client_id": Auto("the id in the model's fd.json, else the folder's name plus 6 "
                               "hex digits of the model's fingerprint"),
-            "sign_key": None, "seed": 0, "dtype": "auto"}
+            "sign_key": None, "seed": 0, "dtype": "auto", "resume": False}
 #: training a specialist
 SPECIALIST = {"client_id": Auto("the id of the specialist --model continues, else the output "
                                 "folder's name plus 6 random hex digits"),
