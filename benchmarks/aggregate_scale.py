@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -29,11 +28,79 @@ from pathlib import Path
 
 import torch
 
-from fdcli.bundle import BundleWriter, DenseCodec, SparseRows, TopKCodec
+from fdcli.bundle import BundleWriter, DenseCodec, SparseRows, TopKCodec, read_bundle
+
+#: fd aggregate in a fresh process; writes that process's own peak RSS (MiB) to argv[1]
+RUNNER = """
+import json, resource, sys
+out = sys.argv[1]
+sys.argv = ["fd", *sys.argv[2:]]
+from fdcli.cli import main
+code = 0
+try:
+    main()
+except SystemExit as e:
+    code = e.code or 0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+json.dump({"peak_rss_mib": peak}, open(out, "w"))
+sys.exit(code)
+"""
+
+
+def run_aggregate(root: Path, bundles: list[str], rule: str, name: str,
+                  source: Path | None = None) -> dict:
+    """One ``fd aggregate`` of ``bundles`` into ``root/name`` (with fd from the source tree
+    ``source``, else this one): wall seconds and peak RSS."""
+    peak = root / f".peak-{name}.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if source is not None:
+        env["PYTHONPATH"] = str(source.resolve())
+    t0 = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", RUNNER, str(peak), "--quiet",
+                          "aggregate", *bundles, "--rule", rule, "--out", str(root / name),
+                          "--json"], capture_output=True, text=True, env=env, cwd=root)
+    wall = time.perf_counter() - t0
+    if run.returncode != 0:
+        raise SystemExit(run.stderr)
+    return {"aggregate_s": round(wall, 2),
+            "peak_rss_mib": round(json.loads(peak.read_text())["peak_rss_mib"]),
+            "report": json.loads(run.stdout)}
+
+
+def same_rows(a: Path, b: Path) -> bool:
+    ra, rb = read_bundle(a).read_all().sparse(), read_bundle(b).read_all().sparse()
+    return all(torch.equal(x, y) for x, y in ((ra.ids, rb.ids), (ra.logp, rb.logp),
+                                               (ra.tail_logp, rb.tail_logp)))
+
+
+def zipf_rows(rows: int, vocab: int, k: int, g: torch.Generator, s: float = 1.1) -> torch.Tensor:
+    """``[rows, k]`` distinct ids per row, ascending: ``4 k`` draws per row with probability
+    proportional to ``1 / (rank + 1) ** s`` over a fixed random order of the vocabulary, and
+    ``k`` of the distinct ones (rows with fewer are drawn again). Frequent ids recur across
+    rows and clients, rare ones rarely, as in a real model's top-k."""
+    cdf = (1.0 / torch.arange(1, vocab + 1, dtype=torch.float64) ** s).cumsum(0)
+    cdf /= cdf[-1].clone()
+    perm = torch.Generator().manual_seed(1234)  # the same id order for every client
+    order = torch.randperm(vocab, generator=perm)
+    out = torch.empty(rows, k, dtype=torch.int64)
+    todo = torch.arange(rows)
+    while len(todo):
+        drawn = order[torch.searchsorted(cdf, torch.rand(len(todo), 4 * k, generator=g,
+                                                         dtype=torch.float64)).clamp(max=vocab - 1)]
+        srt = drawn.sort(-1).values
+        dup = torch.zeros_like(srt, dtype=torch.bool)
+        dup[:, 1:] = srt[:, 1:] == srt[:, :-1]
+        # the distinct ids first, in random order, then the duplicates
+        key = torch.rand(srt.shape, generator=g) + dup.double()
+        picked = srt.gather(1, key.argsort(-1)[:, :k])
+        ok = (~dup).sum(-1) >= k
+        out[todo[ok]] = picked[ok].sort(-1).values
+        todo = todo[~ok]
+    return out
 
 
 def write_clients(root: Path, task: str, clients: int, rows: int, vocab: int, classes: int,
-                  block: int, shard_bytes: int) -> int:
+                  block: int, shard_bytes: int, overlap: str = "same32") -> int:
     g = torch.Generator().manual_seed(0)
     common = dict(proxy_fingerprint="sha256:" + "1" * 64, model_fingerprint="sha256:" + "2" * 64,
                   max_shard_bytes=shard_bytes)
@@ -49,8 +116,11 @@ def write_clients(root: Path, task: str, clients: int, rows: int, vocab: int, cl
             with BundleWriter(path, codec=TopKCodec(k=16), task="token", num_classes=vocab,
                               label_fingerprint="sha256:" + "0" * 64, client_id=f"c{c}",
                               **common) as w:
-                pick = torch.rand(rows, 32, generator=g).argsort(-1)[:, :16]
-                ids = torch.sort(base.gather(1, pick), -1).values
+                if overlap == "zipf":
+                    ids = zipf_rows(rows, vocab, 16, g)
+                else:
+                    pick = torch.rand(rows, 32, generator=g).argsort(-1)[:, :16]
+                    ids = torch.sort(base.gather(1, pick), -1).values
                 logits = torch.randn(rows, 17, generator=g) * 2
                 logp = torch.log_softmax(logits, -1)
                 w.add_sparse(range(examples), SparseRows(ids, logp[:, :16], logp[:, 16], vocab),
@@ -74,39 +144,53 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--block", type=int, default=128, help="token rows per example")
     ap.add_argument("--rule", default="confidence")
+    ap.add_argument("--overlap", choices=["same32", "zipf"], default="same32",
+                    help="token ids: each client keeps 16 of the same 32 per row (a best case),"
+                         " or 16 drawn per client from a Zipf-like law over the vocabulary")
     ap.add_argument("--shard-mib", type=float, default=16.0,
                     help="the bundles' shard size (fd's default: 16); aggregate holds one "
                          "decoded shard per bundle")
     ap.add_argument("--keep", type=Path, default=None, help="write the bundles here (kept)")
+    ap.add_argument("--baseline-src", type=Path, default=None,
+                    help="also run fd aggregate from this fd source tree (e.g. a git worktree "
+                         "of an earlier commit) on the same bundles, and compare rows, report, "
+                         "time and memory")
     args = ap.parse_args()
     args.rows = max(args.block, args.rows // args.block * args.block) if args.task == "token" \
         else args.rows
-    root = args.keep or Path(tempfile.mkdtemp(prefix="fd-agg-bench-"))
+    root = (args.keep or Path(tempfile.mkdtemp(prefix="fd-agg-bench-"))).resolve()
     root.mkdir(parents=True, exist_ok=True)
     try:
         t0 = time.perf_counter()
         size = write_clients(root, args.task, args.clients, args.rows, args.vocab, args.classes,
-                             args.block, int(args.shard_mib * (1 << 20)))
+                             args.block, int(args.shard_mib * (1 << 20)), args.overlap)
         write_s = time.perf_counter() - t0
         bundles = sorted(str(p) for p in root.glob("client-*"))
-        env = dict(os.environ, HF_HUB_OFFLINE="1")
-        t0 = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "fdcli", "--quiet", "aggregate", *bundles,
-                              "--rule", args.rule, "--out", str(root / "teacher"), "--json"],
-                             capture_output=True, text=True, env=env)
-        wall = time.perf_counter() - t0
-        if run.returncode != 0:
-            raise SystemExit(run.stderr)
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        now = run_aggregate(root, bundles, args.rule, "teacher")
+        wall = now["aggregate_s"]
         width = args.vocab if args.task == "token" else args.classes
         result = {"task": args.task, "clients": args.clients, "rows_per_client": args.rows,
                   "rule": args.rule, "shard_mib": args.shard_mib, "vocab": width,
+                  "overlap": args.overlap if args.task == "token" else None,
                   "input_bytes": size, "write_s": round(write_s, 1),
                   "aggregate_s": round(wall, 2),
                   "rows_per_s": round(args.rows / wall),
                   "input_rows_per_s": round(args.rows * args.clients / wall),
-                  "peak_rss_mib": round(peak_kib / 1024), "torch_threads":
+                  "peak_rss_mib": now["peak_rss_mib"], "torch_threads":
                   torch.get_num_threads(), "cpus": os.cpu_count()}
+        if args.baseline_src is not None:
+            before = run_aggregate(root, bundles, args.rule, "teacher-baseline",
+                                   args.baseline_src)
+            commit = subprocess.run(["git", "-C", str(args.baseline_src), "rev-parse", "HEAD"],
+                                    capture_output=True, text=True).stdout.strip() or None
+            result["baseline"] = {
+                "source": str(args.baseline_src), "commit": commit,
+                "aggregate_s": before["aggregate_s"],
+                "rows_per_s": round(args.rows / before["aggregate_s"]),
+                "peak_rss_mib": before["peak_rss_mib"],
+                "same_rows": same_rows(root / "teacher", root / "teacher-baseline"),
+                "same_report": before["report"]["clients"] == now["report"]["clients"],
+                "speedup": round(before["aggregate_s"] / wall, 2)}
         print(json.dumps(result, indent=2))
     finally:
         if args.keep is None:

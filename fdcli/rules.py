@@ -206,6 +206,18 @@ def consensus_distance(probs: torch.Tensor, present: torch.Tensor,
     return torch.where(present, tv, torch.full_like(tv, math.nan)), agree
 
 
+def _union(clients: list[SparseRows]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Each client's listed ids (``V`` where unlisted), the union per row (ascending, padded
+    with ``V``) and its size per row."""
+    v = clients[0].num_classes
+    listed = [torch.where(torch.isfinite(c.logp), c.ids.long(), v) for c in clients]
+    allids = torch.cat(listed, -1).sort(-1).values
+    dup = torch.zeros_like(allids, dtype=torch.bool)
+    dup[:, 1:] = allids[:, 1:] == allids[:, :-1]
+    allids = torch.where(dup, v, allids).sort(-1).values
+    return listed, allids, (allids < v).sum(-1)
+
+
 def union_support(clients: list[SparseRows], present: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Put K clients' sparse rows over one support per row.
@@ -218,39 +230,51 @@ def union_support(clients: list[SparseRows], present: torch.Tensor
     zeros."""
     v = clients[0].num_classes
     n = present.shape[1]
-    listed = []
-    for c in clients:
-        live = torch.isfinite(c.logp)
-        listed.append(torch.where(live, c.ids.long(), v))
-    allids = torch.cat(listed, -1).sort(-1).values
-    dup = torch.zeros_like(allids, dtype=torch.bool)
-    dup[:, 1:] = allids[:, 1:] == allids[:, :-1]
-    allids = torch.where(dup, v, allids).sort(-1).values
-    count = (allids < v).sum(-1)
+    listed, allids, count = _union(clients)
     width = max(int(count.max()) if n else 0, 1)
     ids = allids[:, :width].contiguous()
-    probs = torch.zeros(len(clients), n, width + 1, dtype=torch.float64)
+    # every entry starts as its client's spread tail; the union's padding columns are 0;
+    # then each client's listed ids are written where they sit in the union (one pass over
+    # [K, N, U + 1], and [N, k] per client, where a search per union column cost K passes)
+    spread = torch.stack([c.tail_logp.double().exp()
+                          / (v - (own < v).sum(-1)).clamp(min=1).double()
+                          for c, own in zip(clients, listed)])
+    probs = spread[:, :, None].expand(len(clients), n, width + 1).clone()
+    probs[:, :, :width].masked_fill_(~(ids < v)[None], 0.0)
     for k, (c, own) in enumerate(zip(clients, listed)):
-        order = own.argsort(-1)
-        own_sorted = own.gather(1, order)
-        own_logp = c.logp.gather(1, order).double()
-        pos = torch.searchsorted(own_sorted, ids).clamp(max=own_sorted.shape[1] - 1)
-        hit = (own_sorted.gather(1, pos) == ids) & (ids < v)
-        others = (v - (own < v).sum(-1)).clamp(min=1).double()
-        spread = c.tail_logp.double().exp() / others
-        row = torch.where(hit, own_logp.gather(1, pos).exp(), spread[:, None].expand_as(ids))
-        row = torch.where(ids < v, row, torch.zeros_like(row))
-        probs[k] = torch.where(present[k][:, None], torch.cat([row, spread[:, None]], -1), 0.0)
+        mine = own < v
+        pos = torch.where(mine, torch.searchsorted(ids, own), width)
+        probs[k].scatter_(1, pos, torch.where(mine, c.logp.double().exp(),
+                                              spread[k][:, None].expand_as(own)))
+    probs.masked_fill_(~present[:, :, None], 0.0)
     mult = torch.cat([(ids < v).double(), (v - count).double()[:, None]], -1)
     return ids, probs, mult
 
 
+#: the most elements (clients x rows x union width) that :func:`aggregate_sparse` combines at
+#: once; more rows are combined a chunk at a time (each float64 copy of them: 128 MiB)
+UNION_ELEMENTS = 1 << 24
+
+
 def aggregate_sparse(clients: list[SparseRows], present: torch.Tensor, rule: str,
-                     distances: list | None = None, **params) -> SparseRows:
+                     distances: list | None = None,
+                     max_elements: int | None = None, **params) -> SparseRows:
     """Combine K clients' sparse rows with ``rule`` over their union support
     (:func:`union_support`); the result lists the union and carries the mass of every other
     id in its tail. Re-sparsify it by encoding it (``TopKCodec.encode_sparse``). When a
-    ``distances`` list is given, :func:`consensus_distance` of the rows is appended to it."""
+    ``distances`` list is given, :func:`consensus_distance` of the rows is appended to it.
+
+    Rows are independent: when K x rows x (union width + 1) exceeds ``max_elements``
+    (default :data:`UNION_ELEMENTS`; 0: no limit) as it does for many clients that share few
+    ids, they are combined in chunks of rows, so memory is bounded by ``max_elements`` and
+    not by the number of clients squared. The rows are the same, bit for bit."""
+    n, k = present.shape[1], len(clients)
+    max_elements = UNION_ELEMENTS if max_elements is None else max_elements
+    if max_elements and n > 1:
+        width = int(_union(clients)[2].max()) + 1
+        step = max(1, max_elements // (k * width))
+        if step < n:
+            return _in_chunks(clients, present, rule, distances, step, **params)
     ids, probs, mult = union_support(clients, present)
     combined = RULES[rule](probs, present, mult=mult, **params)
     if distances is not None:
@@ -262,6 +286,34 @@ def aggregate_sparse(clients: list[SparseRows], present: torch.Tensor, rule: str
     tail_logp = torch.where(tail > 0, tail.clamp_min(1e-300).log(),
                             torch.full_like(tail, -math.inf)).float()
     return SparseRows(torch.where(ids < v, ids, 0), logp, tail_logp, v)
+
+
+def _in_chunks(clients: list[SparseRows], present: torch.Tensor, rule: str,
+               distances: list | None, step: int, **params) -> SparseRows:
+    """:func:`aggregate_sparse` a chunk of ``step`` rows at a time, joined (unlisted
+    columns padded as the union pads them: id 0, log-probability -inf)."""
+    parts, tvs, agrees = [], [], []
+    for a in range(0, present.shape[1], step):
+        b = a + step
+        chunk = [SparseRows(c.ids[a:b], c.logp[a:b], c.tail_logp[a:b], c.num_classes)
+                 for c in clients]
+        got: list = []
+        parts.append(aggregate_sparse(chunk, present[:, a:b], rule,
+                                      distances=got if distances is not None else None,
+                                      max_elements=0, **params))
+        if got:
+            tvs.append(got[0][0])
+            agrees.append(got[0][1])
+    width = max(p.ids.shape[1] for p in parts)
+
+    def pad(t: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    if distances is not None:
+        distances.append((torch.cat(tvs, 1), torch.cat(agrees, 1)))
+    return SparseRows(torch.cat([pad(p.ids, 0) for p in parts]),
+                      torch.cat([pad(p.logp, -math.inf) for p in parts]),
+                      torch.cat([p.tail_logp for p in parts]), clients[0].num_classes)
 
 
 RULES: dict[str, Callable[..., torch.Tensor]] = {

@@ -127,6 +127,42 @@ def test_union_support_by_hand():
     assert math.isclose(float(mean.tail_logp.exp()), 0.15, abs_tol=1e-6)
 
 
+@pytest.mark.parametrize("rule,params", RULE_PARAMS)
+def test_aggregation_in_chunks_of_rows_is_the_same_bit_for_bit(rule, params, monkeypatch):
+    """Many clients that share few ids: the union is combined a few rows at a time (memory
+    bounded by max_elements), and every row is what one piece gives, bit for bit; so are the
+    outlier distances' top-class agreements, and the distances to within rounding."""
+    g = torch.Generator().manual_seed(3)
+    v, n, clients = 700, 60, []
+    for k in (8, 8, 4, 8, 6, 8, 8):
+        ids = torch.stack([torch.randperm(v, generator=g)[:k] for _ in range(n)]).sort(-1).values
+        logp = torch.log_softmax(torch.randn(n, k + 1, generator=g) * 2, -1)
+        kept = logp[:, :k].masked_fill(torch.rand(n, k, generator=g) < 0.1, -math.inf)
+        tail = logp[:, k].masked_fill(torch.rand(n, generator=g) < 0.05, -math.inf)
+        clients.append(SparseRows(ids, kept, tail, v))
+    present = torch.rand(len(clients), n, generator=g) > 0.2
+    present[0] = True
+    if rule == "weighted":
+        params = {"counts": [float(i + 1) for i in range(len(clients))]}
+    whole, chunked = [], []
+    a = aggregate_sparse(clients, present, rule, distances=whole, max_elements=0, **params)
+    # union width <= 50 + 1, 7 clients: 7 * 51 * 9 elements is at most 9 rows at once
+    import fdcli.rules
+
+    seen, union = [], fdcli.rules.union_support
+    monkeypatch.setattr(fdcli.rules, "union_support",
+                        lambda c, p: seen.append(p.shape[1]) or union(c, p))
+    b = aggregate_sparse(clients, present, rule, distances=chunked, max_elements=7 * 51 * 9,
+                         **params)
+    assert sum(seen) == n and max(seen) <= 9 and len(seen) >= 7
+    w = a.ids.shape[1]
+    assert b.ids.shape[1] == w and w > 30
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.logp, b.logp)
+    assert torch.equal(a.tail_logp, b.tail_logp)
+    assert torch.equal(whole[0][1], chunked[0][1])
+    assert torch.allclose(whole[0][0], chunked[0][0], atol=1e-12, equal_nan=True)
+
+
 def test_aggregate_stage_streams_token_bundles_and_resparsifies(tmp_path):
     from fdcli.stages.aggregate import aggregate
 
