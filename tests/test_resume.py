@@ -4,6 +4,7 @@ an uninterrupted one, row for row and shard for shard."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from fdcli.bundle import BundleWriter, TopKCodec, read_bundle
 from fdcli.bundle.codecs.sample import SampleCodec
 from fdcli.bundle.journal import JOURNAL
 
-from .helpers import peaked_logits
+from .helpers import fd_ok, peaked_logits
 
 FP = {"label_fingerprint": "sha256:" + "a" * 64, "proxy_fingerprint": "sha256:" + "b" * 64,
       "model_fingerprint": "sha256:" + "c" * 64, "client_id": "c"}
@@ -104,6 +105,11 @@ def test_resume_checks_what_it_reuses(tmp_path):
     logits = peaked_logits(400, 50)
     codec = TopKCodec(k=4)
     _write(tmp_path / "full", codec, logits)
+    # nothing to resume: said, and written from the first example
+    w = _write(tmp_path / "new", codec, logits, resume=True)
+    assert w.resume_note == ("no interrupted emit of this bundle to resume; starting from the "
+                             "first example") and w.resume_after is None
+    _same_bundle(tmp_path / "full", tmp_path / "new")
     # an ordinary error discards everything, as before
     with pytest.raises(ValueError):
         with BundleWriter(tmp_path / "bad", codec=codec, task="token", num_classes=50,
@@ -184,8 +190,36 @@ def test_killed_emit_resumes_to_the_same_bundle(tiny_lm, tmp_path, encoding):
     assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == sorted(
         p.name for p in (tmp_path / "full").iterdir())
     _same_bundle(tmp_path / "full", tmp_path / "cut")
-    # with nothing to resume, --resume starts from the beginning and says so
-    fresh = _killable(tmp_path, 10 ** 6, *common, "--resume", "--out", tmp_path / "fresh")
-    assert fresh.returncode == 0, fresh.stderr
-    assert "no interrupted emit of this bundle to resume" in " ".join(fresh.stderr.split())
-    _same_bundle(tmp_path / "full", tmp_path / "fresh")
+
+
+def test_killed_classification_emit_resumes_to_the_same_bundle(tmp_path):
+    """The classification emit writes 1,024 examples at a time: killed after two of its three
+    writes, resumed, equal to an uninterrupted emit."""
+    from fdcli.models import train_word_tokenizer
+
+    from .test_pipeline import make_csv
+
+    make_csv(tmp_path / "private.csv", 40, seed=1)
+    make_csv(tmp_path / "big.csv", 2100, seed=2)
+    texts = [r.rsplit(",", 1)[0] for r in (tmp_path / "big.csv").read_text().splitlines()[1:]]
+    (tmp_path / "proxy.csv").write_text("text\n" + "\n".join(texts) + "\n")
+    train_word_tokenizer(texts, tmp_path / "tok")
+    (tmp_path / "recipe.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 32}))
+    fd_ok("train-specialist", tmp_path / "private.csv", "--model", tmp_path / "recipe.json",
+          "--tokenizer", tmp_path / "tok", "--epochs", "1", "--out", tmp_path / "spec")
+    common = ["emit-logits", tmp_path / "spec", tmp_path / "proxy.csv", "--encoding", "topk",
+              "--k", "2"]
+    assert _killable(tmp_path, 10 ** 6, *common, "--out", tmp_path / "full").returncode == 0
+    assert _killable(tmp_path, 2, *common, "--out", tmp_path / "cut").returncode == 9
+    again = _killable(tmp_path, 10 ** 6, *common, "--resume", "--out", tmp_path / "cut")
+    assert again.returncode == 0, again.stderr
+    # shards of 40 rows: the first two writes (2,048 examples) leave up to 51 complete shards
+    # (the last ones may still have been compressing in the background when it was killed)
+    found = re.search(r"resuming after (\d+) complete shard\(s\), (\d+) example\(s\)",
+                      " ".join(again.stderr.split()))
+    assert found, again.stderr
+    shards, examples = map(int, found.groups())
+    assert 25 < shards <= 51 and examples == 40 * shards
+    _same_bundle(tmp_path / "full", tmp_path / "cut")
