@@ -223,3 +223,17 @@ def test_killed_classification_emit_resumes_to_the_same_bundle(tmp_path):
     shards, examples = map(int, found.groups())
     assert 25 < shards <= 51 and examples == 40 * shards
     _same_bundle(tmp_path / "full", tmp_path / "cut")
+
+
+def test_a_damaged_journal_is_not_reused(tmp_path):
+    logits = peaked_logits(400, 50)
+    codec = TopKCodec(k=4)
+    _write(tmp_path / "cut", codec, logits, stop_after=8)
+    (left,) = tmp_path.glob(".cut.tmp-*")
+    lines = (left / JOURNAL).read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["checkpoint"]["sums"] = "not a dict"
+    (left / JOURNAL).write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
+    w = _write(tmp_path / "cut", codec, logits, resume=True)
+    assert "its journal is damaged" in w.resume_note and w.resume_after is None
+    assert read_bundle(tmp_path / "cut").manifest.rows == 400

@@ -116,12 +116,20 @@ def load_partial(folder: Path, key: str) -> tuple[Resumed | None, str]:
         return None, "its first shard is missing or damaged"
     last = kept[-1]
     try:
-        checkpoint = Checkpoint(**last["checkpoint"])
-    except TypeError:
+        c = Checkpoint(**last["checkpoint"])
+        sound = (type(c.after) is int and type(c.counted) is int and type(c.truncation) is bool
+                 and isinstance(c.sums, dict)
+                 and all(type(v) in (int, float) for v in c.sums.values())
+                 and type(last["last_example"]) is int and c.after <= last["last_example"]
+                 and type(last["row_bytes"]) in (int, float) and last["row_bytes"] > 0
+                 and isinstance(last["created"], str))
+    except (TypeError, KeyError):
+        sound = False
+    if not sound:
         return None, "its journal is damaged"
-    return Resumed(folder=folder, shards=[k["info"] for k in kept], checkpoint=checkpoint,
-                   written_through=int(last["last_example"]),
-                   row_bytes=float(last["row_bytes"]), created=str(last["created"])), ""
+    return Resumed(folder=folder, shards=[k["info"] for k in kept], checkpoint=c,
+                   written_through=last["last_example"], row_bytes=float(last["row_bytes"]),
+                   created=last["created"]), ""
 
 
 def tidy(resumed: Resumed) -> None:
