@@ -169,10 +169,11 @@ def tiny_lm(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("encoding", [["--k", "8"], ["--draws", "8"]], ids=["topk", "sample"])
-def test_killed_emit_resumes_to_the_same_bundle(tiny_lm, tmp_path, encoding):
+def test_killed_emit_resumes_to_the_same_bundle(tiny_lm, tmp_path):
     """fd emit-logits killed (os._exit, nothing cleaned up) after 5 of its 12 batches, then
-    run again with --resume: the bundle equals an uninterrupted emit's."""
+    run again with --resume: the bundle equals an uninterrupted emit's, sampled ids included
+    (top-k: the classification test below and the writer tests above)."""
+    encoding = ["--draws", "8"]
     w = tiny_lm
     common = ["emit-logits", w / "model", w / "proxy.jsonl", "--task", "causal-lm",
               "--max-length", "16", "--batch-size", "4", *encoding]
