@@ -30,21 +30,8 @@ import torch
 
 from fdcli.bundle import BundleWriter, DenseCodec, SparseRows, TopKCodec, read_bundle
 
-#: fd aggregate in a fresh process; writes that process's own peak RSS (MiB) to argv[1]
-RUNNER = """
-import json, resource, sys
-out = sys.argv[1]
-sys.argv = ["fd", *sys.argv[2:]]
-from fdcli.cli import main
-code = 0
-try:
-    main()
-except SystemExit as e:
-    code = e.code or 0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-json.dump({"peak_rss_mib": peak}, open(out, "w"))
-sys.exit(code)
-"""
+sys.path.insert(0, str(Path(__file__).parent))
+from real_lm import RUNNER  # noqa: E402  (one fd command in a fresh process, its peak RSS)
 
 
 def run_aggregate(root: Path, bundles: list[str], rule: str, name: str,
@@ -80,8 +67,7 @@ def zipf_rows(rows: int, vocab: int, k: int, g: torch.Generator, s: float = 1.1)
     rows and clients, rare ones rarely, as in a real model's top-k."""
     cdf = (1.0 / torch.arange(1, vocab + 1, dtype=torch.float64) ** s).cumsum(0)
     cdf /= cdf[-1].clone()
-    perm = torch.Generator().manual_seed(1234)  # the same id order for every client
-    order = torch.randperm(vocab, generator=perm)
+    order = torch.randperm(vocab, generator=torch.Generator().manual_seed(1234))  # shared
     out = torch.empty(rows, k, dtype=torch.int64)
     todo = torch.arange(rows)
     while len(todo):

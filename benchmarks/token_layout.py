@@ -69,7 +69,8 @@ def _entropy_bits(a: np.ndarray) -> float:
 
 
 def measure(bundle: Path, level: int) -> dict:
-    m = read_bundle(bundle).manifest
+    reader = read_bundle(bundle)
+    m = reader.manifest
     if m.encoding.get("name") != "topk" or m.encoding.get("value_dtype") != "int8":
         raise SystemExit(f"{bundle}: expected a top-k bundle with int8 codes, found "
                          f"{m.encoding}")
@@ -99,7 +100,6 @@ def measure(bundle: Path, level: int) -> dict:
     rank_codes = _z(np.take_along_axis(codes, order, 1), level) / rows
     both = fp + rank_ids + rank_codes + small
 
-    reader = read_bundle(bundle)
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()

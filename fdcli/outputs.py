@@ -82,9 +82,14 @@ def stale_siblings(path: Path, own: bool = False) -> list[Path]:
     return sorted(out, key=lambda e: e.stat().st_mtime, reverse=True)
 
 
+def _own_temporary(path: Path) -> Path:
+    """A new hidden name next to ``path`` that names this process."""
+    return path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def claim_sibling(path: Path, stale: Path) -> Path:
     """Rename the stale folder ``stale`` to a new temporary name of this process."""
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = _own_temporary(path)
     os.replace(stale, tmp)
     return tmp
 
@@ -94,7 +99,7 @@ def temporary_sibling(path: Path) -> Path:
     the same file system, named after this process so that a later run can clear it away if
     this one is killed."""
     remove_stale(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = _own_temporary(path)
     tmp.mkdir()
     return tmp
 

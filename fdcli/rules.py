@@ -218,7 +218,7 @@ def _union(clients: list[SparseRows]) -> tuple[list[torch.Tensor], torch.Tensor,
     return listed, allids, (allids < v).sum(-1)
 
 
-def union_support(clients: list[SparseRows], present: torch.Tensor
+def union_support(clients: list[SparseRows], present: torch.Tensor, union=None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Put K clients' sparse rows over one support per row.
 
@@ -227,10 +227,10 @@ def union_support(clients: list[SparseRows], present: torch.Tensor
     probability for an id it did not list is its tail mass spread evenly over all the ids it
     did not list (the tail rule of :mod:`fdcli.bundle.sparse`); the last column stands for
     every id outside the union. Rows where a client is absent (``present`` ``[K, N]``) get
-    zeros."""
+    zeros. ``union``: :func:`_union` of ``clients``, when the caller has it already."""
     v = clients[0].num_classes
     n = present.shape[1]
-    listed, allids, count = _union(clients)
+    listed, allids, count = union if union is not None else _union(clients)
     width = max(int(count.max()) if n else 0, 1)
     ids = allids[:, :width].contiguous()
     # every entry starts as its client's spread tail; the union's padding columns are 0;
@@ -270,12 +270,18 @@ def aggregate_sparse(clients: list[SparseRows], present: torch.Tensor, rule: str
     not by the number of clients squared. The rows are the same, bit for bit."""
     n, k = present.shape[1], len(clients)
     max_elements = UNION_ELEMENTS if max_elements is None else max_elements
+    union = _union(clients)
     if max_elements and n > 1:
-        width = int(_union(clients)[2].max()) + 1
-        step = max(1, max_elements // (k * width))
+        step = max(1, max_elements // (k * (int(union[2].max()) + 1)))
         if step < n:
-            return _in_chunks(clients, present, rule, distances, step, **params)
-    ids, probs, mult = union_support(clients, present)
+            return _in_chunks(clients, present, rule, distances, step, union, **params)
+    return _combine(clients, present, rule, distances, union, **params)
+
+
+def _combine(clients: list[SparseRows], present: torch.Tensor, rule: str,
+             distances: list | None, union, **params) -> SparseRows:
+    """:func:`aggregate_sparse` of rows combined in one piece."""
+    ids, probs, mult = union_support(clients, present, union)
     combined = RULES[rule](probs, present, mult=mult, **params)
     if distances is not None:
         distances.append(consensus_distance(probs, present, mult))
@@ -289,18 +295,20 @@ def aggregate_sparse(clients: list[SparseRows], present: torch.Tensor, rule: str
 
 
 def _in_chunks(clients: list[SparseRows], present: torch.Tensor, rule: str,
-               distances: list | None, step: int, **params) -> SparseRows:
-    """:func:`aggregate_sparse` a chunk of ``step`` rows at a time, joined (unlisted
-    columns padded as the union pads them: id 0, log-probability -inf)."""
+               distances: list | None, step: int, union, **params) -> SparseRows:
+    """:func:`aggregate_sparse` a chunk of ``step`` rows at a time (``union`` sliced), joined
+    (unlisted columns padded as the union pads them: id 0, log-probability -inf)."""
+    listed, allids, count = union
     parts, tvs, agrees = [], [], []
     for a in range(0, present.shape[1], step):
         b = a + step
         chunk = [SparseRows(c.ids[a:b], c.logp[a:b], c.tail_logp[a:b], c.num_classes)
                  for c in clients]
         got: list = []
-        parts.append(aggregate_sparse(chunk, present[:, a:b], rule,
-                                      distances=got if distances is not None else None,
-                                      max_elements=0, **params))
+        parts.append(_combine(chunk, present[:, a:b], rule,
+                              got if distances is not None else None,
+                              ([own[a:b] for own in listed], allids[a:b], count[a:b]),
+                              **params))
         if got:
             tvs.append(got[0][0])
             agrees.append(got[0][1])

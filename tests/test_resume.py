@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import nullcontext
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,7 @@ def _write(path: Path, codec, logits, *, stop_after: int | None = None, resume=F
            **kwargs) -> BundleWriter:
     """14 batches of 7 examples of 4 rows; with ``stop_after``, interrupted (Ctrl-C) after
     that many batches."""
-    with pytest.raises(KeyboardInterrupt) if stop_after is not None else _nothing():
+    with pytest.raises(KeyboardInterrupt) if stop_after is not None else nullcontext():
         with BundleWriter(path, codec=codec, task="token", num_classes=logits.shape[1],
                           max_shard_rows=37, resume=resume, **FP, **kwargs) as w:
             begin = 0 if w.resume_after is None else w.resume_after + 1
@@ -55,14 +56,6 @@ def _write(path: Path, codec, logits, *, stop_after: int | None = None, resume=F
                 ids = range(b, min(b + 7, 100))
                 w.add(ids, logits[4 * ids.start:4 * ids.stop], row_counts=[4] * len(ids))
     return w
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _same_bundle(a: Path, b: Path) -> None:

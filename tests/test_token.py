@@ -151,7 +151,7 @@ def test_aggregation_in_chunks_of_rows_is_the_same_bit_for_bit(rule, params, mon
 
     seen, union = [], fdcli.rules.union_support
     monkeypatch.setattr(fdcli.rules, "union_support",
-                        lambda c, p: seen.append(p.shape[1]) or union(c, p))
+                        lambda c, p, u=None: seen.append(p.shape[1]) or union(c, p, u))
     b = aggregate_sparse(clients, present, rule, distances=chunked, max_elements=7 * 51 * 9,
                          **params)
     assert sum(seen) == n and max(seen) <= 9 and len(seen) >= 7

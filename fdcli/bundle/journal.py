@@ -49,6 +49,7 @@ class Resumed:
     written_through: int  # the last example id already in a kept shard
     row_bytes: float
     created: str
+    lines: list[dict]  # the journal lines of the kept shards
 
 
 def resume_key(fields: dict[str, Any]) -> str:
@@ -111,10 +112,10 @@ def load_partial(folder: Path, key: str) -> tuple[Resumed | None, str]:
             break
         if info.file != f"shard-{i:05d}.safetensors.zst" or not _shard_ok(folder, info):
             break
-        kept.append(line | {"info": info})
+        kept.append((line, info))
     if not kept:
         return None, "its first shard is missing or damaged"
-    last = kept[-1]
+    last = kept[-1][0]
     try:
         c = Checkpoint(**last["checkpoint"])
         sound = (type(c.after) is int and type(c.counted) is int and type(c.truncation) is bool
@@ -127,23 +128,22 @@ def load_partial(folder: Path, key: str) -> tuple[Resumed | None, str]:
         sound = False
     if not sound:
         return None, "its journal is damaged"
-    return Resumed(folder=folder, shards=[k["info"] for k in kept], checkpoint=c,
+    return Resumed(folder=folder, shards=[info for _, info in kept], checkpoint=c,
                    written_through=last["last_example"], row_bytes=float(last["row_bytes"]),
-                   created=last["created"]), ""
+                   created=last["created"], lines=[line for line, _ in kept]), ""
 
 
 def tidy(resumed: Resumed) -> None:
     """Remove from the reused folder whatever the kept shards are not (later shards, files
     cut short), and rewrite the journal to list only the kept ones."""
     keep = {info.file for info in resumed.shards}
-    lines = _lines(resumed.folder)[:len(resumed.shards)]
     for entry in resumed.folder.iterdir():
         if entry.name not in keep:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-    text = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
+    text = "".join(json.dumps(line, sort_keys=True) + "\n" for line in resumed.lines)
     tmp = resumed.folder / f".{JOURNAL}.part"
     tmp.write_text(text)
     os.replace(tmp, resumed.folder / JOURNAL)

@@ -140,10 +140,9 @@ class BundleWriter:
                     timespec="seconds"),
                 config={"seed": seed, **(config or {})}),
             rows=0, examples=0, shards=[], fidelity={}, provenance=list(provenance or []))
-        self._key = resume_key({"manifest": self._manifest.to_dict() | {"producer": None},
-                                "producer": {k: v for k, v in vars(self._manifest.producer)
-                                             .items() if k != "created"},
-                                "max_shard_bytes": max_shard_bytes,
+        settings = self._manifest.to_dict()
+        del settings["producer"]["created"]
+        self._key = resume_key({"manifest": settings, "max_shard_bytes": max_shard_bytes,
                                 "max_shard_rows": max_shard_rows, "zstd_level": zstd_level})
         if resume and not codec.row_wise:
             raise ValueError(f"the {codec.name!r} encoding cannot resume (it encodes whole "
