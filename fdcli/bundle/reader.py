@@ -20,7 +20,8 @@ from .codecs import Codec
 from .sparse import SparseRows, concat_rows
 from .manifest import MANIFEST, SHARD_RE, SIGNATURE, BundleManifest, ShardInfo
 from .safeio import DEFAULT_LIMITS, Limits, parse_json, read_regular
-from .shards import check_header, decompress_shard, load_tensors, sha256_bytes
+from .shards import (ST_DTYPES, check_header, decompress_shard, inflate_shard_to, load_tensors,
+                     sha256_bytes)
 
 
 @dataclass
@@ -64,10 +65,72 @@ class LogitBlock:
     def examples(self, first: int, stop: int) -> "LogitBlock":
         """The rows of examples ``first`` to ``stop - 1`` of this block."""
         a, b = int(self.row_offsets[first]), int(self.row_offsets[stop])
-        shared = self.codec.shared_tensors
         return LogitBlock(self.example_ids[first:stop], self.row_offsets[first:stop + 1] - a,
-                          {k: (v if k in shared else v[a:b]) for k, v in self.tensors.items()},
-                          self.codec, self.num_classes)
+                          self.rows_of(a, b), self.codec, self.num_classes)
+
+    def rows_of(self, a: int, z: int) -> dict[str, torch.Tensor]:
+        """The tensors of rows ``a:z`` (a codec's shared tensors whole)."""
+        shared = self.codec.shared_tensors
+        return {k: (v if k in shared else v[a:z]) for k, v in self.tensors.items()}
+
+    def close(self) -> None:
+        """Nothing to release (see :class:`SpilledBlock`)."""
+
+
+class SpilledBlock:
+    """One shard's rows in an uncompressed safetensors file (:meth:`BundleReader.spill_shard`),
+    read a window of rows at a time with plain reads: one file open at a time, and memory
+    for one window of rows. Each window's values are checked as they are read."""
+
+    def __init__(self, path: Path, layout: dict, codec: Codec, num_classes: int, where: str,
+                 window: int):
+        self.path, self.layout, self.codec = path, layout, codec
+        self.num_classes, self.where, self.window = num_classes, where, max(1, window)
+        self.example_ids = self.row_offsets = None
+        self.shared: dict[str, torch.Tensor] = {}
+        self._cache: dict[str, torch.Tensor] = {}
+        self._w0 = self._w1 = 0
+
+    @property
+    def rows(self) -> int:
+        return int(self.row_offsets[-1])
+
+    def read(self, name: str, a: int, z: int) -> torch.Tensor:
+        """Rows ``a:z`` of tensor ``name``, from the file."""
+        start, dtype, shape = self.layout[name]
+        torch_dtype = ST_DTYPES[dtype]
+        row = torch_dtype.itemsize
+        for d in shape[1:]:
+            row *= d
+        if z <= a:
+            return torch.empty((0, *shape[1:]), dtype=torch_dtype)
+        with open(self.path, "rb") as f:
+            f.seek(start + a * row)
+            data = bytearray(f.read((z - a) * row))
+        if len(data) != (z - a) * row:
+            raise BundleError(f"{self.where}: its inflated copy {self.path} was cut short")
+        return torch.frombuffer(data, dtype=torch_dtype).reshape(z - a, *shape[1:])
+
+    def rows_of(self, a: int, z: int) -> dict[str, torch.Tensor]:
+        """The tensors of rows ``a:z`` (read with the rows after them, up to a window, and
+        checked), the codec's shared tensors whole."""
+        if not self._w0 <= a <= z <= self._w1 or not self._cache:
+            self._w0, self._w1 = a, min(self.rows, max(z, a + self.window))
+            names = [n for n in self.layout
+                     if n not in ("example_ids", "row_offsets") and n not in self.shared]
+            self._cache = {n: self.read(n, self._w0, self._w1) for n in names}
+            problems = self.codec.check_values({**self._cache, **self.shared},
+                                               self.num_classes)
+            if problems:
+                raise BundleError.collected(f"{self.where} (rows {self._w0} to {self._w1 - 1})",
+                                            problems)
+        return {**{n: v[a - self._w0:z - self._w0] for n, v in self._cache.items()},
+                **self.shared}
+
+    def close(self) -> None:
+        """Remove the inflated copy."""
+        self._cache = {}
+        self.path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -139,20 +202,23 @@ class BundleReader:
         return (f"BundleReader({str(self.path)!r}, task={m.task!r}, encoding={m.encoding}, "
                 f"rows={m.rows}, examples={m.examples})")
 
-    def load_shard(self, info: ShardInfo) -> LogitBlock:
+    def _shard_data(self, info: ShardInfo) -> tuple[str, bytes]:
+        """A shard's compressed bytes, their size and sha256 checked against the manifest."""
         where = f"{self.path / info.file}"
-        file = self.path / info.file
         try:
-            data = read_regular(file, self.limits.max_shard_bytes, "max_shard_bytes",
-                                expected=info.bytes)
+            data = read_regular(self.path / info.file, self.limits.max_shard_bytes,
+                                "max_shard_bytes", expected=info.bytes)
         except FileNotFoundError:
             raise BundleError(f"{where}: listed in {MANIFEST} but missing") from None
         digest = sha256_bytes(data)
         if digest != info.sha256:
             raise BundleError(f"{where}: sha256 is {digest}, the manifest declares {info.sha256};"
                               " the file is corrupt or was changed")
+        return where, data
 
-        def check(header, meta) -> None:  # before the body is inflated
+    def _header_check(self, info: ShardInfo, where: str):
+        """The check a shard's safetensors header passes before its body is inflated."""
+        def check(header, meta) -> None:
             problems = self._check_meta(meta, info, where)
             widths = self.codec.widths(header)
             problems += self.codec.check_widths(widths)
@@ -160,13 +226,52 @@ class BundleReader:
                 problems = check_header(header, self.expected_tensors(info, widths), where)
             if problems:
                 raise BundleError.collected(where, problems)
+        return check
 
+    def load_shard(self, info: ShardInfo) -> LogitBlock:
+        where, data = self._shard_data(info)
         raw, _, _ = decompress_shard(data, info.raw_bytes, where, self.limits.max_shard_bytes,
-                                     check)
+                                     self._header_check(info, where))
         try:
             tensors = load_tensors(raw)
         except Exception as exc:  # safetensors raises its own error types
             raise BundleError(f"{where}: safetensors could not load the shard ({exc})") from None
+        ids, offsets = self._index(tensors, info, where)
+        problems = self.codec.check_values(tensors, self.manifest.num_classes)
+        if problems:
+            raise BundleError.collected(where, problems)
+        return LogitBlock(ids, offsets, tensors, self.codec, self.manifest.num_classes)
+
+    def spill_shard(self, info: ShardInfo, folder: str | os.PathLike,
+                    window: int = 4096) -> "SpilledBlock":
+        """A shard inflated to an uncompressed file in ``folder`` (checked like
+        :meth:`load_shard`: the values a window at a time, as they are read) and read back
+        ``window`` rows at a time, so that memory holds a window, not the shard. The caller
+        removes the file with :meth:`SpilledBlock.close`."""
+        where, data = self._shard_data(info)
+        path = Path(folder) / f"{os.getpid()}-{id(self)}-{info.file}.safetensors"
+        try:
+            with open(path, "wb") as f:
+                header, _, body = inflate_shard_to(data, info.raw_bytes, where, f,
+                                                   self.limits.max_shard_bytes,
+                                                   self._header_check(info, where))
+            del data
+            layout = {name: (body + e["data_offsets"][0], e["dtype"], tuple(e["shape"]))
+                      for name, e in header.items()}
+            block = SpilledBlock(path, layout, self.codec, self.manifest.num_classes, where,
+                                 window)
+            index = {name: block.read(name, 0, layout[name][2][0])
+                     for name in ("example_ids", "row_offsets") if name in layout}
+            block.example_ids, block.row_offsets = self._index(index, info, where)
+            block.shared = {name: block.read(name, 0, layout[name][2][0])
+                            for name in self.codec.shared_tensors}
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return block
+
+    def _index(self, tensors: dict, info: ShardInfo, where: str):
+        """A shard's ``example_ids`` and ``row_offsets`` (taken out of ``tensors``), checked."""
         problems = []
         ids = tensors.pop("example_ids")
         offsets = tensors.pop("row_offsets", None)
@@ -182,10 +287,9 @@ class BundleReader:
             problems.append("tensor 'example_ids': negative example ids")
         elif len(torch.unique(ids)) != len(ids):
             problems.append("tensor 'example_ids': an example id appears twice")
-        problems += self.codec.check_values(tensors, self.manifest.num_classes)
         if problems:
             raise BundleError.collected(where, problems)
-        return LogitBlock(ids, offsets, tensors, self.codec, self.manifest.num_classes)
+        return ids, offsets
 
     def _check_meta(self, meta: dict, info: ShardInfo, where: str) -> list[str]:
         m = self.manifest

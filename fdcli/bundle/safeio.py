@@ -38,6 +38,9 @@ class Limits:
     max_classes: int = MAX_CLASSES
     #: largest dense float array built from bundle rows (rows x classes x bytes per value).
     max_dense_bytes: int = 2 * _GIB
+    #: most decoded shard bytes ``fd aggregate`` holds at once (one shard of every input);
+    #: above it, each shard is inflated to a temporary file and read a window of rows at a time.
+    max_held_bytes: int = 512 * _MIB
 
     @classmethod
     def names(cls) -> list[str]:

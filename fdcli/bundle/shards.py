@@ -26,13 +26,13 @@ MAX_SHARD_BYTES = 1 << 30
 ZSTD_LEVEL = 9
 MAX_HEADER_BYTES = 16 << 20
 
-_ST_DTYPES = {
+ST_DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "U16": torch.uint16,
     "I16": torch.int16, "U32": torch.uint32, "I32": torch.int32, "I64": torch.int64,
     "U64": torch.uint64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
     "F64": torch.float64,
 }
-ST_NAME = {v: k for k, v in _ST_DTYPES.items()}
+ST_NAME = {v: k for k, v in ST_DTYPES.items()}
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -166,6 +166,40 @@ def decompress_shard(data: bytes, expected_size: int | None, where: str,
 
     The safetensors header is parsed, and passed to ``check(header, metadata)`` (which raises
     to refuse it), before the body is inflated; the frame must be complete."""
+    size, header, meta, _ = _checked_header(data, expected_size, where, limit, check)
+    # inflate again from the start into one buffer: cheaper than joining the pieces
+    frame = FrameReader(data, where, size, walked=True)
+    raw = frame.read(size)
+    frame.finish()
+    return raw, header, meta
+
+
+#: how much :func:`inflate_shard_to` inflates at a time
+INFLATE_CHUNK = 4 << 20
+
+
+def inflate_shard_to(data: bytes, expected_size: int | None, where: str, file,
+                     limit: int = MAX_SHARD_BYTES, check=None) -> tuple[dict, dict, int]:
+    """:func:`decompress_shard` into the open binary ``file``, ``INFLATE_CHUNK`` bytes at a
+    time (memory does not grow with the shard): ``(header, metadata, body offset)``; a
+    tensor's ``data_offsets`` count from the body offset."""
+    size, header, meta, body = _checked_header(data, expected_size, where, limit, check)
+    frame = FrameReader(data, where, size, walked=True)
+    left = size
+    while left:
+        chunk = frame.read(min(INFLATE_CHUNK, left))
+        if not chunk:
+            break
+        file.write(chunk)
+        left -= len(chunk)
+    frame.finish()
+    return header, meta, body
+
+
+def _checked_header(data: bytes, expected_size: int | None, where: str, limit: int,
+                    check) -> tuple[int, dict, dict, int]:
+    """The shard's inflated size, its safetensors header (checked, and passed to ``check``,
+    before the body is inflated) and metadata, and where its body starts."""
     size = frame_size(data, expected_size, where, limit)
     frame = FrameReader(data, where, size)
     head = frame.read(8)
@@ -182,11 +216,7 @@ def decompress_shard(data: bytes, expected_size: int | None, where: str,
     header, meta = parse_header_json(blob, size - 8 - n, where)
     if check is not None:
         check(header, meta)
-    # inflate again from the start into one buffer: cheaper than joining the pieces
-    frame = FrameReader(data, where, size, walked=True)
-    raw = frame.read(size)
-    frame.finish()
-    return raw, header, meta
+    return size, header, meta, 8 + n
 
 
 def parse_header(raw: bytes, where: str) -> tuple[dict[str, dict], dict[str, str]]:
@@ -217,7 +247,7 @@ def parse_header_json(blob: bytes, body: int,
         raise BundleError(f"{where}: safetensors '__metadata__' must map strings to strings")
     spans = []
     for name, entry in header.items():
-        ok = (isinstance(entry, dict) and entry.get("dtype") in _ST_DTYPES
+        ok = (isinstance(entry, dict) and entry.get("dtype") in ST_DTYPES
               and isinstance(entry.get("shape"), list)
               and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
               and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
@@ -229,7 +259,7 @@ def parse_header_json(blob: bytes, body: int,
         numel = 1
         for d in entry["shape"]:
             numel *= d
-        size = numel * _ST_DTYPES[entry["dtype"]].itemsize
+        size = numel * ST_DTYPES[entry["dtype"]].itemsize
         if not 0 <= start <= end <= body or end - start != size:
             raise BundleError(f"{where}: tensor '{name}' has data_offsets {entry['data_offsets']}"
                               f" for {size} bytes of {entry['dtype']}{entry['shape']} in a "

@@ -17,7 +17,8 @@ LimitOpt = Annotated[Optional[list[str]], typer.Option(
     "--limit", metavar="NAME=VALUE",
     help="Change a resource limit on reading bundles (repeatable): max_manifest_bytes (8MiB), "
          "max_json_depth (32), max_string_chars (4096), max_shard_bytes (1GiB), max_classes "
-         "(1048576), max_dense_bytes (2GiB). See docs/bundle-format.md.")]
+         "(1048576), max_dense_bytes (2GiB), max_held_bytes (512MiB). See "
+         "docs/bundle-format.md.")]
 TrustedOpt = Annotated[Optional[Path], typer.Option(
     help="Folder of trusted public keys (NAME.pub, from fd keygen): refuse bundles that are "
          "unsigned, signed by another key, or altered after signing.")]

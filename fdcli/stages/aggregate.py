@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +18,10 @@ from ..errors import FdError, IncompatibleBundlesError
 from ..progress import progress_bar
 from ..rules import CONFIDENCE_MEASURES, RULES, aggregate_sparse, consensus_distance
 from ..rules import sharpen as sharpen_probs
+
+#: about how many bytes the clients' rows take while one batch of examples is combined
+#: (the batch shrinks as clients grow, so memory does not grow with them)
+WORK_BYTES = 256 << 20
 
 #: a client whose mean distance from the consensus has a robust z-score above this is flagged
 #: (benchmarks/poison_table.py: 32 of 36 poisoned clients flagged, 2 of 164 honest ones).
@@ -149,8 +155,9 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
                 config[key] = made.get(key)
         k = 16 if k is None else k
         config.update(k=k, value_dtype=value_dtype)
-        return _aggregate_sparse(readers, out, rule, params, TopKCodec(k, value_dtype),
-                                 config, common, progress, outlier_z)
+        with _spilling(readers) as spill:
+            return _aggregate_sparse(readers, out, rule, params, TopKCodec(k, value_dtype),
+                                     config, common, progress, outlier_z, spill)
     if first.task == "embedding":
         _same_temperature(readers)
         made = first.producer.config  # how the relations were made, for the student
@@ -161,26 +168,40 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
             k = max(int(r.manifest.encoding.get("k", r.manifest.num_classes)) for r in readers)
         k = min(k, first.num_classes)
         config.update(k=k, value_dtype=value_dtype)
-        return _aggregate_sparse(readers, out, rule, params, TopKCodec(k, value_dtype), config,
-                                 common, progress, outlier_z)
-    return _aggregate_classes(readers, out, rule, params, config, common, progress, sharpen,
-                              outlier_z)
+        with _spilling(readers) as spill:
+            return _aggregate_sparse(readers, out, rule, params, TopKCodec(k, value_dtype),
+                                     config, common, progress, outlier_z, spill)
+    with _spilling(readers) as spill:
+        return _aggregate_classes(readers, out, rule, params, config, common, progress,
+                                  sharpen, outlier_z, spill)
+
+
+def _spilling(readers):
+    """A temporary folder to inflate the inputs' shards into (read back a window of rows at a
+    time) when holding one decoded shard of every input would pass the ``max_held_bytes``
+    limit; else None (they are held in memory)."""
+    held = sum(max((s.raw_bytes for s in r.manifest.shards), default=0) for r in readers)
+    if held <= readers[0].limits.max_held_bytes:
+        return contextlib.nullcontext(None)
+    return tempfile.TemporaryDirectory(prefix="fd-aggregate-")
 
 
 def _aggregate_classes(readers, out, rule, params, config, common, progress,
-                       sharpening, outlier_z) -> BundleManifest:
-    """Stream classification bundles in step, one shard per bundle read at a time and decoded
-    a window of rows at a time, and combine up to 4,096 examples at a time (fewer when the
-    ``max_dense_bytes`` limit asks) into a dense bundle: memory is bounded by the shards and
-    the chunk, not by the number of clients times the proxy size. Examples are taken a
-    window at a time from every bundle (:func:`_in_windows`), not one by one."""
+                       sharpening, outlier_z, spill) -> BundleManifest:
+    """Stream classification bundles in step, one shard per bundle read at a time (or, with
+    ``spill``, inflated there and read back) and decoded a window of rows at a time, and
+    combine up to 4,096 examples at a time (fewer as clients grow, :data:`WORK_BYTES`, or
+    when the ``max_dense_bytes`` limit asks) into a dense bundle: memory is bounded by the
+    shards and the chunk, not by the number of clients times the proxy size. Examples are
+    taken a window at a time from every bundle (:func:`_in_windows`), not one by one."""
     first = readers[0].manifest
     clients, c = len(readers), first.num_classes
     readers[0].check_dense(1, clients=clients, itemsize=8)  # one example of every client
     # a chunk holds the clients' float64 probabilities and about two more arrays of that size
     # in the rule and the consensus distance
-    chunk = max(1, min(4096, readers[0].limits.max_dense_bytes // (3 * clients * c * 8)))
-    streams = [_Examples(r, decode=True, window=chunk) for r in readers]
+    budget = min(readers[0].limits.max_dense_bytes, WORK_BYTES)
+    chunk = max(1, min(4096, budget // (3 * clients * c * 8)))
+    streams = [_Examples(r, decode=True, window=chunk, spill=spill) for r in readers]
     tally = OutlierTally(clients, outlier_z)
     with BundleWriter(out, codec=DenseCodec(), task="classification",
                       num_classes=c, label_names=first.label_space.get("names"),
@@ -306,9 +327,12 @@ class _Examples:
     """One bundle's examples in file order, one at a time, checking that ids increase. With
     ``decode``, rows are decoded to dense log-probabilities ``window`` rows at a time."""
 
-    def __init__(self, reader, decode: bool = False, window: int = 4096):
-        self.reader, self.blocks, self.decode = reader, reader.iter_blocks(), decode
+    def __init__(self, reader, decode: bool = False, window: int = 4096,
+                 spill: Path | None = None):
+        self.reader, self.decode = reader, decode
         self.window = max(1, window)
+        self.blocks = reader.iter_blocks() if spill is None else (
+            reader.spill_shard(info, spill, self.window) for info in reader.manifest.shards)
         if decode:
             reader.check_dense(self.window)
         self.block, self.i, self.last = None, 0, -1
@@ -317,6 +341,8 @@ class _Examples:
 
     def _advance(self) -> None:
         while self.block is None or self.i >= len(self.block.example_ids):
+            if self.block is not None:
+                self.block.close()
             self.block, self.i, self.logp = next(self.blocks, None), 0, None
             if self.block is None:
                 return
@@ -331,9 +357,7 @@ class _Examples:
         if self.logp is None or a < self.w0 or z > self.w1:
             b = self.block
             self.w0, self.w1 = a, min(b.rows, max(z, a + self.window))
-            shared = b.codec.shared_tensors
-            part = {k: (v if k in shared else v[self.w0:self.w1]) for k, v in b.tensors.items()}
-            self.logp = b.codec.dense_at(part, b.num_classes, 1.0)
+            self.logp = b.codec.dense_at(b.rows_of(self.w0, self.w1), b.num_classes, 1.0)
         return self.logp[a - self.w0:z - self.w0]
 
     def _check_increasing(self, ids: torch.Tensor) -> None:
@@ -371,8 +395,7 @@ class _Examples:
             self._not_increasing(e, self.last)
         self.last = e
         a, z = int(b.row_offsets[i]), int(b.row_offsets[i + 1])
-        part = {"logp": self._dense(a, z)} if self.decode else \
-            {k: v[a:z] for k, v in b.tensors.items()}
+        part = {"logp": self._dense(a, z)} if self.decode else b.rows_of(a, z)
         self.i += 1
         self._advance()
         return z - a, part
@@ -473,17 +496,19 @@ def _in_step(streams: Sequence[_Examples]):
 
 
 def _aggregate_sparse(readers, out, rule, params, codec, config, common,
-                      progress, outlier_z) -> BundleManifest:
-    """Stream token (or embedding) bundles in step, example by example, combining a few
-    thousand rows at a time over the union of the clients' kept ids
-    (:func:`fdcli.rules.aggregate_sparse`)."""
+                      progress, outlier_z, spill) -> BundleManifest:
+    """Stream token (or embedding) bundles in step, example by example, combining up to
+    4,096 rows at a time (fewer as clients grow: :func:`_batch_rows`) over the union of the
+    clients' kept ids (:func:`fdcli.rules.aggregate_sparse`). With ``spill``, each input's
+    shards are inflated there and read back a batch of rows at a time."""
     first = readers[0].manifest
     for r in readers:
         if r.codec.shared_tensors:
             usable = "topk or sample" if first.task == "token" else "topk or dense"
             raise IncompatibleBundlesError(f"{r.path}: a {r.codec.name!r} bundle cannot be "
                                            f"streamed; emit {first.task} bundles as {usable}")
-    streams = [_Examples(r) for r in readers]
+    batch = _batch_rows(readers)
+    streams = [_Examples(r, window=batch, spill=spill) for r in readers]
     v = first.num_classes
     tally = OutlierTally(len(readers), outlier_z)
     names = first.label_space.get("names") if first.task == "embedding" else None
@@ -520,13 +545,22 @@ def _aggregate_sparse(readers, out, rule, params, codec, config, common,
         for e, n_rows, parts in _in_step(streams):
             pending.append((e, n_rows, parts))
             rows += n_rows
-            if rows >= 4096:
+            if rows >= batch:
                 flush()
                 rows = 0
         if pending:
             flush()
         writer.update_provenance(tally.annotate(common["provenance"]))
     return writer.manifest
+
+
+def _batch_rows(readers) -> int:
+    """How many rows to combine at once: 4,096, or fewer where every client's rows of them
+    (each row's ids gathered, sorted and spread over the union: about 16 times its decoded
+    bytes) would take more than :data:`WORK_BYTES`."""
+    row_bytes = max((s.raw_bytes / max(s.rows, 1) for r in readers for s in r.manifest.shards),
+                    default=1.0)
+    return max(1, min(4096, int(WORK_BYTES // (len(readers) * 16 * max(row_bytes, 1.0)))))
 
 
 def _scatter_rows(sp: SparseRows | None, rows: torch.Tensor, v: int) -> SparseRows:

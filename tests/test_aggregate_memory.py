@@ -1,0 +1,116 @@
+"""fd aggregate over many clients: inputs spilled to temporary files and read a window of rows
+at a time (the max_held_bytes limit), batches that shrink as clients grow, and few open files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from fdcli import BundleError, DenseCodec, LowRankCodec, SampleCodec, TopKCodec, read_bundle
+from fdcli.bundle.safeio import Limits
+from fdcli.stages.aggregate import WORK_BYTES, _batch_rows, aggregate
+
+from .helpers import make_bundle, replace_shard_tensors
+
+HELD_NOTHING = Limits(max_held_bytes=1)
+
+
+def clients(root: Path, codec, task: str, n: int = 3, vocab: int = 50, **kw) -> list[Path]:
+    out = []
+    for c in range(n):
+        path = root / f"client-{c}"
+        # several shards per client, so that spilled shards follow each other
+        make_bundle(path, codec, task=task, vocab=vocab, examples=12, data_seed=c,
+                    client_id=f"c{c}", max_shard_rows=5, **kw)
+        out.append(path)
+    return out
+
+
+def rows_of(path: Path) -> dict[str, torch.Tensor]:
+    block = read_bundle(path).read_all()
+    return {"example_ids": block.example_ids, "row_offsets": block.row_offsets,
+            **block.tensors}
+
+
+@pytest.fixture
+def spill_dir(tmp_path, monkeypatch):
+    """Where aggregate's temporary folders go in these tests (checked empty afterwards)."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("task,codec,rule", [
+    ("token", TopKCodec(k=6), "confidence"),
+    ("token", TopKCodec(k=6), "median"),
+    ("token", SampleCodec(draws=8), "mean"),
+    ("classification", DenseCodec(), "confidence"),
+    ("classification", LowRankCodec(rank=3), "trimmed-mean"),
+])
+def test_spilled_inputs_give_the_same_bundle(tmp_path, spill_dir, task, codec, rule):
+    inputs = clients(tmp_path, codec, task)
+    held = aggregate(inputs, tmp_path / "held", rule=rule, progress=False)
+    spilled = aggregate(inputs, tmp_path / "spilled", rule=rule, progress=False,
+                        limits=HELD_NOTHING)
+    a, b = rows_of(tmp_path / "held"), rows_of(tmp_path / "spilled")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert held.provenance == spilled.provenance  # the outlier report too
+    assert held.rows == spilled.rows == sum(r.manifest.rows for r in map(read_bundle, inputs)) \
+        // len(inputs)
+    assert list(spill_dir.iterdir()) == []  # the inflated copies are gone
+
+
+def test_a_spilled_shard_is_checked_as_it_is_read(tmp_path, spill_dir):
+    inputs = clients(tmp_path, TopKCodec(k=6), "token")
+
+    def change(t):
+        t["ids"][0, 0] = 54  # past the 50-id vocabulary
+
+    replace_shard_tensors(inputs[1], 1, change)
+    with pytest.raises(BundleError) as err:
+        aggregate(inputs, tmp_path / "out", progress=False, limits=HELD_NOTHING)
+    text = str(err.value)
+    assert "client-1/shard-00001.safetensors.zst (rows 0 to" in text
+    assert "tensor 'ids': id 54 is out of range" in text
+    assert not (tmp_path / "out").exists()
+    assert list(spill_dir.iterdir()) == []
+
+
+def test_batches_shrink_as_clients_grow(tmp_path):
+    inputs = clients(tmp_path, TopKCodec(k=6), "token", n=1)
+    reader = read_bundle(inputs[0])
+    shard = reader.manifest.shards[0]
+    per_row = shard.raw_bytes / shard.rows
+    assert _batch_rows([reader]) == 4096
+    many = _batch_rows([reader] * 100_000)
+    assert many == max(1, int(WORK_BYTES // (100_000 * 16 * per_row)))
+    assert many < 4096
+
+
+def test_many_bundles_under_a_small_open_file_limit(tmp_path):
+    """300 bundles, spilled, aggregated by a process that may hold 64 files open."""
+    inputs = []
+    for c in range(300):
+        path = tmp_path / f"b{c:03d}"
+        make_bundle(path, TopKCodec(k=4), vocab=40, examples=3, data_seed=c, client_id=f"c{c}")
+        inputs.append(str(path))
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)); "
+            "from fdcli.cli import main; sys.argv = ['fd'] + sys.argv[1:]; main()")
+    run = subprocess.run([sys.executable, "-c", code, "--quiet", "aggregate", *inputs,
+                          "--out", str(tmp_path / "out"), "--limit", "max_held_bytes=1",
+                          "--json"], capture_output=True, text=True,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1", TMPDIR=str(tmp_path)))
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert len(report["clients"]) == 300
+    assert read_bundle(tmp_path / "out").manifest.examples == 3
