@@ -1,8 +1,8 @@
 """fd aggregate over many clients: wall time, rows/s and the peak memory of the process.
 
-aggregate holds one decoded shard per input bundle, so its memory grows with the number of
-clients times the shard size, and stops growing with the proxy set once bundles have several
-shards (``--shard-mib`` small shows it without writing gigabytes).
+aggregate holds one decoded shard per input bundle until they would pass its max_held_bytes
+limit (512 MiB); past it, it inflates them to temporary files and reads a batch of rows at a
+time, so that its memory does not grow with the clients' data.
 
 Writes ``--clients`` bundles over one proxy set (token bundles: top-16 rows over a 32,768-id
 vocabulary, each client keeping 16 of the same 32 candidate ids per row with its own
@@ -12,6 +12,8 @@ second, input rows per second and peak RSS (``ru_maxrss`` of the child). It prin
 
     python benchmarks/aggregate_scale.py --task token --clients 200 --rows 4096
     python benchmarks/aggregate_scale.py --task classification --clients 200 --rows 20000
+    python benchmarks/aggregate_scale.py --task token --overlap zipf --clients 50 \
+        --rows 8192 --processes 2,4
 """
 
 from __future__ import annotations
@@ -52,6 +54,22 @@ def run_aggregate(root: Path, bundles: list[str], rule: str, name: str,
     return {"aggregate_s": round(wall, 2),
             "peak_rss_mib": round(json.loads(peak.read_text())["peak_rss_mib"]),
             "report": json.loads(run.stdout)}
+
+
+def run_launched(root: Path, bundles: list[str], rule: str, processes: int) -> dict:
+    """``fd aggregate`` under ``torchrun`` with ``processes`` processes (one thread each, as
+    torchrun sets): wall seconds."""
+    out = root / f"teacher-{processes}p"
+    t0 = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", str(processes), "-m", "fdcli", "--quiet",
+                          "aggregate", *bundles, "--rule", rule, "--out", str(out), "--json"],
+                         capture_output=True, text=True, cwd=root,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    wall = time.perf_counter() - t0
+    if run.returncode != 0:
+        raise SystemExit(run.stderr[-4000:])
+    return {"aggregate_s": round(wall, 2), "report": json.loads(run.stdout)}
 
 
 def same_rows(a: Path, b: Path) -> bool:
@@ -141,6 +159,10 @@ def main() -> None:
                     help="also run fd aggregate from this fd source tree (e.g. a git worktree "
                          "of an earlier commit) on the same bundles, and compare rows, report, "
                          "time and memory")
+    ap.add_argument("--processes", default="",
+                    help="also run fd aggregate under torchrun with these numbers of processes "
+                         "(comma-separated, e.g. 2,4) on the same bundles, and compare rows, "
+                         "report and time with one process's")
     args = ap.parse_args()
     args.rows = max(args.block, args.rows // args.block * args.block) if args.task == "token" \
         else args.rows
@@ -177,6 +199,14 @@ def main() -> None:
                 "same_rows": same_rows(root / "teacher", root / "teacher-baseline"),
                 "same_report": before["report"]["clients"] == now["report"]["clients"],
                 "speedup": round(before["aggregate_s"] / wall, 2)}
+        for n in [int(x) for x in args.processes.split(",") if x.strip()]:
+            got = run_launched(root, bundles, args.rule, n)
+            result[f"processes_{n}"] = {
+                "aggregate_s": got["aggregate_s"], "rows_per_s": round(args.rows / got[
+                    "aggregate_s"]),
+                "same_rows": same_rows(root / "teacher", root / f"teacher-{n}p"),
+                "same_report": got["report"]["clients"] == now["report"]["clients"],
+                "speedup": round(wall / got["aggregate_s"], 2)}
         print(json.dumps(result, indent=2))
     finally:
         if args.keep is None:

@@ -363,8 +363,8 @@ def test_two_process_training_writes_one_model(lm_files, tmp_path):
 def test_single_process_commands_refuse_a_launcher(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    r = fd(*["aggregate", str(tmp_path), "--out", str(tmp_path / "t")])
-    assert r.exit_code == 1 and "fd aggregate runs in one process, but WORLD_SIZE=2" in r.output
+    r = fd(*["merge", str(tmp_path), "--out", str(tmp_path / "t")])
+    assert r.exit_code == 1 and "fd merge runs in one process, but WORLD_SIZE=2" in r.output
     assert sorted(tmp_path.iterdir()) == []
 
 

@@ -47,7 +47,7 @@ def _version_callback(value: bool) -> None:
 
 
 #: the commands that run under several processes (torchrun, accelerate launch; docs/scaling.md)
-MULTI_PROCESS = ("train-specialist", "emit-logits", "distill", "evaluate")
+MULTI_PROCESS = ("train-specialist", "emit-logits", "aggregate", "distill", "evaluate")
 
 
 @app.callback()

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..console import out, plain, print_json, report, reporting_errors
+from ..launch import ranks
 from ..rule_options import RULE_OPTIONS
 from ..tasks import choose_task, task_of_bundle, task_of_model
 from . import app
@@ -288,6 +289,8 @@ def aggregate(
         takes = {k: None for k, rules in RULE_OPTIONS.items() if rule_name in rules}
         refuse_foreign(ctx, "aggregate", picked, takes, f"to --rule {rule_name}")
         m = run(ctx, "aggregate", chosen, bundles, out_dir, overwrite=overwrite)
+    if not ranks().main:  # several processes: process 0 reports the merged teacher
+        return
     clients = [{key: p.get(key) for key in ("path", "client_id", "signer", "examples",
                                             "distance_from_consensus", "agreement",
                                             "robust_z", "outlier")} for p in m.provenance]

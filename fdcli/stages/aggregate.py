@@ -15,9 +15,12 @@ from ..bundle import BundleManifest, BundleWriter, DenseCodec, SparseRows, TopKC
 from ..bundle.safeio import DEFAULT_LIMITS, Limits
 from ..bundle.signing import check_signature
 from ..errors import FdError, IncompatibleBundlesError
+from ..launch import Ranks, ranks, share
 from ..progress import progress_bar
 from ..rules import CONFIDENCE_MEASURES, RULES, aggregate_sparse, consensus_distance
 from ..rules import sharpen as sharpen_probs
+from .parallel import all_sum, finish_parts, part_target
+from .streams import Examples, in_step, in_windows
 
 #: about how many bytes the clients' rows take while one batch of examples is combined
 #: (the batch shrinks as clients grow, so memory does not grow with them)
@@ -114,7 +117,14 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
     ``value_dtype``; ``k`` default 16), the rest joining its tail. Embedding (relational)
     bundles are combined the same way, one row per example, keep their anchors as the label
     space, and keep as many anchors per row as the input that kept most, unless ``k`` says
-    otherwise."""
+    otherwise.
+
+    Memory does not grow with the number of clients: examples are combined in batches that
+    shrink as clients grow (:data:`WORK_BYTES`), and when one decoded shard of every input
+    would pass the ``max_held_bytes`` limit, shards are inflated to temporary files and read
+    back a batch at a time. Under ``torchrun`` or ``accelerate launch`` each process combines
+    a contiguous share of the examples (:func:`example_share`) into a part, the outlier
+    tallies are summed over the processes, and process 0 merges the parts into ``out``."""
     if rule not in RULES:
         raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
     if confidence_measure not in CONFIDENCE_MEASURES:
@@ -129,6 +139,8 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
         raise IncompatibleBundlesError(f"{readers[0].path}: --sharpen applies to "
                                        "classification bundles, not "
                                        f"{readers[0].manifest.task} bundles")
+    procs = ranks()
+    bounds = example_share(readers, procs)
     params = _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim,
                           prior_correction)
     first = readers[0].manifest
@@ -142,10 +154,14 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
               "sharpen": sharpen,
               "inputs": [str(b) for b in bundles],
               "coverage": {str(r.path): r.manifest.examples for r in readers}}
+    target = part_target(out, procs, config)
     common = dict(proxy_fingerprint=first.proxy_fingerprint, client_id="coordinator",
                   model_fingerprint="sha256:" + hashlib.sha256(
                       "".join(p["manifest_sha256"] for p in provenance).encode()).hexdigest(),
                   provenance=provenance, seed=seed, overwrite=overwrite, sign_key=sign_key)
+    run = dict(readers=readers, out=target, rule=rule, params=params, config=config,
+               common=common, progress=progress and procs.main, outlier_z=outlier_z,
+               bounds=bounds)
     if first.task == "token":
         made = first.producer.config  # how the proxy was tokenized, for the student
         for key in ("task", "max_length", "packing", "text_column", "source_column",
@@ -155,10 +171,8 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
                 config[key] = made.get(key)
         k = 16 if k is None else k
         config.update(k=k, value_dtype=value_dtype)
-        with _spilling(readers) as spill:
-            return _aggregate_sparse(readers, out, rule, params, TopKCodec(k, value_dtype),
-                                     config, common, progress, outlier_z, spill)
-    if first.task == "embedding":
+        combine, extra = _aggregate_sparse, {"codec": TopKCodec(k, value_dtype)}
+    elif first.task == "embedding":
         _same_temperature(readers)
         made = first.producer.config  # how the relations were made, for the student
         for key in ("task", "anchors", "anchor_seed", "temperature", "pooling",
@@ -168,12 +182,30 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
             k = max(int(r.manifest.encoding.get("k", r.manifest.num_classes)) for r in readers)
         k = min(k, first.num_classes)
         config.update(k=k, value_dtype=value_dtype)
-        with _spilling(readers) as spill:
-            return _aggregate_sparse(readers, out, rule, params, TopKCodec(k, value_dtype),
-                                     config, common, progress, outlier_z, spill)
+        combine, extra = _aggregate_sparse, {"codec": TopKCodec(k, value_dtype)}
+    else:
+        combine, extra = _aggregate_classes, {"sharpening": sharpen}
     with _spilling(readers) as spill:
-        return _aggregate_classes(readers, out, rule, params, config, common, progress,
-                                  sharpen, outlier_z, spill)
+        written = combine(**run, **extra, spill=spill)
+    return finish_parts(out, procs, written, overwrite, limits, sign_key)
+
+
+def example_share(readers, r: Ranks) -> tuple[int, float] | None:
+    """The example ids ``[lo, hi)`` that process ``r`` of a launch combines: a contiguous
+    share of the examples any bundle holds (read from every bundle's shards); None for one
+    process."""
+    if r.world == 1:
+        return None
+    every = torch.empty(0, dtype=torch.int64)
+    for reader in readers:
+        for info in reader.manifest.shards:
+            every = torch.unique(torch.cat([every, reader.load_shard(info).example_ids]))
+    mine = share(len(every), r)
+    if not mine:
+        raise FdError(f"{r.world} processes for {len(every)} examples: process {r.rank} would "
+                      "have none; use fewer processes")
+    return int(every[mine.start]), (int(every[mine.stop]) if mine.stop < len(every)
+                                    else math.inf)
 
 
 def _spilling(readers):
@@ -187,13 +219,14 @@ def _spilling(readers):
 
 
 def _aggregate_classes(readers, out, rule, params, config, common, progress,
-                       sharpening, outlier_z, spill) -> BundleManifest:
+                       sharpening, outlier_z, spill, bounds) -> BundleManifest:
     """Stream classification bundles in step, one shard per bundle read at a time (or, with
     ``spill``, inflated there and read back) and decoded a window of rows at a time, and
     combine up to 4,096 examples at a time (fewer as clients grow, :data:`WORK_BYTES`, or
     when the ``max_dense_bytes`` limit asks) into a dense bundle: memory is bounded by the
     shards and the chunk, not by the number of clients times the proxy size. Examples are
-    taken a window at a time from every bundle (:func:`_in_windows`), not one by one."""
+    taken a window at a time from every bundle (:func:`.streams.in_windows`), not one by
+    one."""
     first = readers[0].manifest
     clients, c = len(readers), first.num_classes
     readers[0].check_dense(1, clients=clients, itemsize=8)  # one example of every client
@@ -201,20 +234,22 @@ def _aggregate_classes(readers, out, rule, params, config, common, progress,
     # in the rule and the consensus distance
     budget = min(readers[0].limits.max_dense_bytes, WORK_BYTES)
     chunk = max(1, min(4096, budget // (3 * clients * c * 8)))
-    streams = [_Examples(r, decode=True, window=chunk, spill=spill) for r in readers]
+    streams = [Examples(r, decode=True, window=chunk, spill=spill, bounds=bounds)
+               for r in readers]
     tally = OutlierTally(clients, outlier_z)
     with BundleWriter(out, codec=DenseCodec(), task="classification",
                       num_classes=c, label_names=first.label_space.get("names"),
                       label_fingerprint=first.label_fingerprint, config=config,
                       **common) as writer, \
             progress_bar(first.examples, "aggregating examples", progress) as advance:
-        for ids, probs, present in _in_windows(streams, chunk, c):
+        for ids, probs, present in in_windows(streams, chunk, c):
             combined = RULES[rule](probs, present, **params)
             tally.add(*consensus_distance(probs, present))
             if sharpening is not None:
                 combined = sharpen_probs(combined, sharpening)
             writer.add(ids, combined.clamp_min(1e-30).log().float())
             advance(len(ids))
+        tally.gather(bounds is not None)
         writer.update_provenance(tally.annotate(common["provenance"]))
     return writer.manifest
 
@@ -247,6 +282,12 @@ class OutlierTally:
         self.tv += torch.where(have, tv, 0.0).sum(1)
         self.agree += agree.double().sum(1)
         self.count += have.double().sum(1)
+
+    def gather(self, launched: bool) -> None:
+        """Sum the tallies of every process of a launch (each combined its share)."""
+        if launched:
+            both = all_sum(torch.stack([self.tv, self.agree, self.count]))
+            self.tv, self.agree, self.count = both[0], both[1], both[2]
 
     def report(self) -> list[dict]:
         """Per client: mean total-variation distance from the consensus, top-class agreement,
@@ -323,180 +364,8 @@ def _label_counts(readers) -> list[list[int]]:
     return counts
 
 
-class _Examples:
-    """One bundle's examples in file order, one at a time, checking that ids increase. With
-    ``decode``, rows are decoded to dense log-probabilities ``window`` rows at a time."""
-
-    def __init__(self, reader, decode: bool = False, window: int = 4096,
-                 spill: Path | None = None):
-        self.reader, self.decode = reader, decode
-        self.window = max(1, window)
-        self.blocks = reader.iter_blocks() if spill is None else (
-            reader.spill_shard(info, spill, self.window) for info in reader.manifest.shards)
-        if decode:
-            reader.check_dense(self.window)
-        self.block, self.i, self.last = None, 0, -1
-        self.logp, self.w0, self.w1 = None, 0, 0
-        self._advance()
-
-    def _advance(self) -> None:
-        while self.block is None or self.i >= len(self.block.example_ids):
-            if self.block is not None:
-                self.block.close()
-            self.block, self.i, self.logp = next(self.blocks, None), 0, None
-            if self.block is None:
-                return
-
-    @property
-    def current(self) -> int | None:
-        return None if self.block is None else int(self.block.example_ids[self.i])
-
-    def _dense(self, a: int, z: int) -> torch.Tensor:
-        """Dense log-probabilities of rows ``a:z`` of the current block (low-rank factors
-        are per shard, so rows are decoded from the block's own tensors)."""
-        if self.logp is None or a < self.w0 or z > self.w1:
-            b = self.block
-            self.w0, self.w1 = a, min(b.rows, max(z, a + self.window))
-            self.logp = b.codec.dense_at(b.rows_of(self.w0, self.w1), b.num_classes, 1.0)
-        return self.logp[a - self.w0:z - self.w0]
-
-    def _check_increasing(self, ids: torch.Tensor) -> None:
-        prev = torch.cat([torch.tensor([self.last]), ids[:-1]])
-        bad = (ids <= prev).nonzero().view(-1)
-        if len(bad):
-            self._not_increasing(int(ids[int(bad[0])]), int(prev[int(bad[0])]))
-
-    def _not_increasing(self, e: int, prev: int):
-        raise IncompatibleBundlesError(
-            f"{self.reader.path}: example ids do not increase through the bundle ({e} after "
-            f"{prev}); bundles are aggregated in one streaming pass, so re-emit it with fd "
-            "emit-logits")
-
-    def peek(self, n: int) -> torch.Tensor:
-        """The ids of (at most) the next ``n`` examples of the current shard."""
-        return self.block.example_ids[self.i:self.i + n]
-
-    def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next ``n`` examples of the current shard, one row each: their ids and dense
-        log-probabilities ``[n, C]`` (classification bundles, ``decode``)."""
-        b, i = self.block, self.i
-        ids = b.example_ids[i:i + n]
-        self._check_increasing(ids)
-        self.last = int(ids[-1])
-        logp = self._dense(int(b.row_offsets[i]), int(b.row_offsets[i + n]))
-        self.i += n
-        self._advance()
-        return ids, logp
-
-    def pop(self) -> tuple[int, dict[str, torch.Tensor]]:
-        b, i = self.block, self.i
-        e = int(b.example_ids[i])
-        if e <= self.last:
-            self._not_increasing(e, self.last)
-        self.last = e
-        a, z = int(b.row_offsets[i]), int(b.row_offsets[i + 1])
-        part = {"logp": self._dense(a, z)} if self.decode else b.rows_of(a, z)
-        self.i += 1
-        self._advance()
-        return z - a, part
-
-
-def _in_windows(streams: Sequence[_Examples], size: int, classes: int):
-    """Classification bundles in step, up to ``size`` examples at a time: ``(ids, probs,
-    present)`` with ``ids`` ``[N]`` increasing, ``probs`` ``[K, N, C]`` (float64) and
-    ``present`` ``[K, N]``. Each window runs up to the smallest last id among the bundles'
-    next ``size`` examples, so no bundle is read past an example another has yet to give;
-    the checks are :func:`_in_step`'s."""
-    same = _same_client(streams)
-    k_all = len(streams)
-    while True:
-        live = [s for s in streams if s.current is not None]
-        if not live:
-            return
-        peeks = [s.peek(size) if s.current is not None else None for s in streams]
-        hi = min(int(p[-1]) for p in peeks if p is not None)
-        union = torch.unique(torch.cat([p[p <= hi] for p in peeks if p is not None]))
-        if len(union) > size:
-            hi, union = int(union[size - 1]), union[:size]
-        probs = torch.zeros(k_all, len(union), classes, dtype=torch.float64)
-        present = torch.zeros(k_all, len(union), dtype=torch.bool)
-        for k, (s, p) in enumerate(zip(streams, peeks)):
-            n = 0 if p is None else int((p <= hi).sum())
-            if n:
-                ids, logp = s.take(n)
-                pos = torch.searchsorted(union, ids)
-                probs[k, pos] = logp.double().exp()
-                present[k, pos] = True
-        for group in same:
-            twice = (present[group].sum(0) > 1).nonzero().view(-1)
-            if len(twice):
-                j = int(twice[0])
-                _voted_twice(streams, group, int(union[j]),
-                             [k for k in group if bool(present[k, j])])
-        yield union, probs, present
-
-
-def _voted_twice(streams: Sequence[_Examples], group: list[int], e: int, voters: list[int]):
-    """Refuse bundles ``voters`` (two or more of one client's ``group``) that all give
-    example ``e``: one model's bundles (a bundle replayed, slices that overlap), or two
-    different models that carry the same client id (two institutions sharing an id)."""
-    first, second = (streams[k].reader for k in voters[:2])
-    cid = first.manifest.producer.client_id
-    a, b = first.manifest.producer.model_fingerprint, second.manifest.producer.model_fingerprint
-    if a != b:
-        raise IncompatibleBundlesError(
-            f"{second.path}: client id {cid!r} is shared by two different models: "
-            f"{first.path} (model {a[:19]}...) and {second.path} (model {b[:19]}...), which "
-            f"both give example {e}; each institution's bundles need their own id, so re-emit "
-            "one of them with --client-id NAME (emission is cheap: fd emit-logits MODEL PROXY "
-            "--client-id NAME --out BUNDLE)")
-    raise IncompatibleBundlesError(f"{second.path}: client {cid!r} gives example {e} a second "
-                                   f"time (also in {first.path}); each client may vote once "
-                                   "per example")
-
-
-def _same_client(streams: Sequence[_Examples]) -> list[list[int]]:
-    """Groups (of two or more) of the bundles that name the same client id."""
-    groups: dict[str, list[int]] = {}
-    for k, s in enumerate(streams):
-        groups.setdefault(s.reader.manifest.producer.client_id, []).append(k)
-    return [g for g in groups.values() if len(g) > 1]
-
-
-def _in_step(streams: Sequence[_Examples]):
-    """The bundles' examples in increasing id order: ``(id, rows, parts)`` where
-    ``parts[k]`` is bundle k's rows of that example, or None where it lacks it.
-
-    Bundles of one client id may cover different examples (proxy slices), but one client
-    may not give the same example twice."""
-    same = _same_client(streams)
-    while True:
-        current = [s.current for s in streams]
-        live = [c for c in current if c is not None]
-        if not live:
-            return
-        e = min(live)
-        parts, n_rows, source = [], None, None
-        for s, c in zip(streams, current):
-            if c != e:
-                parts.append(None)
-                continue
-            n, part = s.pop()
-            if n_rows is not None and n != n_rows:
-                raise IncompatibleBundlesError(
-                    f"{s.reader.path}: example {e} has {n} token rows, but {source} has "
-                    f"{n_rows}; the bundles tokenized the proxy differently")
-            n_rows, source = n, s.reader.path
-            parts.append(part)
-        for group in same:
-            voters = [k for k in group if parts[k] is not None]
-            if len(voters) > 1:
-                _voted_twice(streams, group, e, voters)
-        yield e, n_rows, parts
-
-
 def _aggregate_sparse(readers, out, rule, params, codec, config, common,
-                      progress, outlier_z, spill) -> BundleManifest:
+                      progress, outlier_z, spill, bounds) -> BundleManifest:
     """Stream token (or embedding) bundles in step, example by example, combining up to
     4,096 rows at a time (fewer as clients grow: :func:`_batch_rows`) over the union of the
     clients' kept ids (:func:`fdcli.rules.aggregate_sparse`). With ``spill``, each input's
@@ -508,7 +377,7 @@ def _aggregate_sparse(readers, out, rule, params, codec, config, common,
             raise IncompatibleBundlesError(f"{r.path}: a {r.codec.name!r} bundle cannot be "
                                            f"streamed; emit {first.task} bundles as {usable}")
     batch = _batch_rows(readers)
-    streams = [_Examples(r, window=batch, spill=spill) for r in readers]
+    streams = [Examples(r, window=batch, spill=spill, bounds=bounds) for r in readers]
     v = first.num_classes
     tally = OutlierTally(len(readers), outlier_z)
     names = first.label_space.get("names") if first.task == "embedding" else None
@@ -542,7 +411,7 @@ def _aggregate_sparse(readers, out, rule, params, codec, config, common,
             pending.clear()
 
         rows = 0
-        for e, n_rows, parts in _in_step(streams):
+        for e, n_rows, parts in in_step(streams):
             pending.append((e, n_rows, parts))
             rows += n_rows
             if rows >= batch:
@@ -550,6 +419,7 @@ def _aggregate_sparse(readers, out, rule, params, codec, config, common,
                 rows = 0
         if pending:
             flush()
+        tally.gather(bounds is not None)
         writer.update_provenance(tally.annotate(common["provenance"]))
     return writer.manifest
 

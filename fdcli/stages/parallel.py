@@ -1,5 +1,6 @@
-"""Emitting under several processes (torchrun, accelerate launch): which examples each
-process takes, and joining the parts they write into one bundle (docs/scaling.md)."""
+"""Emitting and aggregating under several processes (torchrun, accelerate launch): which
+examples each process takes, and joining the parts they write into one bundle
+(docs/scaling.md)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,17 @@ def resume_start(writer, first: int, advance=None, rows_before=None) -> int:
     if advance is not None:
         advance(rows_before(begin) if rows_before else begin - first)
     return begin
+
+
+def all_sum(t):
+    """The tensor ``t`` summed over every process of the launch (CPU tensors, over gloo)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    total = t.clone()
+    dist.all_reduce(total, group=dist.new_group(backend="gloo"))
+    return total
 
 
 def part_target(out, r: Ranks, config: dict) -> Path:

@@ -1,5 +1,6 @@
-"""fd aggregate over many clients: inputs spilled to temporary files and read a window of rows
-at a time (the max_held_bytes limit), batches that shrink as clients grow, and few open files."""
+"""fd aggregate at scale: inputs spilled to temporary files and read a window of rows at a
+time (the max_held_bytes limit), batches that shrink as clients grow, few open files, and
+several processes (torchrun) that each combine a share of the examples."""
 
 from __future__ import annotations
 
@@ -15,19 +16,22 @@ import torch
 
 from fdcli import BundleError, DenseCodec, LowRankCodec, SampleCodec, TopKCodec, read_bundle
 from fdcli.bundle.safeio import Limits
-from fdcli.stages.aggregate import WORK_BYTES, _batch_rows, aggregate
+from fdcli.errors import FdError
+from fdcli.launch import Ranks
+from fdcli.stages.aggregate import WORK_BYTES, _batch_rows, aggregate, example_share
 
 from .helpers import make_bundle, replace_shard_tensors
 
 HELD_NOTHING = Limits(max_held_bytes=1)
 
 
-def clients(root: Path, codec, task: str, n: int = 3, vocab: int = 50, **kw) -> list[Path]:
+def clients(root: Path, codec, task: str, n: int = 3, vocab: int = 50,
+            examples: tuple = (12, 12, 12), **kw) -> list[Path]:
     out = []
     for c in range(n):
         path = root / f"client-{c}"
         # several shards per client, so that spilled shards follow each other
-        make_bundle(path, codec, task=task, vocab=vocab, examples=12, data_seed=c,
+        make_bundle(path, codec, task=task, vocab=vocab, examples=examples[c], data_seed=c,
                     client_id=f"c{c}", max_shard_rows=5, **kw)
         out.append(path)
     return out
@@ -114,3 +118,38 @@ def test_many_bundles_under_a_small_open_file_limit(tmp_path):
     report = json.loads(run.stdout)
     assert len(report["clients"]) == 300
     assert read_bundle(tmp_path / "out").manifest.examples == 3
+
+
+@pytest.mark.parametrize("task,codec,procs", [("token", TopKCodec(k=6), 3),
+                                              ("classification", DenseCodec(), 2)])
+def test_several_processes_give_the_teacher_of_one(tmp_path, task, codec, procs):
+    # clients that hold different examples: the shares are of the examples any client has
+    inputs = clients(tmp_path, codec, task, examples=(12, 7, 10))
+    one = aggregate(inputs, tmp_path / "one", progress=False)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", str(procs), "-m", "fdcli", "--quiet",
+                          "aggregate", *map(str, inputs), "--out", str(tmp_path / "many"),
+                          "--json"], capture_output=True, text=True, cwd=tmp_path,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["examples"] == 12  # one report, from process 0
+    a, b = rows_of(tmp_path / "one"), rows_of(tmp_path / "many")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    many = read_bundle(tmp_path / "many").manifest
+    assert many.provenance == one.provenance  # the outlier report over every share
+    assert many.producer.config == one.producer.config | {"processes": procs}
+    assert len(many.shards) == procs
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("client")) == \
+        ["many", "one"]  # the parts are gone
+
+
+def test_each_process_takes_a_contiguous_share_of_the_examples(tmp_path):
+    inputs = [read_bundle(p) for p in clients(tmp_path, TopKCodec(k=6), "token",
+                                              examples=(4, 7, 2))]
+    # the examples: 3, 13, ..., 63 (seven of them)
+    assert example_share(inputs, Ranks(0, 1)) is None
+    assert [example_share(inputs, Ranks(r, 3)) for r in range(3)] == \
+        [(3, 23), (23, 43), (43, float("inf"))]
+    with pytest.raises(FdError, match="8 processes for 7 examples: process 0 would have none"):
+        example_share(inputs, Ranks(0, 8))
