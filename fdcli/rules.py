@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from .sparse_rows import SparseRows
+from .sparse_rows import SparseRows, row_sum
 
 CONFIDENCE_MEASURES = ("max", "neg_entropy")
 
@@ -42,7 +42,10 @@ def _check(probs: torch.Tensor, present: torch.Tensor) -> None:
 
 
 def _normalise(p: torch.Tensor, mult: torch.Tensor | None = None) -> torch.Tensor:
-    total = (p if mult is None else p * mult).sum(-1, keepdim=True)
+    # sparse rows (``mult``) are padded to their batch's widest union: their sums over the
+    # columns run in index order (:func:`~fdcli.sparse_rows.row_sum`) so that a row's result
+    # does not depend on the rows it is combined with
+    total = p.sum(-1, keepdim=True) if mult is None else row_sum(p * mult)[..., None]
     return p / total.clamp_min(1e-30)
 
 
@@ -70,7 +73,7 @@ def confidence_scores(probs: torch.Tensor, measure: str = "max",
         return probs.max(-1).values
     if measure == "neg_entropy":
         plogp = probs * probs.clamp_min(1e-30).log()
-        return (plogp if mult is None else plogp * mult).sum(-1)
+        return plogp.sum(-1) if mult is None else row_sum(plogp * mult)
     raise ValueError(f"confidence measure must be one of {CONFIDENCE_MEASURES}, got {measure!r}")
 
 
@@ -101,8 +104,12 @@ def sharpen(combined: torch.Tensor, temperature: float,
     scores = combined / temperature
     if mult is None:
         return torch.softmax(scores, dim=-1)
-    # column j holds mult_j ids of equal score: softmax over ids, read back per id
-    total = torch.softmax(scores + mult.clamp_min(1e-300).log(), dim=-1)
+    # column j holds mult_j ids of equal score: softmax over ids, read back per id (summed in
+    # index order, as _normalise does)
+    scores = scores + mult.clamp_min(1e-300).log()
+    top = scores.max(-1, keepdim=True).values
+    e = (scores - top).exp()
+    total = e / row_sum(e)[..., None]
     return torch.where(mult > 0, total / mult.clamp_min(1), torch.zeros_like(total))
 
 
@@ -201,7 +208,7 @@ def consensus_distance(probs: torch.Tensor, present: torch.Tensor,
     NaN and False."""
     cons = median(probs, present, mult)
     diff = (probs - cons[None]).abs()
-    tv = 0.5 * (diff if mult is None else diff * mult[None]).sum(-1)
+    tv = 0.5 * (diff.sum(-1) if mult is None else row_sum(diff * mult[None]))
     agree = (probs.argmax(-1) == cons.argmax(-1)[None]) & present
     return torch.where(present, tv, torch.full_like(tv, math.nan)), agree
 

@@ -40,3 +40,22 @@ def fill_dense(ids, logp, tail_logp, num_classes) -> torch.Tensor:
     r, c = live.nonzero(as_tuple=True)
     out[r, ids[r, c].long()] = logp[r, c]
     return out
+
+
+def row_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dimension one element after another, in index order (torch's
+    ``cumsum`` on a CPU), so a row's sum does not depend on how many padding zeros its batch
+    appends. torch's vectorised ``sum`` groups a row's elements by the row's length, so the
+    last bits of a sparse row's sum would change with the widest row it is combined with,
+    and aggregated rows with the batch size, the number of processes and the clients."""
+    if x.shape[-1] == 0:
+        return x.sum(-1)
+    return x.cumsum(-1).select(-1, -1)
+
+
+def row_logsumexp(x: torch.Tensor) -> torch.Tensor:
+    """``torch.logsumexp(x, -1)`` with :func:`row_sum`'s independence of trailing ``-inf``
+    padding (a row of ``-inf`` gives ``-inf``)."""
+    m = x.max(-1).values
+    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return shift + row_sum((x - shift[..., None]).exp()).log()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import torch
 
-from ..sparse_rows import SparseRows, fill_dense  # noqa: F401  (re-exported for the codecs)
+# re-exported for the codecs
+from ..sparse_rows import SparseRows, fill_dense, row_logsumexp  # noqa: F401
 
 
 def index_dtype(num_classes: int) -> torch.dtype:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..kernels import topk_fused
-from ..sparse import SparseRows, index_dtype, kl_rows, plogp_rows
+from ..sparse import SparseRows, index_dtype, kl_rows, plogp_rows, row_logsumexp
 from .base import (EXACT_TAIL_BELOW, FP16_FLOOR, Codec, bad_rows, ids_in_range, ids_out, nonfinite,
                    normalised)
 
@@ -127,10 +127,13 @@ class TopKCodec(Codec):
         # no mass (a tail of zero, as in sampled rows): padding ids may repeat a kept id
         key = torch.where(torch.isfinite(logp) | ~fill, logp,
                           torch.full_like(logp, torch.finfo(logp.dtype).min))
-        pos = key.topk(k, dim=-1, sorted=False).indices
+        # ties (the median rule makes many) go to the lower id: a stable sort, where topk's
+        # choice among equal values changes with the row's padded width
+        pos = key.sort(dim=-1, descending=True, stable=True).indices[:, :k]
         vals = logp.gather(1, pos)
         dropped = logp.scatter(1, pos, -math.inf)
-        tail = torch.logsumexp(torch.cat([dropped, tail[:, None]], -1), -1)
+        # the row's own sum, whatever width its batch pads it to (row_logsumexp)
+        tail = row_logsumexp(torch.cat([dropped, tail[:, None]], -1))
         ids, order = ids.gather(1, pos).sort(dim=-1)
         vals = vals.gather(1, order)
         lse = torch.zeros(len(ids)) if lse is None else lse
