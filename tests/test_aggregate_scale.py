@@ -190,3 +190,25 @@ def test_a_row_does_not_depend_on_the_rows_it_is_combined_with(rule, params):
         alone = codec.encode_sparse(aggregate_sparse(part, present[:, a:b], rule, **params))
         for name in whole:
             assert torch.equal(whole[name][a:b], alone[name]), (name, a, b)
+
+
+def test_a_spilled_shard_holds_a_small_index(tmp_path):
+    """A spilled shard's index is held whole, so it is narrowed: int32 ids, and no offsets
+    where every example has one row (classification), with the same row spans."""
+    for task, codec in [("classification", DenseCodec()), ("token", TopKCodec(k=6))]:
+        path = clients(tmp_path / task, codec, task, n=1)[0]
+        reader = read_bundle(path)
+        info = reader.manifest.shards[0]
+        held = reader.load_shard(info)
+        block = reader.spill_shard(info, tmp_path, window=2)
+        try:
+            assert block.example_ids.dtype == torch.int32
+            assert torch.equal(block.example_ids.long(), held.example_ids)
+            assert (block.row_offsets is None) == (task == "classification")
+            n = len(held.example_ids)
+            assert [block.row_span(i, n) for i in range(n)] == \
+                [held.row_span(i, n) for i in range(n)]
+            assert block.rows == held.rows
+        finally:
+            block.close()
+        assert not block.path.exists()

@@ -41,6 +41,10 @@ class LogitBlock:
     def rows(self) -> int:
         return int(self.row_offsets[-1])
 
+    def row_span(self, first: int, stop: int) -> tuple[int, int]:
+        """The rows of examples ``first`` to ``stop - 1``: ``(a, z)``."""
+        return int(self.row_offsets[first]), int(self.row_offsets[stop])
+
     def sparse(self, temperature: float = 1.0) -> SparseRows:
         """Sparse distributions of every row at ``temperature`` (see docs/bundle-format.md)."""
         return self.codec.sparse_at(self.tensors, self.num_classes, temperature)
@@ -83,17 +87,31 @@ class SpilledBlock:
     for one window of rows. Each window's values are checked as they are read."""
 
     def __init__(self, path: Path, layout: dict, codec: Codec, num_classes: int, where: str,
-                 window: int):
+                 window: int, rows: int):
         self.path, self.layout, self.codec = path, layout, codec
         self.num_classes, self.where, self.window = num_classes, where, max(1, window)
-        self.example_ids = self.row_offsets = None
+        self.rows = rows
+        # the index is held whole, so it is held small (a thousand clients' shards of 20,000
+        # examples took 320 MiB as int64): example ids as int32 where they fit, and no
+        # offsets where every example has one row (row_offsets None)
+        self.example_ids: torch.Tensor | None = None
+        self.row_offsets: torch.Tensor | None = None
         self.shared: dict[str, torch.Tensor] = {}
         self._cache: dict[str, torch.Tensor] = {}
         self._w0 = self._w1 = 0
 
-    @property
-    def rows(self) -> int:
-        return int(self.row_offsets[-1])
+    def set_index(self, example_ids: torch.Tensor, row_offsets: torch.Tensor) -> None:
+        """Keep a checked index, narrowed where that loses nothing."""
+        fits = len(example_ids) == 0 or int(example_ids.max()) < 2 ** 31
+        self.example_ids = example_ids.int() if fits else example_ids
+        one_each = torch.equal(row_offsets, torch.arange(len(row_offsets)))
+        self.row_offsets = None if one_each else row_offsets
+
+    def row_span(self, first: int, stop: int) -> tuple[int, int]:
+        """The rows of examples ``first`` to ``stop - 1``: ``(a, z)``."""
+        if self.row_offsets is None:
+            return first, stop
+        return int(self.row_offsets[first]), int(self.row_offsets[stop])
 
     def read(self, name: str, a: int, z: int) -> torch.Tensor:
         """Rows ``a:z`` of tensor ``name``, from the file."""
@@ -259,10 +277,10 @@ class BundleReader:
             layout = {name: (body + e["data_offsets"][0], e["dtype"], tuple(e["shape"]))
                       for name, e in header.items()}
             block = SpilledBlock(path, layout, self.codec, self.manifest.num_classes, where,
-                                 window)
+                                 window, info.rows)
             index = {name: block.read(name, 0, layout[name][2][0])
                      for name in ("example_ids", "row_offsets") if name in layout}
-            block.example_ids, block.row_offsets = self._index(index, info, where)
+            block.set_index(*self._index(index, info, where))
             block.shared = {name: block.read(name, 0, layout[name][2][0])
                             for name in self.codec.shared_tensors}
         except BaseException:

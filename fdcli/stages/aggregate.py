@@ -230,10 +230,13 @@ def _aggregate_classes(readers, out, rule, params, config, common, progress,
     first = readers[0].manifest
     clients, c = len(readers), first.num_classes
     readers[0].check_dense(1, clients=clients, itemsize=8)  # one example of every client
-    # a chunk holds the clients' float64 probabilities and about two more arrays of that size
-    # in the rule and the consensus distance
+    # a chunk holds the clients' float64 probabilities and, at the peak, about seven more
+    # arrays of that size (the median of the consensus distance: a masked copy, a transposed
+    # copy, the sorted values and their int64 indices; the rule's weighted copy; the windows
+    # being joined). Measured at 1,000 clients x 20,000 examples: 1,091 MiB peak RSS when
+    # three were counted, 940 MiB with eight (10% slower)
     budget = min(readers[0].limits.max_dense_bytes, WORK_BYTES)
-    chunk = max(1, min(4096, budget // (3 * clients * c * 8)))
+    chunk = max(1, min(4096, budget // (8 * clients * c * 8)))
     streams = [Examples(r, decode=True, window=chunk, spill=spill, bounds=bounds)
                for r in readers]
     tally = OutlierTally(clients, outlier_z)

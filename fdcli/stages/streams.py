@@ -74,7 +74,7 @@ class Examples:
     def peek(self, n: int) -> torch.Tensor:
         """The ids of (at most) the next ``n`` examples of the current shard (this process's
         only)."""
-        ids = self.block.example_ids[self.i:self.i + n]
+        ids = self.block.example_ids[self.i:self.i + n].long()
         past = (ids >= self.hi).nonzero().view(-1)
         return ids[:int(past[0])] if len(past) else ids
 
@@ -82,10 +82,10 @@ class Examples:
         """The next ``n`` examples of the current shard, one row each: their ids and dense
         log-probabilities ``[n, C]`` (classification bundles, ``decode``)."""
         b, i = self.block, self.i
-        ids = b.example_ids[i:i + n]
+        ids = b.example_ids[i:i + n].long()
         self._check_increasing(ids)
         self.last = int(ids[-1])
-        logp = self._dense(int(b.row_offsets[i]), int(b.row_offsets[i + n]))
+        logp = self._dense(*b.row_span(i, i + n))
         self.i += n
         self._advance()
         return ids, logp
@@ -96,7 +96,7 @@ class Examples:
         if e <= self.last:
             self._not_increasing(e, self.last)
         self.last = e
-        a, z = int(b.row_offsets[i]), int(b.row_offsets[i + 1])
+        a, z = b.row_span(i, i + 1)
         part = {"logp": self._dense(a, z)} if self.decode else b.rows_of(a, z)
         self.i += 1
         self._advance()
