@@ -78,6 +78,21 @@ def same_rows(a: Path, b: Path) -> bool:
                                                (ra.tail_logp, rb.tail_logp)))
 
 
+def row_differences(a: Path, b: Path) -> dict:
+    """Where two teachers of the same inputs differ: rows whose values differ, rows whose kept
+    ids differ (a tie broken another way), and the largest difference of a kept id's
+    probability (and of the tail's) where the ids are the same."""
+    ra, rb = read_bundle(a).read_all().sparse(), read_bundle(b).read_all().sparse()
+    same_ids = (ra.ids == rb.ids).all(1)
+    pa, pb = ra.logp.double().exp(), rb.logp.double().exp()
+    values = (pa != pb).any(1) | (ra.tail_logp != rb.tail_logp)
+    diff = torch.cat([(pa - pb).abs(), (ra.tail_logp.double().exp()
+                                         - rb.tail_logp.double().exp()).abs()[:, None]], 1)
+    return {"rows": len(same_ids), "rows_other_values": int((values & same_ids).sum()),
+            "rows_other_ids": int((~same_ids).sum()),
+            "max_prob_difference": float(diff[same_ids].max()) if bool(same_ids.any()) else 0.0}
+
+
 def zipf_rows(rows: int, vocab: int, k: int, g: torch.Generator, s: float = 1.1) -> torch.Tensor:
     """``[rows, k]`` distinct ids per row, ascending: ``4 k`` draws per row with probability
     proportional to ``1 / (rank + 1) ** s`` over a fixed random order of the vocabulary, and
@@ -197,6 +212,7 @@ def main() -> None:
                 "rows_per_s": round(args.rows / before["aggregate_s"]),
                 "peak_rss_mib": before["peak_rss_mib"],
                 "same_rows": same_rows(root / "teacher", root / "teacher-baseline"),
+                "differences": row_differences(root / "teacher", root / "teacher-baseline"),
                 "same_report": before["report"]["clients"] == now["report"]["clients"],
                 "speedup": round(before["aggregate_s"] / wall, 2)}
         for n in [int(x) for x in args.processes.split(",") if x.strip()]:
