@@ -163,13 +163,25 @@ def coverage(probs: torch.Tensor, present: torch.Tensor, counts: torch.Tensor | 
     return _normalise((w * q).sum(0))
 
 
+#: the most entries (clients x rows x columns) :func:`median` sorts at once: 64 MiB of
+#: float64, above glibc's largest mmap threshold (32 MiB), so each slice's arrays go back to
+#: the system when freed (slices of 32 MiB left 200 Zipf clients at 1,983 MiB peak, against
+#: 883 MiB with these)
+MEDIAN_ELEMENTS = 1 << 23
+
+
+def _sorted_last(probs: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``[N, C, K]``: each coordinate's client values sorted, absent ones (``inf``) last.
+    Sorted along the last, contiguous dimension: 3.7x faster than along the first at 200
+    clients (the values are the same)."""
+    big = torch.where(present[:, :, None], probs, torch.full_like(probs, math.inf))
+    big = big.permute(1, 2, 0).contiguous()
+    return big.sort(dim=-1).values
+
+
 def _sorted_present(probs: torch.Tensor, present: torch.Tensor):
     """Clients sorted per coordinate with absent ones pushed to the end, and their count."""
-    big = torch.where(present[:, :, None], probs, torch.full_like(probs, math.inf))
-    # sorted along the last, contiguous dimension: 3.7x faster than along the first at 200
-    # clients (the values are the same)
-    ordered = big.permute(1, 2, 0).contiguous().sort(dim=-1).values.permute(2, 0, 1)
-    return ordered, present.sum(0)
+    return _sorted_last(probs, present).permute(2, 0, 1), present.sum(0)
 
 
 def median(probs: torch.Tensor, present: torch.Tensor,
@@ -177,10 +189,19 @@ def median(probs: torch.Tensor, present: torch.Tensor,
     """Coordinate-wise median over present clients (the mean of the two middle values when
     their number is even), renormalised."""
     _check(probs, present)
-    ordered, n = _sorted_present(probs, present)
-    lo = ((n - 1) // 2)[None, :, None].expand(1, *probs.shape[1:])
-    hi = (n // 2)[None, :, None].expand(1, *probs.shape[1:])
-    return _normalise((ordered.gather(0, lo) + ordered.gather(0, hi)).squeeze(0) / 2, mult)
+    k, rows, cols = probs.shape
+    n = present.sum(0)
+    lo, hi = ((n - 1) // 2)[:, None, None], (n // 2)[:, None, None]
+    out = torch.empty(rows, cols, dtype=probs.dtype)
+    # a slice of the columns at a time: the sort holds three copies of what it sorts, and
+    # one row of 1,000 clients over a 16,000-id union is 128 MiB a copy
+    step = max(1, MEDIAN_ELEMENTS // max(k * rows, 1))
+    for a in range(0, cols, step):
+        ordered = _sorted_last(probs[:, :, a:a + step], present)
+        width = ordered.shape[1]
+        out[:, a:a + step] = (ordered.gather(2, lo.expand(rows, width, 1))
+                              + ordered.gather(2, hi.expand(rows, width, 1))).squeeze(2) / 2
+    return _normalise(out, mult)
 
 
 def trimmed_mean(probs: torch.Tensor, present: torch.Tensor, trim: float = 0.2,
@@ -207,8 +228,9 @@ def consensus_distance(probs: torch.Tensor, present: torch.Tensor,
     move far), ``agree`` whether their most likely class is the same. Absent entries hold
     NaN and False."""
     cons = median(probs, present, mult)
-    diff = (probs - cons[None]).abs()
-    tv = 0.5 * (diff.sum(-1) if mult is None else row_sum(diff * mult[None]))
+    # in place: at 1,000 clients one row's [K, 1, union] is 128 MiB a copy
+    diff = (probs - cons[None]).abs_()
+    tv = 0.5 * (diff.sum(-1) if mult is None else row_sum(diff.mul_(mult[None]), inplace=True))
     agree = (probs.argmax(-1) == cons.argmax(-1)[None]) & present
     return torch.where(present, tv, torch.full_like(tv, math.nan)), agree
 

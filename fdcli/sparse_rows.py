@@ -42,15 +42,16 @@ def fill_dense(ids, logp, tail_logp, num_classes) -> torch.Tensor:
     return out
 
 
-def row_sum(x: torch.Tensor) -> torch.Tensor:
+def row_sum(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Sum over the last dimension one element after another, in index order (torch's
     ``cumsum`` on a CPU), so a row's sum does not depend on how many padding zeros its batch
     appends. torch's vectorised ``sum`` groups a row's elements by the row's length, so the
     last bits of a sparse row's sum would change with the widest row it is combined with,
-    and aggregated rows with the batch size, the number of processes and the clients."""
+    and aggregated rows with the batch size, the number of processes and the clients.
+    ``inplace``: the running sums overwrite ``x`` (no copy of it)."""
     if x.shape[-1] == 0:
         return x.sum(-1)
-    return x.cumsum(-1).select(-1, -1)
+    return (x.cumsum_(-1) if inplace else x.cumsum(-1)).select(-1, -1)
 
 
 def row_logsumexp(x: torch.Tensor) -> torch.Tensor:
