@@ -72,25 +72,23 @@ def run_launched(root: Path, bundles: list[str], rule: str, processes: int) -> d
     return {"aggregate_s": round(wall, 2), "report": json.loads(run.stdout)}
 
 
-def same_rows(a: Path, b: Path) -> bool:
+def compare_rows(a: Path, b: Path) -> tuple[bool, dict]:
+    """Whether two teachers of the same inputs hold the same rows, bit for bit, and where they
+    differ: rows whose values differ, rows whose kept ids differ (a tie broken another way),
+    and the largest difference of a kept id's probability (and of the tail's) where the ids
+    are the same."""
     ra, rb = read_bundle(a).read_all().sparse(), read_bundle(b).read_all().sparse()
-    return all(torch.equal(x, y) for x, y in ((ra.ids, rb.ids), (ra.logp, rb.logp),
+    same = all(torch.equal(x, y) for x, y in ((ra.ids, rb.ids), (ra.logp, rb.logp),
                                                (ra.tail_logp, rb.tail_logp)))
-
-
-def row_differences(a: Path, b: Path) -> dict:
-    """Where two teachers of the same inputs differ: rows whose values differ, rows whose kept
-    ids differ (a tie broken another way), and the largest difference of a kept id's
-    probability (and of the tail's) where the ids are the same."""
-    ra, rb = read_bundle(a).read_all().sparse(), read_bundle(b).read_all().sparse()
     same_ids = (ra.ids == rb.ids).all(1)
     pa, pb = ra.logp.double().exp(), rb.logp.double().exp()
     values = (pa != pb).any(1) | (ra.tail_logp != rb.tail_logp)
     diff = torch.cat([(pa - pb).abs(), (ra.tail_logp.double().exp()
                                          - rb.tail_logp.double().exp()).abs()[:, None]], 1)
-    return {"rows": len(same_ids), "rows_other_values": int((values & same_ids).sum()),
-            "rows_other_ids": int((~same_ids).sum()),
-            "max_prob_difference": float(diff[same_ids].max()) if bool(same_ids.any()) else 0.0}
+    return same, {
+        "rows": len(same_ids), "rows_other_values": int((values & same_ids).sum()),
+        "rows_other_ids": int((~same_ids).sum()),
+        "max_prob_difference": float(diff[same_ids].max()) if bool(same_ids.any()) else 0.0}
 
 
 def zipf_rows(rows: int, vocab: int, k: int, g: torch.Generator, s: float = 1.1) -> torch.Tensor:
@@ -204,6 +202,7 @@ def main() -> None:
         if args.baseline_src is not None:
             before = run_aggregate(root, bundles, args.rule, "teacher-baseline",
                                    args.baseline_src)
+            same, differences = compare_rows(root / "teacher", root / "teacher-baseline")
             commit = subprocess.run(["git", "-C", str(args.baseline_src), "rev-parse", "HEAD"],
                                     capture_output=True, text=True).stdout.strip() or None
             result["baseline"] = {
@@ -211,8 +210,7 @@ def main() -> None:
                 "aggregate_s": before["aggregate_s"],
                 "rows_per_s": round(args.rows / before["aggregate_s"]),
                 "peak_rss_mib": before["peak_rss_mib"],
-                "same_rows": same_rows(root / "teacher", root / "teacher-baseline"),
-                "differences": row_differences(root / "teacher", root / "teacher-baseline"),
+                "same_rows": same, "differences": differences,
                 "same_report": before["report"]["clients"] == now["report"]["clients"],
                 "speedup": round(before["aggregate_s"] / wall, 2)}
         for n in [int(x) for x in args.processes.split(",") if x.strip()]:
@@ -220,7 +218,7 @@ def main() -> None:
             result[f"processes_{n}"] = {
                 "aggregate_s": got["aggregate_s"], "rows_per_s": round(args.rows / got[
                     "aggregate_s"]),
-                "same_rows": same_rows(root / "teacher", root / f"teacher-{n}p"),
+                "same_rows": compare_rows(root / "teacher", root / f"teacher-{n}p")[0],
                 "same_report": got["report"]["clients"] == now["report"]["clients"],
                 "speedup": round(wall / got["aggregate_s"], 2)}
         print(json.dumps(result, indent=2))

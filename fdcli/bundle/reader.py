@@ -68,7 +68,7 @@ class LogitBlock:
 
     def examples(self, first: int, stop: int) -> "LogitBlock":
         """The rows of examples ``first`` to ``stop - 1`` of this block."""
-        a, b = int(self.row_offsets[first]), int(self.row_offsets[stop])
+        a, b = self.row_span(first, stop)
         return LogitBlock(self.example_ids[first:stop], self.row_offsets[first:stop + 1] - a,
                           self.rows_of(a, b), self.codec, self.num_classes)
 
