@@ -5,6 +5,14 @@ Prints the rows per package and the characters in all::
 
     python benchmarks/docstring_corpus.py docstrings.jsonl
     fd simulate --task causal-lm --data docstrings.jsonl --domain-column package --rounds 2
+
+With ``--pairs FOLDER``, a corpus for ``fd simulate --task seq2seq --data``: a folder of one
+jsonl file per package (an institution each), up to 300 (source, target) pairs per package:
+a function's source without its docstring, and the docstring's first line (as the built-in
+seq2seq task, on the standard library)::
+
+    python benchmarks/docstring_corpus.py --pairs pairs
+    fd simulate --task seq2seq --data pairs --rounds 2
 """
 import ast
 import json
@@ -13,8 +21,27 @@ import sysconfig
 from pathlib import Path
 
 site = Path(sysconfig.get_paths()["purelib"])
+PACKAGES = ("transformers", "torch", "numpy", "sklearn", "datasets")
+if sys.argv[1] == "--pairs":
+    from fdcli.stages.simulate_seq2seq import function_pairs
+
+    out = Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=False)
+    counts = {}
+    for package in PACKAGES:
+        pairs = []
+        for path in sorted((site / package).rglob("*.py")):
+            pairs += function_pairs(path)
+            if len(pairs) >= 300:
+                break
+        with open(out / f"{package}.jsonl", "w") as f:
+            for r in pairs[:300]:
+                f.write(json.dumps(r) + "\n")
+        counts[package] = len(pairs[:300])
+    print(counts)
+    sys.exit(0)
 rows = []
-for package in ("transformers", "torch", "numpy", "sklearn", "datasets"):
+for package in PACKAGES:
     count = 0
     for path in sorted((site / package).rglob("*.py")):
         try:

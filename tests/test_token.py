@@ -500,8 +500,12 @@ def test_causal_lm_student_from_a_sampled_bundle(lm_pipeline):
     (["train-specialist", "{w}/a.jsonl", "--model", "{w}/spec-a", "--task", "embedding"],
      "fd train-specialist does not support --task embedding (it supports: emit-logits, "
      "aggregate, distill, evaluate, simulate)"),
-    (["simulate", "--task", "seq2seq", "--data", "{w}/a.jsonl", "--alpha", "0.1"],
-     "fd simulate: --data, --alpha do not apply to --task seq2seq"),
+    (["simulate", "--task", "seq2seq", "--data", "{w}/a.jsonl", "--text-column", "body",
+      "--client-chars", "9"],
+     "fd simulate: --text-column, --client-chars do not apply to --task seq2seq"),
+    (["simulate", "--task", "seq2seq", "--source-column", "body"],
+     "source_column, target_column, domain_column, label_column and split describe --data; "
+     "give --data FILE"),
     (["simulate", "--task", "causal-lm", "--domain-column", "topic"],
      "domain_column, label_column and split describe --data; give --data FILE"),
     (["simulate", "--task", "causal-lm", "--poison", "0.5", "--poison-kind", "flip"],

@@ -153,3 +153,106 @@ def test_teacher_next_tokens_by_hand(tmp_path):
     assert count == 4 + 2 + 6 + 1 and hits >= 1
     assert got["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
     assert got["accuracy"] == pytest.approx(hits / count)
+
+
+def _institutions_folder(root):
+    """A folder of one dataset per institution: two jsonl files of pairs, a sub-folder of
+    csv files (one institution), a hidden file and a readme that is not data."""
+    import csv
+
+    root.mkdir()
+    for k, (topic, words) in enumerate(WORDS.items()):
+        pairs = [{"input": doc, "output": " ".join(doc.split()[:3])}
+                 for doc in _corpus(k + 1, 30 if topic != "bank" else 12, words)]
+        if topic == "bank":
+            (root / "bank").mkdir()
+            for part in range(2):
+                with (root / "bank" / f"part-{part}.csv").open("w", newline="") as fh:
+                    w = csv.DictWriter(fh, ["input", "output"])
+                    w.writeheader()
+                    w.writerows(pairs[part::2])
+        else:
+            _write(root / f"{topic}.jsonl", pairs)
+    _write(root / ".hidden.jsonl", [{"input": "x", "output": "y"}])
+    (root / "README.md").write_text("not data")
+    return root
+
+
+def test_split_user_data_reads_a_folder_of_institutions(tmp_path):
+    from fdcli.stages.simulate_seq2seq import write_user_pairs
+    from fdcli.stages.token_corpus import institution_files
+
+    folder = _institutions_folder(tmp_path / "sites")
+    found = institution_files(folder)
+    assert list(found) == ["bank", "clinic", "legal"]
+    assert [f.name for f in found["bank"]] == ["part-0.csv", "part-1.csv"]
+    corpus = write_user_pairs(tmp_path / "out", folder, num_clients=2, seed=0)
+    # the two largest institutions (30 pairs each) hold data; bank's 12 go to the proxy
+    assert list(corpus["domains"]) == ["clinic", "legal"]
+    assert corpus["domains"]["legal"] == {"client": "client-1", "documents": 19,
+                                          "test_documents": 5}
+    proxy = [json.loads(line) for line in corpus["proxy"].open()]
+    assert len(proxy) == 12 + 6 + 6 and set(proxy[0]) == {"source", "target"}
+    legal = [json.loads(line) for line in corpus["clients"][1].open()]
+    assert all(r["target"] == " ".join(r["source"].split()[:3]) for r in legal)
+    assert all(w in WORDS["legal"] for r in legal for w in r["source"].rstrip(".").split())
+    assert (tmp_path / "out" / "tokenizer").is_dir() and set(corpus["configs"]) == {
+        "t5-tiny", "t5-mini"}
+
+
+def test_split_user_data_text_files_hold_a_document_per_paragraph(tmp_path):
+    from fdcli.stages.token_corpus import split_user_data, text_column_of
+
+    folder = tmp_path / "sites"
+    folder.mkdir()
+    for name, n in (("north", 12), ("south", 10)):
+        (folder / f"{name}.txt").write_text("\n\n".join(
+            f"{name} note {i}\nsecond line" for i in range(n)) + "\n\n\n")
+    docs = split_user_data(folder, text_column_of(None), num_clients=2, proxy_fraction=0.25)
+    assert docs.names == ["north", "south"] and len(docs.columns["text"]) == 22
+    assert docs.columns["text"][0] == "north note 0\nsecond line"
+    assert sorted(docs.private[0] + docs.tests[0] + [i for i in docs.proxy if i < 12]) == \
+        list(range(12))
+
+
+@pytest.mark.parametrize("make, args, fragment", [
+    (lambda p: _institutions_folder(p), ["--domain-column", "topic"],
+     "a folder of one dataset per institution; --domain-column and --label-column do not "
+     "apply"),
+    (lambda p: (p.mkdir(), (p / "notes.md").write_text("x")), [],
+     "a folder with no data files; expected one file"),
+    (lambda p: (p.mkdir(), (p / "a.txt").write_text("one\n\ntwo")), [],
+     "a.txt: no target column found"),
+    (lambda p: (p.mkdir(), _write(p / "a.jsonl", [{"input": "x", "answer": "y"}])),
+     ["--target-column", "output"], "a.jsonl: target column 'output' not found"),
+])
+def test_simulate_seq2seq_refuses_data_it_cannot_split(tmp_path, make, args, fragment):
+    make(tmp_path / "sites")
+    out = tmp_path / "sim"
+    r = _fd("simulate", "--task", "seq2seq", "--data", tmp_path / "sites", *args,
+            "--out", out)
+    assert r.exit_code == 1, r.output
+    assert fragment in " ".join(r.output.split()), r.output
+    assert "Traceback" not in r.output and not out.exists()
+
+
+def test_simulate_seq2seq_on_the_users_pairs(tmp_path):
+    """fd simulate --task seq2seq --data: a folder of institutions, the whole comparison."""
+    folder = _institutions_folder(tmp_path / "sites")
+    out = tmp_path / "sim"
+    r = _fd("simulate", "--task", "seq2seq", "--data", folder, "--num-clients", "2",
+            "--epochs", "1", "--distill-epochs", "1", "--fedavg-rounds", "1",
+            "--fedavg-local-epochs", "1", "--no-privacy", "--out", out)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["data"] == str(folder) and res["config"]["proxy_fraction"] == 0.2
+    assert list(res["domains"]) == ["clinic", "legal"]
+    assert res["domains"]["clinic"] == {"client": "client-0", "documents": 19,
+                                        "test_documents": 5, "train_pairs": 19,
+                                        "test_pairs": 5}
+    assert res["proxy_pairs"] == 24
+    for s, own in zip(res["specialists"], ("clinic", "legal")):
+        assert s["domain"] == own and set(s["by_domain"]) == {"clinic", "legal"}
+    for model in (res["student"], res["proxy_only"], res["centralized"]):
+        assert 1 < model["union"]["perplexity"] < float("inf")
+    assert "clinic" in (out / "report.md").read_text()

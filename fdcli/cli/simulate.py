@@ -27,21 +27,27 @@ def simulate(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
         "fd-simulation"),
     task: TaskOpt = None,
-    data: Annotated[Optional[Path], S("data", "A labelled image or text dataset (default: "
-                                              "scikit-learn's digits); causal-lm: a text "
-                                              "corpus (default: the standard library's "
-                                              "source); embedding: unlabelled examples.")]
-    = None,
+    data: Annotated[Optional[Path], S(
+        "data", "A labelled image or text dataset (default: scikit-learn's digits); causal-lm: "
+                "a text corpus (default: the standard library's source); seq2seq: source/"
+                "target pairs (default: the standard library's functions and docstrings); "
+                "token tasks also take a folder of one file (or sub-folder) per institution; "
+                "embedding: unlabelled examples.")] = None,
     text_column: Annotated[Optional[str], S("text_column", "causal-lm --data: the text "
                                                            "column.")] = None,
+    source_column: Annotated[Optional[str], S("source_column", "seq2seq --data: the source "
+                                                               "column.")] = None,
+    target_column: Annotated[Optional[str], S("target_column", "seq2seq --data: the target "
+                                                               "column.")] = None,
     domain_column: Annotated[Optional[str], S(
-        "domain_column", "causal-lm --data: the column that names each document's domain or "
+        "domain_column", "Token tasks' --data: the column that names each document's domain or "
                          "institution (default: domain, institution or client).")]
     = None,
     label_column: Annotated[Optional[str], S(
-        "label_column", "causal-lm --data: split by Dirichlet(--alpha) over this column "
+        "label_column", "Token tasks' --data: split by Dirichlet(--alpha) over this column "
                         "instead of by domain.")] = None,
-    split: Annotated[Optional[str], S("split", "causal-lm --data: the dataset split.")] = None,
+    split: Annotated[Optional[str], S("split", "Token tasks' --data: the dataset split.")]
+    = None,
     num_clients: Annotated[Optional[int], S("num_clients", "Number of institutions.")] = None,
     alpha: Annotated[Optional[float], S("alpha", "Dirichlet concentration of the label "
                                                  "split.")] = None,

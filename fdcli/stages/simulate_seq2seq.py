@@ -33,7 +33,7 @@ from .federation import dir_bytes, flagged_clients, round_dir
 from .lm import LM_HARD_WEIGHT
 from .token_evidence import evidence_md, token_scores
 from .token_rounds import rounds_md
-from .token_corpus import stdlib_domains, stdlib_root
+from .token_corpus import split_user_data, stdlib_domains, stdlib_root, write_rows
 
 #: tiny random-init T5-shaped models (gated-GELU feed-forward, as FLAN-T5); the vocabulary
 #: comes from the simulation's tokenizer
@@ -67,12 +67,6 @@ def function_pairs(path: Path, max_source_chars: int = 1200) -> list[dict[str, s
     return pairs
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict[str, str]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def _read_jsonl(path: Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
@@ -84,19 +78,60 @@ def write_docstring_corpus(root: Path, domains: dict[str, list[Path]], *,
     pairs, every fifth file held out), ``data/test-<package>.jsonl``, ``data/proxy.jsonl``
     (the top-level modules' pairs, every n-th to keep ``proxy_pairs``), a tokenizer trained on
     the proxy, and a config per :data:`T5_ARCHITECTURES` entry."""
-    from ..seq2seq import train_seq2seq_tokenizer
-
     data = root / "data"
     clients, tests = [], {}
     for i, (pkg, files) in enumerate(domains.items()):
         held = set(files[::5])
-        clients.append(_write_jsonl(data / f"client-{i}.jsonl", [
+        clients.append(write_rows(data / f"client-{i}.jsonl", [
             p for f in files if f not in held for p in function_pairs(f)]))
-        tests[pkg] = _write_jsonl(data / f"test-{pkg}.jsonl", [
+        tests[pkg] = write_rows(data / f"test-{pkg}.jsonl", [
             p for f in sorted(held) for p in function_pairs(f)])
     found = [p for f in sorted(stdlib_root().glob("*.py")) for p in function_pairs(f)]
     step = max(1, len(found) // proxy_pairs)
-    proxy = _write_jsonl(data / "proxy.jsonl", found[::step][:proxy_pairs])
+    proxy = write_rows(data / "proxy.jsonl", found[::step][:proxy_pairs])
+    return {"clients": clients, "tests": tests, "proxy": proxy,
+            **_tokenizer_and_configs(root, proxy, vocab_size),
+            "domains": {pkg: {"client": f"client-{i}", "files": len(files)}
+                        for i, (pkg, files) in enumerate(domains.items())}}
+
+
+def write_user_pairs(root: Path, data: str | Path, *, num_clients: int,
+                     source_column: str | None = None, target_column: str | None = None,
+                     domain_column: str | None = None, label_column: str | None = None,
+                     alpha: float = 1.0, proxy_fraction: float = 0.2, split: str | None = None,
+                     vocab_size: int = 2048, seed: int = 0) -> dict[str, Any]:
+    """The federation's files from the user's (source, target) pairs ``data``, split into
+    institutions, proxy and test pairs as causal-lm splits documents
+    (:func:`~fdcli.stages.token_corpus.split_user_data`)."""
+    from ..data import DataError, pick_column
+    from ..seq2seq import SOURCE_COLUMNS, TARGET_COLUMNS
+
+    def pick(columns: Sequence[str], where: str) -> dict[str, str]:
+        src = pick_column(columns, source_column, SOURCE_COLUMNS, "source", where,
+                          "--source-column")
+        tgt = pick_column(columns, target_column, [c for c in TARGET_COLUMNS if c != src],
+                          "target", where, "--target-column")
+        for role, column, known in (("source", src, SOURCE_COLUMNS),
+                                    ("target", tgt, TARGET_COLUMNS)):
+            if column is None:
+                raise DataError(f"{where}: no {role} column found; expected one of "
+                                f"{list(known)}, found {list(columns)}; set --{role}-column")
+        return {"source": src, "target": tgt}
+
+    docs = split_user_data(data, pick, num_clients=num_clients, domain_column=domain_column,
+                           label_column=label_column, alpha=alpha,
+                           proxy_fraction=proxy_fraction, split=split, seed=seed,
+                           whole_text_files=False)
+    clients, tests, proxy, domains = docs.write(root)
+    return {"clients": clients, "tests": tests, "proxy": proxy,
+            **_tokenizer_and_configs(root, proxy, vocab_size), "domains": domains}
+
+
+def _tokenizer_and_configs(root: Path, proxy: Path, vocab_size: int) -> dict[str, Any]:
+    """A tokenizer trained on the proxy's sources and targets, and a config per
+    :data:`T5_ARCHITECTURES` entry."""
+    from ..seq2seq import train_seq2seq_tokenizer
+
     rows = _read_jsonl(proxy)
     tok = train_seq2seq_tokenizer([r["source"] for r in rows] + [r["target"] for r in rows],
                                   root / "tokenizer", vocab_size=vocab_size)
@@ -105,8 +140,7 @@ def write_docstring_corpus(root: Path, domains: dict[str, list[Path]], *,
     for name, cfg in T5_ARCHITECTURES.items():
         configs[name] = root / "configs" / f"{name}.json"
         configs[name].write_text(json.dumps(cfg))
-    return {"clients": clients, "tests": tests, "proxy": proxy, "tokenizer": tok,
-            "configs": configs}
+    return {"tokenizer": tok, "configs": configs}
 
 
 def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "confidence",
@@ -121,14 +155,23 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
                      round_epochs: float = 2.0, round_distill_epochs: float = 2.0,
                      digest_weight: float = 0.2, poison: float = 0.0,
                      poison_kind: str = "random", privacy: bool = True,
-                     compare_generated: bool = True, seed: int = 0, overwrite: bool = False,
+                     compare_generated: bool = True, data: str | Path | None = None,
+                     source_column: str | None = None, target_column: str | None = None,
+                     domain_column: str | None = None, label_column: str | None = None,
+                     alpha: float = 1.0, proxy_fraction: float = 0.2,
+                     split: str | None = None, seed: int = 0, overwrite: bool = False,
                      progress: bool = True, log: Callable[[str], None] = print
                      ) -> dict[str, Any]:
     """Run the docstring federation and write ``out/results.json`` and ``out/report.md``;
     returns the results (see the module docstring). ``rounds`` > 1 continues the federation
     on the proxy's own targets as :func:`~fdcli.stages.simulate_lm.simulate_lm` does; the
     student on generated targets stays one-shot. ``poison``/``poison_kind``: hostile clients,
-    as for causal-lm (every bundle they send, the generated targets' too)."""
+    as for causal-lm (every bundle they send, the generated targets' too).
+
+    ``data`` runs on the user's (source, target) pairs instead of the standard library
+    (:func:`write_user_pairs`: ``source_column``, ``target_column``, and ``domain_column`` or
+    ``label_column`` with ``alpha``, or a folder of one dataset per institution;
+    ``proxy_fraction``, ``split``); ``proxy_pairs`` then does not apply."""
     from ..data import load_local
     from ..seq2seq import load_seq2seq, text_pairs
     from .aggregate import aggregate
@@ -142,8 +185,18 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
     check_setup(T5_ARCHITECTURES, architectures, student, num_clients)
     check_rounds(rounds, round_epochs, round_distill_epochs, digest_weight)
     poisoned = token_poisoned(num_clients, poison, poison_kind, seed)
+    described = (source_column, target_column, domain_column, label_column, split)
+    if data is None and any(v is not None for v in described):
+        raise ValueError("source_column, target_column, domain_column, label_column and split "
+                         "describe --data; give --data FILE, or leave them out for the "
+                         "standard library")
     config = {"task": "seq2seq", "data": "python standard library: function source -> first "
-              "docstring line", "num_clients": num_clients, "rule": rule,
+              "docstring line" if data is None else str(data),
+              **({} if data is None else {
+                  "source_column": source_column, "target_column": target_column,
+                  "domain_column": domain_column, "label_column": label_column,
+                  "alpha": alpha, "proxy_fraction": proxy_fraction, "split": split}),
+              "num_clients": num_clients, "rule": rule,
               "architectures": list(architectures), "student": student,
               "proxy_pairs": proxy_pairs, "vocab_size": vocab_size,
               "max_source_length": max_source_length, "max_target_length": max_target_length,
@@ -155,15 +208,23 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
               "round_distill_epochs": round_distill_epochs, "digest_weight": digest_weight,
               "poison": poison, "poison_kind": poison_kind if poisoned else None,
               "privacy": privacy, "compare_generated": compare_generated, "seed": seed}
-    domains = stdlib_domains(num_clients)
+    domains = stdlib_domains(num_clients) if data is None else None
     lengths = dict(max_source_length=max_source_length, max_target_length=max_target_length)
     train = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                  progress=progress, **lengths)
     timing: dict[str, float] = {}
     with fresh_dir(out, overwrite) as root:
         t = time.perf_counter()
-        corpus = write_docstring_corpus(root, domains, proxy_pairs=proxy_pairs,
-                                        vocab_size=vocab_size)
+        if data is None:
+            corpus = write_docstring_corpus(root, domains, proxy_pairs=proxy_pairs,
+                                            vocab_size=vocab_size)
+        else:
+            corpus = write_user_pairs(root, data, num_clients=num_clients,
+                                      source_column=source_column, target_column=target_column,
+                                      domain_column=domain_column, label_column=label_column,
+                                      alpha=alpha, proxy_fraction=proxy_fraction, split=split,
+                                      vocab_size=vocab_size, seed=seed)
+            log(f"{data}: institutions {', '.join(corpus['domains'])}")
         tok, configs, proxy = corpus["tokenizer"], corpus["configs"], corpus["proxy"]
         timing["data_and_tokenizer_s"] = time.perf_counter() - t
         student_cfg = configs[student]
@@ -194,7 +255,7 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
 
         specialists, uploads = [], []
         t = time.perf_counter()
-        for i, pkg in enumerate(domains):
+        for i, pkg in enumerate(corpus["domains"]):
             arch = architectures[i % len(architectures)]
             model_dir = root / "specialists" / f"client-{i}"
             log(f"client {i} ({pkg}): training a {arch} on {len(private[i].sources)} pairs")
@@ -264,7 +325,7 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
         train_seq2seq_specialist(proxy, student_cfg, root / "proxy-only", tokenizer=tok,
                                  client_id="proxy-only",
                                  **{**train, "epochs": distill_epochs})
-        union = _write_jsonl(root / "union.jsonl", [
+        union = write_rows(root / "union.jsonl", [
             r for path in [*corpus["clients"], proxy] for r in _read_jsonl(path)])
         train_seq2seq_specialist(union, student_cfg, root / "centralized", tokenizer=tok,
                                  client_id="centralized", **train)
@@ -283,10 +344,9 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
         target = final["union"]["perplexity"]
         results: dict[str, Any] = {
             "fd_version": __version__, "config": config,
-            "domains": {pkg: {"client": f"client-{i}", "files": len(files),
-                              "train_pairs": len(private[i].sources),
+            "domains": {pkg: {**held, "train_pairs": len(private[i].sources),
                               "test_pairs": len(tests[pkg].sources)}
-                        for i, (pkg, files) in enumerate(domains.items())},
+                        for i, (pkg, held) in enumerate(corpus["domains"].items())},
             "proxy_pairs": len(_read_jsonl(proxy)),
             "specialists": specialists,
             "specialists_mean": {"union": {key: round(sum(s["union"][key] for s in specialists)

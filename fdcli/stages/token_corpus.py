@@ -1,5 +1,6 @@
 """The text a language-model federation runs on (``fd simulate --task causal-lm``): the
-standard library's source by default, or the user's own corpus (``--data FILE``).
+standard library's source by default, or the user's own corpus (``--data FILE``; seq2seq's
+pairs are split the same way, :func:`split_user_data`).
 
 Standard library: each institution holds the files of one package (asyncio, email, xml, ...),
 a domain of its own, every fifth file held out as that domain's test text; the proxy is the
@@ -8,7 +9,8 @@ standard library's top-level modules, which no institution holds.
 The user's corpus (:func:`write_user_corpus`): a local text dataset (jsonl/json, csv,
 parquet, txt, a save_to_disk folder) with a text column, split into institutions by a column
 that names each document's domain or institution (``domain_column``), or by a Dirichlet
-split over a label column (``label_column``, ``alpha``). Every institution gives
+split over a label column (``label_column``, ``alpha``); or a folder of one dataset per
+institution (a file each, or a sub-folder of files each). Every institution gives
 ``proxy_fraction`` of its documents to the shared proxy (domains that no institution holds
 give all of theirs), and every fifth of the rest is its held-out test text.
 
@@ -19,13 +21,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sysconfig
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from ..data import TEXT_COLUMNS, DataError, load_local, pick_column
+from ..data import FILE_BUILDERS, TEXT_COLUMNS, DataError, load_local, pick_column
 
 #: tiny random-init causal LMs; ``n_positions``/``max_position_embeddings`` and the vocabulary
 #: come from the simulation's settings.
@@ -78,11 +81,16 @@ def stdlib_domains(count: int, root: Path | None = None) -> dict[str, list[Path]
     return {p: found[p] for p in order[:count]}
 
 
+def write_rows(path: Path, rows: Sequence[dict[str, str]]) -> Path:
+    """``rows`` as a jsonl file at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 def write_texts(path: Path, texts: Sequence[str]) -> Path:
     """``texts`` as a jsonl file of ``{"text": ...}`` rows at ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-    return path
+    return write_rows(path, [{"text": t} for t in texts])
 
 
 @dataclass
@@ -214,6 +222,154 @@ def dirichlet_domains(labels: Sequence[Any], num_clients: int, alpha: float, see
     return out
 
 
+@dataclass
+class UserSplit:
+    """The user's corpus split into institutions (:func:`split_user_data`)."""
+
+    columns: dict[str, list[str]]  # role ("text", or "source"/"target") -> every document's
+    names: list[str]               # the institutions' domains (file or folder names)
+    private: list[list[int]]       # each institution's document indices
+    tests: list[list[int]]         # each institution's held-out test indices
+    proxy: list[int]               # the proxy's indices
+
+    def rows(self, indices: Sequence[int]) -> list[dict[str, str]]:
+        return [{role: values[j] for role, values in self.columns.items()} for j in indices]
+
+    def write(self, root: Path) -> tuple[list[Path], dict[str, Path], Path, dict[str, Any]]:
+        """``data/client-<i>.jsonl``, ``data/test-<i>-<domain>.jsonl`` and
+        ``data/proxy.jsonl`` under ``root``, one ``{role: text}`` row per document; returns
+        them and each domain's client and counts."""
+        out = root / "data"
+        clients = [write_rows(out / f"client-{i}.jsonl", self.rows(own))
+                   for i, own in enumerate(self.private)]
+        tests = {name: write_rows(out / f"test-{i}-{_safe(name)}.jsonl", self.rows(test))
+                 for i, (name, test) in enumerate(zip(self.names, self.tests))}
+        proxy = write_rows(out / "proxy.jsonl", self.rows(self.proxy))
+        domains = {name: {"client": f"client-{i}", "documents": len(self.private[i]),
+                          "test_documents": len(self.tests[i])}
+                   for i, name in enumerate(self.names)}
+        return clients, tests, proxy, domains
+
+
+def institution_files(path: Path) -> dict[str, list[Path]] | None:
+    """A folder of one dataset per institution: each file directly in ``path`` (its name
+    without suffix names the institution) or each sub-folder (its name; every data file
+    under it). None when ``path`` is a file or a ``save_to_disk`` folder."""
+    path = Path(path)
+    if not path.is_dir() or any((path / n).exists() for n in ("dataset_info.json",
+                                                               "dataset_dict.json")):
+        return None
+    found: dict[str, list[Path]] = {}
+    for entry in sorted(path.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            files = sorted(f for f in entry.rglob("*") if f.is_file() and _is_data(f))
+        else:
+            files = [entry] if _is_data(entry) else []
+        if files:
+            name = entry.name if entry.is_dir() else entry.stem
+            found.setdefault(name, []).extend(files)
+    if not found:
+        raise DataError(f"{path}: a folder with no data files; expected one file ("
+                        f"{', '.join(sorted(FILE_BUILDERS))}) or one sub-folder of them per "
+                        f"institution, or a save_to_disk folder")
+    return found
+
+
+def _is_data(path: Path) -> bool:
+    return not path.name.startswith(".") and path.suffix.lower() in FILE_BUILDERS
+
+
+def _paragraphs(path: Path) -> dict[str, list[str]]:
+    """A text file in a folder of institutions: a document per blank-line-separated
+    paragraph."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return {"text": [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]}
+
+
+Pick = Callable[[Sequence[str], str], dict[str, str]]
+
+
+def split_user_data(data: str | Path, pick: Pick, *, num_clients: int,
+                    domain_column: str | None = None, label_column: str | None = None,
+                    alpha: float = 1.0, proxy_fraction: float = 0.2,
+                    split: str | None = None, seed: int = 0,
+                    whole_text_files: bool = True) -> UserSplit:
+    """Split the user's corpus ``data`` into institutions, proxy and test documents.
+    ``pick(columns, where)`` names the column of each role (``{"text": "body"}``) or raises.
+
+    ``data`` is one dataset whose ``domain_column`` (default: domain, institution or client)
+    names each document's institution, or whose ``label_column`` is split by
+    Dirichlet(``alpha``); or a folder of one dataset per institution
+    (:func:`institution_files`; a .txt file there holds a document per paragraph). Then
+    :func:`split_documents`."""
+    if not 0 <= proxy_fraction < 1:
+        raise ValueError(f"proxy_fraction must be in [0, 1), got {proxy_fraction}")
+    where = str(data)
+    per_file = institution_files(Path(data))
+    if per_file is not None:
+        if domain_column is not None or label_column is not None:
+            raise DataError(f"{where}: a folder of one dataset per institution; "
+                            "--domain-column and --label-column do not apply (each file or "
+                            "sub-folder is an institution)")
+        columns: dict[str, list[str]] = {}
+        domains: list[Any] = []
+        for name, files in per_file.items():
+            for f in files:
+                if f.suffix.lower() == ".txt":
+                    table: Any = _paragraphs(f)
+                    got = _picked(table, ["text"], pick, str(f))
+                else:
+                    table = load_local(f, split)
+                    got = _picked(table, list(table.column_names), pick, str(f))
+                for role, values in got.items():
+                    columns.setdefault(role, []).extend(values)
+                domains += [name] * len(next(iter(got.values())))
+        what = "institution"
+    else:
+        ds = load_local(data, split, whole_text_files=whole_text_files)
+        columns = _picked(ds, list(ds.column_names), pick, where)
+        names = list(ds.column_names)
+        if label_column is not None:
+            pick_column(names, label_column, (), "label", where, "--label-column")
+            domains, what = dirichlet_domains(ds[label_column], num_clients, alpha, seed), \
+                "share"
+        else:
+            column = pick_column(names, domain_column, DOMAIN_COLUMNS, "domain", where,
+                                 "--domain-column")
+            if column is None:
+                raise DataError(f"{where}: nothing says which institution holds each "
+                                f"document; expected a domain column (one of "
+                                f"{list(DOMAIN_COLUMNS)}, or --domain-column NAME), "
+                                f"--label-column NAME for a Dirichlet split by label, or a "
+                                f"folder of one file per institution; found columns {names}")
+            domains, what = ds[column], f"{column!r} value"
+    names_, private, tests, proxy = split_documents(
+        domains, num_clients, proxy_fraction=proxy_fraction, seed=seed, where=where, what=what)
+    return UserSplit(columns, names_, private, tests, proxy)
+
+
+def _picked(table: Any, columns: list[str], pick: Pick, where: str) -> dict[str, list[str]]:
+    """The columns of ``table`` that ``pick`` names, as strings (None as "")."""
+    return {role: ["" if t is None else str(t) for t in table[column]]
+            for role, column in pick(columns, where).items()}
+
+
+def text_column_of(text_column: str | None) -> Pick:
+    """The ``pick`` of a causal-LM corpus: its text column."""
+    def pick(columns: Sequence[str], where: str) -> dict[str, str]:
+        text = pick_column(columns, text_column, TEXT_COLUMNS, "text", where, "--text-column")
+        if text is None:
+            raise DataError(f"{where}: no text column found; expected one of "
+                            f"{list(TEXT_COLUMNS)}, found {list(columns)}; set --text-column")
+        return {"text": text}
+    return pick
+
+
 def write_user_corpus(root: Path, data: str | Path, *, num_clients: int,
                       text_column: str | None = None, domain_column: str | None = None,
                       label_column: str | None = None, alpha: float = 1.0,
@@ -221,44 +377,14 @@ def write_user_corpus(root: Path, data: str | Path, *, num_clients: int,
                       vocab_size: int = 2048, max_length: int = 64,
                       seed: int = 0) -> TokenCorpus:
     """Write the federation's files under ``root`` from the user's corpus ``data`` (see the
-    module docstring): ``data/client-<i>.jsonl``, ``data/test-<domain>.jsonl``,
-    ``data/proxy.jsonl``, the tokenizer and the configs."""
-    if not 0 <= proxy_fraction < 1:
-        raise ValueError(f"proxy_fraction must be in [0, 1), got {proxy_fraction}")
-    where = str(data)
-    ds = load_local(data, split, whole_text_files=True)
-    columns = list(ds.column_names)
-    text = pick_column(columns, text_column, TEXT_COLUMNS, "text", where, "--text-column")
-    if text is None:
-        raise DataError(f"{where}: no text column found; expected one of {list(TEXT_COLUMNS)}, "
-                        f"found {columns}; set --text-column")
-    if label_column is not None:
-        pick_column(columns, label_column, (), "label", where, "--label-column")
-        domains, what = dirichlet_domains(ds[label_column], num_clients, alpha, seed), "share"
-    else:
-        column = pick_column(columns, domain_column, DOMAIN_COLUMNS, "domain", where,
-                             "--domain-column")
-        if column is None:
-            raise DataError(f"{where}: nothing says which institution holds each document; "
-                            f"expected a domain column (one of {list(DOMAIN_COLUMNS)}, or "
-                            f"--domain-column NAME), or --label-column NAME for a Dirichlet "
-                            f"split by label; found columns {columns}")
-        domains, what = ds[column], f"{column!r} value"
-    texts = ["" if t is None else str(t) for t in ds[text]]
-    names, private, tests, proxy_ids = split_documents(
-        domains, num_clients, proxy_fraction=proxy_fraction, seed=seed, where=where, what=what)
-    out = root / "data"
-    clients = [write_texts(out / f"client-{i}.jsonl", [texts[j] for j in own])
-               for i, own in enumerate(private)]
-    test_files = {name: write_texts(out / f"test-{i}-{_safe(name)}.jsonl",
-                                     [texts[j] for j in test])
-                  for i, (name, test) in enumerate(zip(names, tests))}
-    proxy = write_texts(out / "proxy.jsonl", [texts[j] for j in proxy_ids])
-    return TokenCorpus(clients, test_files, proxy,
-                       *_tokenizer_and_configs(root, proxy, vocab_size, max_length),
-                       {name: {"client": f"client-{i}", "documents": len(private[i]),
-                               "test_documents": len(tests[i])}
-                        for i, name in enumerate(names)})
+    module docstring and :func:`split_user_data`): ``data/client-<i>.jsonl``,
+    ``data/test-<i>-<domain>.jsonl``, ``data/proxy.jsonl``, the tokenizer and the configs."""
+    docs = split_user_data(data, text_column_of(text_column), num_clients=num_clients,
+                           domain_column=domain_column, label_column=label_column, alpha=alpha,
+                           proxy_fraction=proxy_fraction, split=split, seed=seed)
+    clients, tests, proxy, domains = docs.write(root)
+    return TokenCorpus(clients, tests, proxy,
+                       *_tokenizer_and_configs(root, proxy, vocab_size, max_length), domains)
 
 
 def _safe(name: str) -> str:

@@ -32,7 +32,9 @@ TASK = Task(
         "evaluate": Command("fdcli.stages.seq2seq:evaluate_seq2seq", {
             **PAIRS, **LENGTHS, "batch_size": 8, "dtype": "auto"}),
         "simulate": Command("fdcli.stages.simulate_seq2seq:simulate_seq2seq", {
-            **SIMULATION, "num_clients": 4, "rule": "confidence",
+            **SIMULATION, "data": None, "source_column": None, "target_column": None,
+            "domain_column": None, "label_column": None, "alpha": 1.0, "proxy_fraction": 0.2,
+            "split": None, "num_clients": 4, "rule": "confidence",
             "architectures": ("t5-mini", "t5-tiny"), "student": "t5-tiny",
             "proxy_pairs": 1000, "k": 16, "epochs": 20.0, "distill_epochs": 20.0,
             "batch_size": 16, "temperature": Auto("as fd distill picks"), "hard_weight": 0.5,
