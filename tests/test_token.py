@@ -598,6 +598,31 @@ def test_simulate_causal_lm_small(tmp_path):
         res["curves"]["fd"][-1]["total_bytes"]
     assert [p["perplexity"] for p in res["curves"]["fd"]] == [
         first["perplexity"], second["perplexity"]]
+    # a tenth of each institution's documents is held out as validation text, and every
+    # round's student is scored on it (the geometric mean over the domains)
+    import math
+
+    from fdcli.data import load_local
+    from fdcli.lm import text_blocks
+    from fdcli.stages.lm import token_metrics
+
+    vals = sorted((out / "data").glob("val-*.jsonl"))
+    assert [v.name for v in vals] == ["val-asyncio.jsonl", "val-email.jsonl"]
+    held = [json.loads(line)["text"] for line in vals[0].open()]
+    own = [json.loads(line)["text"] for line in (out / "data" / "client-0.jsonl").open()]
+    test = [json.loads(line)["text"] for line in (out / "data" / "test-asyncio.jsonl").open()]
+    assert held and not set(held) & (set(own) | set(test))
+    # 33 asyncio files: 7 test, every tenth of the other 26 from the second on: 3
+    assert res["domains"]["asyncio"] == {"client": "client-0", "files": 33,
+                                         "validation_files": 3}
+    lm = load_lm(round2 / "students" / "confidence")
+    ppl = [token_metrics(lm, text_blocks(load_local(v, whole_text_files=True), str(v),
+                                         lm.tokenizer, max_length=32).blocks, 16)["perplexity"]
+           for v in vals]
+    assert second["validation_perplexity"] == pytest.approx(
+        math.exp(sum(map(math.log, ppl)) / 2), rel=1e-3)
+    assert "validation_perplexity" in first
+    assert "| validation ppl |" in (out / "report.md").read_text()
     assert "| 2 | " in (out / "report.md").read_text().split("Rounds")[1]
     vocab = 2048
     # every model learned something: well below the uniform perplexity of the vocabulary

@@ -25,8 +25,8 @@ def _write(path, rows):
 
 def test_split_documents_by_domain():
     domains = ["a"] * 30 + ["b"] * 20 + ["c"] * 7
-    names, private, tests, proxy = split_documents(domains, 2, proxy_fraction=0.2, seed=0,
-                                                   where="x.jsonl", what="'domain' value")
+    names, private, tests, _, proxy = split_documents(domains, 2, proxy_fraction=0.2, seed=0,
+                                                      where="x.jsonl", what="'domain' value")
     assert names == ["a", "b"]  # the largest domains; "c" goes to the proxy whole
     assert set(range(50, 57)) <= set(proxy)
     for docs, own, test, n in zip((range(30), range(30, 50)), private, tests, (30, 20)):
@@ -36,7 +36,7 @@ def test_split_documents_by_domain():
         assert not set(own) & set(test) and not set(own) & set(shared)
         assert len(test) == -(-(n - len(shared)) // TEST_EVERY)
     again = split_documents(domains, 2, proxy_fraction=0.2, seed=0, where="x", what="d")
-    assert again == (names, private, tests, proxy)
+    assert again == (names, private, tests, [[], []], proxy)
     other = split_documents(domains, 2, proxy_fraction=0.2, seed=1, where="x", what="d")
     assert other[1] != private
 
@@ -91,8 +91,8 @@ def test_simulate_causal_lm_on_the_users_corpus(corpus, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["data"] == str(corpus) and res["config"]["domain_column"] == "topic"
     assert list(res["domains"]) == ["clinic", "legal"]  # 30 documents each, ties by name
-    assert res["domains"]["clinic"] == {"client": "client-0", "documents": 19,
-                                        "test_documents": 5}
+    assert res["domains"]["clinic"] == {"client": "client-0", "documents": 17,
+                                        "test_documents": 5, "validation_documents": 2}
     proxy = [json.loads(line)["text"] for line in (out / "data" / "proxy.jsonl").open()]
     # all 20 bank documents, and 6 of each institution's 30
     assert len(proxy) == 20 + 6 + 6
@@ -247,12 +247,45 @@ def test_simulate_seq2seq_on_the_users_pairs(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["data"] == str(folder) and res["config"]["proxy_fraction"] == 0.2
     assert list(res["domains"]) == ["clinic", "legal"]
-    assert res["domains"]["clinic"] == {"client": "client-0", "documents": 19,
-                                        "test_documents": 5, "train_pairs": 19,
-                                        "test_pairs": 5}
+    # 19 private pairs, of which every tenth from the second on (2) are validation
+    assert res["domains"]["clinic"] == {"client": "client-0", "documents": 17,
+                                        "test_documents": 5, "validation_documents": 2,
+                                        "train_pairs": 17, "test_pairs": 5}
+    val = [json.loads(line) for line in (out / "data" / "val-0-clinic.jsonl").open()]
+    own = [json.loads(line) for line in (out / "data" / "client-0.jsonl").open()]
+    assert len(val) == 2 and len(own) == 17 and not {r["source"] for r in val} & {
+        r["source"] for r in own}
+    assert res["config"]["validation_fraction"] == 0.1
+    assert res["rounds"][0]["validation_perplexity"] > 1
     assert res["proxy_pairs"] == 24
     for s, own in zip(res["specialists"], ("clinic", "legal")):
         assert s["domain"] == own and set(s["by_domain"]) == {"clinic", "legal"}
     for model in (res["student"], res["proxy_only"], res["centralized"]):
         assert 1 < model["union"]["perplexity"] < float("inf")
     assert "clinic" in (out / "report.md").read_text()
+
+
+def test_validation_is_taken_from_what_an_institution_keeps():
+    from fdcli.stages.token_corpus import every_nth, stdlib_files
+
+    domains = ["a"] * 40 + ["b"] * 10
+    names, private, tests, vals, proxy = split_documents(
+        domains, 2, proxy_fraction=0.25, seed=0, where="x", what="d", validation_fraction=0.1)
+    # a: 10 to the proxy, 6 of 30 to test, every tenth of the other 24 from the second: 3
+    assert [len(v) for v in vals] == [3, 1] and [len(p) for p in private] == [21, 5]
+    for docs, own, test, val in zip((range(40), range(40, 50)), private, tests, vals):
+        assert not set(val) & (set(own) | set(test) | set(proxy))
+        assert set(own) | set(test) | set(val) | {i for i in proxy if i in docs} == set(docs)
+    # without validation the split is the one the earlier versions made
+    again = split_documents(domains, 2, proxy_fraction=0.25, seed=0, where="x", what="d")
+    assert again[2] == tests and again[3] == [[], []] and sorted(again[1][0]) == sorted(
+        private[0] + vals[0])
+    assert every_nth(list(range(10)), 0.0) == [] and every_nth(list(range(10)), 0.5) == [
+        1, 3, 5, 7, 9]
+    with pytest.raises(ValueError, match="validation_fraction must be in"):
+        every_nth([1, 2], 1.0)
+    files = [f"f{i:02d}.py" for i in range(23)]
+    own, val, test = stdlib_files(files, 0.1)
+    assert test == files[::5] and len(val) == 2 and len(own) == 23 - 5 - 2
+    assert stdlib_files(files, 0.0) == ([f for f in files if f not in files[::5]], [],
+                                        files[::5])

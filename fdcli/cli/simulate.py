@@ -56,7 +56,8 @@ def simulate(
                                                                    "set.")] = None,
     validation_fraction: Annotated[Optional[float], S(
         "validation_fraction", "Share of the data held out as a labelled validation split "
-                               "for choices (0 for none).")] = None,
+                               "for choices (token tasks: of each institution's private "
+                               "documents; 0 for none).")] = None,
     coordinator_validation: Annotated[Optional[bool], S(
         "coordinator_validation", "Let the coordinator use the validation split: stop the "
                                   "rounds when the student stops improving on it and report "

@@ -45,7 +45,8 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                 text_column: str | None = None, domain_column: str | None = None,
                 label_column: str | None = None, alpha: float = 1.0,
                 proxy_fraction: float = 0.2, split: str | None = None,
-                poison: float = 0.0, poison_kind: str = "random", privacy: bool = True,
+                validation_fraction: float = 0.1, poison: float = 0.0,
+                poison_kind: str = "random", privacy: bool = True,
                 seed: int = 0, overwrite: bool = False,
                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the language-model federation and write ``out/results.json``; returns the results.
@@ -77,6 +78,11 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
     (:func:`~fdcli.stages.token_corpus.write_user_corpus`: ``text_column``, and
     ``domain_column`` or ``label_column`` with ``alpha``, ``proxy_fraction``, ``split``);
     ``client_chars``, ``proxy_chars`` and ``test_chars`` then do not apply.
+
+    ``validation_fraction`` of each institution's private documents (of the standard
+    library: its files) is held out as its validation text; every round
+    records the student's geometric-mean perplexity on it (``validation_perplexity``), the
+    figure the token defaults were chosen by. 0 for none.
 
     ``poison`` is the fraction of clients that are hostile: every bundle they send is
     replaced by ``poison_kind`` rows (:data:`~fdcli.poison.TOKEN_POISON_KINDS`); the results
@@ -117,6 +123,7 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
               "fedavg_rounds": fedavg_rounds, "fedavg_local_epochs": fedavg_local_epochs,
               "rounds": rounds, "round_epochs": round_epochs,
               "round_distill_epochs": round_distill_epochs, "digest_weight": digest_weight,
+              "validation_fraction": validation_fraction,
               "poison": poison, "poison_kind": poison_kind if poisoned else None,
               "privacy": privacy, "seed": seed}
     domains = stdlib_domains(num_clients) if data is None else None
@@ -128,13 +135,15 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
         if data is None:
             corpus = write_stdlib_corpus(root, domains, client_chars=client_chars,
                                          proxy_chars=proxy_chars, test_chars=test_chars,
-                                         vocab_size=vocab_size, max_length=max_length)
+                                         vocab_size=vocab_size, max_length=max_length,
+                                         validation_fraction=validation_fraction)
         else:
             corpus = write_user_corpus(root, data, num_clients=num_clients,
                                        text_column=text_column, domain_column=domain_column,
                                        label_column=label_column, alpha=alpha,
                                        proxy_fraction=proxy_fraction, split=split,
-                                       vocab_size=vocab_size, max_length=max_length, seed=seed)
+                                       vocab_size=vocab_size, max_length=max_length,
+                                       validation_fraction=validation_fraction, seed=seed)
             log(f"{data}: institutions {', '.join(corpus.domains)}")
         tests, proxy, tok, configs = (corpus.tests, corpus.proxy, corpus.tokenizer,
                                       corpus.configs)
@@ -147,6 +156,12 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                                shared.tokenizer, max_length=max_length).blocks
 
         test_blocks = {pkg: blocks_of(path) for pkg, path in tests.items()}
+        val_blocks = {pkg: blocks_of(path) for pkg, path in corpus.validation.items()}
+
+        def validate(model: Path) -> float:
+            lm = load_lm(model)
+            return math.exp(sum(math.log(token_metrics(lm, b, batch_size)["perplexity"])
+                                for b in val_blocks.values()) / len(val_blocks))
 
         def scores(model) -> dict[str, Any]:
             lm = load_lm(model) if isinstance(model, Path) else model
@@ -215,9 +230,11 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                 hard_weight=hard_weight, epochs=round_distill_epochs,
                 learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                 progress=progress),
-            score=scores, perplexity=lambda s: s["mean_ppl"])
+            score=scores, perplexity=lambda s: s["mean_ppl"],
+            validate=validate if val_blocks else None)
         records = [first_round(stages, uploads, students[rule], specialists,
-                               timing["specialists_s"] + timing["aggregate_distill_s"])]
+                               timing["specialists_s"] + timing["aggregate_distill_s"],
+                               root / "students" / rule)]
         t = time.perf_counter()
         records += later_rounds(root, rounds, num_clients, rule, stages, log)
         timing["later_rounds_s"] = time.perf_counter() - t

@@ -33,7 +33,8 @@ from .federation import dir_bytes, flagged_clients, round_dir
 from .lm import LM_HARD_WEIGHT
 from .token_evidence import evidence_md, token_scores
 from .token_rounds import rounds_md
-from .token_corpus import split_user_data, stdlib_domains, stdlib_root, write_rows
+from .token_corpus import (split_user_data, stdlib_domains, stdlib_files, stdlib_root,
+                           write_rows)
 
 #: tiny random-init T5-shaped models (gated-GELU feed-forward, as FLAN-T5); the vocabulary
 #: comes from the simulation's tokenizer
@@ -72,34 +73,40 @@ def _read_jsonl(path: Path) -> list[dict[str, str]]:
 
 
 def write_docstring_corpus(root: Path, domains: dict[str, list[Path]], *,
-                           proxy_pairs: int = 1000, vocab_size: int = 2048
-                           ) -> dict[str, Any]:
+                           proxy_pairs: int = 1000, vocab_size: int = 2048,
+                           validation_fraction: float = 0.0) -> dict[str, Any]:
     """Write the federation's files under ``root``: ``data/client-<i>.jsonl`` (a package's
-    pairs, every fifth file held out), ``data/test-<package>.jsonl``, ``data/proxy.jsonl``
-    (the top-level modules' pairs, every n-th to keep ``proxy_pairs``), a tokenizer trained on
-    the proxy, and a config per :data:`T5_ARCHITECTURES` entry."""
+    pairs, every fifth file held out as test, ``validation_fraction`` of the others as
+    validation: :func:`~fdcli.stages.token_corpus.stdlib_files`),
+    ``data/test-<package>.jsonl``, ``data/val-<package>.jsonl``, ``data/proxy.jsonl`` (the
+    top-level modules' pairs, every n-th to keep ``proxy_pairs``), a tokenizer trained on the
+    proxy, and a config per :data:`T5_ARCHITECTURES` entry."""
     data = root / "data"
-    clients, tests = [], {}
+    clients, tests, vals, info = [], {}, {}, {}
     for i, (pkg, files) in enumerate(domains.items()):
-        held = set(files[::5])
+        private, val, held = stdlib_files(files, validation_fraction)
         clients.append(write_rows(data / f"client-{i}.jsonl", [
-            p for f in files if f not in held for p in function_pairs(f)]))
+            p for f in private for p in function_pairs(f)]))
         tests[pkg] = write_rows(data / f"test-{pkg}.jsonl", [
-            p for f in sorted(held) for p in function_pairs(f)])
+            p for f in held for p in function_pairs(f)])
+        info[pkg] = {"client": f"client-{i}", "files": len(files)}
+        if val:
+            vals[pkg] = write_rows(data / f"val-{pkg}.jsonl", [
+                p for f in val for p in function_pairs(f)])
+            info[pkg]["validation_files"] = len(val)
     found = [p for f in sorted(stdlib_root().glob("*.py")) for p in function_pairs(f)]
     step = max(1, len(found) // proxy_pairs)
     proxy = write_rows(data / "proxy.jsonl", found[::step][:proxy_pairs])
-    return {"clients": clients, "tests": tests, "proxy": proxy,
-            **_tokenizer_and_configs(root, proxy, vocab_size),
-            "domains": {pkg: {"client": f"client-{i}", "files": len(files)}
-                        for i, (pkg, files) in enumerate(domains.items())}}
+    return {"clients": clients, "tests": tests, "validation": vals, "proxy": proxy,
+            **_tokenizer_and_configs(root, proxy, vocab_size), "domains": info}
 
 
 def write_user_pairs(root: Path, data: str | Path, *, num_clients: int,
                      source_column: str | None = None, target_column: str | None = None,
                      domain_column: str | None = None, label_column: str | None = None,
                      alpha: float = 1.0, proxy_fraction: float = 0.2, split: str | None = None,
-                     vocab_size: int = 2048, seed: int = 0) -> dict[str, Any]:
+                     vocab_size: int = 2048, validation_fraction: float = 0.0,
+                     seed: int = 0) -> dict[str, Any]:
     """The federation's files from the user's (source, target) pairs ``data``, split into
     institutions, proxy and test pairs as causal-lm splits documents
     (:func:`~fdcli.stages.token_corpus.split_user_data`)."""
@@ -121,10 +128,11 @@ def write_user_pairs(root: Path, data: str | Path, *, num_clients: int,
     docs = split_user_data(data, pick, num_clients=num_clients, domain_column=domain_column,
                            label_column=label_column, alpha=alpha,
                            proxy_fraction=proxy_fraction, split=split, seed=seed,
-                           whole_text_files=False)
-    clients, tests, proxy, domains = docs.write(root)
-    return {"clients": clients, "tests": tests, "proxy": proxy,
-            **_tokenizer_and_configs(root, proxy, vocab_size), "domains": domains}
+                           validation_fraction=validation_fraction, whole_text_files=False)
+    f = docs.write(root)
+    return {"clients": f.clients, "tests": f.tests, "validation": f.validation,
+            "proxy": f.proxy, **_tokenizer_and_configs(root, f.proxy, vocab_size),
+            "domains": f.domains}
 
 
 def _tokenizer_and_configs(root: Path, proxy: Path, vocab_size: int) -> dict[str, Any]:
@@ -159,7 +167,8 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
                      source_column: str | None = None, target_column: str | None = None,
                      domain_column: str | None = None, label_column: str | None = None,
                      alpha: float = 1.0, proxy_fraction: float = 0.2,
-                     split: str | None = None, seed: int = 0, overwrite: bool = False,
+                     split: str | None = None, validation_fraction: float = 0.1,
+                     seed: int = 0, overwrite: bool = False,
                      progress: bool = True, log: Callable[[str], None] = print
                      ) -> dict[str, Any]:
     """Run the docstring federation and write ``out/results.json`` and ``out/report.md``;
@@ -171,9 +180,13 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
     ``data`` runs on the user's (source, target) pairs instead of the standard library
     (:func:`write_user_pairs`: ``source_column``, ``target_column``, and ``domain_column`` or
     ``label_column`` with ``alpha``, or a folder of one dataset per institution;
-    ``proxy_fraction``, ``split``); ``proxy_pairs`` then does not apply."""
+    ``proxy_fraction``, ``split``); ``proxy_pairs`` then does not apply.
+
+    ``validation_fraction`` of each institution's private pairs (of the standard library: its
+    files) is held out as its validation set; every round records the student's perplexity
+    on their union (``validation_perplexity``). 0 for none."""
     from ..data import load_local
-    from ..seq2seq import load_seq2seq, text_pairs
+    from ..seq2seq import load_seq2seq, text_pairs, token_nll
     from .aggregate import aggregate
     from .seq2seq import (distill_seq2seq, emit_seq2seq_logits, generate_targets,
                           train_seq2seq_specialist)
@@ -207,7 +220,8 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
               "rounds": rounds, "round_epochs": round_epochs,
               "round_distill_epochs": round_distill_epochs, "digest_weight": digest_weight,
               "poison": poison, "poison_kind": poison_kind if poisoned else None,
-              "privacy": privacy, "compare_generated": compare_generated, "seed": seed}
+              "validation_fraction": validation_fraction, "privacy": privacy,
+              "compare_generated": compare_generated, "seed": seed}
     domains = stdlib_domains(num_clients) if data is None else None
     lengths = dict(max_source_length=max_source_length, max_target_length=max_target_length)
     train = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
@@ -217,13 +231,15 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
         t = time.perf_counter()
         if data is None:
             corpus = write_docstring_corpus(root, domains, proxy_pairs=proxy_pairs,
-                                            vocab_size=vocab_size)
+                                            vocab_size=vocab_size,
+                                            validation_fraction=validation_fraction)
         else:
             corpus = write_user_pairs(root, data, num_clients=num_clients,
                                       source_column=source_column, target_column=target_column,
                                       domain_column=domain_column, label_column=label_column,
                                       alpha=alpha, proxy_fraction=proxy_fraction, split=split,
-                                      vocab_size=vocab_size, seed=seed)
+                                      vocab_size=vocab_size,
+                                      validation_fraction=validation_fraction, seed=seed)
             log(f"{data}: institutions {', '.join(corpus['domains'])}")
         tok, configs, proxy = corpus["tokenizer"], corpus["configs"], corpus["proxy"]
         timing["data_and_tokenizer_s"] = time.perf_counter() - t
@@ -235,6 +251,13 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
 
         tests = {pkg: pairs_of(path) for pkg, path in corpus["tests"].items()}
         private = [pairs_of(path) for path in corpus["clients"]]
+        val_pairs = [pairs_of(path) for path in corpus["validation"].values()]
+
+        def validate(path: Path) -> float:
+            m = load_seq2seq(path)
+            got = [token_nll(m, pairs, 32) for pairs in val_pairs]
+            return math.exp(sum(g["nll"] * g["tokens"] for g in got)
+                            / sum(g["tokens"] for g in got))
 
         def scores(m) -> dict[str, Any]:
             return _scores(m, tests, max_target_length)
@@ -300,9 +323,10 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
                 learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                 progress=progress),
             score=lambda path: scored(path, architecture=student),
-            perplexity=lambda s: s["union"]["perplexity"])
+            perplexity=lambda s: s["union"]["perplexity"],
+            validate=validate if val_pairs else None)
         records = [first_round(stages, uploads, students["proxy_targets"], specialists,
-                               round_one_s)]
+                               round_one_s, root / "students" / rule)]
         later = time.perf_counter()
         records += later_rounds(root, rounds, num_clients, rule, stages, log)
         timing["later_rounds_s"] = time.perf_counter() - later

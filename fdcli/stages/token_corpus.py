@@ -24,7 +24,7 @@ import random
 import re
 import sysconfig
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -104,30 +104,45 @@ class TokenCorpus:
     tokenizer: Path            # tokenizer/: byte-level BPE trained on the proxy
     configs: dict[str, Path]   # architecture -> configs/<name>.json
     domains: dict[str, dict[str, Any]]  # domain -> its client and what it holds
+    validation: dict[str, Path] = field(default_factory=dict)  # domain -> data/val-*.jsonl
 
 
 def write_stdlib_corpus(root: Path, domains: dict[str, list[Path]], *,
                         client_chars: int = 300_000, proxy_chars: int = 600_000,
                         test_chars: int = 40_000, vocab_size: int = 2048,
-                        max_length: int = 64) -> TokenCorpus:
+                        max_length: int = 64, validation_fraction: float = 0.0
+                        ) -> TokenCorpus:
     """Write the language-model federation's files under ``root``: every fifth file of each
-    package (``domains``, from :func:`stdlib_domains`) is its held-out test text, the rest its
-    client's private text; the proxy is the standard library's top-level modules; one shared
-    tokenizer; and a config per architecture of :data:`LM_ARCHITECTURES` reading
+    package (``domains``, from :func:`stdlib_domains`) is its held-out test text,
+    ``validation_fraction`` of the others its validation text (:func:`stdlib_files`), the
+    rest its client's private text; the proxy is the standard library's top-level modules;
+    one shared tokenizer; and a config per architecture of :data:`LM_ARCHITECTURES` reading
     ``max_length`` positions."""
     data = root / "data"
-    clients, tests = [], {}
+    clients, tests, vals, info = [], {}, {}, {}
     for i, (pkg, files) in enumerate(domains.items()):
-        held = files[::5]
-        private = [f for f in files if f not in held]
+        private, val, held = stdlib_files(files, validation_fraction)
         clients.append(write_texts(data / f"client-{i}.jsonl", _read(private, client_chars)))
         tests[pkg] = write_texts(data / f"test-{pkg}.jsonl", _read(held, test_chars))
+        info[pkg] = {"client": f"client-{i}", "files": len(files)}
+        if val:
+            vals[pkg] = write_texts(data / f"val-{pkg}.jsonl", _read(val, test_chars))
+            info[pkg]["validation_files"] = len(val)
     top = sorted(stdlib_root().glob("*.py"))
     proxy = write_texts(data / "proxy.jsonl", _read(top, proxy_chars))
     return TokenCorpus(clients, tests, proxy, *_tokenizer_and_configs(root, proxy, vocab_size,
                                                                       max_length),
-                       {pkg: {"client": f"client-{i}", "files": len(files)}
-                        for i, (pkg, files) in enumerate(domains.items())})
+                       info, vals)
+
+
+def stdlib_files(files: Sequence[Path], validation_fraction: float
+                 ) -> tuple[list[Path], list[Path], list[Path]]:
+    """A package's files as (private, validation, test): every fifth file is test text,
+    ``validation_fraction`` of the others validation text (:func:`every_nth`)."""
+    test = list(files[::TEST_EVERY])
+    rest = [f for f in files if f not in set(test)]
+    val = every_nth(rest, validation_fraction)
+    return [f for f in rest if f not in set(val)], val, test
 
 
 def _tokenizer_and_configs(root: Path, proxy: Path, vocab_size: int, max_length: int
@@ -158,15 +173,26 @@ DOMAIN_COLUMNS = ("domain", "institution", "client")
 TEST_EVERY = 5
 
 
+def every_nth(items: Sequence[Any], fraction: float) -> list[Any]:
+    """About ``fraction`` of ``items``: every n-th from the second on, n = round(1 /
+    fraction) (none for 0): how a validation share is taken from what an institution keeps."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {fraction}")
+    return list(items[1::max(1, round(1 / fraction))]) if fraction > 0 else []
+
+
 def split_documents(domains: Sequence[Any], num_clients: int, *, proxy_fraction: float,
-                    seed: int, where: str, what: str) -> tuple[list[str], list[list[int]],
-                                                               list[list[int]], list[int]]:
+                    seed: int, where: str, what: str, validation_fraction: float = 0.0
+                    ) -> tuple[list[str], list[list[int]], list[list[int]], list[list[int]],
+                               list[int]]:
     """Split documents among ``num_clients`` institutions by their domain (``domains[i]``: the
     domain of document i): the ``num_clients`` largest domains (ties by name) are the
     institutions, every other domain goes to the proxy whole. Each institution's documents,
-    shuffled with ``seed``, give ``proxy_fraction`` of themselves to the proxy, and every
-    :data:`TEST_EVERY`-th of the rest is held out as its test text. Returns (institution
-    names, each one's private document indices, each one's test indices, the proxy's)."""
+    shuffled with ``seed``, give ``proxy_fraction`` of themselves to the proxy, every
+    :data:`TEST_EVERY`-th of the rest is held out as its test text, and
+    ``validation_fraction`` of what is left (:func:`every_nth`) as its validation text.
+    Returns (institution names, each one's private document indices, test indices,
+    validation indices, the proxy's)."""
     by_domain: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(domains):
         if d is None or str(d) == "":
@@ -179,14 +205,17 @@ def split_documents(domains: Sequence[Any], num_clients: int, *, proxy_fraction:
                         f"{num_clients} distinct values, or fewer --num-clients")
     order = sorted(by_domain, key=lambda d: (-len(by_domain[d]), d))
     names, rng = order[:num_clients], random.Random(seed)
-    private, tests, proxy = [], [], [i for d in order[num_clients:] for i in by_domain[d]]
+    private, tests, vals = [], [], []
+    proxy = [i for d in order[num_clients:] for i in by_domain[d]]
     for name in names:
         docs = list(by_domain[name])
         rng.shuffle(docs)
         shared = round(len(docs) * proxy_fraction)
         kept = docs[shared:]
         test = kept[::TEST_EVERY]
-        own = [i for i in kept if i not in set(test)]
+        rest = [i for i in kept if i not in set(test)]
+        val = every_nth(rest, validation_fraction)
+        own = [i for i in rest if i not in set(val)]
         if not own or not test:
             raise DataError(f"{where}: {what} {name!r} has {len(docs)} document(s), "
                             f"{len(kept)} after giving {proxy_fraction:g} of them to the proxy;"
@@ -194,10 +223,11 @@ def split_documents(domains: Sequence[Any], num_clients: int, *, proxy_fraction:
         proxy += docs[:shared]
         private.append(sorted(own))
         tests.append(sorted(test))
+        vals.append(sorted(val))
     if not proxy:
         raise DataError(f"{where}: no document is left for the proxy; expected a "
                         f"--proxy-fraction above 0 or a {what} that no institution holds")
-    return names, private, tests, sorted(proxy)
+    return names, private, tests, vals, sorted(proxy)
 
 
 def dirichlet_domains(labels: Sequence[Any], num_clients: int, alpha: float, seed: int
@@ -230,25 +260,43 @@ class UserSplit:
     names: list[str]               # the institutions' domains (file or folder names)
     private: list[list[int]]       # each institution's document indices
     tests: list[list[int]]         # each institution's held-out test indices
+    validation: list[list[int]]    # each institution's validation indices
     proxy: list[int]               # the proxy's indices
 
     def rows(self, indices: Sequence[int]) -> list[dict[str, str]]:
         return [{role: values[j] for role, values in self.columns.items()} for j in indices]
 
-    def write(self, root: Path) -> tuple[list[Path], dict[str, Path], Path, dict[str, Any]]:
-        """``data/client-<i>.jsonl``, ``data/test-<i>-<domain>.jsonl`` and
-        ``data/proxy.jsonl`` under ``root``, one ``{role: text}`` row per document; returns
-        them and each domain's client and counts."""
+    def write(self, root: Path) -> UserFiles:
+        """``data/client-<i>.jsonl``, ``data/test-<i>-<domain>.jsonl``,
+        ``data/val-<i>-<domain>.jsonl`` (when there is validation) and ``data/proxy.jsonl``
+        under ``root``, one ``{role: text}`` row per document."""
         out = root / "data"
         clients = [write_rows(out / f"client-{i}.jsonl", self.rows(own))
                    for i, own in enumerate(self.private)]
-        tests = {name: write_rows(out / f"test-{i}-{_safe(name)}.jsonl", self.rows(test))
-                 for i, (name, test) in enumerate(zip(self.names, self.tests))}
-        proxy = write_rows(out / "proxy.jsonl", self.rows(self.proxy))
+
+        def per_domain(kind: str, parts: list[list[int]]) -> dict[str, Path]:
+            return {name: write_rows(out / f"{kind}-{i}-{_safe(name)}.jsonl", self.rows(part))
+                    for i, (name, part) in enumerate(zip(self.names, parts)) if part}
+
         domains = {name: {"client": f"client-{i}", "documents": len(self.private[i]),
-                          "test_documents": len(self.tests[i])}
+                          "test_documents": len(self.tests[i]),
+                          **({"validation_documents": len(self.validation[i])}
+                             if self.validation[i] else {})}
                    for i, name in enumerate(self.names)}
-        return clients, tests, proxy, domains
+        return UserFiles(clients, per_domain("test", self.tests),
+                         per_domain("val", self.validation),
+                         write_rows(out / "proxy.jsonl", self.rows(self.proxy)), domains)
+
+
+@dataclass
+class UserFiles:
+    """The files :meth:`UserSplit.write` wrote."""
+
+    clients: list[Path]
+    tests: dict[str, Path]
+    validation: dict[str, Path]
+    proxy: Path
+    domains: dict[str, dict[str, Any]]  # domain -> its client and its documents
 
 
 def institution_files(path: Path) -> dict[str, list[Path]] | None:
@@ -298,8 +346,10 @@ def split_user_data(data: str | Path, pick: Pick, *, num_clients: int,
                     domain_column: str | None = None, label_column: str | None = None,
                     alpha: float = 1.0, proxy_fraction: float = 0.2,
                     split: str | None = None, seed: int = 0,
+                    validation_fraction: float = 0.0,
                     whole_text_files: bool = True) -> UserSplit:
-    """Split the user's corpus ``data`` into institutions, proxy and test documents.
+    """Split the user's corpus ``data`` into institutions, proxy, test and validation
+    documents.
     ``pick(columns, where)`` names the column of each role (``{"text": "body"}``) or raises.
 
     ``data`` is one dataset whose ``domain_column`` (default: domain, institution or client)
@@ -348,9 +398,9 @@ def split_user_data(data: str | Path, pick: Pick, *, num_clients: int,
                                 f"--label-column NAME for a Dirichlet split by label, or a "
                                 f"folder of one file per institution; found columns {names}")
             domains, what = ds[column], f"{column!r} value"
-    names_, private, tests, proxy = split_documents(
-        domains, num_clients, proxy_fraction=proxy_fraction, seed=seed, where=where, what=what)
-    return UserSplit(columns, names_, private, tests, proxy)
+    return UserSplit(columns, *split_documents(
+        domains, num_clients, proxy_fraction=proxy_fraction, seed=seed, where=where, what=what,
+        validation_fraction=validation_fraction))
 
 
 def _picked(table: Any, columns: list[str], pick: Pick, where: str) -> dict[str, list[str]]:
@@ -375,16 +425,18 @@ def write_user_corpus(root: Path, data: str | Path, *, num_clients: int,
                       label_column: str | None = None, alpha: float = 1.0,
                       proxy_fraction: float = 0.2, split: str | None = None,
                       vocab_size: int = 2048, max_length: int = 64,
-                      seed: int = 0) -> TokenCorpus:
+                      validation_fraction: float = 0.0, seed: int = 0) -> TokenCorpus:
     """Write the federation's files under ``root`` from the user's corpus ``data`` (see the
     module docstring and :func:`split_user_data`): ``data/client-<i>.jsonl``,
     ``data/test-<i>-<domain>.jsonl``, ``data/proxy.jsonl``, the tokenizer and the configs."""
     docs = split_user_data(data, text_column_of(text_column), num_clients=num_clients,
                            domain_column=domain_column, label_column=label_column, alpha=alpha,
-                           proxy_fraction=proxy_fraction, split=split, seed=seed)
-    clients, tests, proxy, domains = docs.write(root)
-    return TokenCorpus(clients, tests, proxy,
-                       *_tokenizer_and_configs(root, proxy, vocab_size, max_length), domains)
+                           proxy_fraction=proxy_fraction, split=split, seed=seed,
+                           validation_fraction=validation_fraction)
+    f = docs.write(root)
+    return TokenCorpus(f.clients, f.tests, f.proxy,
+                       *_tokenizer_and_configs(root, f.proxy, vocab_size, max_length),
+                       f.domains, f.validation)
 
 
 def _safe(name: str) -> str:

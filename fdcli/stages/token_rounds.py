@@ -27,7 +27,8 @@ class TokenStages:
     ``emit(model, bundle, i)``; ``aggregate(bundles, out)``; ``distill(start, teacher, out)``
     continues a student; ``score(model)`` -> its scores, of which ``perplexity(scores)`` is
     the figure the rounds are followed by (a causal LM's geometric mean over the domains, a
-    seq2seq model's on the union of them)."""
+    seq2seq model's on the union of them); ``validate(model)``, when the simulation holds out
+    a validation split, the same perplexity on it (recorded per round, for choices)."""
 
     train: Callable[[int, Path, Path, Path], Any]
     emit: Callable[[Path, Path, int], Any]
@@ -35,6 +36,12 @@ class TokenStages:
     distill: Callable[[Path, Path, Path], Any]
     score: Callable[[Path], dict[str, Any]]
     perplexity: Callable[[dict[str, Any]], float]
+    validate: Callable[[Path], float] | None = None
+
+    def validation(self, student: Path) -> dict[str, float]:
+        """``{"validation_perplexity": ...}`` of a student, or nothing without a split."""
+        return {} if self.validate is None else {
+            "validation_perplexity": round(self.validate(student), 3)}
 
     def mean_perplexity(self, specialists: list[dict[str, Any]]) -> float:
         return round(sum(self.perplexity(s) for s in specialists) / len(specialists), 3)
@@ -62,9 +69,12 @@ def token_poisoned(num_clients: int, fraction: float, kind: str, seed: int) -> s
 
 
 def first_round(stages: TokenStages, uploads: list[int], student: dict[str, Any],
-                specialists: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """Round 1's record, from what the one-shot simulation measured."""
+                specialists: list[dict[str, Any]], seconds: float,
+                student_dir: Path) -> dict[str, Any]:
+    """Round 1's record, from what the one-shot simulation measured (``student_dir``: the
+    student's folder, for the validation split)."""
     return {"round": 1, "student": student, "perplexity": stages.perplexity(student),
+            **stages.validation(student_dir),
             "uploaded_bytes": sum(uploads), "downloaded_bytes": 0,
             "uploaded_per_client": list(uploads),
             "specialists_mean_ppl": stages.mean_perplexity(specialists), "seconds": seconds}
@@ -98,7 +108,7 @@ def later_rounds(root: Path, rounds: int, num_clients: int, rule: str, stages: T
         stages.distill(before / "students" / rule, teacher, student)
         scores = stages.score(student)
         records.append({"round": r, "student": scores, "perplexity": stages.perplexity(scores),
-                        "uploaded_bytes": sum(uploads),
+                        **stages.validation(student), "uploaded_bytes": sum(uploads),
                         "downloaded_bytes": dir_bytes(consensus) * num_clients,
                         "uploaded_per_client": uploads,
                         "specialists_mean_ppl": stages.mean_perplexity(specialists),
@@ -130,12 +140,15 @@ def rounds_md(records: list[dict[str, Any]],
     if len(records) < 2:
         return []
     extra = extra or {}
+    val = "validation_perplexity" in records[0]
     lines = ["", "Rounds (the student continues on each round's consensus):", "",
-             "| round | student ppl | " + "".join(f"{e} | " for e in extra)
+             "| round | student ppl | " + ("validation ppl | " if val else "")
+             + "".join(f"{e} | " for e in extra)
              + "specialists' mean ppl | bytes up | bytes down |",
-             "|---" * (5 + len(extra)) + "|"]
+             "|---" * (5 + val + len(extra)) + "|"]
     for rec in records:
         lines.append(f"| {rec['round']} | {rec['perplexity']:.2f} | "
+                     + (f"{rec['validation_perplexity']:.2f} | " if val else "")
                      + "".join(f"{get(rec['student']):.2f} | " for get in extra.values())
                      + f"{rec['specialists_mean_ppl']:.2f} | {rec['uploaded_bytes']:,} | "
                        f"{rec['downloaded_bytes']:,} |")

@@ -39,6 +39,7 @@ TASK = Task(
         "simulate": Command("fdcli.stages.simulate_lm:simulate_lm", {
             **SIMULATION, "data": None, "text_column": None, "domain_column": None,
             "label_column": None, "alpha": 1.0, "proxy_fraction": 0.2, "split": None,
+            "validation_fraction": 0.1,
             "num_clients": 4, "rule": "confidence", "compare_rules": ("mean",),
             "architectures": ("gpt2", "llama"), "student": "gpt2", "client_chars": 300_000,
             "proxy_chars": 600_000, "max_length": 64, "k": 16, "epochs": 2.0,

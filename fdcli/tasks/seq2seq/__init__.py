@@ -34,7 +34,7 @@ TASK = Task(
         "simulate": Command("fdcli.stages.simulate_seq2seq:simulate_seq2seq", {
             **SIMULATION, "data": None, "source_column": None, "target_column": None,
             "domain_column": None, "label_column": None, "alpha": 1.0, "proxy_fraction": 0.2,
-            "split": None, "num_clients": 4, "rule": "confidence",
+            "split": None, "validation_fraction": 0.1, "num_clients": 4, "rule": "confidence",
             "architectures": ("t5-mini", "t5-tiny"), "student": "t5-tiny",
             "proxy_pairs": 1000, "k": 16, "epochs": 20.0, "distill_epochs": 20.0,
             "batch_size": 16, "temperature": Auto("as fd distill picks"), "hard_weight": 0.5,
