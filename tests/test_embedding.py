@@ -324,9 +324,48 @@ def test_simulate_embedding_end_to_end(tmp_path):
         - r["probes"]["label_logit_student"]["linear_probe_accuracy"])
     report = (out / "report.md").read_text()
     assert "| relational_student |" in report and "| proxy_only_simclr |" in report
-    result = run("simulate", "--task", "embedding", "--rounds", 2, "--out", tmp_path / "x")
+    assert [rec["round"] for rec in r["rounds"]] == [1]
+    assert r["rounds"][0]["student"] == "relational_student"
+    result = run("simulate", "--task", "embedding", "--rounds", 2, "--digest-weight", 0.5,
+                 "--out", tmp_path / "x")
     assert result.exit_code == 1
-    assert "fd simulate: --rounds does not apply to --task embedding" in result.output
+    assert "fd simulate: --digest-weight does not apply to --task embedding" in result.output
+
+
+def test_simulate_embedding_rounds(tmp_path):
+    """Round 2: every institution digests round 1's relational consensus from its own
+    encoder and emits again; the student continues from round 1's on the new consensus."""
+    from fdcli.bundle import read_bundle
+
+    out = tmp_path / "sim"
+    result = ok("simulate", "--task", "embedding", "--num-clients", 2, "--epochs", 2,
+                "--distill-epochs", 2, "--anchors", 64, "--k", 8, "--rounds", 2,
+                "--round-epochs", 1, "--round-distill-epochs", 1, "--out", out, "--json")
+    r = json.loads(result.stdout)
+    assert r["config"]["rounds"] == 2 and r["config"]["round_epochs"] == 1
+    first, second = r["rounds"]
+    assert first["student"] == "relational_student_round1"
+    assert second["student"] == "relational_student"
+    for rec in r["rounds"]:
+        probe = r["probes"][rec["student"]]
+        assert rec["linear_probe_accuracy"] == probe["linear_probe_accuracy"]
+        assert rec["knn_accuracy"] == probe["knn_accuracy"]
+    round2 = out / "rounds" / "round-2"
+    consensus = out / "relational" / "teacher"
+    assert first["uploaded_bytes"] == sum(r["bytes"]["relational_per_client"])
+    assert second["downloaded_bytes"] == 2 * sum(f.stat().st_size for f in consensus.iterdir())
+    assert second["uploaded_bytes"] == sum(
+        f.stat().st_size for c in ("client-0", "client-1")
+        for f in (round2 / "bundles" / c).iterdir())
+    for i in range(2):
+        digested = json.loads((round2 / "specialists" / f"client-{i}" / "fd.json").read_text())
+        assert digested["config"]["student"] == str(
+            out / "federation" / "specialists" / f"client-{i}")
+        bundle = read_bundle(round2 / "bundles" / f"client-{i}")
+        assert bundle.manifest.producer.client_id == f"client-{i}"
+    student = json.loads((round2 / "student" / "fd.json").read_text())
+    assert student["config"]["student"] == str(out / "relational" / "student-epoch")
+    assert "| 2 | " in (out / "report.md").read_text().split("Rounds")[1]
 
 
 def test_relational_bundles_at_other_temperatures_are_refused(world, tmp_path):

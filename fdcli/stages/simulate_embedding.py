@@ -29,12 +29,22 @@ def simulate_embedding(out: str | Path, *, data: str | Path | None = None,
                        anchors: int = 1024, k: int = 64, temperature: float = 0.1,
                        pooling: str = "mean", banks: Sequence[str] = ("epoch",),
                        rule: str = "confidence", simclr_epochs: int | None = None,
-                       neighbours: int = 10, seed: int = 0, overwrite: bool = False,
-                       progress: bool = True, log=print) -> dict[str, Any]:
+                       neighbours: int = 10, rounds: int = 1,
+                       round_epochs: float | None = None,
+                       round_distill_epochs: float | None = None, seed: int = 0,
+                       overwrite: bool = False, progress: bool = True,
+                       log=print) -> dict[str, Any]:
     """Run the comparison and write ``out/results.json`` and ``out/report.md``. ``anchors``
     is capped at the proxy set's size; ``banks`` lists the relational students' anchor banks
     (:mod:`fdcli.relational`; the first is the headline student); ``simclr_epochs`` defaults
-    to ``distill_epochs``."""
+    to ``distill_epochs``.
+
+    ``rounds`` > 1 continues the relational federation (:func:`_later_rounds`): each
+    institution digests the last relational consensus (``fd distill --task embedding`` from
+    its own encoder, ``round_epochs``, default a fifth of ``distill_epochs``) and emits again;
+    the headline student continues on the new consensus (``round_distill_epochs``, the same
+    default). The headline student is then the last round's; round 1's is probed beside it
+    (``relational_student_round1``)."""
     from ..meter import StageMeter
     from ..models import save_classifier
     from ..relational import BANKS
@@ -43,6 +53,14 @@ def simulate_embedding(out: str | Path, *, data: str | Path | None = None,
     from .federation import dir_bytes
     from .simulate import simulate
 
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    round_epochs = distill_epochs / 5 if round_epochs is None else round_epochs
+    round_distill_epochs = distill_epochs / 5 if round_distill_epochs is None \
+        else round_distill_epochs
+    if not (round_epochs > 0 and round_distill_epochs > 0):
+        raise ValueError(f"round_epochs and round_distill_epochs must be > 0, got "
+                         f"{round_epochs} and {round_distill_epochs}")
     wrong = [b for b in banks if b not in BANKS]
     if not banks or wrong:
         raise ValueError(f"banks must be some of {list(BANKS)}, got {list(banks)}")
@@ -86,6 +104,26 @@ def simulate_embedding(out: str | Path, *, data: str | Path | None = None,
                 students[name] = relational / f"student-{bank}"
                 distill_embedding(configs / f"{student}.json", parts / "proxy", teacher,
                                   students[name], bank=bank, **train)
+        emit = dict(anchors=used_anchors, temperature=temperature, pooling=pooling, k=k,
+                    seed=seed, progress=progress)
+        records = [{"round": 1, "student": "relational_student_round1",
+                    "uploaded_bytes": sum(dir_bytes(b) for b in bundles),
+                    "downloaded_bytes": 0}]
+        if rounds > 1:
+            with meter.stage("later_rounds"):
+                later, records[1:] = _later_rounds(
+                    root, rounds, specialists, teacher, students["relational_student"],
+                    parts=parts, emit=emit, rule=rule, bank=banks[0],
+                    train={**train, "epochs": round_epochs},
+                    continued={**train, "epochs": round_distill_epochs}, log=log)
+            students = {"relational_student": later[-1],
+                        "relational_student_round1": students["relational_student"],
+                        **{f"relational_student_round{r}": path
+                           for r, path in enumerate(later[:-1], start=2)},
+                        **{n: path for n, path in students.items()
+                           if n != "relational_student"}}
+        else:
+            records[0]["student"] = "relational_student"
         with meter.stage("proxy_only_simclr"):
             log(f"proxy-only: a {student} trained SimCLR-style on the proxy set alone")
             students["proxy_only_simclr"] = _simclr_baseline(
@@ -123,7 +161,8 @@ def simulate_embedding(out: str | Path, *, data: str | Path | None = None,
                        "anchors": used_anchors, "anchors_asked": anchors, "k": k,
                        "temperature": temperature, "pooling": pooling, "banks": list(banks),
                        "rule": rule, "label_rule": cfg["rule"], "neighbours": neighbours,
-                       "seed": seed},
+                       "rounds": rounds, "round_epochs": round_epochs,
+                       "round_distill_epochs": round_distill_epochs, "seed": seed},
             "partition": fed["partition"],
             "probes": probes,
             "relational_minus_label_logit": head - label,
@@ -135,11 +174,58 @@ def simulate_embedding(out: str | Path, *, data: str | Path | None = None,
                       "label_logit_per_client": label_bytes,
                       "label_logit_per_example": sum(label_bytes) / (num_clients * proxy_size)},
         }
+        for rec in records:
+            rec.update({key: probes[rec["student"]][key]
+                        for key in ("linear_probe_accuracy", "knn_accuracy")})
+        results["rounds"] = records
         results["timing"] = meter.summary()
         (root / "report.md").write_text(report_markdown(results))
         results = write_results(root, "embedding", results, [
             Score.one(name, seed, probe) for name, probe in probes.items()])
     return results
+
+
+def _later_rounds(root: Path, rounds: int, specialists: Sequence[Path], teacher: Path,
+                  student: Path, *, parts: Path, emit: dict[str, Any], rule: str, bank: str,
+                  train: dict[str, Any], continued: dict[str, Any], log
+                  ) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Rounds 2..``rounds`` of the relational federation, under ``root/rounds/round-r``:
+    each institution digests the last consensus from its last encoder (``train``), emits a
+    new relational bundle, the coordinator aggregates them, and the student continues from
+    the last round's on the new consensus (``continued``). Returns each round's student and
+    record (its bundle bytes up, the consensus's bytes down to every client).
+
+    Only the digest: an institution that also revisited its labelled data after digesting
+    (as classification's rounds do) gave the student nothing in fd's measurements
+    (docs/embeddings.md, "Rounds")."""
+    from .aggregate import aggregate
+    from .embedding import distill_embedding, emit_embedding_logits
+    from .federation import dir_bytes
+
+    students, records = [], []
+    for r in range(2, rounds + 1):
+        here = root / "rounds" / f"round-{r}"
+        log(f"round {r}: each institution digests the round-{r - 1} relational consensus")
+        bundles, now = [], []
+        for i, spec in enumerate(specialists):
+            model = here / "specialists" / f"client-{i}"
+            distill_embedding(spec, parts / "proxy", teacher, model, **train)
+            bundles.append(here / "bundles" / f"client-{i}")
+            emit_embedding_logits(model, parts / "proxy", bundles[-1],
+                                  client_id=f"client-{i}", **emit)
+            now.append(model)
+        down = dir_bytes(teacher) * len(specialists)
+        teacher, specialists = here / "teacher", now
+        aggregate(bundles, teacher, rule=rule, k=emit["k"], progress=emit["progress"])
+        students.append(here / "student")
+        distill_embedding(student, parts / "proxy", teacher, students[-1], bank=bank,
+                          **continued)
+        student = students[-1]
+        records.append({"round": r, "student": f"relational_student_round{r}",
+                        "uploaded_bytes": sum(dir_bytes(b) for b in bundles),
+                        "downloaded_bytes": down})
+    records[-1]["student"] = "relational_student"
+    return students, records
 
 
 def _simclr_baseline(config: Path, proxy: Path, out: Path, *, kind: str, pooling: str,
@@ -205,4 +291,12 @@ def report_markdown(results: dict[str, Any]) -> str:
               f"{'met' if results['goal_within_3_points'] else 'missed'}.", "",
               f"Bytes per proxy example and client: relational {b['relational_per_example']:.1f}"
               f", label logits {b['label_logit_per_example']:.1f}.", ""]
+    if len(results["rounds"]) > 1:
+        lines += ["Rounds (each institution digests the last consensus; the student continues "
+                  "on the new one):", "",
+                  "| round | linear probe | k-NN | bytes up | bytes down |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['round']} | {r['linear_probe_accuracy']:.3f} | {r['knn_accuracy']:.3f} "
+                  f"| {r['uploaded_bytes']:,} | {r['downloaded_bytes']:,} |"
+                  for r in results["rounds"]] + [""]
     return "\n".join(lines)

@@ -90,9 +90,9 @@ def write_docstring_corpus(root: Path, domains: dict[str, list[Path]], *,
         tests[pkg] = write_rows(data / f"test-{pkg}.jsonl", [
             p for f in held for p in function_pairs(f)])
         info[pkg] = {"client": f"client-{i}", "files": len(files)}
-        if val:
-            vals[pkg] = write_rows(data / f"val-{pkg}.jsonl", [
-                p for f in val for p in function_pairs(f)])
+        val_pairs = [p for f in val for p in function_pairs(f)]
+        if val_pairs:  # files without a documented function give none
+            vals[pkg] = write_rows(data / f"val-{pkg}.jsonl", val_pairs)
             info[pkg]["validation_files"] = len(val)
     found = [p for f in sorted(stdlib_root().glob("*.py")) for p in function_pairs(f)]
     step = max(1, len(found) // proxy_pairs)

@@ -33,6 +33,8 @@ TASK = Task(
             "architectures": Auto("vit,resnet; bert,distilbert for text"),
             "student": Auto("resnet; bert for text"), "epochs": 60.0, "distill_epochs": 100.0,
             "batch_size": 32, "anchors": 1024, "k": 64, "temperature": 0.1,
-            "banks": ("epoch",), "rule": "confidence"}),
+            "banks": ("epoch",), "rule": "confidence", "rounds": 1,
+            "round_epochs": Auto("a fifth of --distill-epochs"),
+            "round_distill_epochs": Auto("a fifth of --distill-epochs")}),
     },
 )
