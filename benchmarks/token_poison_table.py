@@ -35,7 +35,7 @@ def _setup(out: Path, args) -> dict:
     if not (sim / "results.json").is_file():
         simulate_lm(sim, num_clients=args.clients, compare_rules=(), rule="mean",
                     client_chars=args.client_chars, proxy_chars=args.proxy_chars,
-                    epochs=args.epochs, distill_epochs=args.epochs, fedavg_rounds=0,
+                    epochs=args.epochs, distill_epochs=args.epochs, fedavg_rounds=0, rounds=1,
                     privacy=False, seed=args.seed, overwrite=True, progress=False,
                     log=lambda m: print(m, file=sys.stderr, flush=True))
     return json.loads((sim / "results.json").read_text())

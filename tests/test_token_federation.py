@@ -86,7 +86,7 @@ def test_simulate_causal_lm_on_the_users_corpus(corpus, tmp_path):
             "--domain-column", "topic", "--num-clients", "2", "--epochs", "2",
             "--distill-epochs", "2", "--max-length", "32", "--compare-rules", "",
             "--fedavg-rounds", "1", "--fedavg-local-epochs", "0.5", "--no-privacy",
-            "--out", out)
+            "--rounds", "1", "--out", out)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["data"] == str(corpus) and res["config"]["domain_column"] == "topic"
@@ -242,7 +242,7 @@ def test_simulate_seq2seq_on_the_users_pairs(tmp_path):
     out = tmp_path / "sim"
     r = _fd("simulate", "--task", "seq2seq", "--data", folder, "--num-clients", "2",
             "--epochs", "1", "--distill-epochs", "1", "--fedavg-rounds", "1",
-            "--fedavg-local-epochs", "1", "--no-privacy", "--out", out)
+            "--fedavg-local-epochs", "1", "--no-privacy", "--rounds", "1", "--out", out)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["data"] == str(folder) and res["config"]["proxy_fraction"] == 0.2

@@ -195,9 +195,9 @@ def _later_rounds(root: Path, rounds: int, specialists: Sequence[Path], teacher:
     the last round's on the new consensus (``continued``). Returns each round's student and
     record (its bundle bytes up, the consensus's bytes down to every client).
 
-    Only the digest: an institution that also revisited its labelled data after digesting
-    (as classification's rounds do) gave the student nothing in fd's measurements
-    (docs/embeddings.md, "Rounds")."""
+    Only the digest: revisiting the labelled data after it (as classification's rounds do)
+    left the student level or behind on every digits run measured, where the digest alone
+    led in most (docs/embeddings.md, "Rounds")."""
     from .aggregate import aggregate
     from .embedding import distill_embedding, emit_embedding_logits
     from .federation import dir_bytes

@@ -40,7 +40,7 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                 learning_rate: float = 2e-3, batch_size: int = 16,
                 temperature: float | None = None, hard_weight: float = LM_HARD_WEIGHT,
                 fedavg_rounds: int = 8, fedavg_local_epochs: float = 0.5,
-                rounds: int = 1, round_epochs: float = 1.0, round_distill_epochs: float = 1.0,
+                rounds: int = 3, round_epochs: float = 1.0, round_distill_epochs: float = 1.0,
                 digest_weight: float = 0.2, data: str | Path | None = None,
                 text_column: str | None = None, domain_column: str | None = None,
                 label_column: str | None = None, alpha: float = 1.0,

@@ -159,7 +159,7 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
                      distill_epochs: float = 20.0, learning_rate: float = 2e-3,
                      batch_size: int = 16, temperature: float | None = None,
                      hard_weight: float = LM_HARD_WEIGHT, fedavg_rounds: int = 10,
-                     fedavg_local_epochs: float = 2.0, rounds: int = 1,
+                     fedavg_local_epochs: float = 2.0, rounds: int = 2,
                      round_epochs: float = 2.0, round_distill_epochs: float = 2.0,
                      digest_weight: float = 0.2, poison: float = 0.0,
                      poison_kind: str = "random", privacy: bool = True,

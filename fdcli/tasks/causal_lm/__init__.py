@@ -45,7 +45,7 @@ TASK = Task(
             "proxy_chars": 600_000, "max_length": 64, "k": 16, "epochs": 2.0,
             "distill_epochs": 2.0, "batch_size": 16,
             "temperature": Auto("as fd distill picks"), "hard_weight": 0.5,
-            "fedavg_rounds": 8, "fedavg_local_epochs": 0.5, "rounds": 1, "round_epochs": 1.0,
+            "fedavg_rounds": 8, "fedavg_local_epochs": 0.5, "rounds": 3, "round_epochs": 1.0,
             "round_distill_epochs": 1.0, "digest_weight": 0.2, "poison": 0.0,
             "poison_kind": "random", "privacy": True}),
     },

@@ -38,7 +38,7 @@ TASK = Task(
             "architectures": ("t5-mini", "t5-tiny"), "student": "t5-tiny",
             "proxy_pairs": 1000, "k": 16, "epochs": 20.0, "distill_epochs": 20.0,
             "batch_size": 16, "temperature": Auto("as fd distill picks"), "hard_weight": 0.5,
-            "fedavg_rounds": 10, "fedavg_local_epochs": 2.0, "rounds": 1, "round_epochs": 2.0,
+            "fedavg_rounds": 10, "fedavg_local_epochs": 2.0, "rounds": 2, "round_epochs": 2.0,
             "round_distill_epochs": 2.0, "digest_weight": 0.2, "poison": 0.0,
             "poison_kind": "random", "privacy": True}),
     },
