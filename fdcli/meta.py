@@ -85,6 +85,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "metrics": (_object, "an object"),
     "config": (_object, "an object"),
     "consensus": (_object, "an object"),
+    "privacy": (_object, "an object (the DP guarantee)"),
     "base_model": (_base, "an object with a string path and fingerprint (an adapter's base)"),
     "merged_from": (_base, "an object with a string path and fingerprint"),
 }

@@ -152,6 +152,7 @@ def report_markdown(results: dict[str, Any]) -> str:
                       f"{k} {megabytes(v['bytes'])} (round {v['round']})" if v["reached"]
                       else f"{k} never" for k, v in matched.items()) + "."]
     lines += _privacy_table(results["privacy"]) if results["privacy"] else []
+    lines += dp_table(results) if results.get("dp") else []
     lines += ["", "## Time and memory", "", "| stage | wall s | peak RSS MiB |", "|---|---|---|"]
     for name, t in results["timing"].items():
         lines.append(f"| {name} | {t['wall_s']:.1f} | {t['peak_rss_mb']:.0f} |")
@@ -191,6 +192,81 @@ def _privacy_table(p: dict[str, Any]) -> list[str]:
         if name in p:
             row(name, p[name])
     return lines
+
+
+def _non_private_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The non-private fd student and FedAvg, as rows of the privacy-utility table."""
+    p = results.get("privacy") or {}
+    fd = {"epsilon": None, "method": "fd", "accuracy": results["student"]["accuracy"],
+          "macro_f1": results["student"]["macro_f1"], "bytes": results["bytes"]["fd"]["total"]}
+    if p:
+        fd["attack_auc_student"] = p["student"]["auc"]
+        fd["attack_auc_specialists_max"] = max(s["auc"] for s in p["specialists"])
+    rows = [fd]
+    if "fedavg" in results["baselines"]:
+        fedavg = {"epsilon": None, "method": "FedAvg",
+                  "accuracy": results["baselines"]["fedavg"]["accuracy"],
+                  "macro_f1": results["baselines"]["fedavg"]["macro_f1"],
+                  "bytes": results["bytes"]["fedavg"]["total"]}
+        if "fedavg" in p:
+            fedavg["attack_auc"] = p["fedavg"]["auc"]
+        rows.append(fedavg)
+    return rows
+
+
+def dp_table(results: dict[str, Any]) -> list[str]:
+    """The privacy-utility table of ``fd simulate --dp-epsilons``."""
+    dp = results["dp"]
+    lines = ["", "## Differential privacy: utility against epsilon", "",
+             f"Example-level DP (delta {dp['delta']:g}, clipping norm {dp['max_grad_norm']:g}):"
+             f" {dp['privacy_unit']}. fd's DP consensus uses the {dp['rule']!r} rule. Attack: "
+             "the loss-threshold AUC (specialists: the largest over clients).", "",
+             "| epsilon (target / spent) | method | accuracy | macro-F1 | bytes | attack AUC "
+             "(specialists) | attack AUC (student or global model) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in [*_non_private_rows(results), *dp["rows"]]:
+        eps = "none" if r["epsilon"] is None else \
+            f"{r['epsilon']:g} / {figure(r['epsilon_spent_max'])}"
+        model_auc = r.get("attack_auc_student", r.get("attack_auc"))
+        lines.append(f"| {eps} | {r['method']} | {figure(r['accuracy'])} | "
+                     f"{figure(r['macro_f1'])} | {megabytes(r['bytes'])} | "
+                     f"{figure(r.get('attack_auc_specialists_max'))} | {figure(model_auc)} |")
+    lines += ["", "![accuracy and attack AUC against epsilon](privacy_utility.png)"]
+    return lines
+
+
+def plot_privacy_utility(results: dict[str, Any], path: Path) -> None:
+    """Accuracy (left) and attack AUC (right) against epsilon, one line per method, the
+    non-private results as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc, auc) = plt.subplots(1, 2, figsize=(10, 4))
+    rows = results["dp"]["rows"]
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        mine = [r for r in rows if r["method"] == method]
+        xs = [r["epsilon"] for r in mine]
+        acc.plot(xs, [r["accuracy"] for r in mine], marker="o", color=f"C{i}", label=method)
+        aucs = [r.get("attack_auc_student", r.get("attack_auc")) for r in mine]
+        if None not in aucs:
+            auc.plot(xs, aucs, marker="o", color=f"C{i}", label=method)
+    for i, r in enumerate(_non_private_rows(results)):
+        style = dict(color=f"C{i}", linestyle=":", linewidth=1)
+        acc.axhline(r["accuracy"], label=f"{r['method']} (no DP)", **style)
+        found = r.get("attack_auc_student", r.get("attack_auc"))
+        if found is not None:
+            auc.axhline(found, label=f"{r['method']} (no DP)", **style)
+    auc.axhline(0.5, color="grey", linewidth=1)
+    for ax, label in ((acc, "test accuracy"), (auc, "membership attack AUC")):
+        ax.set_xscale("log")
+        ax.set_xlabel("epsilon (delta %g)" % results["dp"]["delta"])
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -34,6 +34,7 @@ CONVERT: dict[str, Callable[[Any], Any]] = {
     "sign_key": opts.sign_key, "dtype": opts.dtype, "sharpen": opts.sharpening,
     "fedavg_tune_lrs": opts.numbers("--fedavg-tune-lrs"),
     "fedavg_tune_epochs": opts.numbers("--fedavg-tune-epochs"),
+    "dp_epsilons": opts.numbers("--dp-epsilons"),
 }
 
 

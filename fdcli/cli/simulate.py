@@ -156,6 +156,13 @@ def simulate(
                            "accuracy.")] = None,
     privacy: Annotated[Optional[bool], S("privacy", "Run the membership-inference attacks.",
                                          "--privacy/--no-privacy")] = None,
+    dp_epsilons: Annotated[Optional[str], S(
+        "dp_epsilons", "Add DP variants at these epsilons, comma-separated: fd with DP-SGD "
+                       "specialists and DP-FedAvg, in a privacy-utility table "
+                       "(docs/privacy.md).")] = None,
+    dp_delta: Annotated[Optional[float], S("dp_delta", "With --dp-epsilons: delta.")] = None,
+    max_grad_norm: Annotated[Optional[float], S(
+        "max_grad_norm", "With --dp-epsilons: per-example gradient clipping norm.")] = None,
     seed: Annotated[Optional[int], S("seed", "Random seed, recorded in the output.")] = None,
     seeds: Annotated[Optional[int], S(
         "seeds", "Run the whole comparison at this many seeds (from --seed) and report mean, "

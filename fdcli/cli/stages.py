@@ -133,6 +133,15 @@ def train_specialist_cmd(
     merge: Annotated[Optional[bool], T("merge", _MERGE, "--merge")] = None,
     gradient_checkpointing: Annotated[Optional[bool], T(
         "gradient_checkpointing", _CHECKPOINTING, "--gradient-checkpointing")] = None,
+    dp_epsilon: Annotated[Optional[float], T(
+        "dp_epsilon", "Train with DP-SGD (Opacus) to this epsilon per training example; "
+                      "fd.json and the bundles record the guarantee (docs/privacy.md).")]
+    = None,
+    dp_delta: Annotated[Optional[float], T("dp_delta", "With --dp-epsilon: delta (keep it "
+                                                       "below 1 / examples).")] = None,
+    max_grad_norm: Annotated[Optional[float], T(
+        "max_grad_norm", "With --dp-epsilon: per-example gradient clipping norm (L2).")]
+    = None,
     dtype: Annotated[Optional[str], T("dtype", _DTYPE)] = None,
     seed: Annotated[Optional[int], T("seed", _SEED)] = None,
     overwrite: Overwrite = False, json_out: JsonOpt = False,
@@ -160,6 +169,8 @@ def train_specialist_cmd(
     report({"out": str(out_dir), "task": chosen.name, "client_id": meta["client_id"],
             "architecture": meta["architecture"], "train_examples": meta["train_examples"],
             **({"train_tokens": meta["train_tokens"]} if "train_tokens" in meta else {}),
+            **({"dp_epsilon": meta["privacy"]["epsilon"], "dp_delta": meta["privacy"]["delta"]}
+               if "privacy" in meta else {}),
             **extra, **meta["metrics"]}, json_out, "specialist")
 
 

@@ -147,7 +147,9 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
     provenance = [{"path": str(r.path), "client_id": r.manifest.producer.client_id,
                    "manifest_sha256": r.manifest_sha256, "signer": signer,
                    "shards_sha256": [s.sha256 for s in r.manifest.shards],
-                   "examples": r.manifest.examples} for r, signer in zip(readers, signers)]
+                   "examples": r.manifest.examples,
+                   **({"privacy": _guarantee(r)} if _guarantee(r) else {})}
+                  for r, signer in zip(readers, signers)]
     rounds = [r.manifest.producer.config.get("round") for r in readers]
     config = {"rule": rule, **params,
               "round": max([x for x in rounds if isinstance(x, int) and x > 0] or [1]),
@@ -319,10 +321,11 @@ def _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim,
         return {"trim": trim}
     if rule == "weighted":
         counts = [r.manifest.producer.config.get("train_examples") for r in readers]
-        missing = [str(r.path) for r, c in zip(readers, counts) if not isinstance(c, int)]
+        missing = [r for r, c in zip(readers, counts) if not isinstance(c, int)]
         if missing:
-            raise IncompatibleBundlesError(f"rule 'weighted' needs each bundle to declare its "
-                                           f"client's train_examples; missing in {missing}")
+            raise IncompatibleBundlesError(
+                f"rule 'weighted' needs each bundle to declare its client's train_examples; "
+                f"missing in {[str(r.path) for r in missing]}" + _dp_hint(missing[0]))
         negative = [str(r.path) for r, c in zip(readers, counts) if c < 0]
         if negative:
             raise IncompatibleBundlesError(f"rule 'weighted': producer.config.train_examples is "
@@ -334,6 +337,22 @@ def _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim,
     if rule == "coverage":
         return {"counts": _label_counts(readers), "prior_correction": prior_correction}
     return {}
+
+
+def _guarantee(reader) -> dict | None:
+    """A DP client's guarantee, as the consensus's provenance repeats it."""
+    found = reader.manifest.producer.config.get("privacy")
+    if not isinstance(found, dict):
+        return None
+    return {k: found.get(k) for k in ("epsilon", "delta", "privacy_unit", "mechanism")}
+
+
+def _dp_hint(reader) -> str:
+    """Why a DP model's bundle declares no counts."""
+    if not reader.manifest.producer.config.get("privacy"):
+        return ""
+    return (" (a bundle of a DP model declares neither counts nor histogram: they are outside "
+            "its guarantee; use confidence, mean, median or trimmed-mean)")
 
 
 def _label_counts(readers) -> list[list[int]]:
@@ -349,7 +368,8 @@ def _label_counts(readers) -> list[list[int]]:
         hist = r.manifest.producer.config.get("label_histogram")
         if not isinstance(hist, dict):
             problems.append(f"{r.path}: manifest.json producer.config.label_histogram is "
-                            "missing; the client must emit with --declare-label-counts")
+                            "missing; the client must emit with --declare-label-counts"
+                            + _dp_hint(r))
             continue
         bad = [n for n in names if not isinstance(hist.get(n), int) or hist[n] < 0] + \
             [str(n) for n in hist if n not in names]

@@ -32,7 +32,9 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
 
     ``declare_label_counts`` copies the model's training label histogram (from its fd.json)
     into the manifest, for the ``coverage`` aggregation rule. It discloses the client's class
-    mix to whoever reads the bundle, so it is off unless asked for.
+    mix to whoever reads the bundle, so it is off unless asked for, and refused for a DP
+    model (fd.json ``privacy``): the bundle carries that guarantee in
+    ``producer.config.privacy`` and leaves the training-example count out.
 
     ``proxy_slice`` ``(i, n)`` emits only the i-th of n contiguous slices of the proxy set
     (1-based; example ids stay those of the whole set), so that each round of a federation
@@ -56,10 +58,20 @@ def emit_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
     model_fp = clf.meta.get("model_fingerprint") or fingerprint_model(clf.model)
     dtype = place(clf.model, dtype)
     codec = DenseCodec() if encoding == "dense" else TopKCodec(k=k, value_dtype=value_dtype)
+    privacy = clf.meta.get("privacy")
     config: dict[str, Any] = {"model": str(model), "proxy": str(proxy), "encoding": encoding,
                               "dtype": dtype, "batch_size": batch_size, "split": split,
                               "input_column": spec.input_column,
-                              "train_examples": clf.meta.get("train_examples")}
+                              # a DP model's count is outside its guarantee: not disclosed
+                              "train_examples": None if privacy else
+                              clf.meta.get("train_examples")}
+    if privacy:  # the bundle is post-processing of the DP model: the same guarantee
+        config["privacy"] = privacy
+    if declare_label_counts and privacy:
+        raise ModelError(f"{model}: --declare-label-counts would disclose the training label "
+                         "histogram of a DP model, which its guarantee does not cover (fd "
+                         "does not noise it); emit without it and aggregate with a rule that "
+                         "needs no counts (confidence, mean, median, trimmed-mean)")
     if declare_label_counts:
         histogram = clf.meta.get("label_histogram")
         if not isinstance(histogram, dict):

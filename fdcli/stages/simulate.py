@@ -80,7 +80,9 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
              fedavg_rounds: int = 20, fedavg_local_epochs: float = 3.0,
              fedavg_fraction: float = 1.0, fedavg_tune_lrs: Sequence[float] = (),
              fedavg_tune_epochs: Sequence[float] = (), fedprox_mu: float = 0.01,
-             target_fraction: float = 0.95, privacy: bool = True, seed: int = 0,
+             target_fraction: float = 0.95, privacy: bool = True,
+             dp_epsilons: Sequence[float] = (), dp_delta: float = 1e-5,
+             max_grad_norm: float = 1.0, seed: int = 0,
              seeds: int = 1, overwrite: bool = False, progress: bool = True,
              log=print) -> dict[str, Any]:
     """Run the federation and its baselines; write ``out/results.json``, ``out/report.md``
@@ -118,6 +120,11 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
     8-bit FedAvg and FedProx (``fedprox_mu``). ``seeds`` > 1 runs the whole comparison at
     ``seed``, ``seed + 1``, ... into ``out/seed-<s>`` and combines them
     (:mod:`fdcli.stages.seeds`).
+
+    ``dp_epsilons`` adds the privacy-utility trade-off (:mod:`fdcli.stages.dp_tradeoff`): at
+    each epsilon, one-shot fd with DP-SGD specialists (``dp_delta``, ``max_grad_norm``) and,
+    with the ``fedavg`` baseline, DP-FedAvg; results ``dp``, a table in the report and
+    ``privacy_utility.png``.
     """
     if seeds > 1:
         settings = {k: v for k, v in locals().items() if k not in ("out", "seeds", "seed",
@@ -161,6 +168,11 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                          f"{fedavg_rounds} and {fedavg_local_epochs}")
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if dp_epsilons:
+        from ..dp import DPSettings
+
+        for e in dp_epsilons:
+            DPSettings(e, dp_delta, max_grad_norm)
     tuning = bool(fedavg_tune_lrs or fedavg_tune_epochs)
     if any(not v > 0 for v in [*fedavg_tune_lrs, *fedavg_tune_epochs]) or not fedprox_mu >= 0:
         raise ValueError(f"the FedAvg tuning grid's values must be > 0 and fedprox_mu >= 0; "
@@ -204,7 +216,8 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                   "fedavg_fraction": fedavg_fraction,
                   "fedavg_tune_lrs": list(fedavg_tune_lrs),
                   "fedavg_tune_epochs": list(fedavg_tune_epochs), "fedprox_mu": fedprox_mu,
-                  "target_fraction": target_fraction, "seed": seed}
+                  "target_fraction": target_fraction, "dp_epsilons": list(dp_epsilons),
+                  "dp_delta": dp_delta, "max_grad_norm": max_grad_norm, "seed": seed}
         train = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                      seed=seed, progress=progress, tokenizer=tokenizer)
         distilling = dict(temperature=temperature, epochs=distill_epochs,
@@ -212,14 +225,17 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                           progress=progress, tokenizer=tokenizer)
         test = parts / "test"
         sizes = report["sizes"]["clients"]
-        fed = Federation(root, parts, configs, report["label_names"], sizes, architectures,
-                         student, rule, train, distilling, round_epochs=round_epochs,
-                         round_distill_epochs=round_distill_epochs, digest_weight=digest_weight,
-                         schedule=schedule, from_student=from_student,
-                         declare_label_counts="coverage" in [rule, *compare_rules],
-                         proxy_slices=proxy_slices, sharpen=sharpen, poisoned=poisoned,
-                         seed=seed,
-                         progress=progress, log=log)
+        fed_settings = dict(root=root, parts=parts, configs=configs,
+                            label_names=report["label_names"], sizes=sizes,
+                            architectures=architectures, student=student, rule=rule,
+                            train=train, distilling=distilling, round_epochs=round_epochs,
+                            round_distill_epochs=round_distill_epochs,
+                            digest_weight=digest_weight, schedule=schedule,
+                            from_student=from_student,
+                            declare_label_counts="coverage" in [rule, *compare_rules],
+                            proxy_slices=proxy_slices, sharpen=sharpen, seed=seed,
+                            progress=progress, log=log)
+        fed = Federation(**fed_settings, poisoned=poisoned)
         for r in range(1, rounds + 1):
             fed.run_round(r, meter)
             if coordinator_validation and r > 1 and not _improved(fed.history):
@@ -307,6 +323,11 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                                           configs / f"{student}.json", fed.specialist_dirs(ran),
                                           fed.student_dir(students[rule]["round"]), train,
                                           trained)
+        dp_results = None
+        if dp_epsilons:
+            dp_results = _dp_variants(root, fed_settings, report, tokenizer, kind, weights,
+                                      local, dp_epsilons, dp_delta, max_grad_norm,
+                                      "fedavg" in baselines, privacy_report, meter, log)
         central = results_baselines.get("centralized")
         target = target_fraction * central["accuracy"] if central else None
         hits = {name: bytes_to_target(c, target) for name, c in curves.items()} \
@@ -356,6 +377,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                 name: bytes_to_target(c, students[rule]["accuracy"])
                 for name, c in curves.items()},
             "privacy": privacy_report,
+            "dp": dp_results,
             "poisoned_clients": [f"client-{i}" for i in sorted(poisoned)],
             "outliers_flagged": flagged_clients(fed.teacher_dir(ran)),
         }
@@ -365,6 +387,10 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
             results["timing"] = meter.summary()
             if target is not None:
                 plot(results, root / "accuracy_vs_bytes.png")
+            if dp_results:
+                from ..report import plot_privacy_utility
+
+                plot_privacy_utility(results, root / "privacy_utility.png")
             (root / "report.md").write_text(report_markdown(results))
         results["timing"] = meter.summary()
         results = write_results(root, "classification", results, typed_scores(results, seed))
@@ -381,6 +407,37 @@ def typed_scores(results: dict[str, Any], seed: int) -> list[Score]:
     out += [Score.one(name, seed, b, sent=sent.get(name, {}).get("total"))
             for name, b in results["baselines"].items()]
     return out
+
+
+def _dp_variants(root: Path, fed_settings: dict[str, Any], report: dict[str, Any], tokenizer,
+                 kind: str, weights: dict[str, Any], local: dict[str, Any],
+                 epsilons: Sequence[float], delta: float, max_grad_norm: float,
+                 with_fedavg: bool, privacy_report: dict[str, Any], meter, log):
+    """The DP variants of fd and FedAvg (:func:`~fdcli.stages.dp_tradeoff.dp_tradeoff`),
+    on DP-capable stand-ins for any architecture DP-SGD cannot train."""
+    from .dp_tradeoff import dp_tradeoff, private_architectures
+
+    configs, names = fed_settings["configs"], report["label_names"]
+    swap = private_architectures(configs, [*fed_settings["architectures"],
+                                           fed_settings["student"]], kind, names, tokenizer)
+    settings = {**fed_settings, "architectures": [swap[a] for a in
+                                                  fed_settings["architectures"]]}
+    for original, used in swap.items():
+        if original != used:
+            log(f"DP: {original} has layers DP-SGD cannot train (BatchNorm); its DP variants "
+                f"use a {used}")
+    fedavg = {**weights, **local, "model_config": configs / f"{swap[fed_settings['student']]}"
+              ".json", "report": report, "bits": 32} if with_fedavg else None
+    attack = None
+    if privacy_report:
+        reference = fed_settings["root"] / "mia-reference"
+        parts = fed_settings["parts"]
+
+        def attack(model: Path, members: Path) -> dict[str, Any]:
+            return _attacks(model, members, parts / "test", reference)
+    return dp_tradeoff(fed_settings["root"] / "dp", settings, epsilons=epsilons, delta=delta,
+                       max_grad_norm=max_grad_norm, fedavg=fedavg, attack=attack,
+                       union=fed_settings["root"] / "union", meter=meter, log=log)
 
 
 def _write_configs(root: Path, parts: Path, kind: str, catalogue: dict[str, dict[str, Any]]):

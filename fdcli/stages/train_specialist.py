@@ -34,7 +34,9 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                      lora_alpha: float | None = None,
                      lora_dropout: float | None = None, lora_targets: str | None = None,
                      lora_type: str | None = None, quantize: str | None = None,
-                     merge: bool = False, gradient_checkpointing: bool = False) -> dict[str, Any]:
+                     merge: bool = False, gradient_checkpointing: bool = False,
+                     dp_epsilon: float | None = None, dp_delta: float = 1e-5,
+                     max_grad_norm: float = 1.0) -> dict[str, Any]:
     """Train ``model`` (a model directory or a config file) on the labelled dataset ``data``
     and write a model directory to ``out``: weights, tokenizer or image processor, and fd.json
     with the configuration, the label names, the training label histogram and the metrics.
@@ -53,7 +55,12 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     ``dtype`` sets mixed precision (``auto``: bf16 on a GPU that has it); the saved weights
     stay fp32. ``lora_rank`` trains a LoRA adapter and the head
     (:class:`~fdcli.adapters.Tuning`) and writes an adapter folder, or merged weights with
-    ``merge``."""
+    ``merge``.
+
+    ``dp_epsilon`` trains with DP-SGD (:mod:`fdcli.dp`) to (``dp_epsilon``, ``dp_delta``)-DP
+    per training example, gradients clipped to ``max_grad_norm``; fd.json records the
+    guarantee under ``privacy``, and a model that already carries one composes with it
+    (training it again on the same data spends from the same budget)."""
     from ..training import fit
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dict(
@@ -64,6 +71,9 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     tuning = Tuning.of(model, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_type,
                        quantize, merge, gradient_checkpointing)
     config.update(tuning.record())
+    dp = _dp_settings(dp_epsilon, dp_delta, max_grad_norm, teacher, tuning)
+    if dp is not None:
+        config.update(dp_epsilon=dp_epsilon, dp_delta=dp_delta, max_grad_norm=max_grad_norm)
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     check_pair(teacher, proxy)
@@ -73,8 +83,11 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                                     overwrite, trusted_keys)
         config.update(teacher=str(teacher), proxy=str(proxy), proxy_split=proxy_split,
                       digest_weight=digest_weight, schedule=schedule, temperature=temperature)
-    if labels is None and Path(model).is_dir():  # a model fd trained names its label space
-        labels = read_fd_meta(Path(model)).get("label_names")
+    prior = []
+    if Path(model).is_dir():  # a model fd trained names its label space, and its guarantee
+        before = read_fd_meta(Path(model))
+        labels = labels if labels is not None else before.get("label_names")
+        prior = (before.get("privacy") or {}).get("history", [])
     ds = load_local(data, split)
     spec = resolve(ds, str(data), text_column=text_column, image_column=image_column,
                    label_column=label_column, label_names=labels)
@@ -95,7 +108,11 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
         common = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                       seed=seed, progress=progress, dtype=dtype,
                       gradient_checkpointing=tuning.gradient_checkpointing)
-        if digest is None:
+        guarantee = None
+        if dp is not None:
+            metrics, guarantee = _private(clf, train_values, train_labels, dp, prior, data,
+                                          **common)
+        elif digest is None:
             metrics = fit(clf, train_values, train_labels, **common)
         else:
             proxy_values, rows, teacher_rows = digest
@@ -117,8 +134,45 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                 "model_fingerprint": fingerprint_model(clf.model)}
         if consensus is not None:
             meta |= round_meta(consensus["record"], len(digest[0]))
+        if guarantee is not None:
+            meta["privacy"] = guarantee
         save_classifier(clf, tmp, meta, merge=tuning.merge)
     return meta
+
+
+def _dp_settings(epsilon, delta, max_grad_norm, teacher, tuning):
+    """The DP target, or None; DP-SGD is refused where fd does not build it."""
+    from ..dp import DPSettings, PrivacyError
+
+    if epsilon is None:
+        if delta != 1e-5 or max_grad_norm != 1.0:
+            raise ValueError("dp_delta and max_grad_norm apply to DP-SGD training; give "
+                             "dp_epsilon too")
+        return None
+    dp = DPSettings(epsilon, delta, max_grad_norm)
+    if teacher is not None:
+        raise PrivacyError("--dp-epsilon with --teacher: digesting a consensus under DP-SGD "
+                           "is not built (the proxy rows would share Poisson batches with "
+                           "the private ones); train the later rounds without DP, or run "
+                           "one-shot")
+    if (tuning.spec is not None and tuning.spec.quantize) or tuning.gradient_checkpointing:
+        raise PrivacyError("--dp-epsilon does not take --quantize or "
+                           "--gradient-checkpointing (Opacus needs each layer's per-example "
+                           "activations in full precision)")
+    return dp
+
+
+def _private(clf, values, labels, dp, prior, data, *, epochs, learning_rate, batch_size,
+             seed, progress, dtype, gradient_checkpointing):
+    """DP-SGD on the model inputs of every training example at once (Opacus samples them
+    by index), in fp32 whatever ``dtype`` says."""
+    from ..dp import private_fit
+    from ..models import batch_inputs
+
+    inputs = batch_inputs(clf, values)
+    return private_fit(clf.model, inputs, labels, epochs=epochs, learning_rate=learning_rate,
+                       batch_size=batch_size, seed=seed, dp=dp, prior=prior,
+                       where=str(clf.architecture), progress=progress)
 
 
 def _open_consensus(teacher, digest_weight, schedule, temperature, out, overwrite,

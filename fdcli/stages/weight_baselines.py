@@ -16,12 +16,18 @@ from .. import __version__
 def weight_baseline(out: Path, parts: Path, model_config: Path, report: dict[str, Any], *,
                     bits: int, rounds: int, local_epochs: float, fraction: float,
                     learning_rate: float, batch_size: int, seed: int, tokenizer,
-                    proximal_mu: float | None = None, select: bool = False) -> dict[str, Any]:
+                    proximal_mu: float | None = None, select: bool = False,
+                    dp=None) -> dict[str, Any]:
     """Flower FedAvg (FedProx with ``proximal_mu``) of the student architecture over the
     clients' partitions. The global model is scored on the test split, and on the validation
     split where the partition has one, after every round. ``select`` keeps the round with the
     best validation accuracy (the earliest of equals) as the result and the saved model, the
-    choice a coordinator with labelled validation data makes; otherwise the last round's."""
+    choice a coordinator with labelled validation data makes; otherwise the last round's.
+
+    ``dp`` (:class:`~fdcli.dp.DPSettings`) makes it DP-FedAvg at the example level: each
+    client trains with DP-SGD, its noise chosen so that all ``rounds`` of its local training
+    compose to ``dp`` (:func:`~fdcli.dp.noise_for`); the result records the largest epsilon a
+    client spent."""
     import datasets
     import torch
 
@@ -45,10 +51,18 @@ def weight_baseline(out: Path, parts: Path, model_config: Path, report: dict[str
         spec = resolve(ds, str(path), label_names=names)
         return list(ds[spec.input_column]), label_ids(ds, spec)
 
+    ledger: dict[int, dict[str, Any]] = {}  # DP: each client's noise and spent history
+
     def train_fn(partition: int, state, config):
         clf = model()
         clf.model.load_state_dict(state)
         values, labels = examples(parts / f"client-{partition}")
+        if dp is not None:
+            metrics = _private_round(clf, values, labels, dp, ledger.setdefault(partition, {}),
+                                     rounds=rounds, local_epochs=local_epochs,
+                                     learning_rate=learning_rate, batch_size=batch_size,
+                                     seed=seed + int(config.get("server-round", 0)))
+            return clf.model.state_dict(), len(values), metrics
         metrics = fit(clf, values, labels, epochs=local_epochs, learning_rate=learning_rate,
                       batch_size=batch_size, seed=seed + int(config.get("server-round", 0)),
                       progress=False, proximal_mu=float(config.get("proximal-mu", 0.0)))
@@ -86,6 +100,9 @@ def weight_baseline(out: Path, parts: Path, model_config: Path, report: dict[str
                 "learning_rate": learning_rate, "fraction": fraction}
     if proximal_mu is not None:
         settings["proximal_mu"] = proximal_mu
+    if dp is not None:
+        settings["dp_epsilon"] = max(c["epsilon"] for c in ledger.values())
+        settings["dp_delta"] = dp.delta
     save_classifier(server, out, {"fd_version": __version__,
                                   "stage": "fedprox" if proximal_mu is not None else "fedavg",
                                   "task": "classification", "kind": kind, "label_names": names,
@@ -99,6 +116,26 @@ def weight_baseline(out: Path, parts: Path, model_config: Path, report: dict[str
                          if "validation_accuracy" in final else {}),
                       "round": chosen, **settings},
             "curve": curve, "traffic": traffic}
+
+
+def _private_round(clf, values, labels, dp, client: dict[str, Any], *, rounds: int,
+                   local_epochs: float, learning_rate: float, batch_size: int,
+                   seed: int) -> dict[str, float]:
+    """One client's local DP-SGD of a DP-FedAvg round; ``client`` keeps its noise (planned
+    for every round at its first) and its accountant's history."""
+    from ..dp import noise_for, private_fit, schedule
+    from ..models import batch_inputs
+
+    rate, steps = schedule(len(values), batch_size, local_epochs)
+    if "noise" not in client:
+        client.update(noise=noise_for(dp, rate, steps * rounds), history=[])
+    metrics, guarantee = private_fit(
+        clf.model, batch_inputs(clf, values), labels, epochs=local_epochs,
+        learning_rate=learning_rate, batch_size=batch_size, seed=seed, dp=dp,
+        prior=client["history"], noise=client["noise"], where=clf.architecture,
+        progress=False)
+    client.update(history=guarantee["history"], epsilon=guarantee["epsilon"])
+    return {"train_loss": metrics["train_loss"]}
 
 
 def tune(out: Path, parts: Path, model_config: Path, report: dict[str, Any], *,

@@ -19,7 +19,8 @@ TASK = Task(
         "train-specialist": Command("fdcli.stages.train_specialist:train_specialist", {
             **SPECIALIST, **LABELLED, **LORA, "labels": None, "batch_size": 16, "teacher": None,
             "proxy": None, "digest_weight": 0.2, "schedule": "mixed", "temperature": 2.0,
-            "trusted_keys": None}),
+            "trusted_keys": None, "dp_epsilon": None, "dp_delta": 1e-5,
+            "max_grad_norm": 1.0}),
         "emit-logits": Command("fdcli.stages.emit:emit_logits", {
             **EMITTING, **COLUMNS, "encoding": "dense", "k": 16, "value_dtype": "int8",
             "declare_label_counts": False, "proxy_slice": None, "split": None,
@@ -43,6 +44,7 @@ TASK = Task(
             "poison_kind": "flip", "baselines": ("fedavg", "standalone", "centralized"),
             "fedavg_rounds": 20, "fedavg_local_epochs": 3.0, "fedavg_fraction": 1.0,
             "fedavg_tune_lrs": (), "fedavg_tune_epochs": (), "fedprox_mu": 0.01,
-            "target_fraction": 0.95, "privacy": True, "seeds": 1}),
+            "target_fraction": 0.95, "privacy": True, "dp_epsilons": (), "dp_delta": 1e-5,
+            "max_grad_norm": 1.0, "seeds": 1}),
     },
 )

@@ -32,6 +32,10 @@ def print_simulation(results: dict, out_dir: Path) -> None:
         arch = "each alone (mean)" if name == "standalone" else results["student"]["architecture"]
         table.add_row(name, arch, f"{b['accuracy']:.3f}", f"{b['macro_f1']:.3f}",
                       human(sent) if sent else "")
+    for r in (results.get("dp") or {}).get("rows", []):
+        table.add_row(f"{r['method']}, epsilon {r['epsilon']:g} (spent "
+                      f"{r['epsilon_spent_max']:.2f})", ",".join(r["architectures"]),
+                      f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}", human(r["bytes"]))
     out.print(table)
     if results["poisoned_clients"]:
         out.print(plain(f"poisoned ({results['config']['poison_kind']}): "

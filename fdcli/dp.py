@@ -1,0 +1,194 @@
+"""Differentially private training of classifiers: DP-SGD through Opacus (per-example
+clipping, Poisson sampling, Gaussian noise) with its RDP accountant, in a loop of its own
+(Opacus replaces the optimizer and the data loader, so it does not plug into the Trainer).
+
+A guarantee is a plain dict that fd.json, and every bundle emitted from the model, carry:
+epsilon (spent), delta, the accountant, and the accountant's history of (noise multiplier,
+sampling rate, steps), so that training the same model again on the same data composes with
+what it already spent (see docs/privacy.md)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import FdError
+
+ACCOUNTANT = "rdp"
+#: what one unit of privacy is, for a DP-SGD specialist
+PRIVACY_UNIT = "one training example of the institution's data"
+
+
+class PrivacyError(FdError):
+    """A model or setting that DP-SGD cannot make private, or a budget already spent."""
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """The target guarantee: (``epsilon``, ``delta``)-DP, per-example gradients clipped to
+    ``max_grad_norm`` (L2)."""
+
+    epsilon: float
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self):
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ValueError(f"dp_epsilon must be a positive number, got {self.epsilon}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"dp_delta must be in (0, 1), got {self.delta}")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be a positive number, got "
+                             f"{self.max_grad_norm}")
+
+
+def refuse_unprivate(model: torch.nn.Module, where: str) -> None:
+    """Refuse, by module name, what DP-SGD cannot make private (BatchNorm above all: it mixes
+    the examples of a batch, so no per-example gradient exists)."""
+    from opacus.validators import ModuleValidator
+
+    errors = ModuleValidator.validate(model, strict=False)
+    if not errors:
+        return
+    norms = [name for name, m in model.named_modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        raise PrivacyError(
+            f"{where}: DP-SGD cannot train a model with BatchNorm ({len(norms)} layers, e.g. "
+            f"{norms[0]}): it normalises each example with its batch-mates, so no "
+            "per-example gradient exists to clip. Opacus can swap BatchNorm for GroupNorm, "
+            "but that is another architecture that the transformers class cannot save or "
+            "load; choose an architecture with LayerNorm (a ViT, a BERT) for DP")
+    raise PrivacyError(f"{where}: Opacus cannot make this model private: "
+                       + "; ".join(str(e).split(".")[0] for e in errors[:3]))
+
+
+def schedule(n: int, batch_size: int, epochs: float) -> tuple[float, int]:
+    """DP-SGD's sampling rate and steps for ``epochs`` over ``n`` examples at an expected
+    ``batch_size``: Opacus samples each example with probability 1 / (batches per epoch)."""
+    batches = math.ceil(n / batch_size)
+    return 1.0 / batches, max(1, round(epochs * batches))
+
+
+def spent(history: list[list[float]], delta: float) -> float:
+    """Epsilon at ``delta`` of the composed DP-SGD runs ``history`` ((noise, rate, steps))."""
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    with warnings.catch_warnings():  # "optimal order is the smallest alpha": a loose bound
+        warnings.simplefilter("ignore", UserWarning)
+        return float(accountant.get_epsilon(delta))
+
+
+def noise_for(dp: DPSettings, sample_rate: float, steps: int,
+              prior: list[list[float]] = ()) -> float:
+    """The smallest noise multiplier (to 0.1%) for which ``prior`` runs and ``steps`` more at
+    ``sample_rate`` stay within (``dp.epsilon``, ``dp.delta``): a bisection over the RDP
+    accountant's composition."""
+    if prior and spent(prior, dp.delta) >= dp.epsilon:
+        raise PrivacyError(f"the model already spent epsilon {spent(prior, dp.delta):.3g} at "
+                           f"delta {dp.delta:g} on its training data; a target of "
+                           f"{dp.epsilon:g} leaves nothing for more training")
+    low, high = 0.0, 1.0
+
+    def total(sigma: float) -> float:
+        return spent([*prior, [sigma, sample_rate, steps]], dp.delta)
+
+    while total(high) > dp.epsilon:
+        low, high = high, high * 2
+        if high > 1e4:
+            raise PrivacyError(f"no noise multiplier below 1e4 reaches epsilon {dp.epsilon:g}"
+                               f" in {steps} steps at sampling rate {sample_rate:.3g}")
+    while high - low > 0.001 * high:
+        mid = (low + high) / 2
+        low, high = (mid, high) if total(mid) > dp.epsilon else (low, mid)
+    return high
+
+
+def private_fit(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: list[int],
+                *, epochs: float, learning_rate: float, batch_size: int, seed: int,
+                dp: DPSettings, prior: list[list[float]] = (), noise: float | None = None,
+                total_steps: int | None = None, where: str = "model",
+                progress: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train ``model`` in place with DP-SGD on the examples ``inputs`` (model inputs, a
+    tensor per key with one row per example) and ``labels``; returns the training metrics and
+    the guarantee.
+
+    Batches are Poisson samples of expected size about ``batch_size`` (:func:`schedule`);
+    ``epochs`` sets the number of steps. The noise multiplier is the smallest that keeps
+    ``prior`` runs plus this one within ``dp`` unless ``noise`` gives it (a caller that plans
+    several runs, e.g. FedAvg's rounds, over ``total_steps``)."""
+    from opacus import PrivacyEngine
+
+    from .devices import device
+    from .progress import progress_bar
+
+    model.train()  # Opacus checks the layers in training mode
+    refuse_unprivate(model, where)
+    n = len(labels)
+    if n == 0:
+        raise PrivacyError(f"{where}: no training examples")
+    sample_rate, steps = schedule(n, batch_size, epochs)
+    if noise is None:
+        noise = noise_for(dp, sample_rate, steps, list(prior))
+    torch.manual_seed(seed)
+    keys = sorted(inputs)
+    data = torch.utils.data.TensorDataset(*(inputs[k] for k in keys), torch.tensor(labels))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size,
+                                         generator=torch.Generator().manual_seed(seed))
+    where_to = device()
+    model.to(where_to).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate)
+    with warnings.catch_warnings():  # "secure RNG turned off": the guarantee records it
+        warnings.simplefilter("ignore", UserWarning)
+        engine = PrivacyEngine(accountant=ACCOUNTANT)
+    engine.accountant.history = [tuple(h) for h in prior]
+    module, optimizer, loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise,
+        max_grad_norm=dp.max_grad_norm, poisson_sampling=True)
+    losses, done = [], 0
+    try:
+        # the embedding layer's inputs need no gradient: torch says so on every step
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        with progress_bar(steps, "training (DP-SGD)", progress) as advance:
+            while done < steps:
+                for *xs, y in loader:
+                    optimizer.zero_grad(set_to_none=True)
+                    if len(y) == 0:  # an empty Poisson sample: the step is noise alone
+                        for p in params:
+                            p.grad_sample = p.new_zeros((0, *p.shape))
+                    else:
+                        xs, y = [x.to(where_to) for x in xs], y.to(where_to)
+                        logits = module(**dict(zip(keys, xs))).logits
+                        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+                        loss.backward()
+                        losses.append(loss.item())
+                    optimizer.step()
+                    done += 1
+                    advance(1)
+                    if done == steps:
+                        break
+    finally:
+        module._close()  # the hooks and per-example gradients go; the weights stay
+    model.eval()
+    history = [[float(s), float(q), int(k)] for s, q, k in engine.accountant.history]
+    guarantee = {"mechanism": "DP-SGD (Opacus): per-example clipping, Poisson sampling, "
+                              "Gaussian noise",
+                 "privacy_unit": PRIVACY_UNIT,
+                 "epsilon": round(spent(history, dp.delta), 4), "delta": dp.delta,
+                 "target_epsilon": dp.epsilon, "accountant": ACCOUNTANT,
+                 "noise_multiplier": noise, "sample_rate": sample_rate, "steps": steps,
+                 "max_grad_norm": dp.max_grad_norm, "history": history,
+                 # Opacus's secure mode needs torchcsprng; the noise comes from torch's PRNG
+                 "secure_rng": False}
+    if total_steps is not None:
+        guarantee["planned_steps"] = total_steps
+    metrics = {"train_loss": sum(losses) / len(losses) if losses else float("nan"),
+               "train_steps": float(steps)}
+    return metrics, guarantee

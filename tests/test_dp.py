@@ -1,0 +1,186 @@
+"""Differential privacy: DP-SGD specialists (Opacus), what their bundles carry and disclose,
+the rules that refuse them, and the privacy-utility trade-off of fd simulate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fdcli.dp import DPSettings, PrivacyError, noise_for, spent
+
+from .helpers import fd, fd_ok
+
+
+def test_noise_is_the_smallest_that_keeps_the_budget():
+    dp = DPSettings(4.0, 1e-5)
+    sigma = noise_for(dp, 0.25, 200)
+    assert spent([[sigma, 0.25, 200]], 1e-5) <= 4.0
+    assert spent([[sigma * 0.99, 0.25, 200]], 1e-5) > 4.0  # less noise would overspend
+    # more steps at the same budget need more noise; a prior run leaves less to spend
+    assert noise_for(dp, 0.25, 800) > sigma
+    later = noise_for(dp, 0.25, 200, prior=[[sigma, 0.25, 100]])
+    assert later > sigma
+    assert spent([[sigma, 0.25, 100], [later, 0.25, 200]], 1e-5) <= 4.0
+    with pytest.raises(PrivacyError, match="already spent epsilon .* a target of 1 leaves"):
+        noise_for(DPSettings(1.0), 0.25, 10, prior=[[0.5, 0.25, 1000]])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(epsilon=0.0), "dp_epsilon must be a positive number, got 0.0"),
+    (dict(epsilon=float("inf")), "dp_epsilon must be a positive number"),
+    (dict(epsilon=1.0, delta=1.0), "dp_delta must be in (0, 1), got 1.0"),
+    (dict(epsilon=1.0, max_grad_norm=-1.0), "max_grad_norm must be a positive number"),
+])
+def test_settings_refuse_what_is_not_a_guarantee(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        DPSettings(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    from fdcli.stages.simulate import ARCHITECTURES, digits_dataset
+
+    root = tmp_path_factory.mktemp("dp")
+    ds = digits_dataset().shuffle(seed=0)
+    ds.select(range(0, 200)).save_to_disk(str(root / "private"))
+    ds.select(range(200, 300)).save_to_disk(str(root / "proxy"))
+    for arch in ("vit", "resnet"):
+        (root / f"{arch}.json").write_text(json.dumps(ARCHITECTURES[arch]))
+    return root
+
+
+def _dp_train(root, out, *extra):
+    return fd("train-specialist", root / "private", "--model", root / "vit.json", "--out",
+              root / out, "--epochs", 2, "--batch-size", 32, "--json", *extra)
+
+
+def test_dp_specialist_records_its_guarantee_and_its_bundle_carries_it(digits):
+    root = digits
+    r = _dp_train(root, "dp", "--dp-epsilon", 3, "--dp-delta", 1e-4, "--max-grad-norm", 0.5)
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)
+    meta = json.loads((root / "dp" / "fd.json").read_text())
+    g = meta["privacy"]
+    assert printed["dp_epsilon"] == g["epsilon"] and printed["dp_delta"] == 1e-4
+    assert 1.5 < g["epsilon"] <= 3.0 and g["target_epsilon"] == 3.0
+    assert (g["delta"], g["max_grad_norm"], g["accountant"]) == (1e-4, 0.5, "rdp")
+    assert g["sample_rate"] == pytest.approx(1 / 7)  # 200 examples in batches of about 32
+    assert g["steps"] == 14 and len(g["history"]) == 1
+    assert g["history"][0] == [g["noise_multiplier"], g["sample_rate"], g["steps"]]
+    assert g["epsilon"] == pytest.approx(spent(g["history"], 1e-4), abs=1e-3)
+    assert meta["config"]["dp_epsilon"] == 3.0
+    # the bundle repeats the guarantee and leaves out the example count
+    fd_ok("emit-logits", root / "dp", root / "proxy", "--out", root / "dp-bundle")
+    config = json.loads((root / "dp-bundle" / "manifest.json").read_text())["producer"]["config"]
+    assert config["privacy"] == g and config["train_examples"] is None
+    # counts are outside the guarantee: refused, nothing written
+    r = fd("emit-logits", root / "dp", root / "proxy", "--out", root / "counted",
+           "--declare-label-counts")
+    assert r.exit_code == 1 and not (root / "counted").exists()
+    assert "would disclose the training label histogram of a DP model" in \
+        " ".join(r.stderr.split())
+    # training the DP model again composes with what it spent; a spent budget refuses
+    fd_ok("train-specialist", root / "private", "--model", root / "dp", "--out",
+          root / "dp-more", "--epochs", 1, "--batch-size", 32, "--dp-epsilon", 6,
+          "--dp-delta", 1e-4)
+    more = json.loads((root / "dp-more" / "fd.json").read_text())["privacy"]
+    assert more["history"][0] == g["history"][0] and len(more["history"]) == 2
+    assert g["epsilon"] < more["epsilon"] <= 6.0
+    r = fd("train-specialist", root / "private", "--model", root / "dp", "--out",
+           root / "dp-none", "--dp-epsilon", 1, "--dp-delta", 1e-4)
+    assert r.exit_code == 1 and not (root / "dp-none").exists()
+    assert "already spent epsilon" in r.stderr
+
+
+def test_dp_training_is_deterministic_and_noisier_than_plain_training(digits):
+    import torch
+    from safetensors.torch import load_file
+
+    root = digits
+    for out in ("a", "b"):
+        assert _dp_train(root, out, "--dp-epsilon", 2).exit_code == 0
+    fd_ok("train-specialist", root / "private", "--model", root / "vit.json", "--out",
+          root / "plain", "--epochs", 2, "--batch-size", 32)
+    a, b, plain = (load_file(str(root / n / "model.safetensors")) for n in ("a", "b", "plain"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.allclose(a[k], plain[k]) for k in a)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "resnet.json", "--dp-epsilon", "2"],
+     "DP-SGD cannot train a model with BatchNorm (7 layers, e.g. "
+     "resnet.embedder.embedder.normalization)"),
+    (["--model", "vit.json", "--dp-delta", "1e-6"],
+     "dp_delta and max_grad_norm apply to DP-SGD training; give dp_epsilon too"),
+    (["--model", "vit.json", "--dp-epsilon", "-1"], "dp_epsilon must be a positive number"),
+    (["--model", "vit.json", "--dp-epsilon", "2", "--teacher", "t", "--proxy", "p"],
+     "--dp-epsilon with --teacher: digesting a consensus under DP-SGD is not built"),
+])
+def test_dp_refusals_name_the_reason(digits, args, message):
+    args = [digits / a if a.endswith(".json") else a for a in args]
+    r = fd("train-specialist", digits / "private", "--out", digits / "refused", *args)
+    assert r.exit_code == 1, r.output
+    assert message in " ".join(r.stderr.split()), r.stderr
+    assert "Traceback" not in r.output and not (digits / "refused").exists()
+
+
+def test_token_tasks_refuse_dp_by_name(tmp_path):
+    r = fd("train-specialist", tmp_path / "text.txt", "--model", tmp_path / "gpt2.json",
+           "--task", "causal-lm", "--out", tmp_path / "lm", "--dp-epsilon", 2)
+    assert r.exit_code == 1
+    assert "--dp-epsilon" in r.stderr and "causal-lm" in r.stderr, r.stderr
+
+
+def test_count_rules_refuse_dp_bundles_and_the_consensus_names_the_guarantees(digits):
+    root = digits
+    for i in (1, 2):
+        assert _dp_train(root, f"m{i}", "--dp-epsilon", 4, "--seed", i, "--client-id",
+                         f"site-{i}").exit_code == 0
+        fd_ok("emit-logits", root / f"m{i}", root / "proxy", "--out", root / f"b{i}")
+    for rule, what in (("weighted", "train_examples"), ("coverage", "label_histogram")):
+        r = fd("aggregate", root / "b1", root / "b2", "--rule", rule, "--out", root / rule)
+        assert r.exit_code == 1 and not (root / rule).exists()
+        text = " ".join(r.stderr.split())
+        assert what in text and "a bundle of a DP model declares neither counts nor " \
+            "histogram" in text, text
+    fd_ok("aggregate", root / "b1", root / "b2", "--rule", "confidence", "--out",
+          root / "consensus")
+    provenance = json.loads((root / "consensus" / "manifest.json").read_text())["provenance"]
+    assert [p["client_id"] for p in provenance] == ["site-1", "site-2"]
+    for p, i in zip(provenance, (1, 2)):
+        own = json.loads((root / f"m{i}" / "fd.json").read_text())["privacy"]
+        assert p["privacy"]["epsilon"] == own["epsilon"] <= 4
+        assert p["privacy"]["privacy_unit"] == own["privacy_unit"]
+
+
+def test_simulate_privacy_utility_tradeoff(tmp_path):
+    out = tmp_path / "sim"
+    r = fd("simulate", "--out", out, "--num-clients", 3, "--epochs", 2, "--distill-epochs", 2,
+           "--rounds", 1, "--fedavg-rounds", 2, "--fedavg-local-epochs", 1, "--baselines",
+           "fedavg", "--dp-epsilons", "8", "--json")
+    assert r.exit_code == 0, r.output
+    results = json.loads(r.stdout)
+    dp = results["dp"]
+    assert [(row["epsilon"], row["method"]) for row in dp["rows"]] == [
+        (8.0, "fd (DP specialists)"), (8.0, "DP-FedAvg")]
+    for row in dp["rows"]:
+        assert 0.5 * row["epsilon"] < row["epsilon_spent_max"] <= row["epsilon"]
+        assert row["architectures"] == ["vit"]  # the ResNet has BatchNorm: a ViT stands in
+        assert 0 <= row["accuracy"] <= 1 and row["bytes"] > 0
+    fd_rows = [row for row in dp["rows"] if row["method"].startswith("fd")]
+    assert all(0 <= row["attack_auc_student"] <= 1 and
+               0 <= row["attack_auc_specialists_max"] <= 1 for row in fd_rows)
+    assert all("attack_auc" in row for row in dp["rows"] if row["method"] == "DP-FedAvg")
+    # every DP specialist's fd.json holds its guarantee; DP-FedAvg records what it spent
+    for eps in ("8",):
+        for i in range(3):
+            meta = json.loads((out / "dp" / f"epsilon-{eps}" / "specialists" / f"client-{i}"
+                               / "fd.json").read_text())
+            assert meta["privacy"]["epsilon"] <= float(eps)
+        fedavg = json.loads((out / "dp" / f"epsilon-{eps}" / "dp-fedavg" / "fd.json")
+                            .read_text())
+        assert fedavg["config"]["dp_epsilon"] <= float(eps)
+    report = (out / "report.md").read_text()
+    assert "## Differential privacy: utility against epsilon" in report
+    assert "| 8 / " in report and (out / "privacy_utility.png").stat().st_size > 0
