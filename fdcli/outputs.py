@@ -127,9 +127,12 @@ def move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a hidden temporary folder next to ``path``; on success it replaces ``path``, on
-    any error it is removed and ``path`` is left as it was. Under several processes of one
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False,
+               sign_key=None) -> Iterator[Path]:
+    """Yield a hidden temporary folder next to ``path``; on success it is signed with
+    ``sign_key`` where one is given (OpenSSF ``model.sig``,
+    :func:`fdcli.bundle.signing.sign_folder`) and replaces ``path``; on any error it is
+    removed and ``path`` is left as it was. Under several processes of one
     launch (torchrun, accelerate launch: data-parallel training) only process 0 writes
     ``path``; the others get a scratch folder that is removed afterwards."""
     path = Path(path)
@@ -146,6 +149,10 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise
     try:
         yield tmp
+        if sign_key is not None:
+            from .bundle.signing import sign_folder
+
+            sign_folder(tmp, None, sign_key)
         move_into_place(tmp, path, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -29,7 +29,7 @@ POSITIONAL = {"train-specialist": ["data.csv", "--model", "model"],
 #: a value for an option of each click type
 SAMPLES = {"INTEGER": "7", "FLOAT": "0.37", "TEXT": "x", "PATH": "somewhere"}
 SPECIAL = {"proxy_slice": "1/2", "limits": "max_classes=5", "fedavg_tune_lrs": "1e-3,2e-3",
-           "fedavg_tune_epochs": "1,3"}
+           "fedavg_tune_epochs": "1,3", "dp_epsilons": "1,4"}
 
 
 def click_command(name: str) -> click.Command:

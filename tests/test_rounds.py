@@ -344,7 +344,7 @@ def test_signed_bundles_through_the_cli(world, tmp_path):
     result = run("emit-logits", world / "spec-0", world / "parts" / "proxy", "--out", signed,
                  "--sign-key", keys / "client-0.key")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in signed.iterdir())[-1] == "signature.json"
+    assert "model.sig" in [p.name for p in signed.iterdir()]
     result = run("verify", signed, "--trusted-keys", trusted, "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["signer"] == key_id
     result = run("aggregate", signed, "--out", tmp_path / "teacher", "--trusted-keys", trusted,
@@ -355,17 +355,49 @@ def test_signed_bundles_through_the_cli(world, tmp_path):
     result = run("distill", world / "bert.json", world / "parts" / "proxy", world / "consensus",
                  "--out", tmp_path / "student", "--tokenizer", world / "tokenizer",
                  "--trusted-keys", trusted)
-    assert result.exit_code == 1 and "unsigned (no signature.json)" in result.stderr
+    assert result.exit_code == 1 and "unsigned (no model.sig)" in result.stderr
     assert not (tmp_path / "student").exists()
     # a round 2 specialist accepts the consensus only when the coordinator signed it
     common = ["--model", world / "spec-0", "--proxy", world / "parts" / "proxy", "--epochs", 1,
               "--tokenizer", world / "tokenizer", "--trusted-keys", trusted]
     result = run("train-specialist", world / "parts" / "client-0", "--teacher",
                  world / "consensus", "--out", tmp_path / "spec-2", *common)
-    assert result.exit_code == 1 and "unsigned (no signature.json)" in result.stderr
+    assert result.exit_code == 1 and "unsigned (no model.sig)" in result.stderr
     result = run("aggregate", signed, "--out", tmp_path / "signed-teacher", "--sign-key",
                  keys / "client-0.key")
     assert result.exit_code == 0, result.output
     result = run("train-specialist", world / "parts" / "client-0", "--teacher",
-                 tmp_path / "signed-teacher", "--out", tmp_path / "spec-2", *common)
+                 tmp_path / "signed-teacher", "--out", tmp_path / "spec-2", *common,
+                 "--sign-key", keys / "client-0.key")
     assert result.exit_code == 0, result.output
+    # the specialist and a student are signed model folders, in the OpenSSF format
+    result = run("distill", world / "bert.json", world / "parts" / "proxy",
+                 tmp_path / "signed-teacher", "--out", tmp_path / "student", "--tokenizer",
+                 world / "tokenizer", "--epochs", 1, "--trusted-keys", trusted, "--sign-key",
+                 keys / "client-0.key")
+    assert result.exit_code == 0, result.output
+    for model in (tmp_path / "spec-2", tmp_path / "student"):
+        result = run("verify", model, "--trusted-keys", trusted, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == {"path": str(model), "ok": True, "problems": [],
+                                             "signer": key_id, "kind": "model"}
+    from .test_trust import _model_signing
+
+    student = tmp_path / "student"
+    ok = _model_signing("verify", "key", student, "--signature", student / "model.sig",
+                        "--public_key", trusted / "client-0.pub")
+    assert ok.returncode == 0, ok.stderr
+    weights = student / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\1")
+    bad = _model_signing("verify", "key", student, "--signature", student / "model.sig",
+                         "--public_key", trusted / "client-0.pub")
+    assert bad.returncode == 1 and "model.safetensors" in bad.stderr
+    result = run("verify", student, "--trusted-keys", trusted)
+    assert result.exit_code == 1 and "altered after it was signed" in result.stderr
+    # an Ed25519 key signs bundles only, never a model folder
+    run("keygen", "--out", keys, "--name", "old", "--algorithm", "ed25519")
+    result = run("distill", world / "bert.json", world / "parts" / "proxy",
+                 tmp_path / "signed-teacher", "--out", tmp_path / "student-2", "--tokenizer",
+                 world / "tokenizer", "--epochs", 1, "--sign-key", keys / "old.key")
+    assert result.exit_code == 1 and "an Ed25519 key signs bundles only" in result.stderr
+    assert not (tmp_path / "student-2").exists()

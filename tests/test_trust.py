@@ -310,7 +310,7 @@ def test_stale_temporary_folders_of_dead_runs_are_cleared(three, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [live.name]
 
 
-# -- provenance ---------------------------------------------------------------------------
+# -- provenance ----------------------------------------------------------------------------
 @pytest.fixture
 def keys(tmp_path):
     trusted = tmp_path / "trusted"
@@ -321,41 +321,93 @@ def keys(tmp_path):
     return tmp_path / "private", trusted, alice["key_id"]
 
 
+def _model_signing(*args):
+    """The model-signing package's own command line (model_signing), as a user runs it."""
+    exe = shutil.which("model_signing") or os.path.join(os.path.dirname(sys.executable),
+                                                         "model_signing")
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True)
+
+
 def test_signed_bundle_verifies_and_tampering_is_refused(tmp_path, keys):
     private, trusted, alice_id = keys
     assert oct(os.stat(private / "alice.key").st_mode & 0o777) == "0o600"
+    assert alice_id.startswith("ecdsa:") and len(alice_id) == len("ecdsa:") + 16
     signed = client_bundle(tmp_path / "s", "alice", sign_key=load_private_key(
         private / "alice.key"))
+    assert sorted(p.name for p in signed.iterdir()) == [
+        "manifest.json", "model.sig", "shard-00000.safetensors.zst"]
     report = verify_bundle(signed, trusted_keys=load_trusted_keys(trusted))
     assert report.ok and report.signer == alice_id
     result = run("verify", signed, "--trusted-keys", trusted)
     assert result.exit_code == 0 and f"signed by {alice_id}" in result.stdout
+    # OpenSSF Model Signing: the package's own verifier accepts fd's signature
+    ok = _model_signing("verify", "key", signed, "--signature", signed / "model.sig",
+                        "--public_key", trusted / "alice.pub")
+    assert ok.returncode == 0 and "Verification succeeded" in ok.stdout, ok.stderr
 
-    # one changed byte in a shard: its sha256 no longer matches the signed manifest
-    shard = shard_path(signed)
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 1
+    # one changed byte in a shard: the manifest's sha256 and the signature both catch it
     changed = tmp_path / "changed"
     shutil.copytree(signed, changed)
+    data = bytearray(shard_path(changed).read_bytes())
+    data[len(data) // 2] ^= 1
     shard_path(changed).write_bytes(bytes(data))
-    one_line_error(run("verify", changed, "--trusted-keys", trusted), "sha256 is")
-    # the manifest edited to match: now the signature fails
+    bad = _model_signing("verify", "key", changed, "--signature", changed / "model.sig",
+                         "--public_key", trusted / "alice.pub")
+    assert bad.returncode == 1 and "Verification failed" in bad.stderr
+    # the manifest edited to match: the signature still fails, with or without trusted keys
     _reseal(changed, bytes(data))
     result = run("verify", changed, "--trusted-keys", trusted)
     assert result.exit_code == 1 and "altered after it was signed" in result.stderr
+    assert "the signature by " + alice_id in " ".join(result.stderr.split())
+    result = run("verify", changed)
+    assert result.exit_code == 1 and "files changed: ['manifest.json', 'shard-00000" in \
+        " ".join(result.stderr.split())
     one_line_error(run("aggregate", changed, three_more(tmp_path), "--out", tmp_path / "t",
                        "--trusted-keys", trusted), "altered after it was signed")
+    # an extra file is not covered by the signature
+    extra = tmp_path / "extra"
+    shutil.copytree(signed, extra)
+    (extra / "notes.txt").write_text("hi")
+    result = run("verify", extra, "--trusted-keys", trusted)
+    assert result.exit_code == 1 and "notes.txt" in result.stderr
     # re-signed with an untrusted key
-    from fdcli.bundle.signing import signature_document
+    from fdcli.bundle.signing import sign_folder
 
-    mallory = load_private_key(private / "mallory.key")
     resigned = tmp_path / "resigned"
     shutil.copytree(signed, resigned)
-    (resigned / "signature.json").write_bytes(
-        signature_document((resigned / "manifest.json").read_bytes(), mallory))
+    (resigned / "model.sig").unlink()
+    sign_folder(resigned, None, load_private_key(private / "mallory.key"))
     one_line_error(run("verify", resigned, "--trusted-keys", trusted),
                    "which is not among the trusted keys")
     assert verify_bundle(resigned).ok  # sound, but only its own key vouches for it
+
+
+def test_older_ed25519_signatures_still_read_with_a_notice(tmp_path):
+    from fdcli.bundle.signing import signature_document
+
+    legacy = keygen(tmp_path / "keys", "old", algorithm="ed25519")
+    assert legacy["key_id"].startswith("ed25519:")
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(legacy["public"], trusted)
+    keygen(tmp_path / "keys", "new")  # a trusted folder may hold both kinds
+    shutil.copy(tmp_path / "keys" / "new.pub", trusted)
+    key = load_private_key(tmp_path / "keys" / "old.key")
+    with pytest.warns(UserWarning, match="older Ed25519 format"):
+        signed = client_bundle(tmp_path / "s", "old", sign_key=key)
+    assert (signed / "signature.json").exists() and not (signed / "model.sig").exists()
+    result = run("verify", signed, "--trusted-keys", trusted)
+    assert result.exit_code == 0 and f"signed by {legacy['key_id']}" in result.stdout
+    assert "warning: " in result.stderr and "the next will not" in result.stderr
+    # the manifest edited: the signature over its bytes fails
+    m = load_manifest(signed)
+    m["producer"]["client_id"] = "someone-else"
+    save_manifest(signed, m)
+    result = run("verify", signed, "--trusted-keys", trusted)
+    assert result.exit_code == 1 and result.stderr.splitlines()[-1].startswith("error: ")
+    assert "does not match manifest.json; the bundle was altered" in result.stderr
+    doc = json.loads(signature_document(b"{}", key))
+    assert (doc["algorithm"], doc["key_id"]) == ("ed25519", legacy["key_id"])
 
 
 def three_more(tmp_path):
@@ -384,21 +436,43 @@ def test_bad_key_files(tmp_path):
         load_trusted_keys(tmp_path / "empty")
     assert run("keygen", "--out", tmp_path, "--name", "a").exit_code == 0
     one_line_error(run("keygen", "--out", tmp_path, "--name", "a"), "already exists")
+    one_line_error(run("keygen", "--out", tmp_path, "--name", "b", "--algorithm", "rsa"),
+                   "--algorithm must be one of ['ecdsa-p256'")
+    # an ECDSA key on a curve model-signing does not take
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    k = ec.generate_private_key(ec.SECP256K1())
+    (tmp_path / "k1.key").write_bytes(k.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    with pytest.raises(FdError, match="expected an ECDSA \\(P-256, P-384 or P-521\\)"):
+        load_private_key(tmp_path / "k1.key")
 
 
-def test_forged_signature_documents(tmp_path, keys):
+def test_forged_signatures(tmp_path, keys):
     private, trusted, _ = keys
     signed = client_bundle(tmp_path / "s", "alice",
                            sign_key=load_private_key(private / "alice.key"))
-    doc = json.loads((signed / "signature.json").read_text())
-    for change, fragment in (({"signature": "!!"}, "malformed"),
-                             ({"key_id": "ed25519:0000"}, "does not name its public key"),
-                             ({"algorithm": "rsa"}, "expected an fd-bundle-signature")):
-        (signed / "signature.json").write_text(json.dumps({**doc, **change}))
+    doc = json.loads((signed / "model.sig").read_text())
+    garbage = {**doc, "dsseEnvelope": {**doc["dsseEnvelope"], "payload": "!!"}}
+    no_hint = {**doc, "verificationMaterial": {}}
+    for forged, fragment in ((garbage, "not an OpenSSF model signature made with a key"),
+                             (no_hint, "not an OpenSSF model signature"),
+                             ([1, 2], "not an OpenSSF model signature")):
+        (signed / "model.sig").write_text(json.dumps(forged))
         with pytest.raises(BundleError, match=fragment):
             aggregate([signed, client_bundle(tmp_path / "x", "x", seed=5)], tmp_path / "t",
                       progress=False)
         shutil.rmtree(tmp_path / "x")
+    # a valid envelope whose signature bytes were swapped
+    sig = doc["dsseEnvelope"]["signatures"][0]
+    forged = {**doc, "dsseEnvelope": {**doc["dsseEnvelope"], "signatures": [
+        {**sig, "sig": sig["sig"][:-8] + ("A" * 8 if not sig["sig"].endswith("A" * 8)
+                                          else "B" * 8)}]}}
+    (signed / "model.sig").write_text(json.dumps(forged))
+    one_line_error(run("verify", signed, "--trusted-keys", trusted),
+                   "altered after it was signed")
 
 
 # -- the outlier report -------------------------------------------------------------------

@@ -20,7 +20,8 @@ TASKS = ("classification", "token", "embedding")
 #: the tasks whose bundles hold exactly one row per example
 ROW_PER_EXAMPLE = ("classification", "embedding")
 MANIFEST = "manifest.json"
-SIGNATURE = "signature.json"
+SIGNATURE = "signature.json"  # fd's older Ed25519 signature (fdcli.bundle.signing)
+STANDARD_SIGNATURE = "model.sig"  # OpenSSF Model Signing (fdcli.bundle.openssf)
 #: the most classes (or vocabulary ids) a manifest may declare unless a caller allows more.
 MAX_CLASSES = 1 << 20
 #: the longest producer.client_id.

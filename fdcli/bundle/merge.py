@@ -20,7 +20,7 @@ import torch
 from ..errors import BundleError, IncompatibleBundlesError
 from ..outputs import (check_free, fsync_dir, make_parents, move_into_place, remove_created,
                        temporary_sibling)
-from .manifest import MANIFEST, SIGNATURE, BundleManifest, ShardInfo
+from .manifest import MANIFEST, BundleManifest, ShardInfo
 from .reader import verify_bundle
 from .safeio import DEFAULT_LIMITS, Limits, read_regular
 from .shards import write_file_atomic
@@ -126,9 +126,9 @@ def _write(out: Path, paths: list[Path], manifests: list[BundleManifest], overwr
         manifest = merged.to_json().encode()
         write_file_atomic(tmp / MANIFEST, manifest)
         if sign_key is not None:
-            from .signing import signature_document
+            from .signing import sign_folder
 
-            write_file_atomic(tmp / SIGNATURE, signature_document(manifest, sign_key))
+            sign_folder(tmp, manifest, sign_key)
         fsync_dir(tmp)
         move_into_place(tmp, out, overwrite)
     except BaseException:

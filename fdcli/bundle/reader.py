@@ -18,7 +18,8 @@ import torch
 from ..errors import BundleError, quoted
 from .codecs import Codec
 from .sparse import SparseRows, concat_rows
-from .manifest import MANIFEST, SHARD_RE, SIGNATURE, BundleManifest, ShardInfo
+from .manifest import (MANIFEST, SHARD_RE, SIGNATURE, STANDARD_SIGNATURE, BundleManifest,
+                       ShardInfo)
 from .safeio import DEFAULT_LIMITS, Limits, parse_json, read_regular
 from .shards import (ST_DTYPES, check_header, decompress_shard, inflate_shard_to, load_tensors,
                      sha256_bytes)
@@ -404,7 +405,7 @@ def verify_bundle(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS,
         report.problems.extend(exc.problems)
     listed = {s.file for s in reader.manifest.shards}
     for entry in entries:
-        if entry not in (MANIFEST, SIGNATURE) and entry not in listed:
+        if entry not in (MANIFEST, SIGNATURE, STANDARD_SIGNATURE) and entry not in listed:
             hint = " (a leftover of an interrupted write?)" if not SHARD_RE.match(entry) else ""
             report.problems.append(f"{reader.path / entry}: not listed in {MANIFEST}{hint}")
     seen: list[torch.Tensor] = []

@@ -26,7 +26,7 @@ from ..outputs import (check_free, claim_sibling, fsync_dir, make_parents, move_
                        remove_created, stale_siblings, temporary_sibling)
 from .codecs import Codec
 from .journal import JOURNAL, Checkpoint, Resumed, append_line, load_partial, resume_key, tidy
-from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, SIGNATURE, TASKS, BundleManifest,
+from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, TASKS, BundleManifest,
                        Producer, ShardInfo, fingerprint_labels)
 from .shards import ZSTD_LEVEL, encode_shard, sha256_bytes, write_file_atomic
 from .sparse import SparseRows, concat_rows, kl_rows, log_softmax_rows
@@ -456,9 +456,9 @@ class BundleWriter:
         manifest = m.to_json().encode()
         write_file_atomic(self._tmp / MANIFEST, manifest)
         if self.sign_key is not None:
-            from .signing import signature_document
+            from .signing import sign_folder
 
-            write_file_atomic(self._tmp / SIGNATURE, signature_document(manifest, self.sign_key))
+            sign_folder(self._tmp, manifest, self.sign_key)
         fsync_dir(self._tmp)
         move_into_place(self._tmp, self.path, self.overwrite)
         return m

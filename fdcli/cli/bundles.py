@@ -48,9 +48,11 @@ def inspect(
     out.print(plain(f"checked: {info['checked']}"), style="dim")
 
 
-@app.command(short_help="Check every part of a bundle: manifest, signature, shards.")
+@app.command(short_help="Check every part of a bundle (manifest, signature, shards), or a "
+                        "signed model folder.")
 def verify(
-    bundle_dir: Annotated[Path, typer.Argument(help="The bundle folder to check.")],
+    bundle_dir: Annotated[Path, typer.Argument(help="The bundle folder, or a signed model "
+                                                    "folder, to check.")],
     trusted_keys: TrustedOpt = None, limit: LimitOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Check everything in a bundle: the manifest, its signature if it has one, every
@@ -58,12 +60,19 @@ def verify(
     themselves. With [bold]--trusted-keys[/bold] an unsigned bundle, or one signed by a key
     not in that folder, is refused.
 
+    A model folder (a specialist or student, with fd.json and model.sig): every file against
+    its OpenSSF signature.
+
     Exits 0 on a sound bundle and 1 otherwise, listing every problem found.
 
     [bold]Example[/bold]: fd verify usb-stick/hospital-a-bundle --trusted-keys keys/
     """
     from ..bundle import verify_bundle
+    from ..bundle.manifest import MANIFEST, STANDARD_SIGNATURE
 
+    if not (bundle_dir / MANIFEST).exists() and (bundle_dir / STANDARD_SIGNATURE).exists():
+        _verify_model(bundle_dir, trusted_keys, limit, json_out)
+        return
     with reporting_errors():
         checked = verify_bundle(bundle_dir, opts.limits(limit), opts.trusted(trusted_keys))
         if not (checked.ok or json_out):
@@ -84,14 +93,34 @@ def verify(
         raise typer.Exit(1)
 
 
-@app.command(short_help="Make an Ed25519 key pair for signing bundles.")
+def _verify_model(folder: Path, trusted_keys, limit, json_out: bool) -> None:
+    """fd verify on a signed model folder."""
+    from ..bundle.signing import check_signature
+
+    with reporting_errors():
+        signer = check_signature(folder, None, opts.trusted(trusted_keys), opts.limits(limit))
+    if json_out:
+        print_json({"path": str(folder), "ok": True, "problems": [], "signer": signer,
+                    "kind": "model"})
+        return
+    out.print(Text("OK ", style="green") + plain(
+        f"{folder}: model folder, every file as signed, signed by {signer}"
+        + ("" if trusted_keys else " (not checked against trusted keys)")), soft_wrap=True)
+
+
+@app.command(short_help="Make a key pair for signing bundles and models.")
 def keygen(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the key files.")],
     name: Annotated[str, typer.Option(help="Key name: writes NAME.key and NAME.pub.")] = "fd",
+    algorithm: Annotated[str, typer.Option(
+        help="ecdsa-p256, ecdsa-p384 or ecdsa-p521 (OpenSSF Model Signing), or ed25519 (fd's "
+             "older signature.json, read for one more version).")] = "ecdsa-p256",
     overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
-    """Make an Ed25519 key pair for signing bundles: NAME.key stays with the institution
-    (mode 0600); NAME.pub goes to the coordinator's [bold]--trusted-keys[/bold] folder.
+    """Make a key pair for signing bundles and model folders: NAME.key stays with the
+    institution (mode 0600); NAME.pub goes to the coordinator's [bold]--trusted-keys[/bold]
+    folder. ECDSA keys sign in the OpenSSF Model Signing format (model.sig), which
+    [bold]model_signing verify key[/bold] accepts as well (docs/trust.md).
 
     [bold]Example[/bold]: fd keygen --out keys --name hospital-a; then fd emit-logits ...
     --sign-key keys/hospital-a.key
@@ -99,7 +128,7 @@ def keygen(
     from ..bundle.signing import keygen as run
 
     with reporting_errors():
-        result = run(out_dir, name, overwrite=overwrite)
+        result = run(out_dir, name, overwrite=overwrite, algorithm=algorithm)
     report(result, json_out, "key pair")
 
 

@@ -23,7 +23,8 @@ TrustedOpt = Annotated[Optional[Path], typer.Option(
     help="Folder of trusted public keys (NAME.pub, from fd keygen): refuse bundles that are "
          "unsigned, signed by another key, or altered after signing.")]
 SignOpt = Annotated[Optional[Path], typer.Option(
-    help="Private key (NAME.key, from fd keygen) to sign the bundle's manifest with.")]
+    help="Private key (NAME.key, from fd keygen) to sign the bundle with: OpenSSF Model "
+         "Signing (model.sig) with an ECDSA key; fd's older signature.json with Ed25519.")]
 
 
 DataOpt = Annotated[Path, typer.Argument(help="A local dataset: csv, json/jsonl, parquet, txt, "

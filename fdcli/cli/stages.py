@@ -58,6 +58,8 @@ _PACKING = "Pack documents into full blocks, or truncate each document."
 _DTYPE = ("Model precision: auto (bf16 on a GPU that supports it, else fp32), bf16, fp16 (GPU "
           "only) or fp32. Training uses mixed precision and saves fp32 weights.")
 _SEED = "Random seed, recorded in the output."
+_SIGN_MODEL = ("ECDSA private key (NAME.key, from fd keygen): sign the model folder (OpenSSF "
+               "Model Signing, OUT/model.sig).")
 _BATCH = "Batch size (examples, or blocks of tokens)."
 _LORA_RANK = ("Train a LoRA adapter of this rank on a pretrained model (folder or GGUF "
               "file) instead of every weight; writes an adapter folder "
@@ -143,6 +145,7 @@ def train_specialist_cmd(
         "max_grad_norm", "With --dp-epsilon: per-example gradient clipping norm (L2).")]
     = None,
     dtype: Annotated[Optional[str], T("dtype", _DTYPE)] = None,
+    sign_key: Annotated[Optional[Path], T("sign_key", _SIGN_MODEL)] = None,
     seed: Annotated[Optional[int], T("seed", _SEED)] = None,
     overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:
@@ -217,9 +220,9 @@ def emit_logits_cmd(
     temperature: Annotated[Optional[float], E("temperature", "Temperature of the anchor "
                                                              "similarities.")] = None,
     pooling: Annotated[Optional[str], E("pooling", _POOLING)] = None,
-    sign_key: Annotated[Optional[Path], E("sign_key", "Private key (NAME.key, from fd keygen) "
-                                                      "to sign the bundle's manifest with.")]
-    = None,
+    sign_key: Annotated[Optional[Path], E(
+        "sign_key", "Private key (NAME.key, from fd keygen) to sign the bundle with: OpenSSF "
+                    "Model Signing (model.sig) with an ECDSA key.")] = None,
     dtype: Annotated[Optional[str], E("dtype", _DTYPE)] = None,
     seed: Annotated[Optional[int], E("seed", _SEED)] = None,
     resume: Annotated[Optional[bool], E(
@@ -367,6 +370,7 @@ def distill(
     gradient_checkpointing: Annotated[Optional[bool], D(
         "gradient_checkpointing", _CHECKPOINTING, "--gradient-checkpointing")] = None,
     dtype: Annotated[Optional[str], D("dtype", _DTYPE)] = None,
+    sign_key: Annotated[Optional[Path], D("sign_key", _SIGN_MODEL)] = None,
     seed: Annotated[Optional[int], D("seed", _SEED)] = None,
     overwrite: Overwrite = False, json_out: JsonOpt = False,
 ) -> None:

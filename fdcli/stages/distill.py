@@ -66,7 +66,7 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
             learning_rate: float = 5e-5, batch_size: int = 16, seed: int = 0,
             text_column: str | None = None, image_column: str | None = None,
             label_column: str | None = None, tokenizer: str | Path | None = None,
-            split: str | None = None, overwrite: bool = False,
+            split: str | None = None, overwrite: bool = False, sign_key=None,
             progress: bool = True, limits: Limits = DEFAULT_LIMITS,
             trusted_keys: dict | None = None, dtype: str = "auto",
             lora_rank: int | None = None, lora_alpha: float | None = None,
@@ -106,7 +106,7 @@ def distill(student: str | Path, proxy: str | Path, teacher: str | Path, out: st
               "temperature": temperature, "hard_weight": hard_weight, "epochs": epochs,
               "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed,
               **tuning.record()}
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, sign_key) as tmp:
         metrics = fit(clf, values, labels, epochs=epochs, learning_rate=learning_rate,
                       batch_size=batch_size, seed=seed, teacher=teacher_rows,
                       example_ids=rows.tolist(), hard_weight=hard_weight,

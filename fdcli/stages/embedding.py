@@ -107,7 +107,7 @@ def distill_embedding(student: str | Path, proxy: str | Path, teacher: str | Pat
                       momentum: float = 0.99, pooling: str | None = None, seed: int = 0,
                       text_column: str | None = None, image_column: str | None = None,
                       tokenizer: str | Path | None = None, split: str | None = None,
-                      overwrite: bool = False, progress: bool = True,
+                      overwrite: bool = False, sign_key=None, progress: bool = True,
                       limits: Limits = DEFAULT_LIMITS, trusted_keys: dict | None = None,
                       dtype: str = "auto") -> dict[str, Any]:
     """Distill an encoder of any architecture and width (folder or config file) from a
@@ -150,7 +150,7 @@ def distill_embedding(student: str | Path, proxy: str | Path, teacher: str | Pat
               "bank": bank, "momentum": momentum if bank == "momentum" else None,
               "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
               "seed": seed}
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, sign_key) as tmp:
         metrics = fit_relational(relational, [all_values[i] for i in ids],
                                  anchor_positions(ids, anchors).tolist(), epochs=epochs,
                                  learning_rate=learning_rate, batch_size=batch_size, seed=seed,

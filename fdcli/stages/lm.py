@@ -92,7 +92,7 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                         max_length: int | None = None, packing: bool = True,
                         epochs: float = 3.0, learning_rate: float = 5e-5, batch_size: int = 16,
                         val_fraction: float = 0.0, seed: int = 0, overwrite: bool = False,
-                        progress: bool = True, dtype: str = "auto",
+                        sign_key=None, progress: bool = True, dtype: str = "auto",
                         lora_rank: int | None = None, lora_alpha: float | None = None,
                         lora_dropout: float | None = None, lora_targets: str | None = None,
                         lora_type: str | None = None, quantize: str | None = None,
@@ -151,7 +151,7 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     val, train = [tb.blocks[i] for i in order[:n_val]], [tb.blocks[i] for i in order[n_val:]]
     if not train:
         raise DataError(f"{data}: no blocks left to train on after holding out {n_val}")
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, sign_key) as tmp:
         common = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                       seed=seed, progress=progress, dtype=dtype,
                       gradient_checkpointing=tuning.gradient_checkpointing)
@@ -406,7 +406,7 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
                learning_rate: float = 5e-5, batch_size: int = 8,
                text_column: str | None = None, split: str | None = None,
                max_length: int | None = None, packing: bool | None = None, seed: int = 0,
-               overwrite: bool = False, progress: bool = True,
+               overwrite: bool = False, sign_key=None, progress: bool = True,
                limits: Limits = DEFAULT_LIMITS, trusted_keys: dict | None = None,
                dtype: str = "auto", lora_rank: int | None = None, lora_alpha: float | None = None,
                lora_dropout: float | None = None, lora_targets: str | None = None,
@@ -442,7 +442,7 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
                      max_length=tb.max_length, packing=tb.packing, seed=seed,
                      rows=rows_config(tb)["rows"],
                      **tuning.record())
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, sign_key) as tmp:
         metrics = fit_lm(lm, [tb.blocks[e] for e in ids], epochs=epochs,
                          learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                          teacher=teacher_rows, example_ids=ids, hard_weight=hard_weight,

@@ -62,7 +62,7 @@ def train_seq2seq_specialist(data: str | Path, model: str | Path, out: str | Pat
                              max_target_length: int | None = None, epochs: float = 3.0,
                              learning_rate: float = 5e-5, batch_size: int = 16,
                              val_fraction: float = 0.0, seed: int = 0,
-                             overwrite: bool = False, progress: bool = True,
+                             overwrite: bool = False, sign_key=None, progress: bool = True,
                              dtype: str = "auto", lora_rank: int | None = None,
                              lora_alpha: float | None = None,
                              lora_dropout: float | None = None,
@@ -121,7 +121,7 @@ def train_seq2seq_specialist(data: str | Path, model: str | Path, out: str | Pat
     val, train = order[:n_val], order[n_val:]
     if not train:
         raise DataError(f"{data}: no pairs left to train on after holding out {n_val}")
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, sign_key) as tmp:
         common = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                       seed=seed, progress=progress, dtype=dtype,
                       gradient_checkpointing=tuning.gradient_checkpointing)
@@ -250,7 +250,7 @@ def distill_seq2seq(student: str | Path, proxy: str | Path, teacher: str | Path,
                     temperature: float | None = None, hard_weight: float = LM_HARD_WEIGHT,
                     epochs: float = 3.0, learning_rate: float = 5e-5, batch_size: int = 8,
                     source_column: str | None = None, target_column: str | None = None,
-                    split: str | None = None, seed: int = 0, overwrite: bool = False,
+                    split: str | None = None, seed: int = 0, overwrite: bool = False, sign_key=None,
                     progress: bool = True, limits: Limits = DEFAULT_LIMITS,
                     trusted_keys: dict | None = None, dtype: str = "auto",
                     lora_rank: int | None = None, lora_alpha: float | None = None,
@@ -283,7 +283,7 @@ def distill_seq2seq(student: str | Path, proxy: str | Path, teacher: str | Path,
                      max_source_length=pairs.max_source_length,
                      max_target_length=pairs.max_target_length, seed=seed,
                      **tuning.record())
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, sign_key) as tmp:
         metrics = fit_seq2seq(m, [pairs.sources[e] for e in ids],
                               [pairs.targets[e] for e in ids], epochs=epochs,
                               learning_rate=learning_rate, batch_size=batch_size, seed=seed,

@@ -28,7 +28,7 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                      val_fraction: float = 0.0, teacher: str | Path | None = None,
                      proxy: str | Path | None = None, proxy_split: str | None = None,
                      digest_weight: float = 0.2, schedule: str = "mixed",
-                     temperature: float = 2.0, seed: int = 0, overwrite: bool = False,
+                     temperature: float = 2.0, seed: int = 0, overwrite: bool = False, sign_key=None,
                      progress: bool = True, trusted_keys: dict | None = None,
                      dtype: str = "auto", lora_rank: int | None = None,
                      lora_alpha: float | None = None,
@@ -104,7 +104,7 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     if consensus is not None:
         digest = _digest_rows(consensus, clf, proxy, proxy_split, temperature, text_column,
                               image_column)
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, sign_key) as tmp:
         common = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                       seed=seed, progress=progress, dtype=dtype,
                       gradient_checkpointing=tuning.gradient_checkpointing)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .base import Auto
 
 #: training: a specialist or a student (the seed's 3 epochs at 5e-5)
-TRAINING = {"epochs": 3.0, "learning_rate": 5e-5, "seed": 0, "dtype": "auto"}
+TRAINING = {"epochs": 3.0, "learning_rate": 5e-5, "seed": 0, "dtype": "auto", "sign_key": None}
 #: reading a consensus or teacher bundle from another institution
 READING = {"limits": None, "trusted_keys": None}
 #: how any bundle is combined: the rule and the parameters of each rule (which rule takes
