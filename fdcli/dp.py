@@ -192,3 +192,50 @@ def private_fit(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels:
     metrics = {"train_loss": sum(losses) / len(losses) if losses else float("nan"),
                "train_steps": float(steps)}
     return metrics, guarantee
+
+
+def pate_guarantee(examples: int, teachers: int, answered: int, *, sigma: float,
+                   threshold: float | None, threshold_sigma: float | None,
+                   delta: float) -> dict[str, Any]:
+    """The guarantee of a (Confident-)GNMax consensus over ``examples`` proxy examples, from
+    dp-accounting's RDP accountant, data-independent: every example is counted as asked
+    (its threshold check, Gaussian with sensitivity 1) and answered (the noisy vote counts:
+    L2 sensitivity sqrt(2), so a Gaussian mechanism of noise multiplier sigma / sqrt(2)),
+    whatever the votes were. The unit is one teacher: one bundle."""
+    from dp_accounting import dp_event, rdp
+
+    accountant = rdp.RdpAccountant()
+    if threshold is not None:
+        accountant.compose(dp_event.SelfComposedDpEvent(
+            dp_event.GaussianDpEvent(threshold_sigma), examples))
+    accountant.compose(dp_event.SelfComposedDpEvent(
+        dp_event.GaussianDpEvent(sigma / math.sqrt(2)), examples))
+    return {"mechanism": "Confident-GNMax (PATE, Papernot et al. 2018)" if threshold is not None
+            else "GNMax (PATE, Papernot et al. 2018)",
+            "privacy_unit": "one teacher bundle: everything one institution trained its "
+                            "specialist on, when each sends one bundle (fd train-specialist on "
+                            "M disjoint parts of its data sends M and protects one part)",
+            "epsilon": round(float(accountant.get_epsilon(delta)), 4), "delta": delta,
+            "accountant": "rdp (dp-accounting), data-independent",
+            "sigma": sigma, "threshold": threshold, "threshold_sigma": threshold_sigma,
+            "teachers": teachers, "examples": examples, "answered": answered}
+
+
+def pate_sigma(epsilon: float, examples: int, delta: float = 1e-5,
+               threshold_ratio: float | None = 2.0) -> float:
+    """The smallest GNMax noise (to 0.1%) whose data-independent guarantee over ``examples``
+    stays within ``epsilon``, the threshold check's noise being ``threshold_ratio`` times it
+    (None: no threshold)."""
+    def eps(sigma: float) -> float:
+        t = None if threshold_ratio is None else 1.0
+        return pate_guarantee(examples, 1, 0, sigma=sigma, threshold=t,
+                              threshold_sigma=None if t is None else threshold_ratio * sigma,
+                              delta=delta)["epsilon"]
+
+    low, high = 0.0, 1.0
+    while eps(high) > epsilon:
+        low, high = high, high * 2
+    while high - low > 0.001 * high:
+        mid = (low + high) / 2
+        low, high = (mid, high) if eps(mid) > epsilon else (low, mid)
+    return high

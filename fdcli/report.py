@@ -228,7 +228,8 @@ def dp_table(results: dict[str, Any]) -> list[str]:
         eps = "none" if r["epsilon"] is None else \
             f"{r['epsilon']:g} / {figure(r['epsilon_spent_max'])}"
         model_auc = r.get("attack_auc_student", r.get("attack_auc"))
-        lines.append(f"| {eps} | {r['method']} | {figure(r['accuracy'])} | "
+        method = r["method"] + (f" ({r['answered']} answered)" if "answered" in r else "")
+        lines.append(f"| {eps} | {method} | {figure(r['accuracy'])} | "
                      f"{figure(r['macro_f1'])} | {megabytes(r['bytes'])} | "
                      f"{figure(r.get('attack_auc_specialists_max'))} | {figure(model_auc)} |")
     lines += ["", "![accuracy and attack AUC against epsilon](privacy_utility.png)"]
@@ -248,10 +249,11 @@ def plot_privacy_utility(results: dict[str, Any], path: Path) -> None:
     for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
         mine = [r for r in rows if r["method"] == method]
         xs = [r["epsilon"] for r in mine]
-        acc.plot(xs, [r["accuracy"] for r in mine], marker="o", color=f"C{i}", label=method)
-        aucs = [r.get("attack_auc_student", r.get("attack_auc")) for r in mine]
-        if None not in aucs:
-            auc.plot(xs, aucs, marker="o", color=f"C{i}", label=method)
+        nan = float("nan")
+        acc.plot(xs, [nan if r["accuracy"] is None else r["accuracy"] for r in mine],
+                 marker="o", color=f"C{i}", label=method)
+        aucs = [r.get("attack_auc_student", r.get("attack_auc", nan)) for r in mine]
+        auc.plot(xs, aucs, marker="o", color=f"C{i}", label=method)
     for i, r in enumerate(_non_private_rows(results)):
         style = dict(color=f"C{i}", linestyle=":", linewidth=1)
         acc.axhline(r["accuracy"], label=f"{r['method']} (no DP)", **style)

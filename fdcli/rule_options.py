@@ -11,4 +11,8 @@ RULE_OPTIONS: dict[str, tuple[str, ...]] = {
     "era_temperature": ("entropy-reduction",),
     "trim": ("trimmed-mean",),
     "prior_correction": ("coverage",),
+    "dp_sigma": ("gnmax",),
+    "dp_threshold": ("gnmax",),
+    "dp_threshold_sigma": ("gnmax",),
+    "dp_delta": ("gnmax",),
 }

@@ -353,6 +353,28 @@ def _in_chunks(clients: list[SparseRows], present: torch.Tensor, rule: str,
                       torch.cat([p.tail_logp for p in parts]), clients[0].num_classes)
 
 
+def gnmax(probs: torch.Tensor, present: torch.Tensor, *, sigma: float,
+          threshold: float | None = None, threshold_sigma: float | None = None,
+          generator: torch.Generator | None = None) -> torch.Tensor:
+    """PATE's noisy vote (Papernot et al. 2018): each client present votes for its most
+    likely class; the answer is the class whose vote count plus N(0, ``sigma``^2) noise is
+    largest (GNMax), as a one-hot row. With ``threshold`` (Confident-GNMax) an example is
+    answered only when its largest vote count plus N(0, ``threshold_sigma``^2) noise reaches
+    ``threshold``; the rows of the others are NaN (the caller leaves them out). The noise
+    comes from ``generator``."""
+    _check(probs, present)
+    c = probs.shape[-1]
+    votes = (torch.nn.functional.one_hot(probs.argmax(-1), c).to(torch.float64)
+             * present[..., None]).sum(0)
+    noise = torch.randn(votes.shape, generator=generator, dtype=torch.float64)
+    answer = torch.nn.functional.one_hot((votes + sigma * noise).argmax(-1), c).to(probs.dtype)
+    if threshold is not None:
+        check = torch.randn(votes.shape[0], generator=generator, dtype=torch.float64)
+        answered = votes.max(-1).values + threshold_sigma * check >= threshold
+        answer[~answered] = math.nan
+    return answer
+
+
 RULES: dict[str, Callable[..., torch.Tensor]] = {
     "confidence": confidence,
     "mean": mean,
@@ -361,4 +383,5 @@ RULES: dict[str, Callable[..., torch.Tensor]] = {
     "coverage": coverage,
     "median": median,
     "trimmed-mean": trimmed_mean,
+    "gnmax": gnmax,
 }

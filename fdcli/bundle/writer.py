@@ -414,6 +414,13 @@ class BundleWriter:
         append_line(self._tmp, self._key, self._manifest.producer.created, self._row_bytes or 0.0,
                     info, last, self._checkpoints[0])
 
+    def update_config(self, **fields) -> None:
+        """Add ``fields`` to the producer's config the manifest will record (before
+        :meth:`close`): what is known only once every row is written."""
+        if self.manifest is not None:
+            raise RuntimeError("this BundleWriter is closed")
+        self._manifest.producer.config.update(fields)
+
     def update_provenance(self, entries: list[dict]) -> None:
         """Replace the provenance the manifest will record (before :meth:`close`)."""
         if self.manifest is not None:

@@ -259,7 +259,8 @@ def aggregate(
     out_dir: OutOpt,
     task: TaskOpt = None,
     rule: Annotated[Optional[str], A("rule", "confidence, mean, entropy-reduction, weighted, "
-                                             "coverage, median or trimmed-mean.")] = None,
+                                             "coverage, median, trimmed-mean, or gnmax (PATE's "
+                                             "differentially private vote).")] = None,
     confidence_measure: Annotated[Optional[str], A(
         "confidence_measure", "confidence rule: max or neg_entropy.", "--confidence")] = None,
     tau: Annotated[Optional[float], A("tau", "confidence rule: softmax temperature over "
@@ -280,6 +281,17 @@ def aggregate(
     outlier_z: Annotated[Optional[float], A(
         "outlier_z", "Flag a client whose distance from the consensus has a robust z-score "
                      "above this.")] = None,
+    dp_sigma: Annotated[Optional[float], A(
+        "dp_sigma", "gnmax rule: standard deviation of the Gaussian noise on the vote counts "
+                    "(docs/privacy.md).")] = None,
+    dp_threshold: Annotated[Optional[float], A(
+        "dp_threshold", "gnmax rule: answer only examples whose noisy top vote reaches this "
+                        "(Confident-GNMax); the others are left out.")] = None,
+    dp_threshold_sigma: Annotated[Optional[float], A(
+        "dp_threshold_sigma", "gnmax rule: noise of the threshold check (default: twice "
+                              "--dp-sigma).")] = None,
+    dp_delta: Annotated[Optional[float], A("dp_delta", "gnmax rule: delta of the guarantee.")]
+    = None,
     trusted_keys: TrustedOpt = None, sign_key: SignOpt = None, limits: LimitOpt = None,
     seed: Annotated[Optional[int], A("seed", _SEED)] = None,
     overwrite: Overwrite = False, json_out: JsonOpt = False,
@@ -312,10 +324,16 @@ def aggregate(
                len(bundles), "task": chosen.name, "examples": m.examples, "rows": m.rows,
                "bytes": sum(s.bytes for s in m.shards),
                "outliers": [c["client_id"] for c in clients if c["outlier"]]}
+    privacy = m.producer.config.get("privacy")
+    if privacy:  # no distances from the consensus: they would disclose the votes
+        summary |= {"dp_epsilon": privacy["epsilon"], "dp_delta": privacy["delta"],
+                    "answered": privacy["answered"]}
     if json_out:
         print_json({**summary, "clients": clients})
         return
     report(summary, False, "aggregated bundle")
+    if privacy:
+        return
     table = Table(title="clients: distance from the consensus", title_justify="left")
     for name in ("client", "bundle", "signer"):
         table.add_column(name, overflow="fold")

@@ -20,6 +20,7 @@ from ..progress import progress_bar
 from ..rules import CONFIDENCE_MEASURES, RULES, aggregate_sparse, consensus_distance
 from ..rules import sharpen as sharpen_probs
 from .parallel import all_sum, finish_parts, part_target
+from .private_aggregate import dp_hint, gnmax_settings, guarantee, pate_record
 from .streams import Examples, in_step, in_windows
 
 #: about how many bytes the clients' rows take while one batch of examples is combined
@@ -98,7 +99,9 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
               sharpen: float | None = None, k: int | None = None, value_dtype: str = "int8",
               seed: int = 0, overwrite: bool = False, progress: bool = True,
               limits: Limits = DEFAULT_LIMITS, trusted_keys: dict | None = None, sign_key=None,
-              outlier_z: float = OUTLIER_Z) -> BundleManifest:
+              outlier_z: float = OUTLIER_Z, dp_sigma: float | None = None,
+              dp_threshold: float | None = None, dp_threshold_sigma: float | None = None,
+              dp_delta: float = 1e-5, dp_seed: int | None = None) -> BundleManifest:
     """Combine bundles per example with ``rule`` (see :mod:`fdcli.rules`) and write the result,
     with a provenance that lists every input, its sha256, its signer and its distance from
     the consensus (``outlier`` marks a client to look at: a robust z-score of its distance
@@ -124,13 +127,23 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
     would pass the ``max_held_bytes`` limit, shards are inflated to temporary files and read
     back a batch at a time. Under ``torchrun`` or ``accelerate launch`` each process combines
     a contiguous share of the examples (:func:`example_share`) into a part, the outlier
-    tallies are summed over the processes, and process 0 merges the parts into ``out``."""
+    tallies are summed over the processes, and process 0 merges the parts into ``out``.
+
+    Rule ``gnmax`` is PATE's differentially private consensus (classification, one
+    process): noisy votes with noise ``dp_sigma``; with ``dp_threshold`` (Confident-GNMax)
+    only the examples whose noisy top vote (noise ``dp_threshold_sigma``, default twice
+    ``dp_sigma``) reaches it are answered, and the others are left out of the teacher. Its
+    manifest records the guarantee (:func:`fdcli.dp.pate_guarantee`) and no outlier report,
+    which would disclose the clients' votes. The noise is drawn from the operating system's
+    randomness unless ``dp_seed`` fixes it (tests)."""
     if rule not in RULES:
         raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
     if confidence_measure not in CONFIDENCE_MEASURES:
         raise ValueError(f"confidence measure must be one of {CONFIDENCE_MEASURES}")
     if sharpen is not None and not sharpen > 0:
         raise ValueError(f"sharpen must be a positive temperature, got {sharpen}")
+    dp = gnmax_settings(rule, dp_sigma, dp_threshold, dp_threshold_sigma, dp_delta, sharpen,
+                         dp_seed)
     check_paths(bundles, out)
     readers = [read_bundle(b, limits) for b in bundles]
     check_compatible(readers)
@@ -143,19 +156,28 @@ def aggregate(bundles: Sequence[str | Path], out: str | Path, *, rule: str = "co
     bounds = example_share(readers, procs)
     params = _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim,
                           prior_correction)
+    if dp is not None:
+        if readers[0].manifest.task != "classification" or procs.world > 1:
+            raise IncompatibleBundlesError(
+                "rule 'gnmax' (PATE) combines classification bundles in one process; got "
+                f"{readers[0].manifest.task} bundles and {procs.world} process(es)")
+        params = {k: dp[k] for k in ("sigma", "threshold", "threshold_sigma", "generator")}
     first = readers[0].manifest
     provenance = [{"path": str(r.path), "client_id": r.manifest.producer.client_id,
                    "manifest_sha256": r.manifest_sha256, "signer": signer,
                    "shards_sha256": [s.sha256 for s in r.manifest.shards],
                    "examples": r.manifest.examples,
-                   **({"privacy": _guarantee(r)} if _guarantee(r) else {})}
+                   **({"privacy": guarantee(r)} if guarantee(r) else {})}
                   for r, signer in zip(readers, signers)]
     rounds = [r.manifest.producer.config.get("round") for r in readers]
-    config = {"rule": rule, **params,
+    config = {"rule": rule, **{k: v for k, v in params.items() if k != "generator"},
               "round": max([x for x in rounds if isinstance(x, int) and x > 0] or [1]),
               "sharpen": sharpen,
               "inputs": [str(b) for b in bundles],
               "coverage": {str(r.path): r.manifest.examples for r in readers}}
+    if dp is not None:
+        config.update(delta=dp["delta"], noise="fixed by dp_seed (not private)" if dp["seeded"]
+                      else "operating system randomness")
     target = part_target(out, procs, config)
     common = dict(proxy_fingerprint=first.proxy_fingerprint, client_id="coordinator",
                   model_fingerprint="sha256:" + hashlib.sha256(
@@ -247,16 +269,31 @@ def _aggregate_classes(readers, out, rule, params, config, common, progress,
                       label_fingerprint=first.label_fingerprint, config=config,
                       **common) as writer, \
             progress_bar(first.examples, "aggregating examples", progress) as advance:
+        private, examples, answered = rule == "gnmax", 0, 0
         for ids, probs, present in in_windows(streams, chunk, c):
             combined = RULES[rule](probs, present, **params)
+            advance(len(ids))
+            if private:  # no outlier report: it would disclose the clients' votes
+                keep = ~combined[:, 0].isnan()
+                examples, answered = examples + len(ids), answered + int(keep.sum())
+                ids, combined = ids[keep], combined[keep]
+                if len(ids):
+                    writer.add(ids, combined.clamp_min(1e-30).log().float())
+                continue
             tally.add(*consensus_distance(probs, present))
             if sharpening is not None:
                 combined = sharpen_probs(combined, sharpening)
             writer.add(ids, combined.clamp_min(1e-30).log().float())
-            advance(len(ids))
-        tally.gather(bounds is not None)
-        writer.update_provenance(tally.annotate(common["provenance"]))
+        if private:
+            pate_record(writer, config, clients, examples, answered)
+        else:
+            tally.gather(bounds is not None)
+            writer.update_provenance(tally.annotate(common["provenance"]))
     return writer.manifest
+
+
+
+
 
 
 def _same_temperature(readers) -> None:
@@ -325,7 +362,7 @@ def _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim,
         if missing:
             raise IncompatibleBundlesError(
                 f"rule 'weighted' needs each bundle to declare its client's train_examples; "
-                f"missing in {[str(r.path) for r in missing]}" + _dp_hint(missing[0]))
+                f"missing in {[str(r.path) for r in missing]}" + dp_hint(missing[0]))
         negative = [str(r.path) for r, c in zip(readers, counts) if c < 0]
         if negative:
             raise IncompatibleBundlesError(f"rule 'weighted': producer.config.train_examples is "
@@ -339,20 +376,8 @@ def _rule_params(rule, readers, confidence_measure, tau, era_temperature, trim,
     return {}
 
 
-def _guarantee(reader) -> dict | None:
-    """A DP client's guarantee, as the consensus's provenance repeats it."""
-    found = reader.manifest.producer.config.get("privacy")
-    if not isinstance(found, dict):
-        return None
-    return {k: found.get(k) for k in ("epsilon", "delta", "privacy_unit", "mechanism")}
 
 
-def _dp_hint(reader) -> str:
-    """Why a DP model's bundle declares no counts."""
-    if not reader.manifest.producer.config.get("privacy"):
-        return ""
-    return (" (a bundle of a DP model declares neither counts nor histogram: they are outside "
-            "its guarantee; use confidence, mean, median or trimmed-mean)")
 
 
 def _label_counts(readers) -> list[list[int]]:
@@ -369,7 +394,7 @@ def _label_counts(readers) -> list[list[int]]:
         if not isinstance(hist, dict):
             problems.append(f"{r.path}: manifest.json producer.config.label_histogram is "
                             "missing; the client must emit with --declare-label-counts"
-                            + _dp_hint(r))
+                            + dp_hint(r))
             continue
         bad = [n for n in names if not isinstance(hist.get(n), int) or hist[n] < 0] + \
             [str(n) for n in hist if n not in names]

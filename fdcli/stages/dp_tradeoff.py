@@ -50,7 +50,8 @@ def private_architectures(configs: Path, names: Sequence[str], kind: str,
 def dp_tradeoff(root: Path, fed_settings: dict[str, Any], *, epsilons: Sequence[float],
                 delta: float, max_grad_norm: float, fedavg: dict[str, Any] | None,
                 attack: Callable[[Path, Path], dict[str, Any]] | None, union: Path | None,
-                meter, log=print) -> dict[str, Any]:
+                meter, bundles: Sequence[Path] = (), teachers: Sequence[str] = (),
+                log=print) -> dict[str, Any]:
     """Run the DP variants into ``root`` (``epsilon-E/`` each) and return their rows.
 
     ``fed_settings`` are the non-private :class:`~fdcli.stages.federation.Federation`'s
@@ -58,7 +59,9 @@ def dp_tradeoff(root: Path, fed_settings: dict[str, Any], *, epsilons: Sequence[
     where they must be); ``fedavg`` the :func:`~fdcli.stages.weight_baselines.weight_baseline`
     keyword arguments of DP-FedAvg (or None to skip it); ``attack(model, members)`` the
     membership-inference figures of a model against its members (or None), the members of the
-    student and of DP-FedAvg being ``union``, every client's data."""
+    student and of DP-FedAvg being ``union``, every client's data. With ``bundles`` (the
+    non-private run's, one per client, of the ``teachers`` architectures) each epsilon also
+    gets a PATE consensus (:func:`pate_row`)."""
     from ..dp import DPSettings
     from .federation import Federation
     from .weight_baselines import weight_baseline
@@ -94,6 +97,10 @@ def dp_tradeoff(root: Path, fed_settings: dict[str, Any], *, epsilons: Sequence[
                 row["attack_auc_specialists_mean"] = sum(aucs) / n
                 row["attack_auc_student"] = attack(fed.student_dir(1), union)["auc"]
         rows.append(row)
+        if bundles:
+            with meter.stage(f"dp_{epsilon:g}_pate"):
+                rows.append(pate_row(folder, fed_settings, bundles, teachers, dp, attack,
+                                     union, log))
         if fedavg is not None:
             log(f"DP-FedAvg at epsilon {epsilon:g}: {fedavg['rounds']} rounds, DP-SGD in "
                 "every client")
@@ -111,6 +118,51 @@ def dp_tradeoff(root: Path, fed_settings: dict[str, Any], *, epsilons: Sequence[
             "privacy_unit": "one training example of an institution (example-level DP); "
                             "DP-FedAvg's clients compose their guarantee over every round",
             "rows": rows}
+
+
+def pate_row(folder: Path, fed_settings: dict[str, Any], bundles: Sequence[Path],
+             teachers: Sequence[str], dp, attack, union: Path | None, log) -> dict[str, Any]:
+    """fd with a PATE consensus at ``dp.epsilon``: the clients' (non-private) bundles
+    combined by Confident-GNMax, one teacher per client, the threshold at 60% of the
+    teachers, its noise twice the vote noise, both set to spend ``dp.epsilon`` over every
+    proxy example (:func:`fdcli.dp.pate_sigma`); a student distilled from what it answered.
+    The noise is seeded, for a reproducible simulation."""
+    import datasets
+
+    from ..dp import pate_sigma
+    from ..errors import FdError
+    from .aggregate import aggregate
+    from .distill import distill
+    from .evaluate import evaluate
+    from .federation import dir_bytes
+
+    parts, configs = fed_settings["parts"], fed_settings["configs"]
+    examples = len(datasets.load_from_disk(str(parts / "proxy")))
+    sigma = pate_sigma(dp.epsilon, examples, dp.delta)
+    threshold = 0.6 * len(bundles)
+    log(f"PATE at epsilon {dp.epsilon:g}: Confident-GNMax over {len(bundles)} teachers, vote "
+        f"noise {sigma:.1f}, threshold {threshold:g} (noise {2 * sigma:.1f})")
+    row = {"epsilon": dp.epsilon, "method": "fd (PATE consensus)", "sigma": sigma,
+           "threshold": threshold, "bytes": sum(dir_bytes(b) for b in bundles),
+           "architectures": sorted(set(teachers))}
+    try:
+        m = aggregate(bundles, folder / "pate-consensus", rule="gnmax", dp_sigma=sigma,
+                      dp_threshold=threshold, dp_threshold_sigma=2 * sigma,
+                      dp_delta=dp.delta, dp_seed=fed_settings["seed"], progress=False)
+    except FdError as exc:  # nothing answered: no student
+        log(f"PATE at epsilon {dp.epsilon:g}: {exc}")
+        return {**row, "accuracy": None, "macro_f1": None, "answered": 0,
+                "epsilon_spent_max": None}
+    student = folder / "pate-student"
+    distill(configs / f"{fed_settings['student']}.json", parts / "proxy",
+            folder / "pate-consensus", student, **fed_settings["distilling"])
+    found = evaluate(student, parts / "test")
+    privacy = m.producer.config["privacy"]
+    row |= {"accuracy": found["accuracy"], "macro_f1": found["macro_f1"],
+            "answered": privacy["answered"], "epsilon_spent_max": privacy["epsilon"]}
+    if attack is not None:
+        row["attack_auc_student"] = attack(student, union)["auc"]
+    return row
 
 
 def _spent(model_dir: Path) -> float:

@@ -437,7 +437,10 @@ def _dp_variants(root: Path, fed_settings: dict[str, Any], report: dict[str, Any
             return _attacks(model, members, parts / "test", reference)
     return dp_tradeoff(fed_settings["root"] / "dp", settings, epsilons=epsilons, delta=delta,
                        max_grad_norm=max_grad_norm, fedavg=fedavg, attack=attack,
-                       union=fed_settings["root"] / "union", meter=meter, log=log)
+                       union=fed_settings["root"] / "union", meter=meter,
+                       bundles=[fed_settings["root"] / "bundles" / f"client-{i}"
+                                for i in range(len(fed_settings["sizes"]))],
+                       teachers=fed_settings["architectures"], log=log)
 
 
 def _write_configs(root: Path, parts: Path, kind: str, catalogue: dict[str, dict[str, Any]]):

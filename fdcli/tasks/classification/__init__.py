@@ -26,7 +26,8 @@ TASK = Task(
             "declare_label_counts": False, "proxy_slice": None, "split": None,
             "batch_size": 64}),
         "aggregate": Command("fdcli.stages.aggregate:aggregate", {
-            **AGGREGATION, "sharpen": None}),
+            **AGGREGATION, "sharpen": None, "dp_sigma": None, "dp_threshold": None,
+            "dp_threshold_sigma": Auto("twice --dp-sigma"), "dp_delta": 1e-5}),
         "distill": Command("fdcli.stages.distill:distill", {
             **TRAINING, **READING, **LABELLED, **LORA, "temperature": 2.0, "hard_weight": 0.0,
             "batch_size": 16, "tokenizer": None, "split": None}),

@@ -33,6 +33,10 @@ def print_simulation(results: dict, out_dir: Path) -> None:
         table.add_row(name, arch, f"{b['accuracy']:.3f}", f"{b['macro_f1']:.3f}",
                       human(sent) if sent else "")
     for r in (results.get("dp") or {}).get("rows", []):
+        if r["accuracy"] is None:  # a PATE consensus that answered nothing
+            table.add_row(f"{r['method']}, epsilon {r['epsilon']:g}", "", "no example "
+                          "answered", "", "")
+            continue
         table.add_row(f"{r['method']}, epsilon {r['epsilon']:g} (spent "
                       f"{r['epsilon_spent_max']:.2f})", ",".join(r["architectures"]),
                       f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}", human(r["bytes"]))
