@@ -163,14 +163,20 @@ def test_simulate_privacy_utility_tradeoff(tmp_path):
     results = json.loads(r.stdout)
     dp = results["dp"]
     assert [(row["epsilon"], row["method"]) for row in dp["rows"]] == [
-        (8.0, "fd (DP specialists)"), (8.0, "DP-FedAvg")]
+        (8.0, "fd (DP specialists)"), (8.0, "fd (PATE consensus)"), (8.0, "DP-FedAvg")]
     for row in dp["rows"]:
         assert 0.5 * row["epsilon"] < row["epsilon_spent_max"] <= row["epsilon"]
-        assert row["architectures"] == ["vit"]  # the ResNet has BatchNorm: a ViT stands in
         assert 0 <= row["accuracy"] <= 1 and row["bytes"] > 0
-    fd_rows = [row for row in dp["rows"] if row["method"].startswith("fd")]
-    assert all(0 <= row["attack_auc_student"] <= 1 and
-               0 <= row["attack_auc_specialists_max"] <= 1 for row in fd_rows)
+    dp_sgd = [row for row in dp["rows"] if row["method"] != "fd (PATE consensus)"]
+    assert all(row["architectures"] == ["vit"] for row in dp_sgd)  # a ViT stands in for the
+    pate = dp["rows"][1]                                          # ResNet (BatchNorm)
+    assert pate["architectures"] == ["resnet", "vit"]  # PATE's teachers: the run's specialists
+    assert pate["bytes"] == results["bytes"]["fd"]["uploaded_total"] and pate["answered"] > 0
+    consensus = json.loads((out / "dp" / "epsilon-8" / "pate-consensus" / "manifest.json")
+                           .read_text())
+    assert consensus["producer"]["config"]["privacy"]["epsilon"] == pate["epsilon_spent_max"]
+    assert 0 <= dp["rows"][0]["attack_auc_specialists_max"] <= 1
+    assert all(0 <= row["attack_auc_student"] <= 1 for row in dp["rows"][:2])
     assert all("attack_auc" in row for row in dp["rows"] if row["method"] == "DP-FedAvg")
     # every DP specialist's fd.json holds its guarantee; DP-FedAvg records what it spent
     for eps in ("8",):
@@ -184,3 +190,86 @@ def test_simulate_privacy_utility_tradeoff(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Differential privacy: utility against epsilon" in report
     assert "| 8 / " in report and (out / "privacy_utility.png").stat().st_size > 0
+
+
+# -- PATE: the noisy-vote consensus ------------------------------------------------------
+def test_gnmax_votes_by_hand():
+    import math
+
+    import torch
+
+    from fdcli.rules import gnmax
+
+    # 3 clients, 2 examples, 3 classes: example 0 votes 2, 2, 1; example 1 votes 0, 0, 0
+    probs = torch.tensor([[[.1, .2, .7], [.8, .1, .1]],
+                          [[.2, .1, .7], [.6, .3, .1]],
+                          [[.1, .8, .1], [.9, .05, .05]]], dtype=torch.float64)
+    present = torch.ones(3, 2, dtype=torch.bool)
+    quiet = gnmax(probs, present, sigma=1e-9, generator=torch.Generator().manual_seed(0))
+    assert quiet.tolist() == [[0, 0, 1], [1, 0, 0]]
+    # a client that lacks example 1 does not vote on it
+    absent = present.clone()
+    absent[0, 1] = absent[1, 1] = False
+    assert gnmax(probs, absent, sigma=1e-9).tolist()[1] == [1, 0, 0]
+    # Confident-GNMax: only example 1 (3 votes) clears a threshold of 2.5
+    confident = gnmax(probs, present, sigma=1e-9, threshold=2.5, threshold_sigma=1e-9)
+    assert all(math.isnan(v) for v in confident[0].tolist()) and \
+        confident[1].tolist() == [1, 0, 0]
+    # the same seed, the same noise; heavy noise answers by chance
+    loud = [gnmax(probs.repeat(1, 500, 1), present.repeat(1, 500), sigma=100.0,
+                  generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
+    assert torch.equal(loud[0], loud[1]) and not torch.equal(loud[0], loud[2])
+    assert 0.2 < loud[0][:, 2].mean().item() < 0.5
+
+
+def test_pate_guarantee_and_the_noise_for_a_budget():
+    from fdcli.dp import pate_guarantee, pate_sigma
+
+    g = pate_guarantee(300, 10, 120, sigma=40.0, threshold=6.0, threshold_sigma=80.0,
+                       delta=1e-5)
+    assert g["answered"] == 120 and g["teachers"] == 10 and g["examples"] == 300
+    looser = pate_guarantee(300, 10, 120, sigma=20.0, threshold=6.0, threshold_sigma=40.0,
+                            delta=1e-5)
+    assert 0 < g["epsilon"] < looser["epsilon"]
+    sigma = pate_sigma(4.0, 300)
+    at = pate_guarantee(300, 1, 0, sigma=sigma, threshold=1.0, threshold_sigma=2 * sigma,
+                        delta=1e-5)["epsilon"]
+    below = pate_guarantee(300, 1, 0, sigma=sigma * 0.99, threshold=1.0,
+                           threshold_sigma=2 * sigma * 0.99, delta=1e-5)["epsilon"]
+    assert at <= 4.0 < below
+
+
+def test_aggregate_gnmax_writes_a_private_consensus(tmp_path):
+    from .test_trust import client_bundle, one_line_error
+
+    bundles = [client_bundle(tmp_path / f"b{i}", f"c{i}", seed=i, examples=200)
+               for i in range(5)]
+    r = fd("aggregate", *bundles, "--rule", "gnmax", "--dp-sigma", 0.5, "--dp-threshold", 4,
+           "--dp-threshold-sigma", 0.5, "--out", tmp_path / "t", "--json")
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    g = manifest["producer"]["config"]["privacy"]
+    assert (g["teachers"], g["examples"], g["sigma"], g["threshold"]) == (5, 200, 0.5, 4.0)
+    assert 0 < g["answered"] < 200 and manifest["examples"] == g["answered"]
+    assert printed["dp_epsilon"] == g["epsilon"] > 0 and printed["answered"] == g["answered"]
+    assert g["noise"] == "operating system randomness"
+    # no outlier report: it would disclose the votes
+    assert all("distance_from_consensus" not in p for p in manifest["provenance"])
+    # every answer is one label
+    from fdcli.bundle import read_bundle
+
+    for block in read_bundle(tmp_path / "t").iter_blocks():
+        p = block.dense().exp()
+        assert ((p.max(-1).values - 1).abs() < 1e-4).all()
+    for args, message in (
+            (["--rule", "gnmax"], "rule 'gnmax' needs dp_sigma > 0"),
+            (["--rule", "gnmax", "--dp-sigma", 1, "--dp-threshold-sigma", 2],
+             "dp_threshold_sigma applies with dp_threshold"),
+            (["--rule", "gnmax", "--dp-sigma", 1, "--sharpen", 0.1],
+             "sharpening does not apply"),
+            (["--rule", "gnmax", "--dp-sigma", 1, "--dp-threshold", 99],
+             "none of the 200 examples cleared the threshold 99"),
+            (["--dp-sigma", 1], "--dp-sigma does not apply to --rule confidence")):
+        one_line_error(fd("aggregate", *bundles, *args, "--out", tmp_path / "no"), message)
+        assert not (tmp_path / "no").exists()

@@ -73,11 +73,14 @@ def test_each_example_combines_only_the_clients_that_have_it():
     present = torch.tensor([[True, True], [True, False]])
     for name, rule in RULES.items():
         kwargs = {"weighted": {"counts": [1, 1]},
-                  "coverage": {"counts": [[1, 1], [1, 1]]}}.get(name, {})
+                  "coverage": {"counts": [[1, 1], [1, 1]]},
+                  "gnmax": {"sigma": 1e-9}}.get(name, {})
         out = rule(p, present, **kwargs)
         assert out.shape == (2, 2)
         assert torch.allclose(out.sum(-1), torch.ones(2, dtype=torch.float64))
-        if name != "entropy-reduction":
+        if name == "gnmax":  # a vote: the one client present's top class
+            assert out[1].tolist() == [0.0, 1.0]
+        elif name != "entropy-reduction":
             assert torch.allclose(out[1], torch.tensor([0.2, 0.8], dtype=torch.float64)), name
 
 

@@ -48,8 +48,7 @@ def inspect(
     out.print(plain(f"checked: {info['checked']}"), style="dim")
 
 
-@app.command(short_help="Check every part of a bundle (manifest, signature, shards), or a "
-                        "signed model folder.")
+@app.command(short_help="Check a bundle, or a signed model folder.")
 def verify(
     bundle_dir: Annotated[Path, typer.Argument(help="The bundle folder, or a signed model "
                                                     "folder, to check.")],

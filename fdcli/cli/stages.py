@@ -311,7 +311,8 @@ def aggregate(
         chosen = choose_task(task, task_of_bundle(bundles[0], opts.limits(limits)),
                              model=False)
         rule_name = rule or chosen.command("aggregate").options["rule"]
-        picked = {k: v for k, v in given(ctx).items() if k in RULE_OPTIONS}
+        declared = chosen.command("aggregate").options  # others: refused for the task
+        picked = {k: v for k, v in given(ctx).items() if k in RULE_OPTIONS and k in declared}
         takes = {k: None for k, rules in RULE_OPTIONS.items() if rule_name in rules}
         refuse_foreign(ctx, "aggregate", picked, takes, f"to --rule {rule_name}")
         m = run(ctx, "aggregate", chosen, bundles, out_dir, overwrite=overwrite)
