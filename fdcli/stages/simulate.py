@@ -325,7 +325,7 @@ def simulate(out: str | Path, *, data: str | Path | None = None, num_clients: in
                                           trained)
         dp_results = None
         if dp_epsilons:
-            dp_results = _dp_variants(root, fed_settings, report, tokenizer, kind, weights,
+            dp_results = _dp_variants(fed_settings, report, tokenizer, kind, weights,
                                       local, dp_epsilons, dp_delta, max_grad_norm,
                                       "fedavg" in baselines, privacy_report, meter, log)
         central = results_baselines.get("centralized")
@@ -409,7 +409,7 @@ def typed_scores(results: dict[str, Any], seed: int) -> list[Score]:
     return out
 
 
-def _dp_variants(root: Path, fed_settings: dict[str, Any], report: dict[str, Any], tokenizer,
+def _dp_variants(fed_settings: dict[str, Any], report: dict[str, Any], tokenizer,
                  kind: str, weights: dict[str, Any], local: dict[str, Any],
                  epsilons: Sequence[float], delta: float, max_grad_norm: float,
                  with_fedavg: bool, privacy_report: dict[str, Any], meter, log):
