@@ -94,19 +94,25 @@ def noise_for(dp: DPSettings, sample_rate: float, steps: int,
         raise PrivacyError(f"the model already spent epsilon {spent(prior, dp.delta):.3g} at "
                            f"delta {dp.delta:g} on its training data; a target of "
                            f"{dp.epsilon:g} leaves nothing for more training")
+    found = smallest_noise(lambda sigma: spent([*prior, [sigma, sample_rate, steps]],
+                                               dp.delta), dp.epsilon)
+    if found is None:
+        raise PrivacyError(f"no noise multiplier below 1e4 reaches epsilon {dp.epsilon:g} in "
+                           f"{steps} steps at sampling rate {sample_rate:.3g}")
+    return found
+
+
+def smallest_noise(epsilon_of, epsilon: float) -> float | None:
+    """The smallest noise (to 0.1%) whose ``epsilon_of(noise)`` is within ``epsilon``, by
+    doubling then bisection (epsilon falls as noise grows); None above 1e4."""
     low, high = 0.0, 1.0
-
-    def total(sigma: float) -> float:
-        return spent([*prior, [sigma, sample_rate, steps]], dp.delta)
-
-    while total(high) > dp.epsilon:
+    while epsilon_of(high) > epsilon:
         low, high = high, high * 2
         if high > 1e4:
-            raise PrivacyError(f"no noise multiplier below 1e4 reaches epsilon {dp.epsilon:g}"
-                               f" in {steps} steps at sampling rate {sample_rate:.3g}")
+            return None
     while high - low > 0.001 * high:
         mid = (low + high) / 2
-        low, high = (mid, high) if total(mid) > dp.epsilon else (low, mid)
+        low, high = (mid, high) if epsilon_of(mid) > epsilon else (low, mid)
     return high
 
 
@@ -232,10 +238,8 @@ def pate_sigma(epsilon: float, examples: int, delta: float = 1e-5,
                               threshold_sigma=None if t is None else threshold_ratio * sigma,
                               delta=delta)["epsilon"]
 
-    low, high = 0.0, 1.0
-    while eps(high) > epsilon:
-        low, high = high, high * 2
-    while high - low > 0.001 * high:
-        mid = (low + high) / 2
-        low, high = (mid, high) if eps(mid) > epsilon else (low, mid)
-    return high
+    found = smallest_noise(eps, epsilon)
+    if found is None:
+        raise PrivacyError(f"no vote noise below 1e4 reaches epsilon {epsilon:g} over "
+                           f"{examples} examples")
+    return found
