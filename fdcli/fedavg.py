@@ -81,7 +81,7 @@ def _wire(message):
 
 
 @contextlib.contextmanager
-def _server_identity(run_id: int):
+def server_identity(run_id: int):
     """Flower builds a message's metadata from the process's task identity; act as the
     server of ``run_id`` while the strategy runs."""
     from flwr.supercore.task_identity import TaskIdentity
@@ -96,19 +96,26 @@ def _server_identity(run_id: int):
 
 class LocalGrid(Grid):
     """A Flower ``Grid`` whose nodes are one in-process ``ClientApp``, one ``Context`` per
-    node (``node_config["partition-id"]`` = the client's index). ``traffic`` holds one
-    entry per delivered message: round, partition, message type, bytes down and bytes up."""
+    node (``node_config["partition-id"]`` = the client's index, plus ``node_configs[i]``).
+    ``traffic`` holds one entry per delivered message: round, partition, message type, bytes
+    down and bytes up. With ``errors_as_replies`` an exception in the ClientApp becomes an
+    error reply, as under Flower's engines; otherwise it propagates."""
 
-    def __init__(self, app, num_nodes: int, run_id: int = 1):
+    def __init__(self, app, num_nodes: int, run_id: int = 1,
+                 node_configs: list[dict[str, Any]] | None = None,
+                 errors_as_replies: bool = False):
         from flwr.app import Context, RecordDict
         from flwr.supercore.run import Run
 
         self.app = app
         self._run = Run.create_empty(run_id)
+        configs = node_configs or [{} for _ in range(num_nodes)]
         self.contexts = {SERVER_NODE + 1 + i: Context(run_id=run_id, node_id=SERVER_NODE + 1 + i,
-                                                      node_config={"partition-id": i},
+                                                      node_config={"partition-id": i,
+                                                                   **configs[i]},
                                                       state=RecordDict(), run_config={})
                          for i in range(num_nodes)}
+        self.errors_as_replies = errors_as_replies
         self.traffic: list[dict[str, Any]] = []
         self._replies: dict[str, Any] = {}
 
@@ -137,7 +144,15 @@ class LocalGrid(Grid):
             message.metadata.__dict__["_message_id"] = str(uuid4())
             context = self.contexts[message.metadata.dst_node_id]
             received, down = _wire(message)
-            reply = self.app(received, context)
+            try:
+                reply = self.app(received, context)
+            except Exception as e:  # as a SuperNode does: the server gets an error reply
+                if not self.errors_as_replies:
+                    raise
+                from flwr.app import Error
+
+                reply = Message(Error(code=0, reason=f"{type(e).__name__}: {e}"),
+                                reply_to=received)
             if not isinstance(reply, Message):
                 raise TypeError(f"the ClientApp returned {type(reply).__name__}, not a Message")
             reply.metadata.__dict__["_message_id"] = str(uuid4())
@@ -260,7 +275,7 @@ def run_fedavg(initial: dict[str, torch.Tensor], train_fn: TrainFn, *, num_clien
     FLOWER_LOGGER.setLevel(logging.ERROR)
     try:
         strategy = _strategy(bits, fraction, num_clients, proximal_mu)
-        with _server_identity(grid.run.run_id):
+        with server_identity(grid.run.run_id):
             result = strategy.start(grid, pack(initial, 32), num_rounds=num_rounds,
                                     train_config=ConfigRecord(config or {}),
                                     evaluate_fn=on_round)

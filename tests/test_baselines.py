@@ -106,7 +106,7 @@ def test_grid_counts_the_serialized_messages_both_ways():
     server pushed (down) and the reply the server pulled (up)."""
     from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-    from fdcli.fedavg import _server_identity
+    from fdcli.fedavg import server_identity
 
     state = _state()
 
@@ -114,7 +114,7 @@ def test_grid_counts_the_serialized_messages_both_ways():
         return {k: v * 2 for k, v in got.items()}, 5 + partition, {}
 
     grid = LocalGrid(client_app(train_fn), num_nodes=2)
-    with _server_identity(grid.run.run_id):
+    with server_identity(grid.run.run_id):
         sent = [Message(RecordDict({"arrays": pack(state),
                                     "config": ConfigRecord({"server-round": 3})}),
                         dst_node_id=node, message_type="train")

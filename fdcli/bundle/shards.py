@@ -42,11 +42,25 @@ def sha256_bytes(data: bytes) -> str:
 def encode_shard(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                  level: int = ZSTD_LEVEL) -> tuple[bytes, int]:
     """(zstd-compressed safetensors bytes, uncompressed size). zstd compresses on every core
-    (one frame still; its output is the same for any number of worker threads, so a shard's
-    bytes do not depend on the machine)."""
-    raw = st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    (one frame still; its output is the same for any number of worker threads), and the
+    safetensors header is written in one order (:func:`canonical_header`), so a shard's bytes
+    depend on its tensors and metadata only, not on the machine or the process."""
+    raw = canonical_header(st_save({k: v.contiguous() for k, v in tensors.items()},
+                                   metadata=metadata))
     compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=-1)
     return compressor.compress(raw), len(raw)
+
+
+def canonical_header(raw: bytes) -> bytes:
+    """The safetensors file ``raw`` with its JSON header's keys sorted (the metadata's too).
+    safetensors writes the metadata in the order of a hash map seeded afresh in every
+    process, so the same tensors would otherwise give different bytes from run to run."""
+    n = struct.unpack("<Q", raw[:8])[0]
+    blob = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode()
+    if len(blob) > n:  # cannot happen for a compact header; keep the file as written
+        return raw
+    return raw[:8] + blob.ljust(n, b" ") + raw[8 + n:]
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
