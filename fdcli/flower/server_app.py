@@ -18,8 +18,17 @@ app = ServerApp()
 
 @app.main()
 def main(grid, context) -> None:
-    from flwr.common.logger import log
-    from logging import INFO
+    """Run the federation; an :class:`~fdcli.errors.FdError` (a bad configuration, too few
+    bundles) is logged as one ``fd: error:`` line before the run is marked failed."""
+    from logging import ERROR, INFO
 
-    settings = ServerSettings.from_config(context.run_config)
-    coordinate(grid, settings, context.run_id, log=lambda text: log(INFO, "fd: %s", text))
+    from flwr.common.logger import log
+
+    from ..errors import FdError
+
+    try:
+        settings = ServerSettings.from_config(context.run_config)
+        coordinate(grid, settings, context.run_id, log=lambda text: log(INFO, "fd: %s", text))
+    except FdError as e:
+        log(ERROR, "fd: error: %s", e)
+        raise
