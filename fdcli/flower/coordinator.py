@@ -147,16 +147,22 @@ def coordinate(grid, settings: ServerSettings, run_id: int,
             messages.append(message)
         log(f"round {r}: asking {len(nodes)} institution(s) for their bundles")
         replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+        # a reply is the answer of the node its request went to (an error reply for a node
+        # that went away comes from the SuperLink itself)
+        asked = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in messages}
         admission = Admission()
         candidates = {}
         answered = set()
         for reply in replies:
-            node = int(reply.metadata.src_node_id)
+            node = asked.get(reply.metadata.reply_to_message_id)
+            if node is None or node in answered:
+                log(f"round {r}: a reply to no request of this round was ignored")
+                continue
             answered.add(node)
-            candidates_or_reason = _receive(reply, folder / "bundles" / f"node-{node}",
-                                            settings, admission)
-            if candidates_or_reason is not None:
-                candidates[node] = candidates_or_reason
+            received = _receive(reply, node, folder / "bundles" / f"node-{node}", settings,
+                                admission)
+            if received is not None:
+                candidates[node] = received
         for node in nodes:
             if node not in answered:
                 admission.refused[node] = (f"no answer within {settings.round_timeout:g} s "
@@ -197,10 +203,10 @@ def coordinate(grid, settings: ServerSettings, run_id: int,
     return record
 
 
-def _receive(reply, target: Path, settings: ServerSettings, admission: Admission):
-    """The bundle folder a reply carries, written to ``target``; None (with the reason
-    recorded) for an error reply or a reply that does not hold exactly one bundle."""
-    node = int(reply.metadata.src_node_id)
+def _receive(reply, node: int, target: Path, settings: ServerSettings,
+             admission: Admission):
+    """The bundle folder ``node``'s reply carries, written to ``target``; None (with the
+    reason recorded) for an error reply or a reply that does not hold exactly one bundle."""
     if reply.has_error():
         admission.refused[node] = f"the institution failed: {reply.error.reason}"
         return None
