@@ -205,3 +205,20 @@ def test_a_file_in_the_way_is_never_replaced(tmp_path):
                      label_names=["a", "b"], proxy_fingerprint=PROXY_FP, client_id="c",
                      model_fingerprint=MODEL_FP, overwrite=True)
     assert target.read_text() == "not a bundle"
+
+
+def test_a_shard_has_the_same_bytes_every_time():
+    """safetensors orders the header's metadata by a hash map seeded afresh for each file
+    (and each process); fd sorts the header, so the same tensors and metadata give the same
+    shard bytes every time."""
+    from fdcli.bundle.shards import canonical_header, decompress_shard, encode_shard
+
+    md = {f"key{i}": str(i) for i in range(12)}
+    tensors = {"b": torch.ones(2, 3), "a": torch.arange(4)}
+    assert len({encode_shard(tensors, md)[0] for _ in range(8)}) == 1
+    data, size = encode_shard({"x": torch.zeros(3)}, {"z": "1", "a": "2"})
+    raw, header, metadata = decompress_shard(data, size, "test")
+    assert metadata == {"z": "1", "a": "2"} and list(header) == ["x"]
+    n = int.from_bytes(raw[:8], "little")
+    assert raw[8:8 + n].decode().startswith('{"__metadata__":{"a":"2","z":"1"},"x":')
+    assert canonical_header(raw) == raw
