@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import FdError
-from .settings import STAGES, ServerSettings
+from .settings import STAGES, ServerSettings, command_options
 from .wire import folder_to_record, record_to_folder
 
 TRAIN = "train"  # the Flower message type of a round's request
@@ -86,18 +86,7 @@ def admit(candidates: dict[int, Path], settings: ServerSettings,
         admission.nodes[client_id] = node
 
 
-def _options(settings: ServerSettings, command: str, prefix: str) -> dict[str, Any]:
-    from ..cli.dispatch import CONVERT
-    from ..tasks import get_task
-
-    kwargs = {**get_task(settings.task).command(command).defaults(), **settings.stages[prefix]}
-    for name, convert in CONVERT.items():
-        if name in kwargs and name not in ("sign_key", "trusted_keys"):
-            kwargs[name] = convert(kwargs[name])
-    return kwargs
-
-
-def wait_for_nodes(grid, settings: ServerSettings, log) -> list[int]:
+def wait_for_nodes(grid, settings: ServerSettings) -> list[int]:
     """The connected nodes, once at least ``min_clients`` are (or an error after the round
     timeout)."""
     deadline = time.monotonic() + settings.round_timeout
@@ -112,17 +101,56 @@ def wait_for_nodes(grid, settings: ServerSettings, log) -> list[int]:
         time.sleep(1.0)
 
 
+def ask(grid, nodes: list[int], r: int, settings: ServerSettings, consensus: Path | None,
+        folder: Path, log) -> tuple[Admission, int]:
+    """Send round ``r``'s request (with the consensus after round 1) to ``nodes``, receive
+    their bundles into ``folder/bundles/node-N`` and admit them (:func:`admit`); returns the
+    admission and the bytes sent down."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    config = ConfigRecord({**settings.client_config(), "round": r, "server-round": r})
+    messages, down = [], 0
+    for node in nodes:
+        content = RecordDict({"config": config})
+        if consensus is not None:
+            content["consensus"] = folder_to_record(consensus)
+        message = Message(content, node, TRAIN, group_id=str(r))
+        down += message_bytes(message)
+        messages.append(message)
+    log(f"round {r}: asking {len(nodes)} institution(s) for their bundles")
+    replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+    # a reply is the answer of the node its request went to (an error reply for a node that
+    # went away comes from the SuperLink itself)
+    asked = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in messages}
+    admission = Admission()
+    candidates = {}
+    for reply in replies:
+        node = asked.pop(reply.metadata.reply_to_message_id, None)
+        if node is None:
+            log(f"round {r}: a reply to no request of this round was ignored")
+            continue
+        received = _receive(reply, node, folder / "bundles" / f"node-{node}", settings,
+                            admission)
+        if received is not None:
+            candidates[node] = received
+    for node in asked.values():
+        admission.refused[node] = f"no answer within {settings.round_timeout:g} s " \
+                                  "(round-timeout)"
+    admit(candidates, settings, admission)
+    for node, reason in sorted(admission.refused.items()):
+        log(f"round {r}: node {node} left out: {reason}")
+    return admission, down
+
+
 def coordinate(grid, settings: ServerSettings, run_id: int,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run ``settings.rounds`` rounds over ``grid``; returns (and writes to
     ``OUT/flower.json``) the record of each round."""
-    from flwr.app import ConfigRecord, Message, RecordDict
-
     from ..bundle.signing import load_private_key, load_trusted_keys
     from ..stages.aggregate import aggregate
     from ..stages.distill import distill
 
-    sign_key = load_private_key(settings.sign_key) if settings.sign_key else None
+    keys = {"sign_key": load_private_key(settings.sign_key) if settings.sign_key else None}
     trusted = load_trusted_keys(settings.trusted_keys) if settings.trusted_keys else None
     history: list[dict[str, Any]] = []
     record = {"run_id": run_id, "task": settings.task, "rule": settings.rule,
@@ -135,41 +163,8 @@ def coordinate(grid, settings: ServerSettings, run_id: int,
         folder = out / f"round-{r}"
         if folder.exists():
             raise FdError(f"{folder} already exists: choose a fresh run folder (out)")
-        nodes = wait_for_nodes(grid, settings, log)
-        config = ConfigRecord({**settings.client_config(), "round": r, "server-round": r})
-        messages, down = [], 0
-        for node in nodes:
-            content = RecordDict({"config": config})
-            if consensus is not None:
-                content["consensus"] = folder_to_record(consensus)
-            message = Message(content, node, TRAIN, group_id=str(r))
-            down += message_bytes(message)
-            messages.append(message)
-        log(f"round {r}: asking {len(nodes)} institution(s) for their bundles")
-        replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
-        # a reply is the answer of the node its request went to (an error reply for a node
-        # that went away comes from the SuperLink itself)
-        asked = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in messages}
-        admission = Admission()
-        candidates = {}
-        answered = set()
-        for reply in replies:
-            node = asked.get(reply.metadata.reply_to_message_id)
-            if node is None or node in answered:
-                log(f"round {r}: a reply to no request of this round was ignored")
-                continue
-            answered.add(node)
-            received = _receive(reply, node, folder / "bundles" / f"node-{node}", settings,
-                                admission)
-            if received is not None:
-                candidates[node] = received
-        for node in nodes:
-            if node not in answered:
-                admission.refused[node] = (f"no answer within {settings.round_timeout:g} s "
-                                           f"(round-timeout)")
-        admit(candidates, settings, admission)
-        for node, reason in sorted(admission.refused.items()):
-            log(f"round {r}: node {node} left out: {reason}")
+        nodes = wait_for_nodes(grid, settings)
+        admission, down = ask(grid, nodes, r, settings, consensus, folder, log)
         entry = {"round": r, "nodes": nodes, "down_bytes": down,
                  "up_bytes": sum(admission.up_bytes.values()),
                  "up_bytes_per_node": {str(k): v for k, v in admission.up_bytes.items()},
@@ -183,18 +178,19 @@ def coordinate(grid, settings: ServerSettings, run_id: int,
                           f"({settings.min_clients}); see {out / 'flower.json'} for why")
         teacher, student = folder / "teacher", folder / "student"
         aggregate(list(admission.admitted.values()), teacher,
-                  **{**_options(settings, STAGES["aggregate"], "aggregate"),
+                  **{**command_options(settings.task, STAGES["aggregate"],
+                                       settings.stages["aggregate"]),
                      "rule": settings.rule, "seed": settings.seed, "progress": False,
-                     "trusted_keys": trusted, "sign_key": sign_key})
-        distilling = _options(settings, STAGES["distill"], "distill")
+                     "trusted_keys": trusted, **keys})
+        distilling = command_options(settings.task, STAGES["distill"],
+                                     settings.stages["distill"])
         source = settings.student if r == 1 else out / f"round-{r - 1}" / "student"
         if r > 1 and settings.round_distill_epochs is not None:
             distilling["epochs"] = float(settings.round_distill_epochs)
         log(f"round {r}: {len(admission.admitted)} bundle(s) aggregated with "
             f"{settings.rule!r}; distilling the student")
         distill(source, settings.proxy, teacher, student,
-                **{**distilling, "seed": settings.seed, "progress": False,
-                   "sign_key": sign_key})
+                **{**distilling, "seed": settings.seed, "progress": False, **keys})
         consensus = teacher
         entry.update(seconds=time.perf_counter() - started, teacher=str(teacher),
                      student=str(student),

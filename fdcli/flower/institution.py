@@ -15,23 +15,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import FdError
-from .settings import STAGES, NodeSettings, stage_options
+from .settings import STAGES, NodeSettings, command_options, stage_options
 
 
 def round_folder(node: NodeSettings, run_id: int, r: int) -> Path:
     return node.work / f"run-{run_id}" / f"round-{r}"
-
-
-def _options(task, command: str, given: Mapping[str, Any]) -> dict[str, Any]:
-    """The task's declared defaults for ``command`` with ``given`` applied (as the command
-    line does)."""
-    from ..cli.dispatch import CONVERT
-
-    kwargs = {**task.command(command).defaults(), **given}
-    for name, convert in CONVERT.items():
-        if name in kwargs and name not in ("sign_key", "trusted_keys"):
-            kwargs[name] = convert(kwargs[name])
-    return kwargs
 
 
 def play_round(node: NodeSettings, config: Mapping[str, Any], run_id: int, r: int,
@@ -55,7 +43,7 @@ def play_round(node: NodeSettings, config: Mapping[str, Any], run_id: int, r: in
     labels = [v for v in str(config.get("labels", "")).split(",") if v] or None
     common = dict(client_id=node.client_id, seed=int(config.get("seed", 0)),
                   sign_key=sign_key, progress=False)
-    train = _options(task, STAGES["train"], options["train"])
+    train = command_options(task.name, STAGES["train"], options["train"])
     if "labels" in train:
         train["labels"] = labels
     if r == 1:
@@ -80,6 +68,6 @@ def play_round(node: NodeSettings, config: Mapping[str, Any], run_id: int, r: in
         if config.get("round-epochs") is not None:
             train["epochs"] = float(config["round-epochs"])
     task.function(STAGES["train"])(node.data, model, specialist, **{**train, **common})
-    emit = _options(task, STAGES["emit"], options["emit"])
+    emit = command_options(task.name, STAGES["emit"], options["emit"])
     task.function(STAGES["emit"])(specialist, node.proxy, bundle, **{**emit, **common})
     return bundle

@@ -52,8 +52,9 @@ NODE_KEYS = ("data", "proxy", "model", "work", "client-id", "sign-key", "trusted
 
 def stage_options(task: str, config: Mapping[str, Any], where: str,
                   allowed: tuple[str, ...] = tuple(STAGES)) -> dict[str, dict[str, Any]]:
-    """The ``prefix.option`` keys of ``config`` as library keywords per stage, checked against
-    what ``task``'s command declares; every other key must be one of ``plain``."""
+    """The ``prefix.option`` keys of ``config`` (other keys are left alone) as library
+    keywords per stage, each checked against what ``task``'s command declares; a prefix not
+    in ``allowed`` is refused."""
     from ..tasks import get_task
 
     spec = get_task(task)
@@ -73,6 +74,20 @@ def stage_options(task: str, config: Mapping[str, Any], where: str,
                           f"--help)")
         out[prefix][option] = value
     return out
+
+
+def command_options(task: str, command: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords of ``task``'s library function for ``command``: its declared defaults
+    with ``given`` applied and converted as the command line converts them (keys are loaded
+    by the caller)."""
+    from ..cli.dispatch import CONVERT
+    from ..tasks import get_task
+
+    kwargs = {**get_task(task).command(command).defaults(), **given}
+    for name, convert in CONVERT.items():
+        if name in kwargs and name not in ("sign_key", "trusted_keys"):
+            kwargs[name] = convert(kwargs[name])
+    return kwargs
 
 
 def _unknown(config: Mapping[str, Any], known, where: str) -> None:
