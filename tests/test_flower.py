@@ -119,10 +119,12 @@ class Grid(LocalGrid):
                                       if m.metadata.dst_node_id not in self.silent])
 
 
-def in_process(world, tmp, app=client_app, silent=(), **config):
+def in_process(world, tmp, app=client_app, silent=(), nodes=None, **config):
     out, work = tmp / "run", tmp / "work"
-    grid = Grid(app, CLIENTS, node_configs=node_configs(world, work), errors_as_replies=True,
-                silent=silent)
+    configs = node_configs(world, work)
+    for i, extra in (nodes or {}).items():
+        configs[i].update(extra)
+    grid = Grid(app, CLIENTS, node_configs=configs, errors_as_replies=True, silent=silent)
     lines: list[str] = []
     with server_identity(7):
         record = coordinate(grid, ServerSettings.from_config(run_config(world, out, **config)),
@@ -150,6 +152,16 @@ def test_in_process_federation_equals_the_five_commands(world, offline, tmp_path
         meta = json.loads(next((work / f"institution-{i}").glob(
             "run-*/round-2/specialist/fd.json")).read_text())
         assert meta["round"] == 2
+
+
+def test_an_institution_can_bring_its_trained_specialist(world, offline, tmp_path):
+    """Round 1 emits from the folder in node config ``specialist`` instead of training; round
+    2 updates that folder's model; the rest of the federation is unchanged."""
+    record, out, work, _ = in_process(
+        world, tmp_path, nodes={0: {"specialist": str(offline / "specialist-1-0")}})
+    assert not list((work / "institution-0").glob("run-*/round-1/specialist"))
+    assert list((work / "institution-1").glob("run-*/round-1/specialist"))
+    assert_same_as_offline(out, work, offline, record["rounds"][0]["admitted"])
 
 
 def hostile(kind: str):

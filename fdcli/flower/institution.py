@@ -4,7 +4,8 @@ emit-logits``. The ClientApp (:mod:`fdcli.flower.client_app`) calls :func:`play_
 
 Files live under the institution's ``work`` folder, one folder per run and round::
 
-    WORK/run-RUN/round-R/specialist   the model after round R
+    WORK/run-RUN/round-R/specialist   the model after round R (none in round 1 for an
+                                      institution that brings its trained ``specialist``)
     WORK/run-RUN/round-R/bundle       its bundle, the one sent to the coordinator
     WORK/run-RUN/round-R/consensus    the consensus received for round R (R > 1)
 """
@@ -25,7 +26,8 @@ def round_folder(node: NodeSettings, run_id: int, r: int) -> Path:
 def play_round(node: NodeSettings, config: Mapping[str, Any], run_id: int, r: int,
                consensus: Path | None = None) -> Path:
     """Round ``r`` of run ``run_id`` for this institution: round 1 trains a specialist from
-    ``node.model`` on ``node.data``; a later round updates round r-1's specialist from its data
+    ``node.model`` on ``node.data`` (or takes ``node.specialist``, trained already); a later
+    round updates round r-1's specialist from its data
     and the ``consensus`` (a bundle folder already on disk), as ``fd train-specialist
     --teacher`` does. Then the bundle on ``node.proxy``. Returns the bundle folder."""
     from ..bundle.signing import load_private_key, load_trusted_keys
@@ -56,6 +58,8 @@ def play_round(node: NodeSettings, config: Mapping[str, Any], run_id: int, r: in
         if consensus is None:
             raise FdError(f"round {r}: the coordinator sent no consensus")
         model = round_folder(node, run_id, r - 1) / "specialist"
+        if r == 2 and node.specialist is not None:
+            model = node.specialist
         if not model.is_dir():
             raise FdError(f"round {r}: {model} is missing: this institution did not take part "
                           f"in round {r - 1} of run {run_id}")
@@ -67,7 +71,10 @@ def play_round(node: NodeSettings, config: Mapping[str, Any], run_id: int, r: in
                      if node.trusted_keys else None)
         if config.get("round-epochs") is not None:
             train["epochs"] = float(config["round-epochs"])
-    task.function(STAGES["train"])(node.data, model, specialist, **{**train, **common})
+    if r == 1 and node.specialist is not None:  # trained already: emit from it
+        specialist = node.specialist
+    else:
+        task.function(STAGES["train"])(node.data, model, specialist, **{**train, **common})
     emit = command_options(task.name, STAGES["emit"], options["emit"])
     task.function(STAGES["emit"])(specialist, node.proxy, bundle, **{**emit, **common})
     return bundle

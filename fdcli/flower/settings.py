@@ -20,10 +20,11 @@ Each SuperNode's ``--node-config`` says where that institution keeps its files:
 ``data`` (its private training data), ``proxy`` (its copy of the proxy set), ``model`` (a
 model config file or folder to start from: institutions may bring different architectures)
 and ``work`` (its own folder for specialists, bundles and consensus), with optional
-``client-id``, ``sign-key`` (a private key file: its bundles carry OpenSSF ``model.sig``),
-``trusted-keys`` (a folder: the consensus must be signed by one of them), and ``train.X`` /
-``emit.X`` keys that override the run's options for this institution only (a tokenizer
-path, a batch size its machine can hold).
+``specialist`` (a model folder the institution trained already: round 1 emits from it
+instead of training), ``client-id``, ``sign-key`` (a private key file: its bundles carry
+OpenSSF ``model.sig``), ``trusted-keys`` (a folder: the consensus must be signed by one of
+them), and ``train.X`` / ``emit.X`` keys that override the run's options for this
+institution only (a tokenizer path, a batch size its machine can hold).
 
 An option a task's command does not take is refused by name, as on the command line.
 """
@@ -47,7 +48,8 @@ SERVER_KEYS = {"task": "classification", "rounds": 1, "rule": "confidence", "min
                "seed": 0, "labels": "", "digest-weight": 0.2, "schedule": "mixed",
                "round-epochs": None, "round-distill-epochs": None,
                "max-bundle-bytes": 1 << 30, "sign-key": "", "trusted-keys": ""}
-NODE_KEYS = ("data", "proxy", "model", "work", "client-id", "sign-key", "trusted-keys")
+NODE_KEYS = ("data", "proxy", "model", "work", "client-id", "sign-key", "trusted-keys",
+             "specialist")
 
 
 def stage_options(task: str, config: Mapping[str, Any], where: str,
@@ -179,6 +181,7 @@ class NodeSettings:
     sign_key: Path | None
     trusted_keys: Path | None
     overrides: dict[str, Any]
+    specialist: Path | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "NodeSettings":
@@ -198,4 +201,5 @@ class NodeSettings:
         return cls(data=Path(config["data"]), proxy=Path(config["proxy"]),
                    model=Path(config["model"]), work=Path(config["work"]),
                    client_id=config.get("client-id") or None, sign_key=path("sign-key"),
-                   trusted_keys=path("trusted-keys"), overrides=overrides)
+                   trusted_keys=path("trusted-keys"), overrides=overrides,
+                   specialist=path("specialist"))
