@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from fdcli.flower.local import local_deployment
 
 APP = '''
 import hashlib, json, time
@@ -92,12 +90,6 @@ out = "{out}"
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def peak_rss_mib(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -118,44 +110,14 @@ def cross(root: Path, mib: int) -> dict:
     for i in range(4):
         (folder / f"shard-{i:05d}.safetensors.zst").write_bytes(
             rng.integers(0, 256, (mib << 20) // 4, dtype=np.uint8).tobytes())
-    app, out, home = root / f"app-{mib}", root / f"out-{mib}", root / f"home-{mib}"
-    for d in (app, out, home):
+    app, out = root / f"app-{mib}", root / f"out-{mib}"
+    for d in (app, out):
         d.mkdir()
     (app / "echo_app.py").write_text(APP)
     (app / "pyproject.toml").write_text(PYPROJECT.format(out=out))
-    port = free_port()
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "b"\n\n[superlink.b]\n'
-                                      f'address = "127.0.0.1:{port}"\ninsecure = true\n')
-    bindir = Path(sys.executable).parent
-    env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0")
-    logs = [open(root / f"{name}-{mib}.log", "w") for name in ("superlink", "supernode")]
-    link = subprocess.Popen([str(bindir / "flower-superlink"), "--insecure", "--port", str(port),
-                             "--disable-runtime-dependency-installation"], env=env,
-                            stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)
-    node = None
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the SuperLink did not start")
-                time.sleep(0.2)
-        node = subprocess.Popen([str(bindir / "flower-supernode"), "--insecure", "--superlink",
-                                 f"127.0.0.1:{port}", "--port", str(free_port()),
-                                 "--node-config", f'folder="{folder}"'], env=env,
-                                stdout=logs[1], stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        run = subprocess.run([str(bindir / "flwr"), "run", str(app), "--stream"], env=env,
-                             capture_output=True, text=True, timeout=3600)
-        rss = peak_rss_mib(link.pid)
-    finally:
-        for p in (node, link):
-            if p is not None:
-                os.killpg(p.pid, 15)
-                p.wait(timeout=60)
+    with local_deployment(root / f"processes-{mib}", [{"folder": str(folder)}]) as deployment:
+        run = deployment.run(app, timeout=3600)
+        rss = peak_rss_mib(deployment.processes[0].pid)
     result_file = out / "result.json"
     if not result_file.is_file():
         return {"mib": mib, "crossed": False, "flwr_run_tail": (run.stdout + run.stderr)[-2000:]}

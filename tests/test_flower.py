@@ -5,11 +5,6 @@ configuration, and bundles as Flower records."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +16,7 @@ from fdcli.errors import FdError
 from fdcli.fedavg import LocalGrid, server_identity
 from fdcli.flower.client_app import app as client_app
 from fdcli.flower.coordinator import coordinate
+from fdcli.flower.local import local_deployment
 from fdcli.flower.settings import NodeSettings, ServerSettings
 from fdcli.flower.wire import check_name, folder_to_record, record_to_folder
 
@@ -280,23 +276,12 @@ def test_a_folder_crosses_as_a_record_byte_for_byte(tmp_path):
     assert check_name("shards/0.safetensors.zst", "node 9") == "shards/0.safetensors.zst"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_deployment_engine_across_processes_equals_the_five_commands(world, offline,
-                                                                     tmp_path):
+                                                                     tmp_path, monkeypatch):
     """A SuperLink and three SuperNodes as separate processes on localhost (insecure mode),
     two rounds through flwr run: the bundles, consensus and student are those of the five
     commands."""
-    bindir = Path(sys.executable).parent
-    home = tmp_path / "flwr-home"
-    home.mkdir()
-    port = _free_port()
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
-                                      f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     app = tmp_path / "app"
     app.mkdir()
     template = (ROOT / "examples" / "flower" / "pyproject.toml").read_text()
@@ -304,47 +289,15 @@ def test_deployment_engine_across_processes_equals_the_five_commands(world, offl
     lines = [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in config.items()]
     (app / "pyproject.toml").write_text(template.split("[tool.flwr.app.config]")[0]
                                         + "[tool.flwr.app.config]\n" + "\n".join(lines) + "\n")
-    env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0",
-               HF_HUB_OFFLINE="1", PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
     logs = tmp_path / "logs"
     logs.mkdir()
-    procs = []
-
-    def start(name, *args):
-        log = open(logs / f"{name}.log", "w")
-        procs.append(subprocess.Popen([str(bindir / args[0]), *args[1:]], env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True))
-
     started = time.perf_counter()
-    try:
-        start("superlink", "flower-superlink", "--insecure", "--port", str(port),
-              "--disable-runtime-dependency-installation")
-        deadline = time.monotonic() + 60
-        while True:  # the SuperLink is up when its port answers
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, (logs / "superlink.log").read_text()
-                time.sleep(0.2)
-        for i, node in enumerate(node_configs(world, tmp_path / "work")):
-            start(f"supernode-{i}", "flower-supernode", "--insecure", "--superlink",
-                  f"127.0.0.1:{port}", "--port", str(_free_port()), "--node-config",
-                  " ".join(f'{k}="{v}"' for k, v in node.items()))
-        result = subprocess.run([str(bindir / "flwr"), "run", str(app), "--stream"], env=env,
-                                capture_output=True, text=True, timeout=300)
-        seconds = time.perf_counter() - started
-    finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, 15)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            p.wait(timeout=30)
+    with local_deployment(logs, node_configs(world, tmp_path / "work")) as deployment:
+        result = deployment.run(app, timeout=300)
+    seconds = time.perf_counter() - started
     saved = tmp_path / "run" / "flower.json"
     assert saved.is_file(), result.stdout[-3000:] + result.stderr[-3000:] + "".join(
-        (logs / f).read_text()[-2000:] for f in os.listdir(logs))
+        log.read_text()[-2000:] for log in logs.glob("*.log"))
     record = json.loads(saved.read_text())
     assert [r["round"] for r in record["rounds"]] == [1, 2], result.stdout[-3000:]
     assert all(r["refused"] == {} and len(r["admitted"]) == CLIENTS for r in record["rounds"])
@@ -352,4 +305,3 @@ def test_deployment_engine_across_processes_equals_the_five_commands(world, offl
     assert_same_as_offline(tmp_path / "run", tmp_path / "work", offline,
                            record["rounds"][0]["admitted"])
     print(f"deployment: {seconds:.1f} s for 2 rounds of 3 SuperNodes")
-    shutil.rmtree(home, ignore_errors=True)

@@ -73,11 +73,18 @@ def run(ctx: click.Context, command: str, task: Task, *args: Any, **fixed: Any) 
     declared = task.command(command)
     chosen = {k: v for k, v in given(ctx).items() if k not in fixed and k not in COMMON}
     refuse_foreign(ctx, command, chosen, declared.options, f"to --task {task.name}")
-    kwargs = {**declared.defaults(), **chosen}
+    return task.function(command)(*args, **library_options(task, command, chosen), **fixed)
+
+
+def library_options(task: Task, command: str, chosen: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords of ``task``'s library function for ``command``: its declared defaults with
+    the ``chosen`` options (already checked) applied, each converted from its command-line
+    form (:data:`CONVERT`)."""
+    kwargs = {**task.command(command).defaults(), **chosen}
     for name, convert in CONVERT.items():
         if name in kwargs:
             kwargs[name] = convert(kwargs[name])
-    return task.function(command)(*args, **kwargs, **fixed)
+    return kwargs
 
 
 def task_help(command: str, option: str, text: str) -> str:

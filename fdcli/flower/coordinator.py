@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import FdError
-from .settings import STAGES, ServerSettings, command_options
+from .settings import STAGES, ServerSettings
 from .wire import folder_to_record, record_to_folder
 
 TRAIN = "train"  # the Flower message type of a round's request
@@ -49,18 +49,15 @@ def message_bytes(message) -> int:
     return len(message_to_proto(message).SerializeToString())
 
 
-def admit(candidates: dict[int, Path], settings: ServerSettings,
-          admission: Admission) -> None:
+def admit(candidates: dict[int, Path], trusted: dict | None, admission: Admission) -> None:
     """Check each node's bundle as ``fd verify`` does (every shard, its digest, the signature
     against the trusted keys), then as ``fd aggregate`` does (same task, label space and proxy
     set as the others, not a bundle or a client id already admitted), and admit it, or refuse
-    it with the reason (their messages)."""
+    it with the reason (their messages). ``trusted``: the coordinator's trusted keys."""
     from ..bundle import read_bundle, verify_bundle
-    from ..bundle.signing import load_trusted_keys
     from ..errors import BundleError
     from ..stages.aggregate import check_compatible
 
-    trusted = load_trusted_keys(settings.trusted_keys) if settings.trusted_keys else None
     readers: list = []
     opened = []
     for node, folder in candidates.items():
@@ -102,18 +99,19 @@ def wait_for_nodes(grid, settings: ServerSettings) -> list[int]:
 
 
 def ask(grid, nodes: list[int], r: int, settings: ServerSettings, consensus: Path | None,
-        folder: Path, log) -> tuple[Admission, int]:
+        trusted: dict | None, folder: Path, log) -> tuple[Admission, int]:
     """Send round ``r``'s request (with the consensus after round 1) to ``nodes``, receive
     their bundles into ``folder/bundles/node-N`` and admit them (:func:`admit`); returns the
     admission and the bytes sent down."""
     from flwr.app import ConfigRecord, Message, RecordDict
 
     config = ConfigRecord({**settings.client_config(), "round": r, "server-round": r})
+    sent = None if consensus is None else folder_to_record(consensus)
     messages, down = [], 0
     for node in nodes:
         content = RecordDict({"config": config})
-        if consensus is not None:
-            content["consensus"] = folder_to_record(consensus)
+        if sent is not None:
+            content["consensus"] = sent
         message = Message(content, node, TRAIN, group_id=str(r))
         down += message_bytes(message)
         messages.append(message)
@@ -136,7 +134,7 @@ def ask(grid, nodes: list[int], r: int, settings: ServerSettings, consensus: Pat
     for node in asked.values():
         admission.refused[node] = f"no answer within {settings.round_timeout:g} s " \
                                   "(round-timeout)"
-    admit(candidates, settings, admission)
+    admit(candidates, trusted, admission)
     for node, reason in sorted(admission.refused.items()):
         log(f"round {r}: node {node} left out: {reason}")
     return admission, down
@@ -147,11 +145,14 @@ def coordinate(grid, settings: ServerSettings, run_id: int,
     """Run ``settings.rounds`` rounds over ``grid``; returns (and writes to
     ``OUT/flower.json``) the record of each round."""
     from ..bundle.signing import load_private_key, load_trusted_keys
+    from ..cli.dispatch import library_options
     from ..stages.aggregate import aggregate
+    from ..tasks import get_task
     from ..stages.distill import distill
 
     keys = {"sign_key": load_private_key(settings.sign_key) if settings.sign_key else None}
     trusted = load_trusted_keys(settings.trusted_keys) if settings.trusted_keys else None
+    task = get_task(settings.task)
     history: list[dict[str, Any]] = []
     record = {"run_id": run_id, "task": settings.task, "rule": settings.rule,
               "rounds": history}
@@ -164,7 +165,7 @@ def coordinate(grid, settings: ServerSettings, run_id: int,
         if folder.exists():
             raise FdError(f"{folder} already exists: choose a fresh run folder (out)")
         nodes = wait_for_nodes(grid, settings)
-        admission, down = ask(grid, nodes, r, settings, consensus, folder, log)
+        admission, down = ask(grid, nodes, r, settings, consensus, trusted, folder, log)
         entry = {"round": r, "nodes": nodes, "down_bytes": down,
                  "up_bytes": sum(admission.up_bytes.values()),
                  "up_bytes_per_node": {str(k): v for k, v in admission.up_bytes.items()},
@@ -178,12 +179,11 @@ def coordinate(grid, settings: ServerSettings, run_id: int,
                           f"({settings.min_clients}); see {out / 'flower.json'} for why")
         teacher, student = folder / "teacher", folder / "student"
         aggregate(list(admission.admitted.values()), teacher,
-                  **{**command_options(settings.task, STAGES["aggregate"],
+                  **{**library_options(task, STAGES["aggregate"],
                                        settings.stages["aggregate"]),
                      "rule": settings.rule, "seed": settings.seed, "progress": False,
                      "trusted_keys": trusted, **keys})
-        distilling = command_options(settings.task, STAGES["distill"],
-                                     settings.stages["distill"])
+        distilling = library_options(task, STAGES["distill"], settings.stages["distill"])
         source = settings.student if r == 1 else out / f"round-{r - 1}" / "student"
         if r > 1 and settings.round_distill_epochs is not None:
             distilling["epochs"] = float(settings.round_distill_epochs)
@@ -222,6 +222,6 @@ def _receive(reply, node: int, target: Path, settings: ServerSettings,
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    from ..bundle.shards import write_file_atomic
+
+    write_file_atomic(path, (json.dumps(record, indent=2) + "\n").encode())

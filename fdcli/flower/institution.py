@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import FdError
-from .settings import STAGES, NodeSettings, command_options, stage_options
+from .settings import STAGES, NodeSettings, stage_options
 
 
 def round_folder(node: NodeSettings, run_id: int, r: int) -> Path:
@@ -27,10 +27,11 @@ def play_round(node: NodeSettings, config: Mapping[str, Any], run_id: int, r: in
                consensus: Path | None = None) -> Path:
     """Round ``r`` of run ``run_id`` for this institution: round 1 trains a specialist from
     ``node.model`` on ``node.data`` (or takes ``node.specialist``, trained already); a later
-    round updates round r-1's specialist from its data
-    and the ``consensus`` (a bundle folder already on disk), as ``fd train-specialist
-    --teacher`` does. Then the bundle on ``node.proxy``. Returns the bundle folder."""
+    round updates round r-1's specialist from its data and the ``consensus`` (a bundle folder
+    already on disk), as ``fd train-specialist --teacher`` does. Then the bundle on
+    ``node.proxy``. Returns the bundle folder."""
     from ..bundle.signing import load_private_key, load_trusted_keys
+    from ..cli.dispatch import library_options
     from ..tasks import get_task
 
     task = get_task(str(config["task"]))
@@ -42,12 +43,11 @@ def play_round(node: NodeSettings, config: Mapping[str, Any], run_id: int, r: in
     sign_key = load_private_key(node.sign_key) if node.sign_key else None
     folder = round_folder(node, run_id, r)
     specialist, bundle = folder / "specialist", folder / "bundle"
-    labels = [v for v in str(config.get("labels", "")).split(",") if v] or None
     common = dict(client_id=node.client_id, seed=int(config.get("seed", 0)),
                   sign_key=sign_key, progress=False)
-    train = command_options(task.name, STAGES["train"], options["train"])
-    if "labels" in train:
-        train["labels"] = labels
+    if "labels" in task.command(STAGES["train"]).options:
+        options["train"]["labels"] = config.get("labels") or None
+    train = library_options(task, STAGES["train"], options["train"])
     if r == 1:
         model = node.model
     else:
@@ -75,6 +75,6 @@ def play_round(node: NodeSettings, config: Mapping[str, Any], run_id: int, r: in
         specialist = node.specialist
     else:
         task.function(STAGES["train"])(node.data, model, specialist, **{**train, **common})
-    emit = command_options(task.name, STAGES["emit"], options["emit"])
+    emit = library_options(task, STAGES["emit"], options["emit"])
     task.function(STAGES["emit"])(specialist, node.proxy, bundle, **{**emit, **common})
     return bundle

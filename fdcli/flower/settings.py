@@ -78,20 +78,6 @@ def stage_options(task: str, config: Mapping[str, Any], where: str,
     return out
 
 
-def command_options(task: str, command: str, given: Mapping[str, Any]) -> dict[str, Any]:
-    """The keywords of ``task``'s library function for ``command``: its declared defaults
-    with ``given`` applied and converted as the command line converts them (keys are loaded
-    by the caller)."""
-    from ..cli.dispatch import CONVERT
-    from ..tasks import get_task
-
-    kwargs = {**get_task(task).command(command).defaults(), **given}
-    for name, convert in CONVERT.items():
-        if name in kwargs and name not in ("sign_key", "trusted_keys"):
-            kwargs[name] = convert(kwargs[name])
-    return kwargs
-
-
 def _unknown(config: Mapping[str, Any], known, where: str) -> None:
     foreign = sorted(k for k in config if k not in known and k.partition(".")[0] not in STAGES)
     if foreign:
@@ -113,7 +99,7 @@ class ServerSettings:
     proxy: Path
     student: Path
     seed: int
-    labels: list[str] | None
+    labels: str  # the federation's label names, comma-separated, as configured
     digest_weight: float
     schedule: str
     round_epochs: float | None
@@ -138,12 +124,12 @@ class ServerSettings:
                 raise FdError(f"{where}: {key!r} must be a whole number >= 1, got "
                               f"{values[key]!r}")
         stages = stage_options(values["task"], config, where)
-        labels = [v for v in str(values["labels"]).split(",") if v] or None
         return cls(task=values["task"], rounds=values["rounds"], rule=values["rule"],
                    min_clients=values["min-clients"],
                    round_timeout=float(values["round-timeout"]),
                    out=Path(values["out"]), proxy=Path(values["proxy"]),
-                   student=Path(values["student"]), seed=int(values["seed"]), labels=labels,
+                   student=Path(values["student"]), seed=int(values["seed"]),
+                   labels=str(values["labels"]),
                    digest_weight=float(values["digest-weight"]), schedule=values["schedule"],
                    round_epochs=values["round-epochs"],
                    round_distill_epochs=values["round-distill-epochs"],
@@ -159,7 +145,7 @@ class ServerSettings:
         distilling = {**get_task(self.task).command("distill").defaults(),
                       **self.stages["distill"]}
         flat: dict[str, Any] = {"task": self.task, "seed": self.seed,
-                                "labels": ",".join(self.labels or []),
+                                "labels": self.labels,
                                 "digest-weight": self.digest_weight, "schedule": self.schedule,
                                 "temperature": float(distilling.get("temperature") or 2.0)}
         if self.round_epochs is not None:

@@ -1,7 +1,7 @@
 """A bundle (or any fd artifact folder) as a Flower record and back, byte for byte.
 
 Each file of the folder becomes one ``Array`` of uint8 in an ``ArrayRecord``, keyed by its
-path relative to the folder (``manifest.json``, ``shards/00000.safetensors.zst``,
+path relative to the folder (``manifest.json``, ``shard-00000.safetensors.zst``,
 ``model.sig``). Flower sends every ``Array`` in chunks of at most
 ``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE`` bytes (5 MiB by default) through its object store, so a
 bundle of any size crosses without meeting gRPC's message limit, and no chunking of fd's own
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FdError
+from ..errors import FdError, quoted
 from ..outputs import atomic_dir
 
 #: most files one record may carry (a bundle has a manifest, its shards and a signature).
@@ -52,8 +52,6 @@ def folder_to_record(folder: str | Path):
 def check_name(name: object, where: str) -> str:
     """``name`` if it is a safe relative file path (at most 4 parts of letters, digits, ``.``,
     ``_`` and ``-``, none starting with a dot); else an error that says what was found."""
-    from ..errors import quoted
-
     if not isinstance(name, str):
         raise FdError(f"{where}: file name {quoted(name)}: expected a string")
     parts = name.split("/")
@@ -99,5 +97,5 @@ def record_to_folder(record, out: str | Path, where: str,
         for key, value in arrays.items():
             target = tmp / key
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(value.tobytes())
+            target.write_bytes(memoryview(np.ascontiguousarray(value)))
     return out
