@@ -61,7 +61,7 @@ def chat_blocks(ds, where: str, tokenizer, *, prompt_column: str | None = None,
         digest.update(len(b).to_bytes(4, "little") + b.start.to_bytes(4, "little"))
         digest.update(torch.tensor(b, dtype=torch.int32).numpy().tobytes())
     return TextBlocks(blocks, max_length, False, column, len(chats),
-                      "sha256:" + digest.hexdigest(), dropped=dropped)
+                      "sha256:" + digest.hexdigest(), dropped=dropped, blocks_per_document=1)
 
 
 def _checked_chat(value, where: str, i: int) -> list[dict[str, str]]:

@@ -46,6 +46,55 @@ class DPSettings:
                              f"{self.max_grad_norm}")
 
 
+def dp_settings(epsilon: float | None, delta: float, max_grad_norm: float, teacher,
+                tuning) -> DPSettings | None:
+    """The DP target of a train-specialist run, or None without ``epsilon``; DP-SGD is
+    refused where fd does not build it (digesting a ``teacher``, a quantized base, gradient
+    checkpointing)."""
+    if epsilon is None:
+        if delta != 1e-5 or max_grad_norm != 1.0:
+            raise ValueError("dp_delta and max_grad_norm apply to DP-SGD training; give "
+                             "dp_epsilon too")
+        return None
+    dp = DPSettings(epsilon, delta, max_grad_norm)
+    if teacher is not None:
+        raise PrivacyError("--dp-epsilon with --teacher: digesting a consensus under DP-SGD "
+                           "is not built (the proxy rows would share Poisson batches with "
+                           "the private ones); train the later rounds without DP, or run "
+                           "one-shot")
+    if (tuning.spec is not None and tuning.spec.quantize) or tuning.gradient_checkpointing:
+        raise PrivacyError("--dp-epsilon does not take --quantize or "
+                           "--gradient-checkpointing (Opacus needs each layer's per-example "
+                           "activations in full precision)")
+    return dp
+
+
+def prior_history(meta: dict[str, Any]) -> list[list[float]]:
+    """The DP-SGD runs a model's fd.json says it was trained with (none: [])."""
+    return list((meta.get("privacy") or {}).get("history", []))
+
+
+def classification_loss(module, inputs: dict[str, torch.Tensor],
+                        labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a classifier's logits, averaged over the batch."""
+    return torch.nn.functional.cross_entropy(module(**inputs).logits.float(), labels)
+
+
+def next_token_loss(vocab: int):
+    """A causal LM's loss for DP-SGD: each example's mean next-token cross-entropy over its
+    rows (targets -100 elsewhere), averaged over the batch, so that every example's
+    gradient is its own (a mean over the batch's tokens would weight each example by the
+    others' lengths)."""
+    def loss(module, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        logits = module(**inputs).logits[..., :vocab].float()
+        per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets,
+                                                      ignore_index=-100, reduction="none")
+        rows = (targets != -100).sum(1).clamp(min=1)
+        return (per_token.sum(1) / rows).mean()
+
+    return loss
+
+
 def refuse_unprivate(model: torch.nn.Module, where: str) -> None:
     """Refuse, by module name, what DP-SGD cannot make private (BatchNorm above all: it mixes
     the examples of a batch, so no per-example gradient exists)."""
@@ -116,14 +165,16 @@ def smallest_noise(epsilon_of, epsilon: float) -> float | None:
     return high
 
 
-def private_fit(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: list[int],
+def private_fit(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels,
                 *, epochs: float, learning_rate: float, batch_size: int, seed: int,
                 dp: DPSettings, prior: list[list[float]] = (), noise: float | None = None,
                 total_steps: int | None = None, where: str = "model",
-                progress: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
+                progress: bool = True, loss=classification_loss,
+                unit: str = PRIVACY_UNIT) -> tuple[dict[str, float], dict[str, Any]]:
     """Train ``model`` in place with DP-SGD on the examples ``inputs`` (model inputs, a
-    tensor per key with one row per example) and ``labels``; returns the training metrics and
-    the guarantee.
+    tensor per key with one row per example) and ``labels`` (a label per example, or a
+    tensor of per-example targets that ``loss`` reads: :func:`next_token_loss`); returns the
+    training metrics and the guarantee, whose privacy unit ``unit`` names.
 
     Batches are Poisson samples of expected size about ``batch_size`` (:func:`schedule`);
     ``epochs`` sets the number of steps. The noise multiplier is the smallest that keeps
@@ -144,7 +195,7 @@ def private_fit(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels:
         noise = noise_for(dp, sample_rate, steps, list(prior))
     torch.manual_seed(seed)
     keys = sorted(inputs)
-    data = torch.utils.data.TensorDataset(*(inputs[k] for k in keys), torch.tensor(labels))
+    data = torch.utils.data.TensorDataset(*(inputs[k] for k in keys), torch.as_tensor(labels))
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size,
                                          generator=torch.Generator().manual_seed(seed))
     where_to = device()
@@ -171,10 +222,9 @@ def private_fit(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels:
                             p.grad_sample = p.new_zeros((0, *p.shape))
                     else:
                         xs, y = [x.to(where_to) for x in xs], y.to(where_to)
-                        logits = module(**dict(zip(keys, xs))).logits
-                        loss = torch.nn.functional.cross_entropy(logits.float(), y)
-                        loss.backward()
-                        losses.append(loss.item())
+                        value = loss(module, dict(zip(keys, xs)), y)
+                        value.backward()
+                        losses.append(value.item())
                     optimizer.step()
                     done += 1
                     advance(1)
@@ -186,7 +236,7 @@ def private_fit(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels:
     history = [[float(s), float(q), int(k)] for s, q, k in engine.accountant.history]
     guarantee = {"mechanism": "DP-SGD (Opacus): per-example clipping, Poisson sampling, "
                               "Gaussian noise",
-                 "privacy_unit": PRIVACY_UNIT,
+                 "privacy_unit": unit,
                  "epsilon": round(spent(history, dp.delta), 4), "delta": dp.delta,
                  "target_epsilon": dp.epsilon, "accountant": ACCOUNTANT,
                  "noise_multiplier": noise, "sample_rate": sample_rate, "steps": steps,
@@ -243,3 +293,40 @@ def pate_sigma(epsilon: float, examples: int, delta: float = 1e-5,
         raise PrivacyError(f"no vote noise below 1e4 reaches epsilon {epsilon:g} over "
                            f"{examples} examples")
     return found
+
+
+def lm_unit(blocks) -> str:
+    """The privacy unit of DP-SGD on a causal LM's :class:`~fdcli.lm.TextBlocks` (one
+    training block, which under DP never holds two documents)."""
+    if blocks.chat:
+        return "one instruction example (prompt and response) of the institution's data"
+    if not blocks.packing:
+        return (f"one document of the institution's data (truncated to {blocks.max_length} "
+                "tokens)")
+    return (f"one block of at most {blocks.max_length} tokens of one document of the "
+            "institution's data (no block holds two documents; a document cut into k blocks "
+            "is protected as a group of k, by group privacy)")
+
+
+def private_lm_fit(lm, blocks: list, made, dp: DPSettings, prior: list[list[float]] = (),
+                   *, epochs: float, learning_rate: float, batch_size: int, seed: int,
+                   progress: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
+    """DP-SGD on a causal LM (:class:`~fdcli.lm.LanguageModel`, with or without an adapter)
+    over token ``blocks`` (from ``made``, their :class:`~fdcli.lm.TextBlocks`): each block
+    one example, its loss the mean next-token cross-entropy over its rows
+    (:func:`next_token_loss`). Positions go in explicitly, one row per example: a position
+    embedding fed one row for the whole batch (GPT-2's) has no per-example gradient."""
+    from .lm import pad_blocks
+
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    batch = pad_blocks(blocks, pad)
+    ids = batch["input_ids"]
+    inputs = {"input_ids": ids, "attention_mask": batch["attention_mask"],
+              "position_ids": torch.arange(ids.shape[1]).expand_as(ids).contiguous()}
+    targets = batch["next_ids"].masked_fill(~batch["row_mask"], -100)
+    metrics, guarantee = private_fit(
+        lm.model, inputs, targets, epochs=epochs, learning_rate=learning_rate,
+        batch_size=batch_size, seed=seed, dp=dp, prior=prior, where=lm.architecture,
+        progress=progress, loss=next_token_loss(lm.vocab_size), unit=lm_unit(made))
+    guarantee["blocks_per_document"] = made.blocks_per_document
+    return metrics, guarantee

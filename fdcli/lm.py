@@ -109,7 +109,7 @@ def load_text_model(source: str | os.PathLike, auto, what: str, *,
         except Exception as exc:
             raise ModelError(f"{path}: could not load a {what} ({exc})") from None
     elif path.is_file() and path.suffix.lower() == ".gguf":
-        model, tok = _load_gguf(path, auto, what, tokenizer)
+        model, tok = load_gguf(path, auto, what, tokenizer)
         meta = {}
         from .adapters import file_fingerprint
 
@@ -143,9 +143,10 @@ def load_text_model(source: str | os.PathLike, auto, what: str, *,
     return LanguageModel(model, tok, meta, known_fingerprint=known)
 
 
-def _load_gguf(path: Path, auto, what: str, tokenizer):
-    """A GGUF checkpoint through transformers' GGUF support: dequantized to ordinary fp32
-    weights that save as safetensors, and its own tokenizer unless one is given."""
+def load_gguf(path: Path, auto, what: str, tokenizer, **kwargs):
+    """A GGUF checkpoint through transformers' GGUF support (the ``auto`` class, with
+    ``kwargs`` for ``from_pretrained``): dequantized to ordinary fp32 weights that save as
+    safetensors, and its own tokenizer unless one is given."""
     from importlib.util import find_spec
 
     from transformers import AutoTokenizer
@@ -154,7 +155,7 @@ def _load_gguf(path: Path, auto, what: str, tokenizer):
         raise ModelError(f"{path}: reading a GGUF file needs the gguf library, which is not "
                          "installed; install fd with it: pip install 'fdcli[llm]'")
     try:
-        model = auto.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = auto.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
     except Exception as exc:
         raise ModelError(f"{path}: could not load a {what} from this GGUF file ({exc}); "
                          "expected an architecture that transformers' GGUF support reads "
@@ -218,6 +219,8 @@ class TextBlocks:
     documents: int
     fingerprint: str
     dropped: int = 0  # instruction examples with no response token left
+    #: the most blocks one document was cut into (None: packed, blocks span documents)
+    blocks_per_document: int | None = None
 
     @property
     def tokens(self) -> int:
@@ -261,13 +264,16 @@ def row_count(block) -> int:
 
 
 def text_blocks(ds, where: str, tokenizer, *, text_column: str | None = None,
-                max_length: int = DEFAULT_LM_MAX_LENGTH, packing: bool = True) -> TextBlocks:
+                max_length: int = DEFAULT_LM_MAX_LENGTH, packing: bool = True,
+                per_document: bool = False) -> TextBlocks:
     """Tokenize a dataset's text column into blocks of at most ``max_length`` tokens.
 
     Packing joins documents with the end-of-text token (when the tokenizer has one) and cuts
-    the stream every ``max_length`` tokens; without packing each document is truncated. Blocks
-    shorter than two tokens are dropped. The fingerprint covers the vocabulary and every
-    block, so emit and distill agree exactly on what each example is."""
+    the stream every ``max_length`` tokens; with ``per_document`` each document (and its
+    end-of-text token) is cut alone, so that no block holds two documents (DP-SGD's unit);
+    without packing each document is truncated. Blocks shorter than two tokens are dropped.
+    The fingerprint covers the vocabulary and every block, so emit and distill agree exactly
+    on what each example is."""
     if not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an integer of at least 2, got {max_length!r}")
     column = pick_column(list(ds.column_names), text_column, TEXT_COLUMNS, "text", where,
@@ -279,13 +285,20 @@ def text_blocks(ds, where: str, tokenizer, *, text_column: str | None = None,
     eos = getattr(tokenizer, "eos_token_id", None)
     blocks: list[list[int]] = []
     stream: list[int] = []
+    most = 1
     for start in range(0, len(texts), 1000):
         # verbose=False: the "longer than the maximum sequence length" warning does not apply,
         # since the documents are cut into blocks here
         encoded = tokenizer(texts[start:start + 1000], add_special_tokens=False,
                             verbose=False)["input_ids"]
         for ids in encoded:
-            if packing:
+            if packing and per_document:
+                ids = ids + ([eos] if eos is not None else [])
+                pieces = [ids[i:i + max_length] for i in range(0, len(ids), max_length)]
+                pieces = [p for p in pieces if len(p) >= 2]
+                blocks.extend(pieces)
+                most = max(most, len(pieces))
+            elif packing:
                 stream.extend(ids + ([eos] if eos is not None else []))
                 while len(stream) >= max_length:
                     blocks.append(stream[:max_length])
@@ -302,7 +315,8 @@ def text_blocks(ds, where: str, tokenizer, *, text_column: str | None = None,
         digest.update(len(b).to_bytes(4, "little"))
         digest.update(torch.tensor(b, dtype=torch.int32).numpy().tobytes())
     return TextBlocks(blocks, max_length, packing, column, len(texts),
-                      "sha256:" + digest.hexdigest())
+                      "sha256:" + digest.hexdigest(),
+                      blocks_per_document=None if packing and not per_document else most)
 
 
 def pad_blocks(blocks: Sequence[Sequence[int]], pad_id: int = 0) -> dict[str, torch.Tensor]:

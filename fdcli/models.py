@@ -136,6 +136,10 @@ def load_classifier(source: str | os.PathLike, kind: str, label_names: Sequence[
         if not names:  # a model fd did not train, asked for its own label space
             names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
         processor = processor_for(kind, path, config, tokenizer)
+    elif path.is_file() and path.suffix.lower() == ".gguf":
+        model, processor = _gguf_classifier(path, kind, list(label_names or []), tokenizer,
+                                            seed)
+        meta, names = {}, list(label_names)
     elif path.is_file():
         meta, names = {}, list(label_names or [])
         if not names:
@@ -149,7 +153,38 @@ def load_classifier(source: str | os.PathLike, kind: str, label_names: Sequence[
         processor = processor_for(kind, None, config, tokenizer, path)
     else:
         raise ModelError(f"{path}: no such model directory or config file")
+    if kind == "text":
+        _pad_with_eos(model, processor)
     return Classifier(model, processor, kind, names, meta)
+
+
+def _gguf_classifier(path: Path, kind: str, names: list[str], tokenizer, seed: int):
+    """A text classifier on a GGUF language model's weights (dequantized), with a fresh head
+    over ``names`` drawn with ``seed``."""
+    from transformers import AutoModelForSequenceClassification
+
+    from .lm import load_gguf
+
+    if kind != "text":
+        raise DataError(f"{path}: a GGUF file holds a language model, which classifies text; "
+                        f"the data holds {kind}")
+    if not names:
+        raise ModelError(f"{path}: a classifier on a GGUF language model needs the label space "
+                         "of its data")
+    torch.manual_seed(seed)
+    model, tok = load_gguf(path, AutoModelForSequenceClassification, "text classifier",
+                           tokenizer, num_labels=len(names), id2label=dict(enumerate(names)),
+                           label2id={n: i for i, n in enumerate(names)})
+    return model, tok
+
+
+def _pad_with_eos(model, tokenizer) -> None:
+    """A language model's tokenizer often has no padding token: a classifier on it pads with
+    its end-of-text token, and its config says so (a decoder classifies from the last token
+    that is not padding)."""
+    if getattr(tokenizer, "pad_token", "") is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def _load_adapter_classifier(path: Path, kind: str, label_names, tokenizer, seed: int,

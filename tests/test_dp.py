@@ -125,11 +125,119 @@ def test_dp_refusals_name_the_reason(digits, args, message):
     assert "Traceback" not in r.output and not (digits / "refused").exists()
 
 
-def test_token_tasks_refuse_dp_by_name(tmp_path):
-    r = fd("train-specialist", tmp_path / "text.txt", "--model", tmp_path / "gpt2.json",
-           "--task", "causal-lm", "--out", tmp_path / "lm", "--dp-epsilon", 2)
-    assert r.exit_code == 1
-    assert "--dp-epsilon" in r.stderr and "causal-lm" in r.stderr, r.stderr
+def test_seq2seq_refuses_dp_by_name(tmp_path):
+    r = fd("train-specialist", tmp_path / "pairs.jsonl", "--model", tmp_path / "t5.json",
+           "--task", "seq2seq", "--out", tmp_path / "s2s", "--dp-epsilon", 2)
+    assert r.exit_code == 1 and not (tmp_path / "s2s").exists()
+    assert "--dp-epsilon does not apply to --task seq2seq" in " ".join(r.stderr.split())
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_each_block_gets_its_own_gradient_under_dp(model_type):
+    """What DP-SGD clips is each block's own gradient: Opacus's per-example gradients of
+    next_token_loss over a batch equal each block's gradient computed alone (GPT-2 only
+    with its positions given per example)."""
+    import torch
+    from opacus import GradSampleModule
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from fdcli.dp import next_token_loss
+    from fdcli.lm import pad_blocks
+
+    extra = {"n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 16, "resid_pdrop": 0,
+             "embd_pdrop": 0, "attn_pdrop": 0} \
+        if model_type == "gpt2" else {"hidden_size": 16, "intermediate_size": 32,
+                                      "num_hidden_layers": 1, "num_attention_heads": 2,
+                                      "num_key_value_heads": 2, "max_position_embeddings": 16}
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        model_type, vocab_size=40, **extra)).train()
+    blocks = [[1, 5, 7, 9, 2, 3], [4, 4, 8], [6, 7, 8, 9, 10]]
+    batch = pad_blocks(blocks, 0)
+    ids = batch["input_ids"]
+    inputs = {"input_ids": ids, "attention_mask": batch["attention_mask"],
+              "position_ids": torch.arange(ids.shape[1]).expand_as(ids).contiguous()}
+    targets = batch["next_ids"].masked_fill(~batch["row_mask"], -100)
+    loss = next_token_loss(40)
+    wrapped = GradSampleModule(model)
+    loss(wrapped, inputs, targets).backward()
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    samples = {n: p.grad_sample.clone() for n, p in params}
+    wrapped._close()
+    for i in range(len(blocks)):
+        model.zero_grad()
+        one = {k: v[i:i + 1] for k, v in inputs.items()}
+        loss(model, one, targets[i:i + 1]).backward()
+        for n, p in params:
+            assert torch.allclose(samples[n][i], p.grad, atol=1e-5), (n, i)
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    from fdcli.lm import train_bpe_tokenizer
+
+    root = tmp_path_factory.mktemp("dp-lm")
+    words = ["court", "ruling", "appeal", "judge", "patient", "dose", "scan", "ward"]
+    docs = [" ".join(words[(i * 7 + j * 3) % 8] for j in range(30 + i % 20)) + "."
+            for i in range(60)]
+    (root / "private.jsonl").write_text("".join(json.dumps({"text": d}) + "\n"
+                                                for d in docs[:48]))
+    (root / "proxy.jsonl").write_text("".join(json.dumps({"text": d}) + "\n"
+                                              for d in docs[48:]))
+    train_bpe_tokenizer(docs, root / "tok", vocab_size=120)
+    (root / "gpt2.json").write_text(json.dumps({
+        "model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 32}))
+    return root
+
+
+def _dp_lm(root, out, *extra):
+    return fd("train-specialist", root / "private.jsonl", "--model", root / "gpt2.json",
+              "--tokenizer", root / "tok", "--task", "causal-lm", "--max-length", 16,
+              "--epochs", 1, "--batch-size", 8, "--out", root / out, "--json", *extra)
+
+
+def test_dp_causal_lm_specialist_records_its_unit_and_its_bundle_carries_it(texts):
+    root = texts
+    r = _dp_lm(root, "dp", "--dp-epsilon", 4, "--dp-delta", 1e-4)
+    assert r.exit_code == 0, r.output
+    meta = json.loads((root / "dp" / "fd.json").read_text())
+    g = meta["privacy"]
+    assert json.loads(r.stdout)["dp_epsilon"] == g["epsilon"] and 2 < g["epsilon"] <= 4.0
+    assert g["privacy_unit"].startswith("one block of at most 16 tokens of one document")
+    # 30-49 words and a period per document, cut alone: every document makes 2 or more
+    # blocks of 16 tokens, and no block holds two (each block's first token starts a word)
+    assert g["blocks_per_document"] >= 2
+    assert meta["train_examples"] >= 2 * 48 and meta["config"]["dp_epsilon"] == 4.0
+    fd_ok("emit-logits", root / "dp", root / "proxy.jsonl", "--max-length", 16, "--out",
+          root / "dp-bundle")
+    config = json.loads((root / "dp-bundle" / "manifest.json").read_text())["producer"]["config"]
+    assert config["privacy"] == g
+    assert config["train_examples"] is None and config["train_tokens"] is None
+    # without packing each document is one (truncated) block: the unit is the document
+    r = _dp_lm(root, "dp-doc", "--dp-epsilon", 4, "--no-packing")
+    assert r.exit_code == 0, r.output
+    g = json.loads((root / "dp-doc" / "fd.json").read_text())["privacy"]
+    assert g["privacy_unit"].startswith("one document") and g["blocks_per_document"] == 1
+    assert json.loads((root / "dp-doc" / "fd.json").read_text())["train_examples"] == 48
+
+
+def test_dp_blocks_never_span_documents(texts):
+    from fdcli.data import load_local
+    from fdcli.lm import load_lm, text_blocks
+
+    lm = load_lm(texts / "gpt2.json", tokenizer=texts / "tok")
+    ds = load_local(texts / "private.jsonl")
+    packed = text_blocks(ds, "x", lm.tokenizer, max_length=16)
+    alone = text_blocks(ds, "x", lm.tokenizer, max_length=16, per_document=True)
+    eos = lm.tokenizer.eos_token_id
+    assert packed.blocks_per_document is None
+    # each document's tokens and its end-of-text token, cut every 16, nothing else
+    docs = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos]
+            for t in ds["text"]]
+    expected = [d[i:i + 16] for d in docs for i in range(0, len(d), 16) if len(d[i:i + 16]) > 1]
+    assert alone.blocks == expected
+    assert alone.blocks_per_document == max(-(-len(d) // 16) for d in docs)
+    assert sum(len(b) for b in packed.blocks) == sum(len(d) for d in docs)
 
 
 def test_count_rules_refuse_dp_bundles_and_the_consensus_names_the_guarantees(digits):

@@ -169,6 +169,43 @@ def test_gguf_loads_trains_and_saves_as_safetensors(world):
     assert json.loads(r.stdout)["rows"] > 0
 
 
+def test_a_gguf_language_model_classifies_text_with_lora_and_dp(world, tmp_path):
+    """A GGUF file as a text classifier's base: a fresh head over the data's labels, a LoRA
+    adapter, trained plainly and with DP-SGD; the DP causal LM on the same base too."""
+    import csv
+
+    w = world
+    rows = [{"text": t, "label": name} for name, words, seed in (
+        ("legal", LEGAL, 7), ("clinic", CLINIC, 8)) for t in _corpus(seed, 20, words)]
+    with (tmp_path / "labelled.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    common = ["--task", "classification", "--model", w / "tiny.gguf", "--lora-rank", "2",
+              "--epochs", "2", "--lr", "5e-3", "--batch-size", "8"]
+    fd_ok("train-specialist", tmp_path / "labelled.csv", *common, "--out", tmp_path / "clf")
+    meta = _meta(tmp_path / "clf")
+    assert meta["label_names"] == ["clinic", "legal"] and meta["architecture"] == "llama"
+    assert meta["base_model"]["fingerprint"] == source_fingerprint(w / "tiny.gguf")
+    r = fd_ok("evaluate", tmp_path / "clf", tmp_path / "labelled.csv", "--json")
+    assert json.loads(r.stdout)["accuracy"] > 0.9  # its own training text, two easy classes
+    # a causal LM's model folder is a classifier's base too
+    fd_ok("train-specialist", tmp_path / "labelled.csv", *common[:2], "--model", w / "base",
+          *common[4:], "--out", tmp_path / "clf-folder")
+    assert _meta(tmp_path / "clf-folder")["base_model"]["path"] == str(w / "base")
+    fd_ok("train-specialist", tmp_path / "labelled.csv", *common, "--dp-epsilon", "8",
+          "--out", tmp_path / "clf-dp")
+    g = _meta(tmp_path / "clf-dp")["privacy"]
+    assert 4 < g["epsilon"] <= 8 and g["privacy_unit"].startswith("one training example")
+    # only the adapter and the head trained, and under DP: the base is untouched
+    fd_ok("train-specialist", w / "a.jsonl", "--model", w / "tiny.gguf", "--task",
+          "causal-lm", *COMMON, "--lora-rank", "2", "--dp-epsilon", "8",
+          "--out", tmp_path / "lm-dp")
+    meta = _meta(tmp_path / "lm-dp")
+    assert meta["privacy"]["epsilon"] <= 8 and "base_model" in meta
+    assert meta["trainable_parameters"] < meta["parameters"]
+
+
 def test_fedavg_of_lora_adapters_through_flower(world, tmp_path):
     from fdcli.stages.lora_fedavg import fedavg_lora
 

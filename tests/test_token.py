@@ -534,7 +534,7 @@ def test_simulate_causal_lm_small(tmp_path):
             "--distill-epochs", "2", "--max-length", "32", "--compare-rules", "",
             "--client-chars", "40000", "--proxy-chars", "60000", "--fedavg-rounds", "2",
             "--fedavg-local-epochs", "0.5", "--rounds", "2", "--poison", "0.5",
-            "--poison-kind", "shuffled", "--out", out)
+            "--poison-kind", "shuffled", "--dp-epsilons", "4", "--out", out)
     assert r.exit_code == 0, r.output
     assert "perplexity by domain" in r.output and "membership-inference AUC" in r.output
     assert "student (confidence, round 2)" in " ".join(r.output.split())
@@ -598,6 +598,24 @@ def test_simulate_causal_lm_small(tmp_path):
         res["curves"]["fd"][-1]["total_bytes"]
     assert [p["perplexity"] for p in res["curves"]["fd"]] == [
         first["perplexity"], second["perplexity"]]
+    # what DP costs: the same clients with DP-SGD specialists, a one-shot student from them
+    dp, = res["dp"]
+    assert dp["epsilon"] == 4 and 2 < dp["epsilon_spent_max"] <= 4
+    root = out / "dp" / "epsilon-4"
+    for i in range(2):
+        g = json.loads((root / "specialists" / f"client-{i}" / "fd.json").read_text())[
+            "privacy"]
+        config = read_bundle(root / "bundles" / f"client-{i}").manifest.producer.config
+        assert config["privacy"] == g and config["train_tokens"] is None
+        assert dp["noise_multipliers"][i] == g["noise_multiplier"]
+    assert dp["uploaded_bytes"] == sum(p.stat().st_size for i in range(2) for p in
+                                       (root / "bundles" / f"client-{i}").iterdir())
+    assert json.loads((root / "student" / "fd.json").read_text())["task"] == "causal-lm"
+    assert dp["student"]["mean_ppl"] > 1 and 0 <= dp["attack"]["student_auc"] <= 1
+    report = (out / "report.md").read_text()
+    assert f"| epsilon 4 (spent {dp['epsilon_spent_max']:.2f}) | " \
+           f"{dp['student']['mean_ppl']:.2f} |" in report
+    assert "student from DP-SGD specialists, epsilon 4" in " ".join(r.output.split())
     # a tenth of each institution's documents is held out as validation text, and every
     # round's student is scored on it (the geometric mean over the domains)
     import math

@@ -158,8 +158,8 @@ def simulate(
                                          "--privacy/--no-privacy")] = None,
     dp_epsilons: Annotated[Optional[str], S(
         "dp_epsilons", "Add DP variants at these epsilons, comma-separated: fd with DP-SGD "
-                       "specialists and DP-FedAvg, in a privacy-utility table "
-                       "(docs/privacy.md).")] = None,
+                       "specialists (classification: and DP-FedAvg), in a privacy-utility "
+                       "table (docs/privacy.md).")] = None,
     dp_delta: Annotated[Optional[float], S("dp_delta", "With --dp-epsilons: delta.")] = None,
     max_grad_norm: Annotated[Optional[float], S(
         "max_grad_norm", "With --dp-epsilons: per-example gradient clipping norm.")] = None,

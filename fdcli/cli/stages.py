@@ -136,7 +136,8 @@ def train_specialist_cmd(
     gradient_checkpointing: Annotated[Optional[bool], T(
         "gradient_checkpointing", _CHECKPOINTING, "--gradient-checkpointing")] = None,
     dp_epsilon: Annotated[Optional[float], T(
-        "dp_epsilon", "Train with DP-SGD (Opacus) to this epsilon per training example; "
+        "dp_epsilon", "Train with DP-SGD (Opacus) to this epsilon per training example "
+                      "(causal-lm: per block of one document); "
                       "fd.json and the bundles record the guarantee (docs/privacy.md).")]
     = None,
     dp_delta: Annotated[Optional[float], T("dp_delta", "With --dp-epsilon: delta (keep it "

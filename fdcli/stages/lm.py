@@ -8,13 +8,11 @@ exactly the token sequences the teachers scored.
 
 from __future__ import annotations
 
-import math
 import random
 import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from .. import __version__
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, SampleCodec, TopKCodec, read_bundle
@@ -27,7 +25,6 @@ from ..errors import FdWarning, IncompatibleBundlesError
 from ..chat import MESSAGES_COLUMN, chat_blocks
 from ..lm import (DEFAULT_LM_MAX_LENGTH, TextBlocks, iter_token_logits, load_lm,
                   max_positions, row_count, save_lm, text_blocks, vocab_fingerprint)
-from ..losses import dense_kd_loss, sparse_kd_loss
 from ..adapters import Tuning
 from ..models import fingerprint_model
 from ..outputs import atomic_dir, check_free
@@ -35,6 +32,7 @@ from ..progress import progress_bar
 from .digest import (check_pair, check_round, consensus_record, digest_and_revisit,
                      round_config, round_meta)
 from .distill import open_teacher
+from .lm_scores import teacher_agreement, token_metrics
 from .parallel import batch_share, finish_parts, part_target, resume_start
 
 TOKEN_ENCODINGS = ("topk", "sample", "dense")
@@ -51,7 +49,7 @@ WEAK_TEACHER_TAIL_MASS = 0.5
 
 
 def _blocks(data, split, lm, text_column, max_length, packing, model=None, *,
-            prompt_column=None, response_column=None) -> TextBlocks:
+            prompt_column=None, response_column=None, per_document=False) -> TextBlocks:
     """The token blocks of ``data``, checked to fit the model's positions: instruction
     examples (:func:`~fdcli.lm.chat_blocks`) when ``prompt_column``/``response_column`` are
     given or the data has a ``messages`` column and no ``text_column`` is asked for, else raw
@@ -71,7 +69,7 @@ def _blocks(data, split, lm, text_column, max_length, packing, model=None, *,
         return chat_blocks(ds, str(data), lm.tokenizer, prompt_column=prompt_column,
                            response_column=response_column, max_length=max_length)
     return text_blocks(ds, str(data), lm.tokenizer, text_column=text_column,
-                       max_length=max_length, packing=packing)
+                       max_length=max_length, packing=packing, per_document=per_document)
 
 
 def rows_config(tb: TextBlocks) -> dict[str, Any]:
@@ -100,7 +98,8 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                         teacher: str | Path | None = None, proxy: str | Path | None = None,
                         digest_weight: float = 0.2, schedule: str = "mixed",
                         temperature: float | None = None, trusted_keys: dict | None = None,
-                        limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+                        limits: Limits = DEFAULT_LIMITS, dp_epsilon: float | None = None,
+                        dp_delta: float = 1e-5, max_grad_norm: float = 1.0) -> dict[str, Any]:
     """Train a causal LM (model folder, GGUF file or config file) on this institution's text
     and write a model folder with its tokenizer and fd.json (configuration, vocabulary
     fingerprint, examples, tokens, metrics; ``val_perplexity`` when ``val_fraction`` > 0).
@@ -113,7 +112,16 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     token of the proxy blocks while it trains on its own text, as a classifier does
     (:mod:`fdcli.stages.digest`: ``schedule``, ``digest_weight``; ``temperature`` None picks
     one from the consensus as ``fd distill`` does). With ``trusted_keys`` the consensus must
-    be signed by one of them."""
+    be signed by one of them.
+
+    ``dp_epsilon`` trains with DP-SGD (:func:`~fdcli.dp.private_lm_fit`) to (``dp_epsilon``,
+    ``dp_delta``)-DP, gradients clipped to ``max_grad_norm``. Its unit is one block, and
+    under DP no block holds two documents (each is cut alone): one instruction example,
+    one document without ``packing``, else at most ``max_length`` tokens of one document
+    (fd.json records the most blocks a document was cut into: a group of that size).
+    fd.json records the guarantee under ``privacy``; a model that carries one composes with
+    it."""
+    from ..dp import dp_settings, prior_history
     from ..training import fit_lm
 
     config = stage_config(task="causal-lm", data=data, model=model, tokenizer=tokenizer,
@@ -135,10 +143,15 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                                schedule=schedule, temperature=temperature)
     tuning = Tuning.of(model, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_type,
                         quantize, merge, gradient_checkpointing)
+    dp = dp_settings(dp_epsilon, dp_delta, max_grad_norm, teacher, tuning)
     lm = tuning.load(load_lm, model, "causal-lm", tokenizer=tokenizer, seed=seed)
     tb = _blocks(data, split, lm, text_column, max_length, packing, model,
-                 prompt_column=prompt_column, response_column=response_column)
+                 prompt_column=prompt_column, response_column=response_column,
+                 per_document=dp is not None)
     config |= {"max_length": tb.max_length, **rows_config(tb), **tuning.record()}
+    if dp is not None:
+        config |= {"dp_epsilon": dp_epsilon, "dp_delta": dp_delta,
+                   "max_grad_norm": max_grad_norm}
     digest = None
     if consensus is not None:  # the consensus's own blocks: its length, columns and packing
         check_vocab(lm, consensus.manifest, model, teacher)
@@ -155,7 +168,15 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
         common = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                       seed=seed, progress=progress, dtype=dtype,
                       gradient_checkpointing=tuning.gradient_checkpointing)
-        if digest is None:
+        guarantee = None
+        if dp is not None:
+            from ..dp import private_lm_fit
+
+            metrics, guarantee = private_lm_fit(
+                lm, train, tb, dp, prior_history(lm.meta), epochs=epochs,
+                learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+                progress=progress)
+        elif digest is None:
             metrics = fit_lm(lm, train, **common)
         else:
             metrics = digest_and_revisit(lambda v, _, **kw: fit_lm(lm, v, **common, **kw),
@@ -173,6 +194,8 @@ def train_lm_specialist(data: str | Path, model: str | Path, out: str | Path, *,
                 "model_fingerprint": fingerprint_model(lm.model)}
         if consensus is not None:
             meta |= round_meta(consensus_record(consensus, teacher), len(digest[0]))
+        if guarantee is not None:
+            meta["privacy"] = guarantee
         save_lm(lm, tmp, meta, merge=tuning.merge)
     return meta
 
@@ -243,12 +266,15 @@ def emit_token_logits(model: str | Path, proxy: str | Path, out: str | Path, *,
                  prompt_column=prompt_column, response_column=response_column)
     # the weights as stored, before any change of dtype
     model_fp = lm.fingerprint()
+    privacy = lm.meta.get("privacy")  # a DP model's counts are outside its guarantee
     config = stage_config(task="causal-lm", model=model, proxy=proxy, encoding=codec.name,
                      **codec.params(), dtype=place(lm.model, dtype), batch_size=batch_size,
                      split=split, **rows_config(tb), prompt_column=prompt_column,
                      response_column=response_column, max_length=tb.max_length,
-                     packing=packing, train_examples=lm.meta.get("train_examples"),
-                     train_tokens=lm.meta.get("train_tokens"), **round_config(lm.meta))
+                     packing=packing,
+                     train_examples=None if privacy else lm.meta.get("train_examples"),
+                     train_tokens=None if privacy else lm.meta.get("train_tokens"),
+                     **round_config(lm.meta), **({"privacy": privacy} if privacy else {}))
     target = part_target(out, r, config)
     mine = batch_share(len(tb.blocks), batch_size, r)
     with BundleWriter(target, codec=codec, task="token", num_classes=lm.vocab_size,
@@ -457,57 +483,6 @@ def distill_lm(student: str | Path, proxy: str | Path, teacher: str | Path, out:
                 "model_fingerprint": fingerprint_model(lm.model)}
         save_lm(lm, tmp, meta, merge=tuning.merge)
     return meta
-
-
-def token_metrics(lm, blocks, batch_size: int = 8, per_example: bool = False
-                  ) -> dict[str, Any]:
-    """Perplexity, mean NLL (nats per token) and next-token accuracy over every position that
-    has a next token within its block; with ``per_example``, also each block's mean NLL
-    (``losses``, for membership inference)."""
-    nll, hits, count, losses = 0.0, 0, 0, []
-    for _, logits, counts, nxt in iter_token_logits(lm, blocks, batch_size):
-        keep = nxt != -100
-        logits, nxt = logits[keep.to(logits.device)].float(), nxt[keep].to(logits.device)
-        each = torch.nn.functional.cross_entropy(logits, nxt, reduction="none")
-        nll += float(each.sum())
-        hits += int((logits.argmax(-1) == nxt).sum())
-        count += int(keep.sum())
-        if per_example:  # each block's rows that have a next token
-            sizes = [int(k.sum()) for k in keep.split(counts.tolist())]
-            losses += [float(x.mean()) for x in each.cpu().split(sizes)]
-    if count == 0:
-        raise DataError("no position has a next token to score; expected blocks of at least "
-                        "two tokens")
-    result: dict[str, Any] = {"perplexity": math.exp(nll / count), "nll": nll / count,
-                              "next_token_accuracy": hits / count, "tokens": count}
-    if per_example:
-        result["losses"] = losses
-    return result
-
-
-def teacher_agreement(lm, blocks: TextBlocks, reader, batch_size: int = 8) -> dict[str, float]:
-    """How closely the model follows a token bundle on its proxy blocks, shard by shard:
-    ``top1_match`` (the model's most likely id is the teacher's) and ``kl_kept`` (KL from the
-    teacher's kept ids plus tail bucket to the model's mass on the same ids plus the rest)."""
-    match, kl, rows = 0, 0.0, 0
-    dense = reader.manifest.encoding["name"] == "dense"
-    for block in reader.iter_blocks():
-        logits_all = torch.cat([lg.float().cpu() for _, lg, _, _ in iter_token_logits(
-            lm, [blocks.blocks[e] for e in block.example_ids.tolist()], batch_size)])
-        for start in range(0, block.rows, 4096):
-            sub = {k: v[start:start + 4096] for k, v in block.tensors.items()}
-            logits = logits_all[start:start + 4096]
-            if dense:
-                t = block.codec.dense(sub, block.num_classes)
-                top = t.argmax(-1)
-                kl += float(dense_kd_loss(logits, t, 1.0)) * len(t)
-            else:
-                sp = block.codec.sparse(sub, block.num_classes)
-                top = sp.ids.gather(1, sp.logp.argmax(-1, keepdim=True)).squeeze(1)
-                kl += float(sparse_kd_loss(logits, sp.ids, sp.logp, sp.tail_logp, 1.0)) * len(top)
-            match += int((logits.argmax(-1) == top).sum())
-            rows += len(top)
-    return {"top1_match": match / max(rows, 1), "kl_kept": kl / max(rows, 1), "rows": rows}
 
 
 def evaluate_lm(model: str | Path, data: str | Path, *, tokenizer: str | Path | None = None,

@@ -26,6 +26,7 @@ from ..outputs import fresh_dir
 from ..results import write_results
 from .federation import dir_bytes, flagged_clients, round_dir
 from .lm import LM_HARD_WEIGHT
+from .dp_tokens import dp_lines, token_dp_variants
 from .token_evidence import evidence_md, token_scores
 from .token_corpus import LM_ARCHITECTURES, read_texts, write_texts
 from .token_rounds import rounds_md
@@ -47,7 +48,8 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                 proxy_fraction: float = 0.2, split: str | None = None,
                 validation_fraction: float = 0.1, poison: float = 0.0,
                 poison_kind: str = "random", privacy: bool = True,
-                seed: int = 0, overwrite: bool = False,
+                dp_epsilons: Sequence[float] = (), dp_delta: float = 1e-5,
+                max_grad_norm: float = 1.0, seed: int = 0, overwrite: bool = False,
                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the language-model federation and write ``out/results.json``; returns the results.
     Each client is tested on ``test_chars`` characters of its held-out files (default: 40,000, or
@@ -86,7 +88,12 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
 
     ``poison`` is the fraction of clients that are hostile: every bundle they send is
     replaced by ``poison_kind`` rows (:data:`~fdcli.poison.TOKEN_POISON_KINDS`); the results
-    name them and the clients the last consensus's outlier report flagged."""
+    name them and the clients the last consensus's outlier report flagged.
+
+    ``dp_epsilons`` adds what DP costs (:mod:`fdcli.stages.dp_tokens`): at each epsilon
+    (``dp_delta``, ``max_grad_norm``) the specialists train with DP-SGD on the same text and
+    settings, and a one-shot student is distilled from their bundles; scored, and with
+    ``privacy`` attacked, as the others (results' ``dp``, report.md's DP table)."""
     from ..lm import load_lm, text_blocks
     from ..data import load_local
     from ..training import fit_lm
@@ -125,7 +132,8 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
               "round_distill_epochs": round_distill_epochs, "digest_weight": digest_weight,
               "validation_fraction": validation_fraction,
               "poison": poison, "poison_kind": poison_kind if poisoned else None,
-              "privacy": privacy, "seed": seed}
+              "privacy": privacy, "dp_epsilons": list(dp_epsilons), "dp_delta": dp_delta,
+              "max_grad_norm": max_grad_norm, "seed": seed}
     domains = stdlib_domains(num_clients) if data is None else None
     timing: dict[str, float] = {}
     train = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
@@ -292,6 +300,29 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                 proxy_only, seed=seed)
             results["privacy"].update(PRIVACY_NOTE)
             timing["privacy_s"] = time.perf_counter() - t
+        if dp_epsilons:
+            t = time.perf_counter()
+            results["dp"] = token_dp_variants(
+                root / "dp", dp_epsilons, clients=num_clients,
+                train=lambda i, out, e: train_lm_specialist(
+                    corpus.clients[i], configs[architectures[i % len(architectures)]], out,
+                    tokenizer=tok, client_id=f"client-{i}", dp_epsilon=e, dp_delta=dp_delta,
+                    max_grad_norm=max_grad_norm, **train),
+                emit=lambda model, bundle, i: emit_token_logits(
+                    model, proxy, bundle, k=k, client_id=f"client-{i}", max_length=max_length,
+                    seed=seed, progress=progress),
+                combine=lambda bundles, teacher, model: (
+                    aggregate(bundles, teacher, rule=rule, k=k, seed=seed, progress=progress),
+                    distill_lm(configs[student], proxy, teacher, model, tokenizer=tok,
+                               temperature=temperature, hard_weight=hard_weight,
+                               epochs=distill_epochs, learning_rate=learning_rate,
+                               batch_size=batch_size, seed=seed, progress=progress)),
+                score=scores,
+                attack=(lambda models, model: privacy_report(
+                    task, load_lm, client_blocks, list(test_blocks.values()), models,
+                    {"student": model}, proxy_only, seed=seed)) if privacy else None,
+                log=log)
+            timing["dp_s"] = time.perf_counter() - t
         results["timing"] = {k: round(v, 2) for k, v in timing.items()}
         results = write_results(root, "causal-lm", results, token_scores(results, seed))
         (root / "report.md").write_text(report_markdown(results))
@@ -337,4 +368,5 @@ def report_markdown(results: dict[str, Any]) -> str:
         row(name, s, f"{s['total_bytes']:,} B")
     lines += rounds_md(results["rounds"])
     lines += evidence_md(results)
+    lines += dp_lines(results)
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from typing import Any
 from .. import __version__
 from ..adapters import Tuning
 from ..data import label_ids, load_local, resolve
+from ..dp import dp_settings, prior_history
 from ..errors import IncompatibleBundlesError
 from ..identity import specialist_client_id
 from ..meta import read_fd_meta
@@ -71,7 +72,7 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     tuning = Tuning.of(model, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_type,
                        quantize, merge, gradient_checkpointing)
     config.update(tuning.record())
-    dp = _dp_settings(dp_epsilon, dp_delta, max_grad_norm, teacher, tuning)
+    dp = dp_settings(dp_epsilon, dp_delta, max_grad_norm, teacher, tuning)
     if dp is not None:
         config.update(dp_epsilon=dp_epsilon, dp_delta=dp_delta, max_grad_norm=max_grad_norm)
     if not 0 <= val_fraction < 1:
@@ -87,7 +88,7 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
     if Path(model).is_dir():  # a model fd trained names its label space, and its guarantee
         before = read_fd_meta(Path(model))
         labels = labels if labels is not None else before.get("label_names")
-        prior = (before.get("privacy") or {}).get("history", [])
+        prior = prior_history(before)
     ds = load_local(data, split)
     spec = resolve(ds, str(data), text_column=text_column, image_column=image_column,
                    label_column=label_column, label_names=labels)
@@ -138,28 +139,6 @@ def train_specialist(data: str | Path, model: str | Path, out: str | Path, *,
             meta["privacy"] = guarantee
         save_classifier(clf, tmp, meta, merge=tuning.merge)
     return meta
-
-
-def _dp_settings(epsilon, delta, max_grad_norm, teacher, tuning):
-    """The DP target, or None; DP-SGD is refused where fd does not build it."""
-    from ..dp import DPSettings, PrivacyError
-
-    if epsilon is None:
-        if delta != 1e-5 or max_grad_norm != 1.0:
-            raise ValueError("dp_delta and max_grad_norm apply to DP-SGD training; give "
-                             "dp_epsilon too")
-        return None
-    dp = DPSettings(epsilon, delta, max_grad_norm)
-    if teacher is not None:
-        raise PrivacyError("--dp-epsilon with --teacher: digesting a consensus under DP-SGD "
-                           "is not built (the proxy rows would share Poisson batches with "
-                           "the private ones); train the later rounds without DP, or run "
-                           "one-shot")
-    if (tuning.spec is not None and tuning.spec.quantize) or tuning.gradient_checkpointing:
-        raise PrivacyError("--dp-epsilon does not take --quantize or "
-                           "--gradient-checkpointing (Opacus needs each layer's per-example "
-                           "activations in full precision)")
-    return dp
 
 
 def _private(clf, values, labels, dp, prior, data, *, epochs, learning_rate, batch_size,

@@ -119,11 +119,13 @@ def choose_task(given: str | None, found: tuple[str, str] | None, *,
                 model: bool = True) -> Task:
     """The task of a command: ``given`` (``--task``) when the files say nothing or agree,
     else what the files say (``found``: ``(task, where)``); a contradiction is refused,
-    naming both. A task that can use any model (embedding) may be given for a model folder
-    of another task (``model``: ``found`` describes a model, not a bundle)."""
+    naming both. A task that can use any model (embedding), or models of its ``bases``
+    (classification on a causal LM), may be given for a model of that task (``model``:
+    ``found`` describes a model, not a bundle)."""
     if given is not None:
         task = get_task(given)
-        if found is None or found[0] == task.name or (model and task.any_model):
+        if found is None or found[0] == task.name or (
+                model and (task.any_model or found[0] in task.bases)):
             return task
         raise FdError(f"--task {given} contradicts {found[1]}, which says {found[0]}; "
                       f"drop --task, or give files made for {given}")

@@ -62,6 +62,9 @@ class Task:
     bundle_task: str
     architectures: tuple[str, ...] = ()
     any_model: bool = False
+    #: tasks whose models this task may start from (a language model's weights under a
+    #: classification head, as transformers' ...ForSequenceClassification loads them)
+    bases: tuple[str, ...] = ()
     tables: str | None = None  # "module:function" printing fd simulate's results
 
     def command(self, name: str) -> Command:

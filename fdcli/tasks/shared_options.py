@@ -40,3 +40,5 @@ LORA = {"lora_rank": None, "lora_alpha": Auto("twice the rank"), "lora_dropout":
 ROUNDS = {"teacher": None, "proxy": None, "digest_weight": 0.2, "schedule": "mixed",
           "temperature": Auto("1, or 2 for a top-k consensus whose mean tail mass is above "
                               "0.75"), "trusted_keys": None}
+#: DP-SGD for a specialist (fdcli.dp)
+DP = {"dp_epsilon": None, "dp_delta": 1e-5, "max_grad_norm": 1.0}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..base import Auto, Command, Task
-from ..shared_options import (AGGREGATION, EMITTING, LORA, READING, ROUNDS, SIMULATION,
+from ..shared_options import (AGGREGATION, DP, EMITTING, LORA, READING, ROUNDS, SIMULATION,
                               SPARSE, SPECIALIST, TOKEN_ENCODING, TRAINING)
 
 MAX_LENGTH = Auto("the length fd trained the model with, else 128 or the model's positions "
@@ -20,7 +20,7 @@ TASK = Task(
     tables="fdcli.tasks.causal_lm.tables:print_simulation",
     commands={
         "train-specialist": Command("fdcli.stages.lm:train_lm_specialist", {
-            **SPECIALIST, **TEXT, **CHAT, **LORA, **ROUNDS, "max_length": MAX_LENGTH,
+            **SPECIALIST, **TEXT, **CHAT, **LORA, **ROUNDS, **DP, "max_length": MAX_LENGTH,
             "packing": True, "batch_size": 16}),
         "emit-logits": Command("fdcli.stages.lm:emit_token_logits", {
             **EMITTING, **TOKEN_ENCODING, **TEXT, **CHAT, "max_length": MAX_LENGTH,
@@ -47,6 +47,7 @@ TASK = Task(
             "temperature": Auto("as fd distill picks"), "hard_weight": 0.5,
             "fedavg_rounds": 8, "fedavg_local_epochs": 0.5, "rounds": 3, "round_epochs": 1.0,
             "round_distill_epochs": 1.0, "digest_weight": 0.2, "poison": 0.0,
-            "poison_kind": "random", "privacy": True}),
+            "poison_kind": "random", "privacy": True, "dp_epsilons": (), "dp_delta": 1e-5,
+            "max_grad_norm": 1.0}),
     },
 )

@@ -35,6 +35,10 @@ def print_simulation(results: dict, out_dir: Path) -> None:
     row("centralized", results["centralized"])
     for name, s in results.get("baselines", {}).items():
         row(f"{name} (sent {human(s['total_bytes'])})", s)
+    for dp in results.get("dp", []):
+        row(f"student from DP-SGD specialists, epsilon {dp['epsilon']:g}",
+            {"architecture": results["config"]["student"], **dp["student"]},
+            human(dp["uploaded_bytes"]))
     out.print(table)
     print_baselines(results)
 

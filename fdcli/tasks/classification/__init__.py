@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..base import Auto, Command, Task
-from ..shared_options import (AGGREGATION, EMITTING, LORA, READING, SIMULATION, SPECIALIST,
-                              TRAINING)
+from ..shared_options import (AGGREGATION, DP, EMITTING, LORA, READING, SIMULATION,
+                              SPECIALIST, TRAINING)
 
 COLUMNS = {"text_column": None, "image_column": None}
 LABELLED = {**COLUMNS, "label_column": None}
@@ -14,13 +14,13 @@ TASK = Task(
     summary="labelled text or images (sequence or image classification); the default",
     bundle_task="classification",
     architectures=("ForSequenceClassification", "ForImageClassification"),
+    bases=("causal-lm",),
     tables="fdcli.tasks.classification.tables:print_simulation",
     commands={
         "train-specialist": Command("fdcli.stages.train_specialist:train_specialist", {
             **SPECIALIST, **LABELLED, **LORA, "labels": None, "batch_size": 16, "teacher": None,
             "proxy": None, "digest_weight": 0.2, "schedule": "mixed", "temperature": 2.0,
-            "trusted_keys": None, "dp_epsilon": None, "dp_delta": 1e-5,
-            "max_grad_norm": 1.0}),
+            "trusted_keys": None, **DP}),
         "emit-logits": Command("fdcli.stages.emit:emit_logits", {
             **EMITTING, **COLUMNS, "encoding": "dense", "k": 16, "value_dtype": "int8",
             "declare_label_counts": False, "proxy_slice": None, "split": None,
