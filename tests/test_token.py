@@ -669,3 +669,55 @@ def test_simulate_causal_lm_small(tmp_path):
     report = (out / "report.md").read_text()
     assert "| student (confidence, round 1) | gpt2 |" in report and \
         "| student (confidence, round 2) | gpt2 |" in report and "Membership inference" in report
+
+
+def test_token_seeds_combine_by_hand(tmp_path):
+    """Two seeds' seq2seq results made by hand: means, the paired differences of fd's main
+    student (the one whose bytes count) from each model, seed by seed, and report.md."""
+    from fdcli.stages.token_seeds import write_token_combined
+
+    def doc(seed, fd_bleu, proxy_bleu):
+        metrics = {"bleu": fd_bleu, "chrf": 30.0 + seed, "rouge_l": 0.2, "perplexity": 50.0}
+        return {"config": {"seed": seed, "task": "seq2seq"}, "scores": [
+            {"method": "fd", "variant": {"targets": "proxy", "round": 2}, "seeds": [seed],
+             "metrics": {k: [v] for k, v in metrics.items()}, "bytes": [1000]},
+            {"method": "proxy_only", "variant": {}, "seeds": [seed],
+             "metrics": {k: [v] for k, v in {**metrics, "bleu": proxy_bleu,
+                                              "perplexity": 60.0}.items()},
+             "bytes": [None]}]}
+
+    found = write_token_combined(tmp_path, [doc(0, 3.0, 2.0), doc(1, 5.0, 2.5)], "seq2seq")
+    assert found["task"] == "seq2seq" and found["config"]["seeds"] == [0, 1]
+    over = found["over_seeds"]
+    assert over["main"] == "fd round=2 targets=proxy"
+    assert over["methods"]["fd round=2 targets=proxy"]["bleu"]["mean"] == 4.0
+    assert over["methods"]["proxy_only"]["chrf"]["values"] == [30.0, 31.0]
+    paired = over["paired"]["proxy_only"]
+    assert paired["bleu_difference"]["values"] == [1.0, 2.5]
+    assert paired["perplexity_difference"]["mean"] == -10.0
+    assert paired["bleu_difference"]["ci95"][0] < 1.75 < paired["bleu_difference"]["ci95"][1]
+    report = (tmp_path / "report.md").read_text()
+    assert "| proxy_only | 2.250 ± 0.354" in report
+    assert json.loads((tmp_path / "results.json").read_text())["over_seeds"] == over
+
+
+def test_simulate_causal_lm_over_seeds(tmp_path):
+    out = tmp_path / "seeds"
+    r = _fd("simulate", "--task", "causal-lm", "--num-clients", "2", "--epochs", "1",
+            "--distill-epochs", "1", "--max-length", "32", "--compare-rules", "",
+            "--client-chars", "20000", "--proxy-chars", "30000", "--fedavg-rounds", "1",
+            "--fedavg-local-epochs", "0.5", "--rounds", "1", "--no-privacy", "--seeds", "2",
+            "--seed", "3", "--out", out)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["seeds"] == [3, 4] and res["runs"] == ["seed-3/results.json",
+                                                                 "seed-4/results.json"]
+    runs = [json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in (3, 4)]
+    over = res["over_seeds"]
+    assert over["methods"][over["main"]]["mean_ppl"]["values"] == [
+        pytest.approx(d["student"]["mean_ppl"]) for d in runs]
+    best = [min(s["mean_ppl"] for s in d["specialists"]) for d in runs]
+    assert over["best_specialist"]["mean_ppl"]["values"] == pytest.approx(best)
+    assert over["paired"]["centralized"]["mean_ppl_difference"]["values"] == pytest.approx(
+        [d["student"]["mean_ppl"] - d["centralized"]["mean_ppl"] for d in runs])
+    assert "2 seeds" in r.output and "mean_ppl: mean ± sd" in " ".join(r.output.split())

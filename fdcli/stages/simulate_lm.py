@@ -49,7 +49,8 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
                 validation_fraction: float = 0.1, poison: float = 0.0,
                 poison_kind: str = "random", privacy: bool = True,
                 dp_epsilons: Sequence[float] = (), dp_delta: float = 1e-5,
-                max_grad_norm: float = 1.0, seed: int = 0, overwrite: bool = False,
+                max_grad_norm: float = 1.0, seed: int = 0, seeds: int = 1,
+                overwrite: bool = False,
                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the language-model federation and write ``out/results.json``; returns the results.
     Each client is tested on ``test_chars`` characters of its held-out files (default: 40,000, or
@@ -93,7 +94,19 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
     ``dp_epsilons`` adds what DP costs (:mod:`fdcli.stages.dp_tokens`): at each epsilon
     (``dp_delta``, ``max_grad_norm``) the specialists train with DP-SGD on the same text and
     settings, and a one-shot student is distilled from their bundles; scored, and with
-    ``privacy`` attacked, as the others (results' ``dp``, report.md's DP table)."""
+    ``privacy`` attacked, as the others (results' ``dp``, report.md's DP table).
+
+    ``seeds`` > 1 runs the whole comparison at ``seeds`` consecutive seeds from ``seed``
+    into ``out/seed-<s>`` and combines them (:mod:`fdcli.stages.token_seeds`)."""
+    if seeds > 1:
+        settings = {k: v for k, v in locals().items() if k not in ("out", "seeds", "seed",
+                                                                  "overwrite", "log")}
+        from .token_seeds import token_over_seeds
+
+        return token_over_seeds(simulate_lm, out, task="causal-lm", seeds=seeds, first_seed=seed,
+                                overwrite=overwrite, log=log, **settings)
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     from ..lm import load_lm, text_blocks
     from ..data import load_local
     from ..training import fit_lm

@@ -168,7 +168,7 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
                      domain_column: str | None = None, label_column: str | None = None,
                      alpha: float = 1.0, proxy_fraction: float = 0.2,
                      split: str | None = None, validation_fraction: float = 0.1,
-                     seed: int = 0, overwrite: bool = False,
+                     seed: int = 0, seeds: int = 1, overwrite: bool = False,
                      progress: bool = True, log: Callable[[str], None] = print
                      ) -> dict[str, Any]:
     """Run the docstring federation and write ``out/results.json`` and ``out/report.md``;
@@ -184,7 +184,19 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
 
     ``validation_fraction`` of each institution's private pairs (of the standard library: its
     files) is held out as its validation set; every round records the student's perplexity
-    on their union (``validation_perplexity``). 0 for none."""
+    on their union (``validation_perplexity``). 0 for none.
+
+    ``seeds`` > 1 runs the whole comparison at ``seeds`` consecutive seeds from ``seed``
+    into ``out/seed-<s>`` and combines them (:mod:`fdcli.stages.token_seeds`)."""
+    if seeds > 1:
+        settings = {k: v for k, v in locals().items() if k not in ("out", "seeds", "seed",
+                                                                  "overwrite", "log")}
+        from .token_seeds import token_over_seeds
+
+        return token_over_seeds(simulate_seq2seq, out, task="seq2seq", seeds=seeds, first_seed=seed,
+                                overwrite=overwrite, log=log, **settings)
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     from ..data import load_local
     from ..seq2seq import load_seq2seq, text_pairs, token_nll
     from .aggregate import aggregate

@@ -48,6 +48,6 @@ TASK = Task(
             "fedavg_rounds": 8, "fedavg_local_epochs": 0.5, "rounds": 3, "round_epochs": 1.0,
             "round_distill_epochs": 1.0, "digest_weight": 0.2, "poison": 0.0,
             "poison_kind": "random", "privacy": True, "dp_epsilons": (), "dp_delta": 1e-5,
-            "max_grad_norm": 1.0}),
+            "max_grad_norm": 1.0, "seeds": 1}),
     },
 )

@@ -7,10 +7,13 @@ from pathlib import Path
 from rich.table import Table
 
 from ...console import human, out, plain
-from ..token import print_baselines
+from ..token import print_baselines, print_token_seeds
 
 
 def print_simulation(results: dict, out_dir: Path) -> None:
+    if "over_seeds" in results:
+        print_token_seeds(results, out_dir)
+        return
     domains = list(results["domains"])
     table = Table(title=plain(f"fd simulate --task causal-lm: perplexity by domain "
                               f"({out_dir}/results.json)"), title_justify="left")

@@ -40,6 +40,6 @@ TASK = Task(
             "batch_size": 16, "temperature": Auto("as fd distill picks"), "hard_weight": 0.5,
             "fedavg_rounds": 10, "fedavg_local_epochs": 2.0, "rounds": 2, "round_epochs": 2.0,
             "round_distill_epochs": 2.0, "digest_weight": 0.2, "poison": 0.0,
-            "poison_kind": "random", "privacy": True}),
+            "poison_kind": "random", "privacy": True, "seeds": 1}),
     },
 )

@@ -7,10 +7,13 @@ from pathlib import Path
 from rich.table import Table
 
 from ...console import human, out, plain
-from ..token import print_baselines
+from ..token import print_baselines, print_token_seeds
 
 
 def print_simulation(results: dict, out_dir: Path) -> None:
+    if "over_seeds" in results:
+        print_token_seeds(results, out_dir)
+        return
     table = Table(title=plain(f"fd simulate --task seq2seq: docstrings on the union of the "
                               f"domains ({out_dir}/results.json)"), title_justify="left")
     for col in ("model", "architecture", "BLEU", "chrF", "ROUGE-L", "perplexity", "sent"):
