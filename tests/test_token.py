@@ -608,6 +608,7 @@ def test_simulate_causal_lm_small(tmp_path):
         config = read_bundle(root / "bundles" / f"client-{i}").manifest.producer.config
         assert config["privacy"] == g and config["train_tokens"] is None
         assert dp["noise_multipliers"][i] == g["noise_multiplier"]
+        assert dp["blocks_per_document"][i] == g["blocks_per_document"] >= 1
     assert dp["uploaded_bytes"] == sum(p.stat().st_size for i in range(2) for p in
                                        (root / "bundles" / f"client-{i}").iterdir())
     assert json.loads((root / "student" / "fd.json").read_text())["task"] == "causal-lm"

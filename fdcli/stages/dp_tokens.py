@@ -35,7 +35,7 @@ def token_dp_variants(root: Path, epsilons: Sequence[float], *, clients: int,
         base = root / f"epsilon-{epsilon:g}"
         started = time.perf_counter()
         log(f"DP-SGD specialists at epsilon {epsilon:g}")
-        models, bundles, spent, noise, perplexities = [], [], [], [], []
+        models, bundles, spent, noise, groups, perplexities = [], [], [], [], [], []
         for i in range(clients):
             model, bundle = base / "specialists" / f"client-{i}", base / "bundles" / f"client-{i}"
             guarantee = train(i, model, epsilon)["privacy"]
@@ -44,11 +44,12 @@ def token_dp_variants(root: Path, epsilons: Sequence[float], *, clients: int,
             bundles.append(bundle)
             spent.append(guarantee["epsilon"])
             noise.append(guarantee["noise_multiplier"])
+            groups.append(guarantee["blocks_per_document"])
             perplexities.append(score(model)["mean_ppl"])
         student = base / "student"
         combine(bundles, base / "teacher", student)
         row = {"epsilon": epsilon, "epsilon_spent_max": max(spent),
-               "noise_multipliers": noise,
+               "noise_multipliers": noise, "blocks_per_document": groups,
                "specialists_mean_ppl": round(math.exp(
                    sum(math.log(p) for p in perplexities) / len(perplexities)), 3),
                "student": score(student),
@@ -70,6 +71,9 @@ def dp_lines(results: dict[str, Any]) -> list[str]:
     first = results["rounds"][0]
     attacks = results.get("privacy", {})
     plain_auc = attacks.get("specialists_mean_auc")
+    # the attacks are on the last round's student: round 1's only in a one-round run
+    student_auc = attacks.get("student", {}).get("auc") if len(results["rounds"]) == 1 \
+        else None
     lines = ["", "## DP-SGD specialists (one-shot; docs/privacy.md)", "",
              "| specialists | student perplexity | specialists' perplexity (geometric mean) "
              "| specialists' attack AUC (mean) | student attack AUC | bytes up |",
@@ -79,7 +83,7 @@ def dp_lines(results: dict[str, Any]) -> list[str]:
         return "" if value is None else f"{value:.3f}"
 
     lines.append(f"| no DP (round 1) | {first['student']['mean_ppl']:.2f} | "
-                 f"{first['specialists_mean_ppl']:.2f} | {auc(plain_auc)} | | "
+                 f"{first['specialists_mean_ppl']:.2f} | {auc(plain_auc)} | {auc(student_auc)} | "
                  f"{first['uploaded_bytes']:,} |")
     for row in results["dp"]:
         a = row.get("attack", {})
