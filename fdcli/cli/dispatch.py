@@ -57,12 +57,16 @@ def given(ctx: click.Context) -> dict[str, Any]:
 
 
 def refuse_foreign(ctx: click.Context, command: str, chosen: Mapping[str, Any],
-                   takes: Mapping[str, Any], why: str) -> None:
-    """One error naming every option in ``chosen`` that ``takes`` does not list."""
-    foreign = [flag(ctx, n) for n in chosen if n not in takes and n not in COMMON]
-    if foreign:
-        raise FdError(f"fd {command}: {', '.join(foreign)} "
-                      f"{'does' if len(foreign) == 1 else 'do'} not apply {why}; "
+                   takes: Mapping[str, Any], why: str,
+                   reasons: Mapping[str, str] | None = None) -> None:
+    """One error naming every option in ``chosen`` that ``takes`` does not list, with the
+    ``reasons`` given for any of them."""
+    names = [n for n in chosen if n not in takes and n not in COMMON]
+    if names:
+        told = "".join(f" ({flag(ctx, n)}: {(reasons or {})[n]})" for n in names
+                       if n in (reasons or {}))
+        raise FdError(f"fd {command}: {', '.join(flag(ctx, n) for n in names)} "
+                      f"{'does' if len(names) == 1 else 'do'} not apply {why}{told}; "
                       f"see fd {command} --help for which task takes which option")
 
 
@@ -72,7 +76,8 @@ def run(ctx: click.Context, command: str, task: Task, *args: Any, **fixed: Any) 
     task's declared defaults for the rest; an option the task does not take is refused."""
     declared = task.command(command)
     chosen = {k: v for k, v in given(ctx).items() if k not in fixed and k not in COMMON}
-    refuse_foreign(ctx, command, chosen, declared.options, f"to --task {task.name}")
+    refuse_foreign(ctx, command, chosen, declared.options, f"to --task {task.name}",
+                   declared.refused)
     return task.function(command)(*args, **library_options(task, command, chosen), **fixed)
 
 

@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-
 from .. import __version__
 from ..bundle import BundleManifest, BundleWriter, DenseCodec, SampleCodec, TopKCodec, read_bundle
 from ..bundle.safeio import DEFAULT_LIMITS, Limits

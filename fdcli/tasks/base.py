@@ -9,7 +9,7 @@ command runs (:meth:`Task.function`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any, Callable, Mapping
 
@@ -35,10 +35,11 @@ class Command:
     """One command of a task: the library function it runs (``"module:function"``, imported
     on first use) and the options it takes, library keyword -> default (:class:`Auto` for a
     default decided at run time). An option of the command line that a task's command does
-    not list is refused for that task."""
+    not list is refused for that task, with the reason ``refused`` gives for it, if any."""
 
     function: str
     options: Mapping[str, Any]
+    refused: Mapping[str, str] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
         """The options' defaults as the library receives them."""

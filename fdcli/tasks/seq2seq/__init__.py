@@ -10,6 +10,11 @@ PAIRS = {"tokenizer": None, "source_column": None, "target_column": None, "split
 LENGTHS = {"max_source_length": Auto("the model's or bundle's, else 256"),
            "max_target_length": Auto("the model's or bundle's, else 64")}
 
+#: why DP-SGD is not offered (measured with Opacus 1.6; docs/privacy.md)
+NO_DP = ("DP-SGD is not built for encoder-decoders: T5's relative_attention_bias and BART's "
+         "embed_positions take positions without a batch dimension, so Opacus computes no "
+         "per-example gradient for them")
+
 TASK = Task(
     name="seq2seq",
     summary="encoder-decoder models (AutoModelForSeq2SeqLM: T5, BART, Marian): a row per "
@@ -19,7 +24,8 @@ TASK = Task(
     tables="fdcli.tasks.seq2seq.tables:print_simulation",
     commands={
         "train-specialist": Command("fdcli.stages.seq2seq:train_seq2seq_specialist", {
-            **SPECIALIST, **PAIRS, **LENGTHS, **LORA, **ROUNDS, "batch_size": 16}),
+            **SPECIALIST, **PAIRS, **LENGTHS, **LORA, **ROUNDS, "batch_size": 16},
+            refused={"dp_epsilon": NO_DP, "dp_delta": NO_DP, "max_grad_norm": NO_DP}),
         "emit-logits": Command("fdcli.stages.seq2seq:emit_seq2seq_logits", {
             **EMITTING, **TOKEN_ENCODING, **PAIRS, **LENGTHS, "batch_size": 8}),
         "aggregate": Command("fdcli.stages.aggregate:aggregate", {
