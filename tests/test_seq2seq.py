@@ -293,6 +293,10 @@ def test_simulate_seq2seq_small(tmp_path):
     meta = json.loads((round2 / "specialists" / "client-1" / "fd.json").read_text())
     assert meta["round"] == 2 and meta["consensus"]["sha256"] == read_bundle(
         out / "teachers" / "confidence").manifest_sha256
+    assert all(0 <= r[f"validation_{k}"] <= 100 for r in (first, second)
+               for k in ("bleu", "chrf", "rouge_l"))
+    assert ("| round | student ppl | validation ppl | validation BLEU | validation chrF | "
+            "validation ROUGE-L |") in (out / "report.md").read_text()
     assert meta["proxy_examples"] == res["proxy_pairs"]
     assert second["downloaded_bytes"] == 2 * sum(
         p.stat().st_size for p in (out / "teachers" / "confidence").iterdir())

@@ -257,6 +257,22 @@ def test_simulate_seq2seq_on_the_users_pairs(tmp_path):
         r["source"] for r in own}
     assert res["config"]["validation_fraction"] == 0.1
     assert res["rounds"][0]["validation_perplexity"] > 1
+    # the validation split also gets the generation scores, the student's own greedy
+    # decodes of the two held-out pairs against their targets
+    from fdcli.data import load_local
+    from fdcli.seq2seq import generate, load_seq2seq, text_metrics, text_pairs
+
+    student = load_seq2seq(out / "students" / "confidence")  # round 1's, the only one
+    held = sorted((out / "data").glob("val-*.jsonl"))
+    assert len(held) == 2  # one per institution
+    pairs = [text_pairs(load_local(v), str(v), student.tokenizer, max_source_length=128,
+                        max_target_length=32) for v in held]
+    written = [h for p in pairs for h in generate(student, p.sources, batch_size=64,
+                                                   max_new_tokens=32)]
+    by_hand = text_metrics(written, [t for p in pairs for t in p.target_texts])
+    assert len(written) == sum(len(p.sources) for p in pairs) >= 3
+    for key in ("bleu", "chrf", "rouge_l"):
+        assert res["rounds"][0][f"validation_{key}"] == pytest.approx(by_hand[key], abs=0.01)
     assert res["proxy_pairs"] == 24
     for s, own in zip(res["specialists"], ("clinic", "legal")):
         assert s["domain"] == own and set(s["by_domain"]) == {"clinic", "legal"}

@@ -179,10 +179,11 @@ def simulate_lm(out: str | Path, *, num_clients: int = 4, rule: str = "confidenc
         test_blocks = {pkg: blocks_of(path) for pkg, path in tests.items()}
         val_blocks = {pkg: blocks_of(path) for pkg, path in corpus.validation.items()}
 
-        def validate(model: Path) -> float:
+        def validate(model: Path) -> dict[str, float]:
             lm = load_lm(model)
-            return math.exp(sum(math.log(token_metrics(lm, b, batch_size)["perplexity"])
-                                for b in val_blocks.values()) / len(val_blocks))
+            return {"perplexity": math.exp(sum(
+                math.log(token_metrics(lm, b, batch_size)["perplexity"])
+                for b in val_blocks.values()) / len(val_blocks))}
 
         def scores(model) -> dict[str, Any]:
             lm = load_lm(model) if isinstance(model, Path) else model

@@ -157,9 +157,9 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
                      vocab_size: int = 2048, max_source_length: int = 128,
                      max_target_length: int = 32, k: int = 16, epochs: float = 20.0,
                      distill_epochs: float = 20.0, learning_rate: float = 2e-3,
-                     batch_size: int = 16, temperature: float | None = None,
+                     batch_size: int = 16, temperature: float | None = 2.0,
                      hard_weight: float = LM_HARD_WEIGHT, fedavg_rounds: int = 10,
-                     fedavg_local_epochs: float = 2.0, rounds: int = 2,
+                     fedavg_local_epochs: float = 2.0, rounds: int = 1,
                      round_epochs: float = 2.0, round_distill_epochs: float = 2.0,
                      digest_weight: float = 0.2, poison: float = 0.0,
                      poison_kind: str = "random", privacy: bool = True,
@@ -174,8 +174,11 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
     """Run the docstring federation and write ``out/results.json`` and ``out/report.md``;
     returns the results (see the module docstring). ``rounds`` > 1 continues the federation
     on the proxy's own targets as :func:`~fdcli.stages.simulate_lm.simulate_lm` does; the
-    student on generated targets stays one-shot. ``poison``/``poison_kind``: hostile clients,
-    as for causal-lm (every bundle they send, the generated targets' too).
+    student on generated targets stays one-shot. The defaults ``temperature`` 2 and one round
+    were chosen on the validation split's BLEU, chrF and ROUGE-L (docs/seq2seq.md); None
+    picks the temperature from the teacher, as ``fd distill`` does. ``poison``/
+    ``poison_kind``: hostile clients, as for causal-lm (every bundle they send, the
+    generated targets' too).
 
     ``data`` runs on the user's (source, target) pairs instead of the standard library
     (:func:`write_user_pairs`: ``source_column``, ``target_column``, and ``domain_column`` or
@@ -183,8 +186,9 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
     ``proxy_fraction``, ``split``); ``proxy_pairs`` then does not apply.
 
     ``validation_fraction`` of each institution's private pairs (of the standard library: its
-    files) is held out as its validation set; every round records the student's perplexity
-    on their union (``validation_perplexity``). 0 for none.
+    files) is held out as its validation set; every round records the student's perplexity,
+    BLEU, chrF and ROUGE-L on their union (``validation_perplexity``, ``validation_bleu``,
+    ...). 0 for none.
 
     ``seeds`` > 1 runs the whole comparison at ``seeds`` consecutive seeds from ``seed``
     into ``out/seed-<s>`` and combines them (:mod:`fdcli.stages.token_seeds`)."""
@@ -198,7 +202,7 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     from ..data import load_local
-    from ..seq2seq import load_seq2seq, text_pairs, token_nll
+    from ..seq2seq import load_seq2seq, text_pairs
     from .aggregate import aggregate
     from .seq2seq import (distill_seq2seq, emit_seq2seq_logits, generate_targets,
                           train_seq2seq_specialist)
@@ -263,13 +267,11 @@ def simulate_seq2seq(out: str | Path, *, num_clients: int = 4, rule: str = "conf
 
         tests = {pkg: pairs_of(path) for pkg, path in corpus["tests"].items()}
         private = [pairs_of(path) for path in corpus["clients"]]
-        val_pairs = [pairs_of(path) for path in corpus["validation"].values()]
+        val_pairs = {name: pairs_of(path) for name, path in corpus["validation"].items()}
 
-        def validate(path: Path) -> float:
-            m = load_seq2seq(path)
-            got = [token_nll(m, pairs, 32) for pairs in val_pairs]
-            return math.exp(sum(g["nll"] * g["tokens"] for g in got)
-                            / sum(g["tokens"] for g in got))
+        def validate(path: Path) -> dict[str, float]:
+            union = _scores(load_seq2seq(path), val_pairs, max_target_length)["union"]
+            return {"perplexity": union["perplexity"], **{key: union[key] for key in METRICS}}
 
         def scores(m) -> dict[str, Any]:
             return _scores(m, tests, max_target_length)

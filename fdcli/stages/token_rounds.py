@@ -28,7 +28,9 @@ class TokenStages:
     continues a student; ``score(model)`` -> its scores, of which ``perplexity(scores)`` is
     the figure the rounds are followed by (a causal LM's geometric mean over the domains, a
     seq2seq model's on the union of them); ``validate(model)``, when the simulation holds out
-    a validation split, the same perplexity on it (recorded per round, for choices)."""
+    a validation split, the figures on it, name -> value (``perplexity`` first, then a
+    seq2seq model's generation scores), recorded per round as ``validation_<name>``, for
+    choices."""
 
     train: Callable[[int, Path, Path, Path], Any]
     emit: Callable[[Path, Path, int], Any]
@@ -36,12 +38,14 @@ class TokenStages:
     distill: Callable[[Path, Path, Path], Any]
     score: Callable[[Path], dict[str, Any]]
     perplexity: Callable[[dict[str, Any]], float]
-    validate: Callable[[Path], float] | None = None
+    validate: Callable[[Path], dict[str, float]] | None = None
 
     def validation(self, student: Path) -> dict[str, float]:
-        """``{"validation_perplexity": ...}`` of a student, or nothing without a split."""
+        """``{"validation_perplexity": ..., ...}`` of a student, or nothing without a
+        split."""
         return {} if self.validate is None else {
-            "validation_perplexity": round(self.validate(student), 3)}
+            f"validation_{name}": round(value, 3)
+            for name, value in self.validate(student).items()}
 
     def mean_perplexity(self, specialists: list[dict[str, Any]]) -> float:
         return round(sum(self.perplexity(s) for s in specialists) / len(specialists), 3)
@@ -140,15 +144,17 @@ def rounds_md(records: list[dict[str, Any]],
     if len(records) < 2:
         return []
     extra = extra or {}
-    val = "validation_perplexity" in records[0]
+    val = [k for k in records[0] if k.startswith("validation_")]
+    names = {"perplexity": "ppl", "bleu": "BLEU", "chrf": "chrF", "rouge_l": "ROUGE-L"}
     lines = ["", "Rounds (the student continues on each round's consensus):", "",
-             "| round | student ppl | " + ("validation ppl | " if val else "")
+             "| round | student ppl | "
+             + "".join(f"validation {names.get(k[11:], k[11:])} | " for k in val)
              + "".join(f"{e} | " for e in extra)
              + "specialists' mean ppl | bytes up | bytes down |",
-             "|---" * (5 + val + len(extra)) + "|"]
+             "|---" * (5 + len(val) + len(extra)) + "|"]
     for rec in records:
         lines.append(f"| {rec['round']} | {rec['perplexity']:.2f} | "
-                     + (f"{rec['validation_perplexity']:.2f} | " if val else "")
+                     + "".join(f"{rec[k]:.2f} | " for k in val)
                      + "".join(f"{get(rec['student']):.2f} | " for get in extra.values())
                      + f"{rec['specialists_mean_ppl']:.2f} | {rec['uploaded_bytes']:,} | "
                        f"{rec['downloaded_bytes']:,} |")
