@@ -258,7 +258,7 @@ def test_simulate_seq2seq_on_the_users_pairs(tmp_path):
     assert res["config"]["validation_fraction"] == 0.1
     assert res["rounds"][0]["validation_perplexity"] > 1
     # the validation split also gets the generation scores, the student's own greedy
-    # decodes of the two held-out pairs against their targets
+    # decodes of the held-out pairs against their targets
     from fdcli.data import load_local
     from fdcli.seq2seq import generate, load_seq2seq, text_metrics, text_pairs
 

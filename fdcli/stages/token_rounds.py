@@ -148,7 +148,8 @@ def rounds_md(records: list[dict[str, Any]],
     names = {"perplexity": "ppl", "bleu": "BLEU", "chrf": "chrF", "rouge_l": "ROUGE-L"}
     lines = ["", "Rounds (the student continues on each round's consensus):", "",
              "| round | student ppl | "
-             + "".join(f"validation {names.get(k[11:], k[11:])} | " for k in val)
+             + "".join(f"validation {names.get(n, n)} | "
+                       for n in (k.removeprefix("validation_") for k in val))
              + "".join(f"{e} | " for e in extra)
              + "specialists' mean ppl | bytes up | bytes down |",
              "|---" * (5 + len(val) + len(extra)) + "|"]
