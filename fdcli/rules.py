@@ -80,10 +80,14 @@ def confidence_scores(probs: torch.Tensor, measure: str = "max",
 def confidence_weights(probs: torch.Tensor, present: torch.Tensor, measure: str = "max",
                        tau: float = 1.0, mult: torch.Tensor | None = None) -> torch.Tensor:
     """alpha_k(x) = softmax over present clients of conf(S_k(x)) / tau, as [K, N]."""
+    return softmax_weights(confidence_scores(probs, measure, mult), present, tau)
+
+
+def softmax_weights(scores: torch.Tensor, present: torch.Tensor, tau: float) -> torch.Tensor:
+    """softmax over present clients of ``scores / tau`` ([K, N])."""
     if not tau > 0:
         raise ValueError(f"tau must be positive, got {tau}")
-    scores = confidence_scores(probs, measure, mult) / tau
-    scores = scores.masked_fill(~present, -math.inf)
+    scores = (scores / tau).masked_fill(~present, -math.inf)
     return torch.softmax(scores, dim=0).nan_to_num(0.0)
 
 
@@ -241,10 +245,13 @@ def _union(clients: list[SparseRows]) -> tuple[list[torch.Tensor], torch.Tensor,
     v = clients[0].num_classes
     listed = [torch.where(torch.isfinite(c.logp), c.ids.long(), v) for c in clients]
     allids = torch.cat(listed, -1).sort(-1).values
-    dup = torch.zeros_like(allids, dtype=torch.bool)
-    dup[:, 1:] = allids[:, 1:] == allids[:, :-1]
-    allids = torch.where(dup, v, allids).sort(-1).values
-    return listed, allids, (allids < v).sum(-1)
+    keep = allids < v
+    keep[:, 1:] &= allids[:, 1:] != allids[:, :-1]
+    # each row's distinct ids moved to its front (the rest: V), without a second sort
+    n, width = allids.shape
+    at = torch.where(keep, keep.cumsum(-1) - 1, width)
+    out = torch.full((n, width + 1), v, dtype=allids.dtype).scatter_(1, at, allids)
+    return listed, out[:, :width], keep.sum(-1)
 
 
 def union_support(clients: list[SparseRows], present: torch.Tensor, union=None
@@ -293,15 +300,26 @@ def aggregate_sparse(clients: list[SparseRows], present: torch.Tensor, rule: str
     id in its tail. Re-sparsify it by encoding it (``TopKCodec.encode_sparse``). When a
     ``distances`` list is given, :func:`consensus_distance` of the rows is appended to it.
 
-    Rows are independent: when K x rows x (union width + 1) exceeds ``max_elements``
-    (default :data:`UNION_ELEMENTS`; 0: no limit) as it does for many clients that share few
-    ids, they are combined in chunks of rows, so memory is bounded by ``max_elements`` and
-    not by the number of clients squared. The rows are the same, bit for bit."""
+    Rows are independent: when their working arrays pass ``max_elements`` (default
+    :data:`UNION_ELEMENTS`; 0: no limit) they are combined in chunks of rows, so memory is
+    bounded by ``max_elements`` and not by the number of clients squared. The working arrays
+    are eight of (listed entries + union width + 1) per row for the rules of
+    :mod:`fdcli.union_rules`, and K x (union width + 1) per row for the dense ones. The rows
+    are the same, bit for bit."""
+    from .union_rules import SPARSE_RULES
+
     n, k = present.shape[1], len(clients)
     max_elements = UNION_ELEMENTS if max_elements is None else max_elements
     union = _union(clients)
     if max_elements and n > 1:
-        step = max(1, max_elements // (k * (int(union[2].max()) + 1)))
+        width = int(union[2].max()) + 1
+        if rule in SPARSE_RULES:
+            # the listed entries and the union's columns, in about eight arrays of each
+            listed = sum((own < clients[0].num_classes).sum(-1) for own in union[0])
+            per_row = 8 * (int(listed.max()) + width)
+        else:
+            per_row = k * width
+        step = max(1, max_elements // per_row)
         if step < n:
             return _in_chunks(clients, present, rule, distances, step, union, **params)
     return _combine(clients, present, rule, distances, union, **params)
@@ -309,11 +327,20 @@ def aggregate_sparse(clients: list[SparseRows], present: torch.Tensor, rule: str
 
 def _combine(clients: list[SparseRows], present: torch.Tensor, rule: str,
              distances: list | None, union, **params) -> SparseRows:
-    """:func:`aggregate_sparse` of rows combined in one piece."""
-    ids, probs, mult = union_support(clients, present, union)
-    combined = RULES[rule](probs, present, mult=mult, **params)
+    """:func:`aggregate_sparse` of rows combined in one piece: over the listed entries
+    (:mod:`fdcli.union_rules`), or for the rules without a sparse form over the dense
+    :func:`union_support`."""
+    from . import union_rules
+
+    entries = union_rules.union_entries(clients, present, union)
+    ids, mult = entries.ids, entries.mult
+    if rule in union_rules.SPARSE_RULES:
+        combined = union_rules.combine(entries, rule, **params)
+    else:
+        probs = union_support(clients, present, union)[1]
+        combined = RULES[rule](probs, present, mult=mult, **params)
     if distances is not None:
-        distances.append(consensus_distance(probs, present, mult))
+        distances.append(union_rules.consensus_distance(entries))
     v = clients[0].num_classes
     logp = torch.where(ids < v, combined[:, :-1].clamp_min(1e-300).log(),
                        torch.full_like(combined[:, :-1], -math.inf)).float()

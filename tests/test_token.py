@@ -146,12 +146,13 @@ def test_aggregation_in_chunks_of_rows_is_the_same_bit_for_bit(rule, params, mon
         params = {"counts": [float(i + 1) for i in range(len(clients))]}
     whole, chunked = [], []
     a = aggregate_sparse(clients, present, rule, distances=whole, max_elements=0, **params)
-    # union width <= 50 + 1, 7 clients: 7 * 51 * 9 elements is at most 9 rows at once
-    import fdcli.rules
+    # union width <= 50 + 1, 7 clients: 7 * 51 * 9 elements is at most 9 rows at once (dense
+    # rules) or 3213 // (8 * (entries + width)) rows (the others)
+    import fdcli.union_rules
 
-    seen, union = [], fdcli.rules.union_support
-    monkeypatch.setattr(fdcli.rules, "union_support",
-                        lambda c, p, u=None: seen.append(p.shape[1]) or union(c, p, u))
+    seen, entries = [], fdcli.union_rules.union_entries
+    monkeypatch.setattr(fdcli.union_rules, "union_entries",
+                        lambda c, p, u: seen.append(p.shape[1]) or entries(c, p, u))
     b = aggregate_sparse(clients, present, rule, distances=chunked, max_elements=7 * 51 * 9,
                          **params)
     assert sum(seen) == n and max(seen) <= 9 and len(seen) >= 7
