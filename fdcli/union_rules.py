@@ -239,6 +239,53 @@ def _order_statistic(e: UnionEntries, rank: torch.Tensor, s, below, upto,
     return out.view(n, u)
 
 
+#: how many sorted spreads :func:`_next_statistic` steps over (each one taken by the column's
+#: listers) before it searches instead
+NEXT_STEPS = 4
+
+
+def _next_statistic(e: UnionEntries, value: torch.Tensor, rank: torch.Tensor, s, below,
+                    upto, skip: torch.Tensor) -> torch.Tensor:
+    """``[N, U]``: the ``rank``-th smallest value of each union column, where ``value`` holds
+    the one before it (the two middle values of an even number of clients): ``value`` again
+    if more than ``rank`` values are at most it, else the smallest value above it (a listed
+    probability, or the next sorted spread unless the column's listers took every copy of it;
+    those few columns are searched for as :func:`_order_statistic` does)."""
+    n, u = e.ids.shape
+    k = s.shape[1]
+    col, b = e.flat_col, e.prob
+    a = e.at_entries(e.spread)
+    v = value.reshape(-1)
+    crow = torch.arange(n).repeat_interleave(u)
+    spreads_upto = torch.searchsorted(s, value.reshape(n, u).contiguous(), right=True).view(-1)
+    v_e = v.index_select(0, col)
+    g = spreads_upto.clone().index_add_(0, col, (b <= v_e).long() - (a <= v_e).long())
+    again = g >= rank.index_select(0, crow) + 1
+    inf = torch.tensor(math.inf, dtype=torch.float64)
+    listed_above = torch.full((n * u,), math.inf, dtype=torch.float64).scatter_reduce_(
+        0, col, torch.where(b > v_e, b, inf), "amin")
+    # the next sorted spread that some client other than the column's listers holds
+    m = e.present.sum(0).index_select(0, crow)
+    j = spreads_upto
+    for _ in range(NEXT_STEPS):
+        more = j < m
+        at = crow * k + j.clamp(max=k - 1)
+        spread_above = torch.where(more, s.view(-1).index_select(0, at), inf)
+        group_end = torch.where(more, upto.view(-1).index_select(0, at), j)
+        taken = torch.zeros(n * u, dtype=torch.int64).index_add_(
+            0, col, (a == spread_above.index_select(0, col)).long())
+        blocked = more & (group_end - j <= taken) & ~again & ~skip
+        if not bool(blocked.any()):
+            break
+        j = torch.where(blocked, group_end, j)
+    out = torch.where(again, v, torch.minimum(listed_above, spread_above))
+    search = blocked & (listed_above >= spread_above)
+    if bool(search.any()):
+        found = _order_statistic(e, rank, s, below, upto, skip | ~search)
+        out = torch.where(search, found.view(-1), out)
+    return out.view(n, u)
+
+
 #: columns listed by more than this share of the clients (and by at least
 #: :data:`DENSE_LISTERS` clients) get the median by sorting their clients' values, as the
 #: dense rule does; a search over so wide a window costs more than the sort
@@ -261,7 +308,8 @@ def median(e: UnionEntries) -> torch.Tensor:
         low = high = torch.zeros(n, u, dtype=torch.float64)
     else:
         low = _order_statistic(e, lo, s, below, upto, wide)
-        high = low if bool((lo == hi).all()) else _order_statistic(e, hi, s, below, upto, wide)
+        high = low if bool((lo == hi).all()) else \
+            _next_statistic(e, low, hi, s, below, upto, wide | ~(lo < hi).repeat_interleave(u))
     if bool(wide.any()):
         # the columns many clients list: each one's K values sorted
         cols = wide.nonzero().squeeze(1)

@@ -65,11 +65,16 @@ def with_present(clients, seed):
     return present
 
 
-@pytest.fixture(params=["search", "sort", "sort every listed column"])
+@pytest.fixture(params=["search", "search for the second middle value", "sort",
+                        "sort every listed column"])
 def median_path(request, monkeypatch):
     """The median of a column is searched for among the sorted spreads, or (columns that many
-    clients list) found by sorting the column's values; both must give the dense values."""
-    if request.param == "sort":
+    clients list) found by sorting the column's values; both must give the dense values. Of
+    an even number of clients, the second middle value is the next one above the first, or
+    (where the column's listers took the next spreads) searched for too."""
+    if request.param == "search for the second middle value":
+        monkeypatch.setattr(ur, "NEXT_STEPS", 1)
+    elif request.param == "sort":
         monkeypatch.setattr(ur, "DENSE_LISTERS", 1)
     elif request.param == "sort every listed column":
         monkeypatch.setattr(ur, "DENSE_LISTERS", 0)
