@@ -155,55 +155,99 @@ def confidence_scores(e: UnionEntries, measure: str) -> torch.Tensor:
                      f"{measure!r}")
 
 
-def _sorted_spreads(e: UnionEntries):
-    """Per row: the present clients' spreads sorted (``inf`` last), and for each position
-    the number of spreads below its value and at most its value."""
-    s = torch.where(e.present, e.spread, torch.full_like(e.spread, math.inf)).T.contiguous()
-    s = s.sort(-1).values
-    return s, torch.searchsorted(s, s), torch.searchsorted(s, s, right=True)
+@dataclass
+class _Spreads:
+    """Per row, the present clients' spreads sorted (``inf`` last), flat ``[N * K]``: the
+    values, for each position the number of spreads below its value (``below``) and at most
+    its value (``upto``); ``place`` ``[N, K]``: each client's position; ``m`` ``[N]``: the
+    present clients."""
+
+    values: torch.Tensor
+    below: torch.Tensor
+    upto: torch.Tensor
+    place: torch.Tensor
+    m: torch.Tensor
+    k: int
+
+    @classmethod
+    def of(cls, e: UnionEntries) -> "_Spreads":
+        k, n = e.present.shape
+        raw = torch.where(e.present, e.spread, torch.full_like(e.spread, math.inf)).T
+        s, order = raw.contiguous().sort(stable=True, dim=-1)
+        place = torch.empty_like(order).scatter_(1, order, torch.arange(k).expand(n, k))
+        return cls(s.view(-1), torch.searchsorted(s, s).view(-1),
+                   torch.searchsorted(s, s, right=True).view(-1), place, e.present.sum(0), k)
+
+    def at(self, rows: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """The sorted spread at position ``i`` of row ``rows`` (``i`` clamped into the row)."""
+        return self.values.index_select(0, rows * self.k + i.clamp(0, self.k - 1))
 
 
-def _order_statistic(e: UnionEntries, rank: torch.Tensor, s, below, upto,
-                     skip: torch.Tensor) -> torch.Tensor:
-    """``[N, U]``: for every union column, the ``rank``-th smallest (0-based, ``rank`` per
-    row) of the present clients' values there: the row's spreads with the column's listers'
-    spreads taken out and their listed probabilities put in.
+def _pick(t: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    return t.index_select(0, i)
+
+
+def _entries_of(size: int, ecol: torch.Tensor, which: torch.Tensor):
+    """The entries (indices into ``ecol``) whose column is among ``which`` (indices into a
+    space of ``size`` columns), and their column's index in ``which``."""
+    slot = torch.full((size,), -1)
+    slot[which] = torch.arange(len(which))
+    loc = slot.index_select(0, ecol)
+    ent = (loc >= 0).nonzero().squeeze(1)
+    return ent, _pick(loc, ent)
+
+
+def _single_lister(e: UnionEntries, rank: torch.Tensor, sp: _Spreads,
+                   ent: torch.Tensor) -> torch.Tensor:
+    """The ``rank``-th smallest value (``rank`` per row) of the columns that one present
+    client lists, one per entry of ``ent``: of the row's sorted spreads S less that client's
+    (S'', position p of S out), with its listed probability b put in, it is
+    ``min(S''[r], max(b, S''[r - 1]))``."""
+    rows = _pick(e.row, ent)
+    p = sp.place.view(-1).index_select(0, rows * sp.k + _pick(e.client, ent))
+    r, m = _pick(rank, rows), _pick(sp.m, rows)
+
+    def without(i: torch.Tensor) -> torch.Tensor:
+        value = sp.at(rows, torch.where(i < p, i, i + 1))
+        value = torch.where(i >= m - 1, math.inf, value)
+        return torch.where(i < 0, -math.inf, value)
+
+    return torch.minimum(without(r), torch.maximum(_pick(e.prob, ent), without(r - 1)))
+
+
+def _order_statistic(e: UnionEntries, rank: torch.Tensor, sp: _Spreads, cols: torch.Tensor,
+                     ent: torch.Tensor, ecol: torch.Tensor) -> torch.Tensor:
+    """The ``rank``-th smallest (0-based, ``rank`` per row) of the present clients' values in
+    each union column of ``cols`` (flat ``row * U + column``): the row's spreads with the
+    column's listers' spreads taken out and their listed probabilities put in. ``ent``: the
+    entries of those columns, ``ecol`` their column's index in ``cols``.
 
     With g(x) the number of those values <= x, the answer lies above the last sorted spread
     x with g(x) <= rank. That spread's position is searched for in a window of the sorted
     spreads as wide as the column's listers (l of them move g by at most l), then the answer
-    is the next sorted spread or one of the listed probabilities below it. Columns where
-    ``skip`` (``[N * U]``) is true are left to the caller (their values are meaningless)."""
-    n, u = e.ids.shape
-    k = s.shape[1]
-    m = e.present.sum(0)
-    col = e.flat_col
-    a, b = e.at_entries(e.spread), e.prob
-    listers = torch.bincount(col, minlength=n * u)
-    crow = torch.arange(n).repeat_interleave(u)
-    r = rank.index_select(0, crow)
+    is the next sorted spread or one of the listed probabilities below it."""
+    u, c = e.ids.shape[1], len(cols)
+    a, b = _pick(e.at_entries(e.spread), ent), _pick(e.prob, ent)
+    listers = torch.bincount(ecol, minlength=c)
+    crow = cols.div(u, rounding_mode="floor")
+    r, m = _pick(rank, crow), _pick(sp.m, crow)
     lo = (r - listers).clamp(min=0)
-    hi = torch.minimum(m.index_select(0, crow), r + listers)
-    s_flat, below_flat, upto_flat = s.view(-1), below.view(-1), upto.view(-1)
-
-    def pick(t: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        return t.index_select(0, i)
-
+    hi = torch.minimum(m, r + listers)
     # the search, on the columns whose window is still open and on their listers only
-    x_at = torch.empty(n * u, dtype=s.dtype)
-    moved = torch.zeros(n * u, dtype=torch.int64)
-    open_ = (lo < hi) & ~skip
+    x_at = torch.empty(c, dtype=torch.float64)
+    moved = torch.zeros(c, dtype=torch.int64)
+    open_ = lo < hi
     active = open_.nonzero().squeeze(1)
-    ent = pick(open_, col).nonzero().squeeze(1)
+    live = _pick(open_, ecol).nonzero().squeeze(1)
     while len(active):
-        lo_a, hi_a = pick(lo, active), pick(hi, active)
+        lo_a, hi_a = _pick(lo, active), _pick(hi, active)
         mid = (lo_a + hi_a) // 2
-        at = pick(crow, active) * k + mid
-        x_at.index_copy_(0, active, pick(s_flat, at))
-        at_e = pick(col, ent)
-        x = pick(x_at, at_e)
-        moved.index_add_(0, at_e, (pick(b, ent) <= x).long() - (pick(a, ent) <= x).long())
-        reach = pick(upto_flat, at) + pick(moved, active) >= pick(r, active) + 1
+        at = _pick(crow, active) * sp.k + mid
+        x_at.index_copy_(0, active, _pick(sp.values, at))
+        at_e = _pick(ecol, live)
+        x = _pick(x_at, at_e)
+        moved.index_add_(0, at_e, (_pick(b, live) <= x).long() - (_pick(a, live) <= x).long())
+        reach = _pick(sp.upto, at) + _pick(moved, active) >= _pick(r, active) + 1
         moved.index_fill_(0, active, 0)
         hi_a = torch.where(reach, mid, hi_a)
         lo_a = torch.where(reach, lo_a, mid + 1)
@@ -212,31 +256,27 @@ def _order_statistic(e: UnionEntries, rank: torch.Tensor, s, below, upto,
         done = lo_a >= hi_a
         open_.index_fill_(0, active[done], False)
         active = active[~done]
-        ent = ent[pick(open_, at_e)]
+        live = live[_pick(open_, at_e)]
     # the first position of its value: g depends on the value alone
-    base = crow * k
-    inside = lo < pick(m, crow)
-    at = torch.where(inside, pick(below_flat, base + lo.clamp(max=k - 1)), lo)
-    high = torch.where(inside, pick(s_flat, base + at.clamp(max=k - 1)),
-                       torch.full((n * u,), math.inf, dtype=s.dtype))
+    inside = lo < m
+    at = torch.where(inside, _pick(sp.below, crow * sp.k + lo.clamp(max=sp.k - 1)), lo)
+    high = torch.where(inside, sp.at(crow, at), math.inf)
     after = at > 0
-    prev = base + (at - 1).clamp(min=0)
-    low = torch.where(after, pick(s_flat, prev), torch.full_like(high, -math.inf))
+    low = torch.where(after, sp.at(crow, at - 1), -math.inf)
     # g(low): the spreads <= low, less the listers' spreads <= low, plus their probabilities
-    low_e = pick(low, col)
-    g_low = torch.where(after, pick(upto_flat, prev), 0).index_add_(
-        0, col, (b <= low_e).long() - (a <= low_e).long())
+    low_e = _pick(low, ecol)
+    g_low = torch.where(after, _pick(sp.upto, crow * sp.k + (at - 1).clamp(min=0)), 0)
+    g_low.index_add_(0, ecol, (b <= low_e).long() - (a <= low_e).long())
     need = r - g_low  # how many values lie in (low, answer)
     # listed probabilities strictly between low and high, in order within each column
-    between = ((b > low_e) & (b < pick(high, col))).nonzero().squeeze(1)
-    cb, vb = pick(col, between), pick(b, between)
+    between = ((b > low_e) & (b < _pick(high, ecol))).nonzero().squeeze(1)
+    cb, vb = _pick(ecol, between), _pick(b, between)
     order = vb.sort(stable=True).indices
-    order = pick(order, pick(cb, order).sort(stable=True).indices)
-    cb, vb = pick(cb, order), pick(vb, order)
+    order = _pick(order, _pick(cb, order).sort(stable=True).indices)
+    cb, vb = _pick(cb, order), _pick(vb, order)
     place = torch.arange(len(cb)) - torch.searchsorted(cb, cb)
-    hit = (place == pick(need, cb)).nonzero().squeeze(1)
-    out = high.index_copy_(0, pick(cb, hit), pick(vb, hit))
-    return out.view(n, u)
+    hit = (place == _pick(need, cb)).nonzero().squeeze(1)
+    return high.index_copy_(0, _pick(cb, hit), _pick(vb, hit))
 
 
 #: how many sorted spreads :func:`_next_statistic` steps over (each one taken by the column's
@@ -244,46 +284,47 @@ def _order_statistic(e: UnionEntries, rank: torch.Tensor, s, below, upto,
 NEXT_STEPS = 4
 
 
-def _next_statistic(e: UnionEntries, value: torch.Tensor, rank: torch.Tensor, s, below,
-                    upto, skip: torch.Tensor) -> torch.Tensor:
-    """``[N, U]``: the ``rank``-th smallest value of each union column, where ``value`` holds
-    the one before it (the two middle values of an even number of clients): ``value`` again
-    if more than ``rank`` values are at most it, else the smallest value above it (a listed
-    probability, or the next sorted spread unless the column's listers took every copy of it;
-    those few columns are searched for as :func:`_order_statistic` does)."""
-    n, u = e.ids.shape
-    k = s.shape[1]
-    col, b = e.flat_col, e.prob
-    a = e.at_entries(e.spread)
-    v = value.reshape(-1)
-    crow = torch.arange(n).repeat_interleave(u)
-    spreads_upto = torch.searchsorted(s, value.reshape(n, u).contiguous(), right=True).view(-1)
-    v_e = v.index_select(0, col)
-    g = spreads_upto.clone().index_add_(0, col, (b <= v_e).long() - (a <= v_e).long())
-    again = g >= rank.index_select(0, crow) + 1
-    inf = torch.tensor(math.inf, dtype=torch.float64)
-    listed_above = torch.full((n * u,), math.inf, dtype=torch.float64).scatter_reduce_(
-        0, col, torch.where(b > v_e, b, inf), "amin")
+def _next_statistic(e: UnionEntries, value: torch.Tensor, rank: torch.Tensor, sp: _Spreads,
+                    cols: torch.Tensor, ent: torch.Tensor, ecol: torch.Tensor) -> torch.Tensor:
+    """:func:`_order_statistic` where ``value`` holds the one before (the two middle values of
+    an even number of clients): ``value`` again if more than ``rank`` values are at most it,
+    else the smallest value above it (a listed probability, or the next sorted spread unless
+    the column's listers took every copy of it; those few columns are searched for)."""
+    u, c = e.ids.shape[1], len(cols)
+    a, b = _pick(e.at_entries(e.spread), ent), _pick(e.prob, ent)
+    crow = cols.div(u, rounding_mode="floor")
+    m = _pick(sp.m, crow)
+    # the spreads <= value: a search in the row's sorted spreads
+    lo, hi = torch.zeros(c, dtype=torch.int64), m.clone()
+    while bool((lo < hi).any()):
+        mid = (lo + hi) // 2
+        up = sp.at(crow, mid) <= value
+        lo, hi = torch.where(up & (lo < hi), mid + 1, lo), torch.where(up | (lo >= hi), hi, mid)
+    spreads_upto = lo
+    v_e = _pick(value, ecol)
+    g = spreads_upto.clone().index_add_(0, ecol, (b <= v_e).long() - (a <= v_e).long())
+    again = g >= _pick(rank, crow) + 1
+    listed_above = torch.full((c,), math.inf, dtype=torch.float64).scatter_reduce_(
+        0, ecol, torch.where(b > v_e, b, math.inf), "amin")
     # the next sorted spread that some client other than the column's listers holds
-    m = e.present.sum(0).index_select(0, crow)
     j = spreads_upto
     for _ in range(NEXT_STEPS):
         more = j < m
-        at = crow * k + j.clamp(max=k - 1)
-        spread_above = torch.where(more, s.view(-1).index_select(0, at), inf)
-        group_end = torch.where(more, upto.view(-1).index_select(0, at), j)
-        taken = torch.zeros(n * u, dtype=torch.int64).index_add_(
-            0, col, (a == spread_above.index_select(0, col)).long())
-        blocked = more & (group_end - j <= taken) & ~again & ~skip
+        spread_above = torch.where(more, sp.at(crow, j), math.inf)
+        group_end = torch.where(more, _pick(sp.upto, crow * sp.k + j.clamp(max=sp.k - 1)), j)
+        taken = torch.zeros(c, dtype=torch.int64).index_add_(
+            0, ecol, (a == _pick(spread_above, ecol)).long())
+        blocked = more & (group_end - j <= taken) & ~again
         if not bool(blocked.any()):
             break
         j = torch.where(blocked, group_end, j)
-    out = torch.where(again, v, torch.minimum(listed_above, spread_above))
-    search = blocked & (listed_above >= spread_above)
-    if bool(search.any()):
-        found = _order_statistic(e, rank, s, below, upto, skip | ~search)
-        out = torch.where(search, found.view(-1), out)
-    return out.view(n, u)
+    out = torch.where(again, value, torch.minimum(listed_above, spread_above))
+    search = (blocked & (listed_above >= spread_above)).nonzero().squeeze(1)
+    if len(search):
+        sub, sub_col = _entries_of(c, ecol, search)
+        out[search] = _order_statistic(e, rank, sp, _pick(cols, search), _pick(ent, sub),
+                                       sub_col)
+    return out
 
 
 #: columns listed by more than this share of the clients (and by at least
@@ -293,40 +334,55 @@ DENSE_SHARE = 8
 DENSE_LISTERS = 16
 
 
+def _sorted_columns(e: UnionEntries, cols: torch.Tensor, ranks) -> list[torch.Tensor]:
+    """The order statistics ``ranks`` (each per row) of the columns ``cols``, by sorting each
+    column's K values as the dense rule does."""
+    k, n = e.present.shape
+    u = e.ids.shape[1]
+    rows = cols.div(u, rounding_mode="floor")
+    values = torch.where(e.present, e.spread, math.inf).T.contiguous().index_select(0, rows)
+    ent, at = _entries_of(n * u, e.flat_col, cols)
+    values.view(-1).index_copy_(0, at * k + _pick(e.client, ent), _pick(e.prob, ent))
+    values = values.sort(-1).values
+    return [values.gather(1, _pick(r, rows)[:, None]).squeeze(1) for r in ranks]
+
+
 def median(e: UnionEntries) -> torch.Tensor:
     """``[N, U + 1]``: the coordinate-wise median of the present clients (the mean of the two
     middle values when their number is even), unnormalised, as :func:`fdcli.rules.median`
-    computes it, bit for bit."""
-    s, below, upto = _sorted_spreads(e)
+    computes it, bit for bit. A union column that one client lists has it in closed form
+    (:func:`_single_lister`), one that many list is sorted (:func:`_sorted_columns`), and
+    the others are searched for (:func:`_order_statistic`)."""
+    sp = _Spreads.of(e)
     k, n = e.present.shape
     u = e.ids.shape[1]
-    m = e.present.sum(0)
-    lo, hi = (m - 1) // 2, m // 2
-    col = e.flat_col
-    wide = torch.bincount(col, minlength=n * u) > max(DENSE_LISTERS, k // DENSE_SHARE)
-    if bool((wide | ~(e.ids < e.num_classes).view(-1)).all()):
-        low = high = torch.zeros(n, u, dtype=torch.float64)
-    else:
-        low = _order_statistic(e, lo, s, below, upto, wide)
-        high = low if bool((lo == hi).all()) else \
-            _next_statistic(e, low, hi, s, below, upto, wide | ~(lo < hi).repeat_interleave(u))
-    if bool(wide.any()):
-        # the columns many clients list: each one's K values sorted
-        cols = wide.nonzero().squeeze(1)
-        rows = cols.div(u, rounding_mode="floor")
-        values = torch.where(e.present, e.spread, math.inf).T.contiguous().index_select(0, rows)
-        slot = torch.full((n * u,), -1)
-        slot[cols] = torch.arange(len(cols))
-        mine = (slot.index_select(0, col) >= 0).nonzero().squeeze(1)
-        values.view(-1).index_copy_(0, slot[col[mine]] * k + e.client[mine], e.prob[mine])
-        values = values.sort(-1).values
-        low = low.clone()
-        low.view(-1)[cols] = values.gather(1, lo[rows, None]).squeeze(1)
-        high = high.clone()
-        high.view(-1)[cols] = values.gather(1, hi[rows, None]).squeeze(1)
-    out = torch.empty(n, e.width, dtype=torch.float64)
-    out[:, :-1] = (low + high) / 2
+    lo, hi = (sp.m - 1) // 2, sp.m // 2
+    odd = bool((lo == hi).all())
+    listers = torch.bincount(e.flat_col, minlength=n * u)
+    union = (e.ids < e.num_classes).view(-1)
+    wide = union & (listers > max(DENSE_LISTERS, k // DENSE_SHARE))
+    single = union & ~wide & (listers == 1)
+    low = torch.zeros(n * u, dtype=torch.float64)
+    high = low if odd else torch.zeros(n * u, dtype=torch.float64)
+    ent = _pick(single, e.flat_col).nonzero().squeeze(1)
+    at = _pick(e.flat_col, ent)
+    low[at] = _single_lister(e, lo, sp, ent)
+    if not odd:
+        high[at] = _single_lister(e, hi, sp, ent)
+    cols = (union & ~wide & ~single).nonzero().squeeze(1)
+    if len(cols):
+        ent, ecol = _entries_of(n * u, e.flat_col, cols)
+        first = _order_statistic(e, lo, sp, cols, ent, ecol)
+        low[cols] = first
+        if not odd:
+            high[cols] = _next_statistic(e, first, hi, sp, cols, ent, ecol)
+    cols = wide.nonzero().squeeze(1)
+    if len(cols):
+        low[cols], high[cols] = _sorted_columns(e, cols, (lo, hi))
+    out = torch.zeros(n, e.width, dtype=torch.float64)
+    out[:, :-1] = ((low + high) / 2).view(n, u)
     out[:, :-1].masked_fill_(~(e.ids < e.num_classes), 0.0)
+    s = sp.values.view(n, k)
     out[:, -1] = (s.gather(1, lo[:, None]) + s.gather(1, hi[:, None])).squeeze(1) / 2
     return out
 

@@ -68,8 +68,9 @@ def with_present(clients, seed):
 @pytest.fixture(params=["search", "search for the second middle value", "sort",
                         "sort every listed column"])
 def median_path(request, monkeypatch):
-    """The median of a column is searched for among the sorted spreads, or (columns that many
-    clients list) found by sorting the column's values; both must give the dense values. Of
+    """The median of a column that one client lists is in closed form; of one that several
+    list it is searched for among the sorted spreads, or (many) found by sorting the column's
+    values; all must give the dense values. Of
     an even number of clients, the second middle value is the next one above the first, or
     (where the column's listers took the next spreads) searched for too."""
     if request.param == "search for the second middle value":
