@@ -239,19 +239,25 @@ def consensus_distance(probs: torch.Tensor, present: torch.Tensor,
     return torch.where(present, tv, torch.full_like(tv, math.nan)), agree
 
 
-def _union(clients: list[SparseRows]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+def _union(clients: list[SparseRows]):
     """Each client's listed ids (``V`` where unlisted), the union per row (ascending, padded
-    with ``V``) and its size per row."""
+    with ``V``), its size per row, and ``[N, K * W]`` (W: the widest client's ids, a client's
+    ids padded to it) each listed id's column in the union (``K * W`` where unlisted)."""
     v = clients[0].num_classes
     listed = [torch.where(torch.isfinite(c.logp), c.ids.long(), v) for c in clients]
-    allids = torch.cat(listed, -1).sort(-1).values
+    most = max(own.shape[1] for own in listed)
+    flat = torch.cat([torch.nn.functional.pad(own, (0, most - own.shape[1]), value=v)
+                      for own in listed], -1)
+    allids, order = flat.sort(-1)
     keep = allids < v
     keep[:, 1:] &= allids[:, 1:] != allids[:, :-1]
     # each row's distinct ids moved to its front (the rest: V), without a second sort
     n, width = allids.shape
-    at = torch.where(keep, keep.cumsum(-1) - 1, width)
-    out = torch.full((n, width + 1), v, dtype=allids.dtype).scatter_(1, at, allids)
-    return listed, out[:, :width], keep.sum(-1)
+    column = keep.cumsum(-1) - 1          # a repeated id: the column of its first copy
+    out = torch.full((n, width + 1), v, dtype=allids.dtype).scatter_(
+        1, torch.where(keep, column, width), allids)
+    where = torch.empty_like(column).scatter_(1, order, torch.where(allids < v, column, width))
+    return listed, out[:, :width], keep.sum(-1), where
 
 
 def union_support(clients: list[SparseRows], present: torch.Tensor, union=None
@@ -266,7 +272,7 @@ def union_support(clients: list[SparseRows], present: torch.Tensor, union=None
     zeros. ``union``: :func:`_union` of ``clients``, when the caller has it already."""
     v = clients[0].num_classes
     n = present.shape[1]
-    listed, allids, count = union if union is not None else _union(clients)
+    listed, allids, count, _ = union if union is not None else _union(clients)
     width = max(int(count.max()) if n else 0, 1)
     ids = allids[:, :width].contiguous()
     # every entry starts as its client's spread tail; the union's padding columns are 0;
@@ -354,7 +360,7 @@ def _in_chunks(clients: list[SparseRows], present: torch.Tensor, rule: str,
                distances: list | None, step: int, union, **params) -> SparseRows:
     """:func:`aggregate_sparse` a chunk of ``step`` rows at a time (``union`` sliced), joined
     (unlisted columns padded as the union pads them: id 0, log-probability -inf)."""
-    listed, allids, count = union
+    listed, allids, count, where = union
     parts, tvs, agrees = [], [], []
     for a in range(0, present.shape[1], step):
         b = a + step
@@ -363,7 +369,8 @@ def _in_chunks(clients: list[SparseRows], present: torch.Tensor, rule: str,
         got: list = []
         parts.append(_combine(chunk, present[:, a:b], rule,
                               got if distances is not None else None,
-                              ([own[a:b] for own in listed], allids[a:b], count[a:b]),
+                              ([own[a:b] for own in listed], allids[a:b], count[a:b],
+                               where[a:b]),
                               **params))
         if got:
             tvs.append(got[0][0])

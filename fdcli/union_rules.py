@@ -76,10 +76,10 @@ class UnionEntries:
 
 def union_entries(clients: list[SparseRows], present: torch.Tensor, union) -> UnionEntries:
     """The listed entries of ``clients`` over the union ``union`` (:func:`fdcli.rules._union`:
-    each client's listed ids, the union per row and its size), row by row and, within a row,
-    client by client. The spreads and probabilities are computed as
-    :func:`fdcli.rules.union_support` computes them."""
-    listed_ids, allids, count = union
+    each client's listed ids, the union per row, its size and each listed id's column in it),
+    row by row and, within a row, client by client. The spreads and probabilities are
+    computed as :func:`fdcli.rules.union_support` computes them."""
+    listed_ids, allids, count, where = union
     v = clients[0].num_classes
     k, n = present.shape
     width = max(int(count.max()) if n else 0, 1)
@@ -97,8 +97,7 @@ def union_entries(clients: list[SparseRows], present: torch.Tensor, union) -> Un
     spread = torch.where(present, spread, torch.zeros_like(spread))
     mine &= present[:, :, None]
     # row-major: [N, K * most], so that a row's entries sit together
-    pos = torch.searchsorted(ids, own.permute(1, 0, 2).reshape(n, k * most))
-    pos = torch.where(mine.permute(1, 0, 2).reshape(n, k * most), pos, width)
+    pos = torch.where(mine.permute(1, 0, 2).reshape(n, k * most), where, width)
     # the first union column each client did not list: how many of 0, 1, 2, ... it did
     seen = torch.zeros(n, k, most + 2, dtype=torch.bool)
     seen.scatter_(2, pos.view(n, k, most).clamp(max=most + 1), True)
