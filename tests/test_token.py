@@ -723,3 +723,19 @@ def test_simulate_causal_lm_over_seeds(tmp_path):
     assert over["paired"]["centralized"]["mean_ppl_difference"]["values"] == pytest.approx(
         [d["student"]["mean_ppl"] - d["centralized"]["mean_ppl"] for d in runs])
     assert "2 seeds" in r.output and "mean_ppl: mean ± sd" in " ".join(r.output.split())
+
+
+def test_the_writers_kl_is_the_same_whether_the_stored_ids_ascend_or_not():
+    """The writer's fidelity KL finds each exact id among the stored ones by a search when
+    they ascend (as topk stores them) and by comparing every pair otherwise: the same KL."""
+    from fdcli.bundle.writer import _sparse_kl
+
+    clients = _clients(v=40, n=6, ks=(5, 7, 3))
+    exact = aggregate_sparse(clients, torch.ones(3, 6, dtype=torch.bool), "mean")
+    codec = TopKCodec(4)
+    stored = codec.sparse(codec.encode_sparse(exact), 40)
+    assert bool((stored.ids[:, 1:] > stored.ids[:, :-1]).all())
+    flipped = SparseRows(stored.ids.flip(-1), stored.logp.flip(-1), stored.tail_logp, 40)
+    kl = _sparse_kl(exact, stored)
+    assert torch.equal(kl, _sparse_kl(exact, flipped))
+    assert bool((kl > 0).all()) and kl.shape == (6,)

@@ -52,9 +52,14 @@ def _sparse_kl(exact: SparseRows, stored: SparseRows) -> torch.Tensor:
     dense_e = torch.cat([exact.logp, exact.tail_logp[:, None]], -1)
     at = torch.full_like(exact.logp, -math.inf)
     ids_e, ids_s = exact.ids.long(), stored.ids.long()
-    match = ids_e[:, :, None] == ids_s[:, None, :]
-    hit = match.any(-1) & torch.isfinite(exact.logp)
-    pos = match.float().argmax(-1)
+    if ids_s.shape[1] and bool((ids_s[:, 1:] > ids_s[:, :-1]).all()):
+        # ids ascending (as topk stores them): a search, not [rows, exact ids, stored ids]
+        pos = torch.searchsorted(ids_s, ids_e).clamp(max=ids_s.shape[1] - 1)
+        hit = (ids_s.gather(1, pos) == ids_e) & torch.isfinite(exact.logp)
+    else:
+        match = ids_e[:, :, None] == ids_s[:, None, :]
+        hit = match.any(-1) & torch.isfinite(exact.logp)
+        pos = match.float().argmax(-1)
     at = torch.where(hit, stored.logp.gather(1, pos), at)
     # an exact listed id that was dropped now lives in the stored tail, shared evenly
     others = (exact.num_classes - torch.isfinite(stored.logp).sum(-1)).clamp(min=1).float()
