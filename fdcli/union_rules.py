@@ -10,9 +10,10 @@ spread, in O(E + N U) memory and work:
 - weighted averages (mean, confidence, weighted, entropy-reduction): each column starts at
   the weighted sum of the spreads and each listed entry adds ``w (p - spread)``;
 - the coordinate-wise median: an order statistic of the row's sorted spreads with the column's
-  listers' spreads taken out and their listed probabilities put in, found by a search over
-  a window of the sorted spreads as wide as the column's listers; the values are the dense
-  array's, bit for bit;
+  listers' spreads taken out and their listed probabilities put in: in closed form for a
+  column one client lists, by a search over a window of the sorted spreads as wide as the
+  column's listers for a few, by sorting the column's values for many; the values are the
+  dense array's, bit for bit;
 - the outlier distances: each client's total variation from the median through the row's
   sorted consensus and prefix sums, and its most likely column without the dense row.
 
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .sparse_rows import SparseRows, row_sum
+from . import rules
+from .sparse_rows import SparseRows
 
 #: the rules computed here; the others (trimmed-mean) use the dense union support
 SPARSE_RULES = ("mean", "confidence", "weighted", "entropy-reduction", "median")
@@ -150,7 +152,7 @@ def confidence_scores(e: UnionEntries, measure: str) -> torch.Tensor:
         out = (e.num_classes - e.listed).double() * plogp(e.spread)
         out.view(-1).index_add_(0, e.cell, plogp(e.prob))
         return out
-    raise ValueError(f"confidence measure must be one of ('max', 'neg_entropy'), got "
+    raise ValueError(f"confidence measure must be one of {rules.CONFIDENCE_MEASURES}, got "
                      f"{measure!r}")
 
 
@@ -408,9 +410,7 @@ def _client_argmax(e: UnionEntries) -> torch.Tensor:
 def consensus_distance(e: UnionEntries) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fdcli.rules.consensus_distance` over the entries: ``(tv, agree)``, ``[K, N]``,
     against the normalised coordinate-wise median."""
-    from .rules import _normalise
-
-    cons = _normalise(median(e), e.mult)
+    cons = rules._normalise(median(e), e.mult)
     n, u = e.ids.shape
     inunion = e.ids < e.num_classes
     c_u = torch.where(inunion, cons[:, :-1], torch.full_like(cons[:, :-1], math.inf))
@@ -437,8 +437,6 @@ def consensus_distance(e: UnionEntries) -> tuple[torch.Tensor, torch.Tensor]:
 def combine(e: UnionEntries, rule: str, **params) -> torch.Tensor:
     """``[N, U + 1]``: ``rule`` (one of :data:`SPARSE_RULES`) over the entries, the columns as
     the dense rule returns them (the last stands for each id outside the union)."""
-    from . import rules
-
     k, n = e.present.shape
     if not bool(e.present.any(0).all()):
         raise ValueError("every example needs at least one client that has it")
@@ -461,7 +459,3 @@ def combine(e: UnionEntries, rule: str, **params) -> torch.Tensor:
         w = rules.softmax_weights(confidence_scores(e, measure), e.present, tau)
         return rules._normalise(weighted_average(e, w), e.mult)
     raise ValueError(f"rule {rule!r} has no sparse form; use one of {SPARSE_RULES}")
-
-
-__all__ = ["SPARSE_RULES", "UnionEntries", "union_entries", "combine", "consensus_distance",
-           "median", "weighted_average", "confidence_scores", "row_sum"]
