@@ -249,13 +249,14 @@ def _union(clients: list[SparseRows]):
     flat = torch.cat([torch.nn.functional.pad(own, (0, most - own.shape[1]), value=v)
                       for own in listed], -1)
     allids, order = flat.sort(-1)
+    del flat  # these [rows, clients x ids] arrays are the largest of a batch: one fewer
     keep = allids < v
     keep[:, 1:] &= allids[:, 1:] != allids[:, :-1]
     # each row's distinct ids moved to its front (the rest: V), without a second sort
     n, width = allids.shape
-    column = keep.cumsum(-1) - 1          # a repeated id: the column of its first copy
+    column = keep.cumsum(-1, dtype=torch.int32) - 1  # a repeated id: its first copy's column
     out = torch.full((n, width + 1), v, dtype=allids.dtype).scatter_(
-        1, torch.where(keep, column, width), allids)
+        1, torch.where(keep, column, width).long(), allids)
     where = torch.empty_like(column).scatter_(1, order, torch.where(allids < v, column, width))
     return listed, out[:, :width], keep.sum(-1), where
 
@@ -293,6 +294,10 @@ def union_support(clients: list[SparseRows], present: torch.Tensor, union=None
     return ids, probs, mult
 
 
+#: the working arrays of :mod:`fdcli.union_rules`, per listed entry and union column: the
+#: entries' own (client, row, column, probability and two indices) and the median's
+ENTRY_ARRAYS = 8
+
 #: the most elements (clients x rows x union width) that :func:`aggregate_sparse` combines at
 #: once; more rows are combined a chunk at a time (each float64 copy of them: 128 MiB)
 UNION_ELEMENTS = 1 << 24
@@ -320,9 +325,8 @@ def aggregate_sparse(clients: list[SparseRows], present: torch.Tensor, rule: str
     if max_elements and n > 1:
         width = int(union[2].max()) + 1
         if rule in SPARSE_RULES:
-            # the listed entries and the union's columns, in about eight arrays of each
             listed = sum((own < clients[0].num_classes).sum(-1) for own in union[0])
-            per_row = 8 * (int(listed.max()) + width)
+            per_row = ENTRY_ARRAYS * (int(listed.max()) + width)
         else:
             per_row = k * width
         step = max(1, max_elements // per_row)

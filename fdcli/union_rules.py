@@ -102,11 +102,11 @@ def union_entries(clients: list[SparseRows], present: torch.Tensor, union) -> Un
     pos = torch.where(mine.permute(1, 0, 2).reshape(n, k * most), where, width)
     # the first union column each client did not list: how many of 0, 1, 2, ... it did
     seen = torch.zeros(n, k, most + 2, dtype=torch.bool)
-    seen.scatter_(2, pos.view(n, k, most).clamp(max=most + 1), True)
+    seen.scatter_(2, pos.view(n, k, most).clamp(max=most + 1).long(), True)
     first_gap = (~seen[:, :, :most + 1]).byte().argmax(-1).T
     row, flat = (pos < width).nonzero(as_tuple=True)
     client = flat.div(most, rounding_mode="floor")
-    col = pos.view(-1).index_select(0, row * (k * most) + flat)
+    col = pos.view(-1).index_select(0, row * (k * most) + flat).long()
     prob = logp.permute(1, 0, 2).reshape(n, k * most).reshape(-1) \
         .index_select(0, row * (k * most) + flat).double().exp()
     mult = torch.cat([(ids < v).double(), (v - count).double()[:, None]], -1)
