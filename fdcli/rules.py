@@ -37,8 +37,22 @@ def _check(probs: torch.Tensor, present: torch.Tensor) -> None:
     if probs.dim() != 3 or present.shape != probs.shape[:2]:
         raise ValueError(f"probs must be [K, N, C] and present [K, N], got {list(probs.shape)} "
                          f"and {list(present.shape)}")
+    check_present(present)
+
+
+def check_present(present: torch.Tensor) -> None:
+    """Refuse ``present`` ``[K, N]`` when an example has no client."""
     if not bool(present.any(0).all()):
         raise ValueError("every example needs at least one client that has it")
+
+
+def sample_counts(counts: torch.Tensor | list[float], clients: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """The ``weighted`` rule's counts as ``[K]``, checked: one non-negative number per client."""
+    counts = torch.as_tensor(counts, dtype=dtype)
+    if counts.shape != (clients,) or bool((counts < 0).any()):
+        raise ValueError(f"counts must be {clients} non-negative numbers, got {counts}")
+    return counts
 
 
 def _normalise(p: torch.Tensor, mult: torch.Tensor | None = None) -> torch.Tensor:
@@ -127,9 +141,7 @@ def by_sample_count(probs: torch.Tensor, present: torch.Tensor,
                     counts: torch.Tensor | list[float],
                     mult: torch.Tensor | None = None) -> torch.Tensor:
     """Average weighted by each client's declared number of training examples ([K])."""
-    counts = torch.as_tensor(counts, dtype=probs.dtype)
-    if counts.shape != (probs.shape[0],) or bool((counts < 0).any()):
-        raise ValueError(f"counts must be {probs.shape[0]} non-negative numbers, got {counts}")
+    counts = sample_counts(counts, probs.shape[0], probs.dtype)
     return weighted_average(probs, present, counts[:, None].expand(present.shape), mult)
 
 
@@ -273,7 +285,7 @@ def union_support(clients: list[SparseRows], present: torch.Tensor, union=None
     zeros. ``union``: :func:`_union` of ``clients``, when the caller has it already."""
     v = clients[0].num_classes
     n = present.shape[1]
-    listed, allids, count, _ = union if union is not None else _union(clients)
+    listed, allids, count, where = union if union is not None else _union(clients)
     width = max(int(count.max()) if n else 0, 1)
     ids = allids[:, :width].contiguous()
     # every entry starts as its client's spread tail; the union's padding columns are 0;
@@ -284,9 +296,10 @@ def union_support(clients: list[SparseRows], present: torch.Tensor, union=None
                           for c, own in zip(clients, listed)])
     probs = spread[:, :, None].expand(len(clients), n, width + 1).clone()
     probs[:, :, :width].masked_fill_(~(ids < v)[None], 0.0)
+    most = where.shape[1] // len(clients)
     for k, (c, own) in enumerate(zip(clients, listed)):
         mine = own < v
-        pos = torch.where(mine, torch.searchsorted(ids, own), width)
+        pos = torch.where(mine, where[:, k * most:k * most + own.shape[1]].long(), width)
         probs[k].scatter_(1, pos, torch.where(mine, c.logp.double().exp(),
                                               spread[k][:, None].expand_as(own)))
     probs.masked_fill_(~present[:, :, None], 0.0)
@@ -350,7 +363,9 @@ def _combine(clients: list[SparseRows], present: torch.Tensor, rule: str,
         probs = union_support(clients, present, union)[1]
         combined = RULES[rule](probs, present, mult=mult, **params)
     if distances is not None:
-        distances.append(union_rules.consensus_distance(entries))
+        # the median rule's rows are the distances' consensus: not computed twice
+        distances.append(union_rules.consensus_distance(
+            entries, combined if rule == "median" else None))
     v = clients[0].num_classes
     logp = torch.where(ids < v, combined[:, :-1].clamp_min(1e-300).log(),
                        torch.full_like(combined[:, :-1], -math.inf)).float()

@@ -394,7 +394,7 @@ def _client_argmax(e: UnionEntries) -> torch.Tensor:
     k, n = e.present.shape
     u = e.ids.shape[1]
     top = torch.full((k * n,), -math.inf, dtype=torch.float64)
-    top.scatter_reduce_(0, e.cell, e.prob, "amax").view(k, n)
+    top.scatter_reduce_(0, e.cell, e.prob, "amax")
     best = torch.maximum(top.view(k, n), e.spread)   # the last column holds the spread
     first = torch.full((k * n,), u + 1)
     hit = e.prob == e.at_entries(best)
@@ -407,10 +407,12 @@ def _client_argmax(e: UnionEntries) -> torch.Tensor:
     return torch.minimum(torch.minimum(first, gap), torch.minimum(pad, last))
 
 
-def consensus_distance(e: UnionEntries) -> tuple[torch.Tensor, torch.Tensor]:
+def consensus_distance(e: UnionEntries, cons: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fdcli.rules.consensus_distance` over the entries: ``(tv, agree)``, ``[K, N]``,
-    against the normalised coordinate-wise median."""
-    cons = rules._normalise(median(e), e.mult)
+    against the normalised coordinate-wise median (``cons``, when the caller has it)."""
+    if cons is None:
+        cons = rules._normalise(median(e), e.mult)
     n, u = e.ids.shape
     inunion = e.ids < e.num_classes
     c_u = torch.where(inunion, cons[:, :-1], torch.full_like(cons[:, :-1], math.inf))
@@ -438,24 +440,19 @@ def combine(e: UnionEntries, rule: str, **params) -> torch.Tensor:
     """``[N, U + 1]``: ``rule`` (one of :data:`SPARSE_RULES`) over the entries, the columns as
     the dense rule returns them (the last stands for each id outside the union)."""
     k, n = e.present.shape
-    if not bool(e.present.any(0).all()):
-        raise ValueError("every example needs at least one client that has it")
+    rules.check_present(e.present)
     if rule == "median":
         return rules._normalise(median(e), e.mult)
     if rule in ("mean", "entropy-reduction"):
-        temperature = params.pop("temperature", 0.1) if rule == "entropy-reduction" else None
-        if temperature is not None and not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        out = rules._normalise(weighted_average(e, torch.ones(k, n, dtype=torch.float64)),
-                               e.mult)
-        return out if temperature is None else rules.sharpen(out, temperature, e.mult)
-    if rule == "weighted":
-        counts = torch.as_tensor(params["counts"], dtype=torch.float64)
-        if counts.shape != (k,) or bool((counts < 0).any()):
-            raise ValueError(f"counts must be {k} non-negative numbers, got {counts}")
-        return rules._normalise(weighted_average(e, counts[:, None].expand(k, n)), e.mult)
-    if rule == "confidence":
-        measure, tau = params.get("measure", "max"), params.get("tau", 1.0)
-        w = rules.softmax_weights(confidence_scores(e, measure), e.present, tau)
-        return rules._normalise(weighted_average(e, w), e.mult)
-    raise ValueError(f"rule {rule!r} has no sparse form; use one of {SPARSE_RULES}")
+        weights = torch.ones(k, n, dtype=torch.float64)
+    elif rule == "weighted":
+        weights = rules.sample_counts(params["counts"], k, torch.float64)[:, None].expand(k, n)
+    elif rule == "confidence":
+        weights = rules.softmax_weights(confidence_scores(e, params.get("measure", "max")),
+                                        e.present, params.get("tau", 1.0))
+    else:
+        raise ValueError(f"rule {rule!r} has no sparse form; use one of {SPARSE_RULES}")
+    out = rules._normalise(weighted_average(e, weights), e.mult)
+    if rule == "entropy-reduction":
+        return rules.sharpen(out, params.get("temperature", 0.1), e.mult)
+    return out

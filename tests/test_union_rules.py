@@ -176,7 +176,7 @@ def test_the_aggregated_rows_equal_the_dense_path_after_the_codec(monkeypatch):
                                                          distances=sparse_d, **params))
         with monkeypatch.context() as mp:
             mp.setattr(ur, "SPARSE_RULES", ())
-            mp.setattr(ur, "consensus_distance", lambda e: rules.consensus_distance(
+            mp.setattr(ur, "consensus_distance", lambda e, cons=None: rules.consensus_distance(
                 rules.union_support(clients, present)[1], present, e.mult))
             dense_d: list = []
             want = codec.encode_sparse(rules.aggregate_sparse(clients, present, rule,
