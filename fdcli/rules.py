@@ -319,30 +319,24 @@ UNION_ELEMENTS = 1 << 24
 def aggregate_sparse(clients: list[SparseRows], present: torch.Tensor, rule: str,
                      distances: list | None = None,
                      max_elements: int | None = None, **params) -> SparseRows:
-    """Combine K clients' sparse rows with ``rule`` over their union support
-    (:func:`union_support`); the result lists the union and carries the mass of every other
-    id in its tail. Re-sparsify it by encoding it (``TopKCodec.encode_sparse``). When a
-    ``distances`` list is given, :func:`consensus_distance` of the rows is appended to it.
+    """Combine K clients' sparse rows with ``rule`` over their union support (as
+    :func:`union_support` puts them; computed on the listed entries, :mod:`fdcli.union_rules`);
+    the result lists the union and carries the mass of every other id in its tail.
+    Re-sparsify it by encoding it (``TopKCodec.encode_sparse``). When a ``distances`` list is
+    given, :func:`consensus_distance` of the rows is appended to it.
 
     Rows are independent: when their working arrays pass ``max_elements`` (default
     :data:`UNION_ELEMENTS`; 0: no limit) they are combined in chunks of rows, so memory is
     bounded by ``max_elements`` and not by the number of clients squared. The working arrays
-    are eight of (listed entries + union width + 1) per row for the rules of
-    :mod:`fdcli.union_rules`, and K x (union width + 1) per row for the dense ones. The rows
-    are the same, bit for bit."""
-    from .union_rules import SPARSE_RULES
-
-    n, k = present.shape[1], len(clients)
+    are eight of (listed entries + union width + 1) per row. The rows are the same, bit for
+    bit."""
+    n = present.shape[1]
     max_elements = UNION_ELEMENTS if max_elements is None else max_elements
     union = _union(clients)
     if max_elements and n > 1:
         width = int(union[2].max()) + 1
-        if rule in SPARSE_RULES:
-            listed = sum((own < clients[0].num_classes).sum(-1) for own in union[0])
-            per_row = ENTRY_ARRAYS * (int(listed.max()) + width)
-        else:
-            per_row = k * width
-        step = max(1, max_elements // per_row)
+        listed = sum((own < clients[0].num_classes).sum(-1) for own in union[0])
+        step = max(1, max_elements // (ENTRY_ARRAYS * (int(listed.max()) + width)))
         if step < n:
             return _in_chunks(clients, present, rule, distances, step, union, **params)
     return _combine(clients, present, rule, distances, union, **params)
@@ -350,18 +344,12 @@ def aggregate_sparse(clients: list[SparseRows], present: torch.Tensor, rule: str
 
 def _combine(clients: list[SparseRows], present: torch.Tensor, rule: str,
              distances: list | None, union, **params) -> SparseRows:
-    """:func:`aggregate_sparse` of rows combined in one piece: over the listed entries
-    (:mod:`fdcli.union_rules`), or for the rules without a sparse form over the dense
-    :func:`union_support`."""
+    """:func:`aggregate_sparse` of rows combined in one piece."""
     from . import union_rules
 
     entries = union_rules.union_entries(clients, present, union)
     ids, mult = entries.ids, entries.mult
-    if rule in union_rules.SPARSE_RULES:
-        combined = union_rules.combine(entries, rule, **params)
-    else:
-        probs = union_support(clients, present, union)[1]
-        combined = RULES[rule](probs, present, mult=mult, **params)
+    combined = union_rules.combine(entries, rule, **params)
     if distances is not None:
         # the median rule's rows are the distances' consensus: not computed twice
         distances.append(union_rules.consensus_distance(

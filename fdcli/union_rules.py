@@ -14,12 +14,15 @@ spread, in O(E + N U) memory and work:
   column one client lists, by a search over a window of the sorted spreads as wide as the
   column's listers for a few, by sorting the column's values for many; the values are the
   dense array's, bit for bit;
+- the trimmed mean: the two order statistics that bound the kept values found the same way,
+  the spreads between them a difference of the row's sorted spreads' prefix sums, corrected
+  for the column's listers;
 - the outlier distances: each client's total variation from the median through the row's
   sorted consensus and prefix sums, and its most likely column without the dense row.
 
 The results equal the dense rules' (``tests/test_union_rules.py``): the median, the top-class
-agreements and the ``max`` confidence scores bit for bit; sums to within rounding (the
-order of summation differs). Pure torch, no I/O.
+agreements and the ``max`` confidence scores bit for bit; sums (the weighted averages, the
+trimmed mean) to within rounding (the order of summation differs). Pure torch, no I/O.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ import torch
 from . import rules
 from .sparse_rows import SparseRows
 
-#: the rules computed here; the others (trimmed-mean) use the dense union support
-SPARSE_RULES = ("mean", "confidence", "weighted", "entropy-reduction", "median")
+#: the rules computed here: every rule that applies to sparse rows
+SPARSE_RULES = ("mean", "confidence", "weighted", "entropy-reduction", "median", "trimmed-mean")
 
 
 @dataclass
@@ -348,6 +351,54 @@ def _sorted_columns(e: UnionEntries, cols: torch.Tensor, ranks) -> list[torch.Te
     return [values.gather(1, _pick(r, rows)[:, None]).squeeze(1) for r in ranks]
 
 
+@dataclass
+class _Columns:
+    """Which way each union column's order statistics are found (flat ``row * U + column``):
+    ``single`` entries (of the columns one client lists; ``single_at`` their columns), the
+    ``searched`` columns (with their entries ``ent`` and each one's index ``ecol`` in
+    ``searched``) and the ``wide`` ones (sorted)."""
+
+    single: torch.Tensor
+    single_at: torch.Tensor
+    searched: torch.Tensor
+    ent: torch.Tensor
+    ecol: torch.Tensor
+    wide: torch.Tensor
+
+    @classmethod
+    def of(cls, e: UnionEntries) -> "_Columns":
+        k, (n, u) = e.present.shape[0], e.ids.shape
+        listers = torch.bincount(e.flat_col, minlength=n * u)
+        union = (e.ids < e.num_classes).view(-1)
+        wide = union & (listers > max(DENSE_LISTERS, k // DENSE_SHARE))
+        single = union & ~wide & (listers == 1)
+        ent = _pick(single, e.flat_col).nonzero().squeeze(1)
+        searched = (union & ~wide & ~single).nonzero().squeeze(1)
+        return cls(ent, _pick(e.flat_col, ent), searched,
+                   *_entries_of(n * u, e.flat_col, searched), wide.nonzero().squeeze(1))
+
+
+def _statistics(e: UnionEntries, sp: _Spreads, cols: _Columns, ranks: tuple,
+                adjacent: bool = False) -> list[torch.Tensor]:
+    """The order statistics ``ranks`` (0-based, each per row and in range) of every union
+    column, flat ``[N * U]`` (0 off the union). ``adjacent``: two ranks, the second the next
+    one (:func:`_next_statistic` then finds it from the first)."""
+    n, u = e.ids.shape
+    out = [torch.zeros(n * u, dtype=torch.float64) for _ in ranks]
+    for got, rank in zip(out, ranks):
+        got[cols.single_at] = _single_lister(e, rank, sp, cols.single)
+    if len(cols.searched):
+        for i, (got, rank) in enumerate(zip(out, ranks)):
+            got[cols.searched] = _next_statistic(
+                e, out[0][cols.searched], rank, sp, cols.searched, cols.ent, cols.ecol) \
+                if adjacent and i else \
+                _order_statistic(e, rank, sp, cols.searched, cols.ent, cols.ecol)
+    if len(cols.wide):
+        for got, values in zip(out, _sorted_columns(e, cols.wide, ranks)):
+            got[cols.wide] = values
+    return out
+
+
 def median(e: UnionEntries) -> torch.Tensor:
     """``[N, U + 1]``: the coordinate-wise median of the present clients (the mean of the two
     middle values when their number is even), unnormalised, as :func:`fdcli.rules.median`
@@ -358,33 +409,66 @@ def median(e: UnionEntries) -> torch.Tensor:
     k, n = e.present.shape
     u = e.ids.shape[1]
     lo, hi = (sp.m - 1) // 2, sp.m // 2
-    odd = bool((lo == hi).all())
-    listers = torch.bincount(e.flat_col, minlength=n * u)
-    union = (e.ids < e.num_classes).view(-1)
-    wide = union & (listers > max(DENSE_LISTERS, k // DENSE_SHARE))
-    single = union & ~wide & (listers == 1)
-    low = torch.zeros(n * u, dtype=torch.float64)
-    high = low if odd else torch.zeros(n * u, dtype=torch.float64)
-    ent = _pick(single, e.flat_col).nonzero().squeeze(1)
-    at = _pick(e.flat_col, ent)
-    low[at] = _single_lister(e, lo, sp, ent)
-    if not odd:
-        high[at] = _single_lister(e, hi, sp, ent)
-    cols = (union & ~wide & ~single).nonzero().squeeze(1)
-    if len(cols):
-        ent, ecol = _entries_of(n * u, e.flat_col, cols)
-        first = _order_statistic(e, lo, sp, cols, ent, ecol)
-        low[cols] = first
-        if not odd:
-            high[cols] = _next_statistic(e, first, hi, sp, cols, ent, ecol)
-    cols = wide.nonzero().squeeze(1)
-    if len(cols):
-        low[cols], high[cols] = _sorted_columns(e, cols, (lo, hi))
+    if bool((lo == hi).all()):
+        low, = _statistics(e, sp, _Columns.of(e), (lo,))
+        high = low
+    else:
+        low, high = _statistics(e, sp, _Columns.of(e), (lo, hi), adjacent=True)
     out = torch.zeros(n, e.width, dtype=torch.float64)
     out[:, :-1] = ((low + high) / 2).view(n, u)
     out[:, :-1].masked_fill_(~(e.ids < e.num_classes), 0.0)
     s = sp.values.view(n, k)
     out[:, -1] = (s.gather(1, lo[:, None]) + s.gather(1, hi[:, None])).squeeze(1) / 2
+    return out
+
+
+def trimmed_mean(e: UnionEntries, trim: float) -> torch.Tensor:
+    """``[N, U + 1]``: the coordinate-wise mean of the present clients' values after dropping
+    the ``c = min(floor(trim m), (m - 1) // 2)`` lowest and highest of the m, unnormalised,
+    as :func:`fdcli.rules.trimmed_mean` computes it, to rounding (the sums run in another
+    order). With x and y the values of ranks c - 1 and m - c (the last dropped ones), the kept
+    values are those strictly between x and y, and the copies of x and of y that rank within
+    [c, m - c): the spreads between are a difference of the row's sorted spreads' prefix sums,
+    corrected for the column's listers."""
+    if not 0 <= trim < 0.5:
+        raise ValueError(f"trim must be in [0, 0.5), got {trim}")
+    sp = _Spreads.of(e)
+    k, n = e.present.shape
+    u = e.ids.shape[1]
+    m = sp.m
+    cut = torch.minimum((m.float() * trim).floor().long(), (m - 1) // 2)
+    s = sp.values.view(n, k)
+    prefix = torch.cat([torch.zeros(n, 1, dtype=torch.float64),
+                        torch.where(torch.isfinite(s), s, 0.0).cumsum(-1)], -1)
+    # the spreads outside the union: the sorted spreads of ranks [c, m - c)
+    kept = m - 2 * cut
+    outside = (prefix.gather(1, (m - cut)[:, None]) - prefix.gather(1, cut[:, None])).squeeze(1)
+    # x and y per column (no cut: every value is kept, x = -inf and y = inf)
+    trims = cut > 0
+    x, y = _statistics(e, sp, _Columns.of(e), ((cut - 1).clamp(min=0),
+                                                torch.where(trims, m - cut, m - 1)))
+    rows_of = torch.arange(n).repeat_interleave(u)
+    x = torch.where(_pick(trims, rows_of), x, -math.inf).view(n, u)
+    y = torch.where(_pick(trims, rows_of), y, math.inf).view(n, u)
+    upto_x = torch.searchsorted(s, x, right=True)       # sorted spreads <= x
+    below_y = torch.searchsorted(s, y)                  # sorted spreads < y
+    between = prefix.gather(1, below_y) - prefix.gather(1, upto_x)
+    at_x, at_y = upto_x.double(), below_y.double()
+    # the listers: their spreads out, their listed probabilities in
+    a, b = e.at_entries(e.spread), e.prob
+    x_e, y_e = x.view(-1)[e.flat_col], y.view(-1)[e.flat_col]
+    inside = ((b > x_e) & (b < y_e)).double() * b - ((a > x_e) & (a < y_e)).double() * a
+    between.view(-1).index_add_(0, e.flat_col, inside)
+    at_x.view(-1).index_add_(0, e.flat_col, (b <= x_e).double() - (a <= x_e).double())
+    at_y.view(-1).index_add_(0, e.flat_col, (b < y_e).double() - (a < y_e).double())
+    c, last = cut[:, None].double(), (m - cut)[:, None].double()
+    copies_x, copies_y = at_x - c, last - at_y           # kept values equal to x and to y
+    total = between + torch.where(copies_x > 0, x * copies_x, 0.0) \
+        + torch.where(copies_y > 0, y * copies_y, 0.0)
+    total = torch.where(x == y, x * kept[:, None].double(), total)
+    out = torch.zeros(n, e.width, dtype=torch.float64)
+    out[:, :-1] = torch.where(e.ids < e.num_classes, total / kept[:, None].double(), 0.0)
+    out[:, -1] = outside / kept.double()
     return out
 
 
@@ -443,6 +527,8 @@ def combine(e: UnionEntries, rule: str, **params) -> torch.Tensor:
     rules.check_present(e.present)
     if rule == "median":
         return rules._normalise(median(e), e.mult)
+    if rule == "trimmed-mean":
+        return rules._normalise(trimmed_mean(e, params.get("trim", 0.2)), e.mult)
     if rule in ("mean", "entropy-reduction"):
         weights = torch.ones(k, n, dtype=torch.float64)
     elif rule == "weighted":

@@ -274,7 +274,7 @@ def test_fedavg_state_drops_tied_copies_and_loads_back(s2s_world):
 
 def test_simulate_seq2seq_small(tmp_path):
     out = tmp_path / "sim"
-    r = _fd("simulate", "--task", "seq2seq", "--num-clients", "2", "--proxy-pairs", "120",
+    r = _fd("simulate", "--task", "seq2seq", "--num-clients", "2", "--proxy-pairs", "60",
             "--epochs", "2", "--distill-epochs", "2", "--fedavg-rounds", "1",
             "--fedavg-local-epochs", "1", "--rounds", "2", "--round-epochs", "1",
             "--round-distill-epochs", "1", "--poison", "0.5", "--poison-kind", "overconfident",
@@ -314,7 +314,7 @@ def test_simulate_seq2seq_small(tmp_path):
     assert scores[("centralized", None)]["chrf"] == [
         pytest.approx(res["centralized"]["union"]["chrf"])]
     assert res["config"]["task"] == "seq2seq" and list(res["domains"]) == ["asyncio", "email"]
-    assert res["proxy_pairs"] == 120
+    assert res["proxy_pairs"] == 60
     for s, own in zip(res["specialists"], res["domains"]):
         assert s["own"] == s["by_domain"][own] and set(s["by_domain"]) == set(res["domains"])
         assert s["uploaded_bytes"] == sum(p.stat().st_size for p in

@@ -135,6 +135,42 @@ def test_confidence_scores_max_bit_for_bit_and_entropy_to_rounding():
                 assert torch.allclose(got, want, atol=1e-12), i
 
 
+@pytest.mark.parametrize("trim", [0.0, 0.1, 0.2, 0.34, 0.49])
+def test_trimmed_mean_equals_the_dense_one_to_rounding(median_path, trim):
+    """Every path of the order statistics (closed form, search, sort) gives the values that
+    bound the kept ones; ties at either bound, clients absent, tails of zero."""
+    for i, clients in enumerate(cases()):
+        present = with_present(clients, i)
+        union = rules._union(clients)
+        e = ur.union_entries(clients, present, union)
+        _, probs, mult = rules.union_support(clients, present, union)
+        want = rules.trimmed_mean(probs, present, trim=trim, mult=mult)
+        got = ur.combine(e, "trimmed-mean", trim=trim)
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=1e-14, rtol=1e-11), (i, (got - want).abs().max())
+
+
+def test_trimmed_mean_by_hand():
+    """Five clients over a vocabulary of 4; each lists id 0 and id 1, the rest is its tail
+    spread over ids 2 and 3. trim 0.2 drops the lowest and the highest value of each column:
+    column 0 holds 0.1, 0.2, 0.3, 0.4, 0.5 -> mean(0.2, 0.3, 0.4) = 0.3; column 1 holds
+    0.5, 0.5, 0.5, 0.1, 0.1 -> mean(0.1, 0.5, 0.5) = 1.1 / 3; outside (ids 2, 3; the spreads
+    (1 - p0 - p1) / 2): 0.2, 0.15, 0.1, 0.25, 0.2 -> mean(0.15, 0.2, 0.2)."""
+    v = 4
+    p0 = [0.1, 0.2, 0.3, 0.4, 0.5]
+    p1 = [0.5, 0.5, 0.5, 0.1, 0.1]
+    clients = [SparseRows(torch.tensor([[0, 1]]), torch.tensor([[a, b]]).log(),
+                          torch.tensor([1 - a - b]).log(), v) for a, b in zip(p0, p1)]
+    e = ur.union_entries(clients, torch.ones(5, 1, dtype=torch.bool), rules._union(clients))
+    raw = ur.trimmed_mean(e, 0.2)
+    want = torch.tensor([[0.3, 1.1 / 3, 0.55 / 3]], dtype=torch.float64)
+    assert torch.allclose(raw[:, :-1], want[:, :2], atol=1e-7)
+    assert torch.allclose(raw[:, -1], want[:, 2], atol=1e-7)
+    # trim 0: the plain mean
+    assert torch.allclose(ur.trimmed_mean(e, 0.0)[0, :2],
+                          torch.tensor([0.3, 0.34], dtype=torch.float64), atol=1e-7)
+
+
 def test_median_by_hand():
     """Three clients over a vocabulary of 6; the union is {0, 2, 5}. Client values per column
     (listed, or the spread of the tail over the ids not listed):
@@ -170,12 +206,14 @@ def test_the_aggregated_rows_equal_the_dense_path_after_the_codec(monkeypatch):
     present[0] = True
     codec = TopKCodec(k=8)
     for rule, params in [("confidence", {}), ("median", {}), ("mean", {}),
-                         ("entropy-reduction", {}), ("weighted", {"counts": [1.0] * 40})]:
+                         ("entropy-reduction", {}), ("weighted", {"counts": [1.0] * 40}),
+                         ("trimmed-mean", {"trim": 0.1})]:
         sparse_d: list = []
         got = codec.encode_sparse(rules.aggregate_sparse(clients, present, rule,
                                                          distances=sparse_d, **params))
         with monkeypatch.context() as mp:
-            mp.setattr(ur, "SPARSE_RULES", ())
+            mp.setattr(ur, "combine", lambda e, rule, **p: rules.RULES[rule](
+                rules.union_support(clients, present)[1], present, mult=e.mult, **p))
             mp.setattr(ur, "consensus_distance", lambda e, cons=None: rules.consensus_distance(
                 rules.union_support(clients, present)[1], present, e.mult))
             dense_d: list = []
@@ -191,8 +229,10 @@ def test_the_aggregated_rows_equal_the_dense_path_after_the_codec(monkeypatch):
 def test_a_rule_without_a_sparse_form_is_refused_by_name():
     clients = zipf_clients(3, 4, vocab=50, k=4)
     e = ur.union_entries(clients, torch.ones(3, 4, dtype=torch.bool), rules._union(clients))
-    with pytest.raises(ValueError, match="rule 'trimmed-mean' has no sparse form"):
-        ur.combine(e, "trimmed-mean")
+    with pytest.raises(ValueError, match="rule 'coverage' has no sparse form"):
+        ur.combine(e, "coverage")
+    with pytest.raises(ValueError, match=r"trim must be in \[0, 0.5\), got 0.5"):
+        ur.combine(e, "trimmed-mean", trim=0.5)
     with pytest.raises(ValueError, match="counts must be 3 non-negative numbers"):
         ur.combine(e, "weighted", counts=[1.0, -1.0, 2.0])
     with pytest.raises(ValueError, match="tau must be positive"):
