@@ -378,21 +378,59 @@ class _Columns:
                    *_entries_of(n * u, e.flat_col, searched), wide.nonzero().squeeze(1))
 
 
+class _BelowListed:
+    """The order statistics of searched columns where every lister's probability lies at or
+    above the answer (a top-k client lists its most likely ids, far above the spreads): the
+    answer is then the rank-r spread of the row with the column's listers' spreads taken out,
+    ``S[r + d]``, d the listers' spreads at or below it. With the listers of a column at
+    sorted positions p_0 < p_1 < ..., lister t comes before that spread when p_t - t (the
+    other spreads before it) is at most r."""
+
+    def __init__(self, e: UnionEntries, sp: _Spreads, cols: torch.Tensor, ent: torch.Tensor,
+                 ecol: torch.Tensor):
+        u = e.ids.shape[1]
+        self.sp, self.crow = sp, cols.div(u, rounding_mode="floor")
+        place = sp.place.view(-1).index_select(0, _pick(e.row, ent) * sp.k
+                                               + _pick(e.client, ent))
+        order = (ecol * sp.k + place).sort().indices
+        self.ecol = _pick(ecol, order)
+        self.shift = _pick(place, order) - (torch.arange(len(order))
+                                            - torch.searchsorted(self.ecol, self.ecol))
+        self.least = torch.full((len(cols),), math.inf, dtype=torch.float64).scatter_reduce_(
+            0, ecol, _pick(e.prob, ent), "amin")
+
+    def at(self, rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The statistic of rank ``rank`` (per row) of each column, and where it holds."""
+        r = _pick(rank, self.crow)
+        before = torch.zeros(len(self.crow), dtype=torch.int64).index_add_(
+            0, self.ecol, (self.shift <= _pick(r, self.ecol)).long())
+        j = r + before
+        value = self.sp.at(self.crow, j)
+        return value, (j < _pick(self.sp.m, self.crow)) & (self.least >= value)
+
+
 def _statistics(e: UnionEntries, sp: _Spreads, cols: _Columns, ranks: tuple,
                 adjacent: bool = False) -> list[torch.Tensor]:
     """The order statistics ``ranks`` (0-based, each per row and in range) of every union
-    column, flat ``[N * U]`` (0 off the union). ``adjacent``: two ranks, the second the next
-    one (:func:`_next_statistic` then finds it from the first)."""
+    column, flat ``[N * U]`` (0 off the union). Searched columns take :class:`_BelowListed`
+    where it holds, else the search. ``adjacent``: two ranks, the second the next one
+    (:func:`_next_statistic` then searches for it from the first)."""
     n, u = e.ids.shape
     out = [torch.zeros(n * u, dtype=torch.float64) for _ in ranks]
     for got, rank in zip(out, ranks):
         got[cols.single_at] = _single_lister(e, rank, sp, cols.single)
     if len(cols.searched):
+        below = _BelowListed(e, sp, cols.searched, cols.ent, cols.ecol)
         for i, (got, rank) in enumerate(zip(out, ranks)):
-            got[cols.searched] = _next_statistic(
-                e, out[0][cols.searched], rank, sp, cols.searched, cols.ent, cols.ecol) \
-                if adjacent and i else \
-                _order_statistic(e, rank, sp, cols.searched, cols.ent, cols.ecol)
+            value, holds = below.at(rank)
+            rest = (~holds).nonzero().squeeze(1)
+            if len(rest):
+                sub, sub_col = _entries_of(len(cols.searched), cols.ecol, rest)
+                at, ent = _pick(cols.searched, rest), _pick(cols.ent, sub)
+                value[rest] = _next_statistic(e, _pick(out[0], at), rank, sp, at, ent,
+                                              sub_col) if adjacent and i else \
+                    _order_statistic(e, rank, sp, at, ent, sub_col)
+            got[cols.searched] = value
     if len(cols.wide):
         for got, values in zip(out, _sorted_columns(e, cols.wide, ranks)):
             got[cols.wide] = values
