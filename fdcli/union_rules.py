@@ -11,9 +11,10 @@ spread, in O(E + N U) memory and work:
   the weighted sum of the spreads and each listed entry adds ``w (p - spread)``;
 - the coordinate-wise median: an order statistic of the row's sorted spreads with the column's
   listers' spreads taken out and their listed probabilities put in: in closed form for a
-  column one client lists, by a search over a window of the sorted spreads as wide as the
-  column's listers for a few, by sorting the column's values for many; the values are the
-  dense array's, bit for bit;
+  column one client lists; for a few listers, where each lists more than the answer, the
+  row's spread of that rank with the listers' taken out, else by a search over a window of
+  the sorted spreads as wide as the column's listers; by sorting the column's values for
+  many; the values are the dense array's, bit for bit;
 - the trimmed mean: the two order statistics that bound the kept values found the same way,
   the spreads between them a difference of the row's sorted spreads' prefix sums, corrected
   for the column's listers;
@@ -378,35 +379,41 @@ class _Columns:
                    *_entries_of(n * u, e.flat_col, searched), wide.nonzero().squeeze(1))
 
 
+#: how many times :class:`_BelowListed` recounts the listers before a spread (each recount
+#: moves past the listers the last one reached) before leaving a column to the search
+BELOW_STEPS = 8
+
+
 class _BelowListed:
     """The order statistics of searched columns where every lister's probability lies at or
     above the answer (a top-k client lists its most likely ids, far above the spreads): the
     answer is then the rank-r spread of the row with the column's listers' spreads taken out,
-    ``S[r + d]``, d the listers' spreads at or below it. With the listers of a column at
-    sorted positions p_0 < p_1 < ..., lister t comes before that spread when p_t - t (the
-    other spreads before it) is at most r."""
+    ``S[r + d]``, d the listers at sorted positions up to ``r + d``: the smallest fixed point
+    of that count, reached by recounting from d = 0."""
 
     def __init__(self, e: UnionEntries, sp: _Spreads, cols: torch.Tensor, ent: torch.Tensor,
                  ecol: torch.Tensor):
         u = e.ids.shape[1]
-        self.sp, self.crow = sp, cols.div(u, rounding_mode="floor")
-        place = sp.place.view(-1).index_select(0, _pick(e.row, ent) * sp.k
-                                               + _pick(e.client, ent))
-        order = (ecol * sp.k + place).sort().indices
-        self.ecol = _pick(ecol, order)
-        self.shift = _pick(place, order) - (torch.arange(len(order))
-                                            - torch.searchsorted(self.ecol, self.ecol))
+        self.sp, self.crow, self.ecol = sp, cols.div(u, rounding_mode="floor"), ecol
+        self.place = sp.place.view(-1).index_select(0, _pick(e.row, ent) * sp.k
+                                                    + _pick(e.client, ent))
         self.least = torch.full((len(cols),), math.inf, dtype=torch.float64).scatter_reduce_(
             0, ecol, _pick(e.prob, ent), "amin")
 
     def at(self, rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The statistic of rank ``rank`` (per row) of each column, and where it holds."""
         r = _pick(rank, self.crow)
-        before = torch.zeros(len(self.crow), dtype=torch.int64).index_add_(
-            0, self.ecol, (self.shift <= _pick(r, self.ecol)).long())
+        before = torch.zeros(len(self.crow), dtype=torch.int64)
+        for _ in range(BELOW_STEPS):
+            count = torch.zeros_like(before).index_add_(
+                0, self.ecol, (self.place <= _pick(r + before, self.ecol)).long())
+            settled = count == before
+            if bool(settled.all()):
+                break
+            before = count
         j = r + before
         value = self.sp.at(self.crow, j)
-        return value, (j < _pick(self.sp.m, self.crow)) & (self.least >= value)
+        return value, settled & (j < _pick(self.sp.m, self.crow)) & (self.least >= value)
 
 
 def _statistics(e: UnionEntries, sp: _Spreads, cols: _Columns, ranks: tuple,

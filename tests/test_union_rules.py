@@ -66,15 +66,19 @@ def with_present(clients, seed):
 
 
 @pytest.fixture(params=["search", "search for the second middle value", "sort",
-                        "sort every listed column"])
+                        "sort every listed column", "one recount of the listers"])
 def median_path(request, monkeypatch):
     """The median of a column that one client lists is in closed form; of one that several
-    list it is searched for among the sorted spreads, or (many) found by sorting the column's
-    values; all must give the dense values. Of
-    an even number of clients, the second middle value is the next one above the first, or
-    (where the column's listers took the next spreads) searched for too."""
+    list it is the row's spread less the listers' where they all list more (the listers
+    recounted until they settle; with one recount, the unsettled columns go to the search),
+    else searched for among the sorted spreads, or (many listers) found by sorting the
+    column's values; all must give the dense values. Of an even number of clients, the second
+    middle value is the next one above the first, or (where the column's listers took the
+    next spreads) searched for too."""
     if request.param == "search for the second middle value":
         monkeypatch.setattr(ur, "NEXT_STEPS", 1)
+    elif request.param == "one recount of the listers":
+        monkeypatch.setattr(ur, "BELOW_STEPS", 1)
     elif request.param == "sort":
         monkeypatch.setattr(ur, "DENSE_LISTERS", 1)
     elif request.param == "sort every listed column":

@@ -1,0 +1,103 @@
+"""The token rules on the listed entries, against an earlier commit's, in one process.
+
+``aggregate_scale.py`` times whole ``fd aggregate`` runs one after the other, and on a shared
+machine their times drift by a fifth between runs. This times only what a chunk of rows costs
+the rules (the union, its entries, the rule and the outlier report's distances, as
+``fdcli.rules._combine`` runs them), for this tree's ``fdcli`` and a baseline source tree's
+loaded beside it as another package, on the same clients, alternating between the two, and
+keeps each one's fastest of ``--repeats``. The results must be the same: the median's values
+bit for bit, the others to rounding. It prints JSON.
+
+    python benchmarks/union_rules_speed.py --baseline-src WORKTREE --clients 200 --rows 372
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from aggregate_scale import zipf_rows  # noqa: E402
+
+from fdcli import rules, union_rules  # noqa: E402
+from fdcli.sparse_rows import SparseRows  # noqa: E402
+
+
+def load_baseline(source: Path):
+    """``fdcli`` of the source tree ``source`` as the package ``fdcli_baseline``: its rules
+    and union rules modules."""
+    spec = importlib.util.spec_from_file_location(
+        "fdcli_baseline", source / "fdcli" / "__init__.py",
+        submodule_search_locations=[str(source / "fdcli")])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["fdcli_baseline"] = package
+    spec.loader.exec_module(package)
+    import fdcli_baseline.rules as base_rules  # noqa: PLC0415
+    import fdcli_baseline.union_rules as base_union  # noqa: PLC0415
+    return base_rules, base_union
+
+
+def chunk_work(rules_mod, union_mod, clients, present, rule: str, params: dict):
+    """A chunk's rule work: the union, the entries, the rule, the distances."""
+    union = rules_mod._union(clients)
+    e = union_mod.union_entries(clients, present, union)
+    combined = union_mod.combine(e, rule, **params)
+    tv, agree = union_mod.consensus_distance(e, combined if rule == "median" else None)
+    return combined, tv, agree
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline-src", type=Path, required=True)
+    ap.add_argument("--clients", type=int, default=200)
+    ap.add_argument("--rows", type=int, default=372,
+                    help="rows of one chunk (fd aggregate's at 200 Zipf clients: about 372)")
+    ap.add_argument("--vocab", type=int, default=32768)
+    ap.add_argument("--rules", default="confidence,median,trimmed-mean")
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    base_rules, base_union = load_baseline(args.baseline_src)
+    g = torch.Generator().manual_seed(0)
+    clients = []
+    for _ in range(args.clients):
+        logp = torch.log_softmax(torch.randn(args.rows, 17, generator=g) * 2, -1)
+        clients.append(SparseRows(zipf_rows(args.rows, args.vocab, 16, g), logp[:, :16],
+                                  logp[:, 16], args.vocab))
+    present = torch.rand(args.clients, args.rows, generator=g) > 0.1
+    present[0] = True
+    commit = subprocess.run(["git", "-C", str(args.baseline_src), "rev-parse", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or None
+    out = {"clients": args.clients, "rows": args.rows, "vocab": args.vocab,
+           "baseline": {"source": str(args.baseline_src), "commit": commit},
+           "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "rules": {}}
+    for rule in [r for r in args.rules.split(",") if r]:
+        params = {"trim": 0.2} if rule == "trimmed-mean" else {}
+        best = {"baseline": float("inf"), "now": float("inf")}
+        results = {}
+        for _ in range(args.repeats):
+            for name, mods in (("baseline", (base_rules, base_union)),
+                               ("now", (rules, union_rules))):
+                t0 = time.perf_counter()
+                results[name] = chunk_work(*mods, clients, present, rule, params)
+                best[name] = min(best[name], time.perf_counter() - t0)
+        (c0, tv0, a0), (c1, tv1, a1) = results["baseline"], results["now"]
+        same = torch.equal(c0, c1) if rule == "median" else \
+            torch.allclose(c0, c1, atol=1e-14, rtol=1e-11)
+        out["rules"][rule] = {
+            "baseline_ms": round(best["baseline"] * 1000, 1),
+            "now_ms": round(best["now"] * 1000, 1),
+            "speedup": round(best["baseline"] / best["now"], 2),
+            "same_rows": bool(same), "same_agreements": bool(torch.equal(a0, a1)),
+            "max_tv_difference": float((tv0 - tv1).nan_to_num().abs().max())}
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
