@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fdcli import rules
+from fdcli import union_order as uo
 from fdcli import union_rules as ur
 from fdcli.bundle import TopKCodec
 from fdcli.sparse_rows import SparseRows
@@ -76,15 +77,15 @@ def median_path(request, monkeypatch):
     middle value is the next one above the first, or (where the column's listers took the
     next spreads) searched for too."""
     if request.param == "search for the second middle value":
-        monkeypatch.setattr(ur, "NEXT_STEPS", 1)
+        monkeypatch.setattr(uo, "NEXT_STEPS", 1)
     elif request.param == "one recount of the listers":
-        monkeypatch.setattr(ur, "BELOW_STEPS", 1)
+        monkeypatch.setattr(uo, "BELOW_STEPS", 1)
     elif request.param == "sort":
-        monkeypatch.setattr(ur, "DENSE_LISTERS", 1)
+        monkeypatch.setattr(uo, "DENSE_LISTERS", 1)
     elif request.param == "sort every listed column":
-        monkeypatch.setattr(ur, "DENSE_LISTERS", 0)
+        monkeypatch.setattr(uo, "DENSE_LISTERS", 0)
     if request.param != "search":
-        monkeypatch.setattr(ur, "DENSE_SHARE", 10 ** 6)
+        monkeypatch.setattr(uo, "DENSE_SHARE", 10 ** 6)
     return request.param
 
 
