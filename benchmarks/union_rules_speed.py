@@ -6,7 +6,9 @@ the rules (the union, its entries, the rule and the outlier report's distances, 
 ``fdcli.rules._combine`` runs them), for this tree's ``fdcli`` and a baseline source tree's
 loaded beside it as another package, on the same clients, alternating between the two, and
 keeps each one's fastest of ``--repeats``. The results must be the same: the median's values
-bit for bit, the others to rounding. It prints JSON.
+bit for bit, the others to rounding. It also times re-sparsifying the combined rows to the top
+16 (``TopKCodec.encode_sparse``, as the writer does) with each version's codec: the same
+tensors. It prints JSON.
 
     python benchmarks/union_rules_speed.py --baseline-src WORKTREE --clients 200 --rows 372
 """
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from aggregate_scale import zipf_rows  # noqa: E402
 
 from fdcli import rules, union_rules  # noqa: E402
+from fdcli.bundle.codecs import topk  # noqa: E402
 from fdcli.sparse_rows import SparseRows  # noqa: E402
 
 
@@ -39,9 +42,10 @@ def load_baseline(source: Path):
     package = importlib.util.module_from_spec(spec)
     sys.modules["fdcli_baseline"] = package
     spec.loader.exec_module(package)
+    import fdcli_baseline.bundle.codecs.topk as base_topk  # noqa: PLC0415
     import fdcli_baseline.rules as base_rules  # noqa: PLC0415
     import fdcli_baseline.union_rules as base_union  # noqa: PLC0415
-    return base_rules, base_union
+    return base_rules, base_union, base_topk
 
 
 def chunk_work(rules_mod, union_mod, clients, present, rule: str, params: dict):
@@ -63,7 +67,7 @@ def main() -> None:
     ap.add_argument("--rules", default="confidence,median,trimmed-mean")
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
-    base_rules, base_union = load_baseline(args.baseline_src)
+    base_rules, base_union, base_topk = load_baseline(args.baseline_src)
     g = torch.Generator().manual_seed(0)
     clients = []
     for _ in range(args.clients):
@@ -96,6 +100,20 @@ def main() -> None:
             "speedup": round(best["baseline"] / best["now"], 2),
             "same_rows": bool(same), "same_agreements": bool(torch.equal(a0, a1)),
             "max_tv_difference": float((tv0 - tv1).nan_to_num().abs().max())}
+    # re-sparsifying the last rule's rows, as the writer does
+    sparse = rules._combine(clients, present, rule, None, rules._union(clients), **params)
+    best, encoded = {"baseline": float("inf"), "now": float("inf")}, {}
+    for _ in range(args.repeats):
+        for name, codec in (("baseline", base_topk.TopKCodec(16)), ("now", topk.TopKCodec(16))):
+            t0 = time.perf_counter()
+            encoded[name] = codec.encode_sparse(sparse)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    out["encode_sparse"] = {
+        "rule": rule, "baseline_ms": round(best["baseline"] * 1000, 1),
+        "now_ms": round(best["now"] * 1000, 1),
+        "speedup": round(best["baseline"] / best["now"], 2),
+        "same_tensors": all(torch.equal(encoded["baseline"][n], encoded["now"][n])
+                            for n in encoded["now"])}
     print(json.dumps(out, indent=2))
 
 

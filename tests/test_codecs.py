@@ -230,3 +230,27 @@ def test_truncation_kl_equals_kl_to_the_evenly_filled_reconstruction():
     got = codec.fidelity(exact_logp(logits), t, 400)["truncation_kl"]
     assert torch.allclose(got, want, atol=1e-5)
     assert float(want.mean()) > 0.01
+
+
+def test_encode_sparse_keeps_the_top_k_and_breaks_ties_to_the_lower_position():
+    """The kept positions are a stable descending sort's first k, in position order: ties
+    (many, from few distinct values), -inf entries and the smallest float (unlisted ids given
+    out to fill a row) among them; one row of the encoded rows keeps its tied ids by id."""
+    from fdcli.bundle.codecs.topk import _top_positions
+    from fdcli.sparse_rows import SparseRows
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        rows, width = 1 + trial % 7, 1 + trial % 40
+        k = 1 + trial % width
+        key = torch.randint(0, 4, (rows, width), generator=g).float()
+        key[torch.rand(rows, width, generator=g) < 0.2] = -math.inf
+        key[torch.rand(rows, width, generator=g) < 0.1] = torch.finfo(torch.float32).min
+        want = key.sort(dim=-1, descending=True, stable=True).indices[:, :k].sort(-1).values
+        assert torch.equal(_top_positions(key, k), want), trial
+    # four ids of equal probability 0.2 and one of 0.2 in the tail: k = 2 keeps ids 3 and 5
+    rows = SparseRows(torch.tensor([[3, 5, 8, 9]]), torch.full((1, 4), 0.2).log(),
+                      torch.tensor([0.2]).log(), 20)
+    t = TopKCodec(2, "fp16").encode_sparse(rows)
+    assert t["ids"].tolist() == [[3, 5]]
+    assert math.isclose(float(t["tail_logp"][0].exp()), 0.6, rel_tol=1e-6)

@@ -127,9 +127,7 @@ class TopKCodec(Codec):
         # no mass (a tail of zero, as in sampled rows): padding ids may repeat a kept id
         key = torch.where(torch.isfinite(logp) | ~fill, logp,
                           torch.full_like(logp, torch.finfo(logp.dtype).min))
-        # ties (the median rule makes many) go to the lower id: a stable sort, where topk's
-        # choice among equal values changes with the row's padded width
-        pos = key.sort(dim=-1, descending=True, stable=True).indices[:, :k]
+        pos = _top_positions(key, k)
         vals = logp.gather(1, pos)
         dropped = logp.scatter(1, pos, -math.inf)
         # the row's own sum, whatever width its batch pads it to (row_logsumexp)
@@ -212,3 +210,16 @@ class TopKCodec(Codec):
         fill = torch.where(torch.isfinite(tail), tail - math.log(others), torch.zeros_like(tail))
         trunc = (plogp - kept_plogp - tail.exp() * fill).clamp(min=0)
         return {"tail_mass": tail.exp(), "kl": quant_kl, "truncation_kl": trunc}
+
+
+def _top_positions(key: torch.Tensor, k: int) -> torch.Tensor:
+    """``[R, k]``: the positions of each row's k largest ``key`` values, in position order;
+    ties (the median rule makes many) go to the lower position, as a stable descending sort's
+    first k would (``topk``'s own choice among equal values changes with the row's padded
+    width). The k-th largest value t is found by ``topk``; every value above t is kept, and
+    the first of those equal to t fill the rest: no sort of the whole row."""
+    t = key.topk(k, dim=-1).values[:, -1:]
+    above = key > t
+    tied = key == t
+    keep = above | (tied & (tied.cumsum(-1) <= k - above.sum(-1, keepdim=True)))
+    return keep.nonzero()[:, 1].view(len(key), k)
