@@ -5,10 +5,10 @@ machine their times drift by a fifth between runs. This times only what a chunk 
 the rules (the union, its entries, the rule and the outlier report's distances, as
 ``fdcli.rules._combine`` runs them), for this tree's ``fdcli`` and a baseline source tree's
 loaded beside it as another package, on the same clients, alternating between the two, and
-keeps each one's fastest of ``--repeats``. The results must be the same: the median's values
-bit for bit, the others to rounding. It also times re-sparsifying the combined rows to the top
-16 (``TopKCodec.encode_sparse``, as the writer does) with each version's codec: the same
-tensors. It prints JSON.
+keeps each one's fastest of ``--repeats``. The results must be the same: the combined rows
+(float32 log-probabilities, as written) bit for bit, and the outlier distances. It also
+times re-sparsifying the combined rows to the top 16 (``TopKCodec.encode_sparse``, as the
+writer does) with each version's codec: the same tensors. It prints JSON.
 
     python benchmarks/union_rules_speed.py --baseline-src WORKTREE --clients 200 --rows 372
 """
@@ -28,14 +28,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from aggregate_scale import zipf_rows  # noqa: E402
 
-from fdcli import rules, union_rules  # noqa: E402
+from fdcli import rules  # noqa: E402
 from fdcli.bundle.codecs import topk  # noqa: E402
 from fdcli.sparse_rows import SparseRows  # noqa: E402
 
 
 def load_baseline(source: Path):
     """``fdcli`` of the source tree ``source`` as the package ``fdcli_baseline``: its rules
-    and union rules modules."""
+    and top-k codec modules."""
     spec = importlib.util.spec_from_file_location(
         "fdcli_baseline", source / "fdcli" / "__init__.py",
         submodule_search_locations=[str(source / "fdcli")])
@@ -44,17 +44,16 @@ def load_baseline(source: Path):
     spec.loader.exec_module(package)
     import fdcli_baseline.bundle.codecs.topk as base_topk  # noqa: PLC0415
     import fdcli_baseline.rules as base_rules  # noqa: PLC0415
-    import fdcli_baseline.union_rules as base_union  # noqa: PLC0415
-    return base_rules, base_union, base_topk
+    return base_rules, base_topk
 
 
-def chunk_work(rules_mod, union_mod, clients, present, rule: str, params: dict):
-    """A chunk's rule work: the union, the entries, the rule, the distances."""
-    union = rules_mod._union(clients)
-    e = union_mod.union_entries(clients, present, union)
-    combined = union_mod.combine(e, rule, **params)
-    tv, agree = union_mod.consensus_distance(e, combined if rule == "median" else None)
-    return combined, tv, agree
+def chunk_work(rules_mod, clients, present, rule: str, params: dict):
+    """A chunk's rule work as ``fd aggregate`` runs it (``rules._combine``): the union, the
+    entries, the rule, the outlier distances; the combined rows and the distances."""
+    distances: list = []
+    rows = rules_mod._combine(clients, present, rule, distances, rules_mod._union(clients),
+                              **params)
+    return rows, *distances[0]
 
 
 def main() -> None:
@@ -67,7 +66,7 @@ def main() -> None:
     ap.add_argument("--rules", default="confidence,median,trimmed-mean")
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
-    base_rules, base_union, base_topk = load_baseline(args.baseline_src)
+    base_rules, base_topk = load_baseline(args.baseline_src)
     g = torch.Generator().manual_seed(0)
     clients = []
     for _ in range(args.clients):
@@ -86,14 +85,13 @@ def main() -> None:
         best = {"baseline": float("inf"), "now": float("inf")}
         results = {}
         for _ in range(args.repeats):
-            for name, mods in (("baseline", (base_rules, base_union)),
-                               ("now", (rules, union_rules))):
+            for name, mod in (("baseline", base_rules), ("now", rules)):
                 t0 = time.perf_counter()
-                results[name] = chunk_work(*mods, clients, present, rule, params)
+                results[name] = chunk_work(mod, clients, present, rule, params)
                 best[name] = min(best[name], time.perf_counter() - t0)
         (c0, tv0, a0), (c1, tv1, a1) = results["baseline"], results["now"]
-        same = torch.equal(c0, c1) if rule == "median" else \
-            torch.allclose(c0, c1, atol=1e-14, rtol=1e-11)
+        same = all(torch.equal(x, y) for x, y in ((c0.ids, c1.ids), (c0.logp, c1.logp),
+                                                   (c0.tail_logp, c1.tail_logp)))
         out["rules"][rule] = {
             "baseline_ms": round(best["baseline"] * 1000, 1),
             "now_ms": round(best["now"] * 1000, 1),
@@ -101,7 +99,7 @@ def main() -> None:
             "same_rows": bool(same), "same_agreements": bool(torch.equal(a0, a1)),
             "max_tv_difference": float((tv0 - tv1).nan_to_num().abs().max())}
     # re-sparsifying the last rule's rows, as the writer does
-    sparse = rules._combine(clients, present, rule, None, rules._union(clients), **params)
+    sparse = results["now"][0]
     best, encoded = {"baseline": float("inf"), "now": float("inf")}, {}
     for _ in range(args.repeats):
         for name, codec in (("baseline", base_topk.TopKCodec(16)), ("now", topk.TopKCodec(16))):

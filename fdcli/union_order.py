@@ -51,7 +51,7 @@ class Spreads:
         return self.values.index_select(0, rows * self.k + i.clamp(0, self.k - 1))
 
 
-def pick(t: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+def _pick(t: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     return t.index_select(0, i)
 
 
@@ -62,7 +62,7 @@ def _entries_of(size: int, ecol: torch.Tensor, which: torch.Tensor):
     slot[which] = torch.arange(len(which))
     loc = slot.index_select(0, ecol)
     ent = (loc >= 0).nonzero().squeeze(1)
-    return ent, pick(loc, ent)
+    return ent, _pick(loc, ent)
 
 
 def _single_lister(e: UnionEntries, rank: torch.Tensor, sp: Spreads,
@@ -71,16 +71,16 @@ def _single_lister(e: UnionEntries, rank: torch.Tensor, sp: Spreads,
     client lists, one per entry of ``ent``: of the row's sorted spreads S less that client's
     (S'', position p of S out), with its listed probability b put in, it is
     ``min(S''[r], max(b, S''[r - 1]))``."""
-    rows = pick(e.row, ent)
-    p = sp.place.view(-1).index_select(0, rows * sp.k + pick(e.client, ent))
-    r, m = pick(rank, rows), pick(sp.m, rows)
+    rows = _pick(e.row, ent)
+    p = sp.place.view(-1).index_select(0, rows * sp.k + _pick(e.client, ent))
+    r, m = _pick(rank, rows), _pick(sp.m, rows)
 
     def without(i: torch.Tensor) -> torch.Tensor:
         value = sp.at(rows, torch.where(i < p, i, i + 1))
         value = torch.where(i >= m - 1, math.inf, value)
         return torch.where(i < 0, -math.inf, value)
 
-    return torch.minimum(without(r), torch.maximum(pick(e.prob, ent), without(r - 1)))
+    return torch.minimum(without(r), torch.maximum(_pick(e.prob, ent), without(r - 1)))
 
 
 def _order_statistic(e: UnionEntries, rank: torch.Tensor, sp: Spreads, cols: torch.Tensor,
@@ -95,10 +95,10 @@ def _order_statistic(e: UnionEntries, rank: torch.Tensor, sp: Spreads, cols: tor
     spreads as wide as the column's listers (l of them move g by at most l), then the answer
     is the next sorted spread or one of the listed probabilities below it."""
     u, c = e.ids.shape[1], len(cols)
-    a, b = pick(e.at_entries(e.spread), ent), pick(e.prob, ent)
+    a, b = _pick(e.entry_spread, ent), _pick(e.prob, ent)
     listers = torch.bincount(ecol, minlength=c)
     crow = cols.div(u, rounding_mode="floor")
-    r, m = pick(rank, crow), pick(sp.m, crow)
+    r, m = _pick(rank, crow), _pick(sp.m, crow)
     lo = (r - listers).clamp(min=0)
     hi = torch.minimum(m, r + listers)
     # the search, on the columns whose window is still open and on their listers only
@@ -106,16 +106,16 @@ def _order_statistic(e: UnionEntries, rank: torch.Tensor, sp: Spreads, cols: tor
     moved = torch.zeros(c, dtype=torch.int64)
     open_ = lo < hi
     active = open_.nonzero().squeeze(1)
-    live = pick(open_, ecol).nonzero().squeeze(1)
+    live = _pick(open_, ecol).nonzero().squeeze(1)
     while len(active):
-        lo_a, hi_a = pick(lo, active), pick(hi, active)
+        lo_a, hi_a = _pick(lo, active), _pick(hi, active)
         mid = (lo_a + hi_a) // 2
-        at = pick(crow, active) * sp.k + mid
-        x_at.index_copy_(0, active, pick(sp.values, at))
-        at_e = pick(ecol, live)
-        x = pick(x_at, at_e)
-        moved.index_add_(0, at_e, (pick(b, live) <= x).long() - (pick(a, live) <= x).long())
-        reach = pick(sp.upto, at) + pick(moved, active) >= pick(r, active) + 1
+        at = _pick(crow, active) * sp.k + mid
+        x_at.index_copy_(0, active, _pick(sp.values, at))
+        at_e = _pick(ecol, live)
+        x = _pick(x_at, at_e)
+        moved.index_add_(0, at_e, (_pick(b, live) <= x).long() - (_pick(a, live) <= x).long())
+        reach = _pick(sp.upto, at) + _pick(moved, active) >= _pick(r, active) + 1
         moved.index_fill_(0, active, 0)
         hi_a = torch.where(reach, mid, hi_a)
         lo_a = torch.where(reach, lo_a, mid + 1)
@@ -124,27 +124,27 @@ def _order_statistic(e: UnionEntries, rank: torch.Tensor, sp: Spreads, cols: tor
         done = lo_a >= hi_a
         open_.index_fill_(0, active[done], False)
         active = active[~done]
-        live = live[pick(open_, at_e)]
+        live = live[_pick(open_, at_e)]
     # the first position of its value: g depends on the value alone
     inside = lo < m
-    at = torch.where(inside, pick(sp.below, crow * sp.k + lo.clamp(max=sp.k - 1)), lo)
+    at = torch.where(inside, _pick(sp.below, crow * sp.k + lo.clamp(max=sp.k - 1)), lo)
     high = torch.where(inside, sp.at(crow, at), math.inf)
     after = at > 0
     low = torch.where(after, sp.at(crow, at - 1), -math.inf)
     # g(low): the spreads <= low, less the listers' spreads <= low, plus their probabilities
-    low_e = pick(low, ecol)
-    g_low = torch.where(after, pick(sp.upto, crow * sp.k + (at - 1).clamp(min=0)), 0)
+    low_e = _pick(low, ecol)
+    g_low = torch.where(after, _pick(sp.upto, crow * sp.k + (at - 1).clamp(min=0)), 0)
     g_low.index_add_(0, ecol, (b <= low_e).long() - (a <= low_e).long())
     need = r - g_low  # how many values lie in (low, answer)
     # listed probabilities strictly between low and high, in order within each column
-    between = ((b > low_e) & (b < pick(high, ecol))).nonzero().squeeze(1)
-    cb, vb = pick(ecol, between), pick(b, between)
+    between = ((b > low_e) & (b < _pick(high, ecol))).nonzero().squeeze(1)
+    cb, vb = _pick(ecol, between), _pick(b, between)
     order = vb.sort(stable=True).indices
-    order = pick(order, pick(cb, order).sort(stable=True).indices)
-    cb, vb = pick(cb, order), pick(vb, order)
+    order = _pick(order, _pick(cb, order).sort(stable=True).indices)
+    cb, vb = _pick(cb, order), _pick(vb, order)
     place = torch.arange(len(cb)) - torch.searchsorted(cb, cb)
-    hit = (place == pick(need, cb)).nonzero().squeeze(1)
-    return high.index_copy_(0, pick(cb, hit), pick(vb, hit))
+    hit = (place == _pick(need, cb)).nonzero().squeeze(1)
+    return high.index_copy_(0, _pick(cb, hit), _pick(vb, hit))
 
 
 #: how many sorted spreads :func:`_next_statistic` steps over (each one taken by the column's
@@ -159,9 +159,9 @@ def _next_statistic(e: UnionEntries, value: torch.Tensor, rank: torch.Tensor, sp
     else the smallest value above it (a listed probability, or the next sorted spread unless
     the column's listers took every copy of it; those few columns are searched for)."""
     u, c = e.ids.shape[1], len(cols)
-    a, b = pick(e.at_entries(e.spread), ent), pick(e.prob, ent)
+    a, b = _pick(e.entry_spread, ent), _pick(e.prob, ent)
     crow = cols.div(u, rounding_mode="floor")
-    m = pick(sp.m, crow)
+    m = _pick(sp.m, crow)
     # the spreads <= value: a search in the row's sorted spreads
     lo, hi = torch.zeros(c, dtype=torch.int64), m.clone()
     while bool((lo < hi).any()):
@@ -169,9 +169,9 @@ def _next_statistic(e: UnionEntries, value: torch.Tensor, rank: torch.Tensor, sp
         up = sp.at(crow, mid) <= value
         lo, hi = torch.where(up & (lo < hi), mid + 1, lo), torch.where(up | (lo >= hi), hi, mid)
     spreads_upto = lo
-    v_e = pick(value, ecol)
+    v_e = _pick(value, ecol)
     g = spreads_upto.clone().index_add_(0, ecol, (b <= v_e).long() - (a <= v_e).long())
-    again = g >= pick(rank, crow) + 1
+    again = g >= _pick(rank, crow) + 1
     listed_above = torch.full((c,), math.inf, dtype=torch.float64).scatter_reduce_(
         0, ecol, torch.where(b > v_e, b, math.inf), "amin")
     # the next sorted spread that some client other than the column's listers holds
@@ -179,9 +179,9 @@ def _next_statistic(e: UnionEntries, value: torch.Tensor, rank: torch.Tensor, sp
     for _ in range(NEXT_STEPS):
         more = j < m
         spread_above = torch.where(more, sp.at(crow, j), math.inf)
-        group_end = torch.where(more, pick(sp.upto, crow * sp.k + j.clamp(max=sp.k - 1)), j)
+        group_end = torch.where(more, _pick(sp.upto, crow * sp.k + j.clamp(max=sp.k - 1)), j)
         taken = torch.zeros(c, dtype=torch.int64).index_add_(
-            0, ecol, (a == pick(spread_above, ecol)).long())
+            0, ecol, (a == _pick(spread_above, ecol)).long())
         blocked = more & (group_end - j <= taken) & ~again
         if not bool(blocked.any()):
             break
@@ -190,7 +190,7 @@ def _next_statistic(e: UnionEntries, value: torch.Tensor, rank: torch.Tensor, sp
     search = (blocked & (listed_above >= spread_above)).nonzero().squeeze(1)
     if len(search):
         sub, sub_col = _entries_of(c, ecol, search)
-        out[search] = _order_statistic(e, rank, sp, pick(cols, search), pick(ent, sub),
+        out[search] = _order_statistic(e, rank, sp, _pick(cols, search), _pick(ent, sub),
                                        sub_col)
     return out
 
@@ -210,9 +210,9 @@ def _sorted_columns(e: UnionEntries, cols: torch.Tensor, ranks) -> list[torch.Te
     rows = cols.div(u, rounding_mode="floor")
     values = torch.where(e.present, e.spread, math.inf).T.contiguous().index_select(0, rows)
     ent, at = _entries_of(n * u, e.flat_col, cols)
-    values.view(-1).index_copy_(0, at * k + pick(e.client, ent), pick(e.prob, ent))
+    values.view(-1).index_copy_(0, at * k + _pick(e.client, ent), _pick(e.prob, ent))
     values = values.sort(-1).values
-    return [values.gather(1, pick(r, rows)[:, None]).squeeze(1) for r in ranks]
+    return [values.gather(1, _pick(r, rows)[:, None]).squeeze(1) for r in ranks]
 
 
 @dataclass
@@ -236,9 +236,9 @@ class Columns:
         union = (e.ids < e.num_classes).view(-1)
         wide = union & (listers > max(DENSE_LISTERS, k // DENSE_SHARE))
         single = union & ~wide & (listers == 1)
-        ent = pick(single, e.flat_col).nonzero().squeeze(1)
+        ent = _pick(single, e.flat_col).nonzero().squeeze(1)
         searched = (union & ~wide & ~single).nonzero().squeeze(1)
-        return cls(ent, pick(e.flat_col, ent), searched,
+        return cls(ent, _pick(e.flat_col, ent), searched,
                    *_entries_of(n * u, e.flat_col, searched), wide.nonzero().squeeze(1))
 
 
@@ -258,33 +258,33 @@ class _BelowListed:
                  ecol: torch.Tensor):
         u = e.ids.shape[1]
         self.sp, self.crow, self.ecol = sp, cols.div(u, rounding_mode="floor"), ecol
-        self.place = sp.place.view(-1).index_select(0, pick(e.row, ent) * sp.k
-                                                    + pick(e.client, ent))
+        self.place = sp.place.view(-1).index_select(0, _pick(e.row, ent) * sp.k
+                                                    + _pick(e.client, ent))
         self.least = torch.full((len(cols),), math.inf, dtype=torch.float64).scatter_reduce_(
-            0, ecol, pick(e.prob, ent), "amin")
+            0, ecol, _pick(e.prob, ent), "amin")
 
     def at(self, rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The statistic of rank ``rank`` (per row) of each column, and where it holds."""
-        r = pick(rank, self.crow)
+        r = _pick(rank, self.crow)
         before = torch.zeros(len(self.crow), dtype=torch.int64)
         for _ in range(BELOW_STEPS):
             count = torch.zeros_like(before).index_add_(
-                0, self.ecol, (self.place <= pick(r + before, self.ecol)).long())
+                0, self.ecol, (self.place <= _pick(r + before, self.ecol)).long())
             settled = count == before
             if bool(settled.all()):
                 break
             before = count
         j = r + before
         value = self.sp.at(self.crow, j)
-        return value, settled & (j < pick(self.sp.m, self.crow)) & (self.least >= value)
+        return value, settled & (j < _pick(self.sp.m, self.crow)) & (self.least >= value)
 
 
-def statistics(e: UnionEntries, sp: Spreads, cols: Columns, ranks: tuple,
-                adjacent: bool = False) -> list[torch.Tensor]:
+def statistics(e: UnionEntries, ranks: tuple, adjacent: bool = False) -> list[torch.Tensor]:
     """The order statistics ``ranks`` (0-based, each per row and in range) of every union
-    column, flat ``[N * U]`` (0 off the union). Searched columns take :class:`_BelowListed`
-    where it holds, else the search. ``adjacent``: two ranks, the second the next one
-    (:func:`_next_statistic` then searches for it from the first)."""
+    column of ``e``, flat ``[N * U]`` (0 off the union). Searched columns take
+    :class:`_BelowListed` where it holds, else the search. ``adjacent``: two ranks, the second
+    the next one (:func:`_next_statistic` then searches for it from the first)."""
+    sp, cols = e.spreads, e.columns
     n, u = e.ids.shape
     out = [torch.zeros(n * u, dtype=torch.float64) for _ in ranks]
     for got, rank in zip(out, ranks):
@@ -296,10 +296,12 @@ def statistics(e: UnionEntries, sp: Spreads, cols: Columns, ranks: tuple,
             rest = (~holds).nonzero().squeeze(1)
             if len(rest):
                 sub, sub_col = _entries_of(len(cols.searched), cols.ecol, rest)
-                at, ent = pick(cols.searched, rest), pick(cols.ent, sub)
-                value[rest] = _next_statistic(e, pick(out[0], at), rank, sp, at, ent,
-                                              sub_col) if adjacent and i else \
-                    _order_statistic(e, rank, sp, at, ent, sub_col)
+                at, ent = _pick(cols.searched, rest), _pick(cols.ent, sub)
+                if adjacent and i:
+                    value[rest] = _next_statistic(e, _pick(out[0], at), rank, sp, at, ent,
+                                                  sub_col)
+                else:
+                    value[rest] = _order_statistic(e, rank, sp, at, ent, sub_col)
             got[cols.searched] = value
     if len(cols.wide):
         for got, values in zip(out, _sorted_columns(e, cols.wide, ranks)):

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from . import rules
 from .sparse_rows import SparseRows
-from .union_order import Columns, Spreads, pick, statistics
+from .union_order import Columns, Spreads, statistics
 
 #: the rules computed here: every rule that applies to sparse rows
 SPARSE_RULES = ("mean", "confidence", "weighted", "entropy-reduction", "median", "trimmed-mean")
@@ -77,6 +78,23 @@ class UnionEntries:
     def at_entries(self, per_client_row: torch.Tensor) -> torch.Tensor:
         """A ``[K, N]`` value at each entry."""
         return per_client_row.reshape(-1).index_select(0, self.cell)
+
+    @cached_property
+    def entry_spread(self) -> torch.Tensor:
+        """``[E]``: each entry's client's spread (what the entry's probability replaces)."""
+        return self.at_entries(self.spread)
+
+    @cached_property
+    def spreads(self) -> Spreads:
+        """The rows' sorted spreads (:class:`fdcli.union_order.Spreads`), for the order
+        statistics of the rule and of the outlier distances alike."""
+        return Spreads.of(self)
+
+    @cached_property
+    def columns(self) -> Columns:
+        """How each union column's order statistics are found
+        (:class:`fdcli.union_order.Columns`)."""
+        return Columns.of(self)
 
 
 def union_entries(clients: list[SparseRows], present: torch.Tensor, union) -> UnionEntries:
@@ -134,7 +152,7 @@ def weighted_average(e: UnionEntries, weights: torch.Tensor) -> torch.Tensor:
     base = _in_client_order(w * e.spread)
     out = base[:, None].expand(len(base), e.width).clone()
     out[:, :-1].masked_fill_(~(e.ids < e.num_classes), 0.0)
-    step = e.at_entries(w) * (e.prob - e.at_entries(e.spread))
+    step = e.at_entries(w) * (e.prob - e.entry_spread)
     out.view(-1).index_add_(0, e.row * e.width + e.col, step)
     return out
 
@@ -164,15 +182,15 @@ def median(e: UnionEntries) -> torch.Tensor:
     middle values when their number is even), unnormalised, as :func:`fdcli.rules.median`
     computes it, bit for bit: two order statistics of each union column
     (:func:`fdcli.union_order.statistics`), or one where the number of clients is odd."""
-    sp = Spreads.of(e)
+    sp = e.spreads
     k, n = e.present.shape
     u = e.ids.shape[1]
     lo, hi = (sp.m - 1) // 2, sp.m // 2
     if bool((lo == hi).all()):
-        low, = statistics(e, sp, Columns.of(e), (lo,))
+        low, = statistics(e, (lo,))
         high = low
     else:
-        low, high = statistics(e, sp, Columns.of(e), (lo, hi), adjacent=True)
+        low, high = statistics(e, (lo, hi), adjacent=True)
     out = torch.zeros(n, e.width, dtype=torch.float64)
     out[:, :-1] = ((low + high) / 2).view(n, u)
     out[:, :-1].masked_fill_(~(e.ids < e.num_classes), 0.0)
@@ -191,7 +209,7 @@ def trimmed_mean(e: UnionEntries, trim: float) -> torch.Tensor:
     corrected for the column's listers."""
     if not 0 <= trim < 0.5:
         raise ValueError(f"trim must be in [0, 0.5), got {trim}")
-    sp = Spreads.of(e)
+    sp = e.spreads
     k, n = e.present.shape
     u = e.ids.shape[1]
     m = sp.m
@@ -204,17 +222,15 @@ def trimmed_mean(e: UnionEntries, trim: float) -> torch.Tensor:
     outside = (prefix.gather(1, (m - cut)[:, None]) - prefix.gather(1, cut[:, None])).squeeze(1)
     # x and y per column (no cut: every value is kept, x = -inf and y = inf)
     trims = cut > 0
-    x, y = statistics(e, sp, Columns.of(e), ((cut - 1).clamp(min=0),
-                                                torch.where(trims, m - cut, m - 1)))
-    rows_of = torch.arange(n).repeat_interleave(u)
-    x = torch.where(pick(trims, rows_of), x, -math.inf).view(n, u)
-    y = torch.where(pick(trims, rows_of), y, math.inf).view(n, u)
+    x, y = statistics(e, ((cut - 1).clamp(min=0), torch.where(trims, m - cut, m - 1)))
+    x = torch.where(trims[:, None], x.view(n, u), -math.inf)
+    y = torch.where(trims[:, None], y.view(n, u), math.inf)
     upto_x = torch.searchsorted(s, x, right=True)       # sorted spreads <= x
     below_y = torch.searchsorted(s, y)                  # sorted spreads < y
     between = prefix.gather(1, below_y) - prefix.gather(1, upto_x)
     at_x, at_y = upto_x.double(), below_y.double()
     # the listers: their spreads out, their listed probabilities in
-    a, b = e.at_entries(e.spread), e.prob
+    a, b = e.entry_spread, e.prob
     x_e, y_e = x.view(-1)[e.flat_col], y.view(-1)[e.flat_col]
     inside = ((b > x_e) & (b < y_e)).double() * b - ((a > x_e) & (a < y_e)).double() * a
     between.view(-1).index_add_(0, e.flat_col, inside)
@@ -272,7 +288,7 @@ def consensus_distance(e: UnionEntries, cons: torch.Tensor | None = None
     tv = spread_all.T.contiguous()
     tv += (e.num_classes - e.count).double()[None] * (e.spread - cons[:, -1][None]).abs()
     c_e = cons[e.row, e.col]
-    fix = (e.prob - c_e).abs() - (e.at_entries(e.spread) - c_e).abs()
+    fix = (e.prob - c_e).abs() - (e.entry_spread - c_e).abs()
     tv.view(-1).index_add_(0, e.cell, fix)
     tv = 0.5 * tv
     agree = (_client_argmax(e) == cons.argmax(-1)[None]) & e.present
