@@ -116,6 +116,19 @@ def zipf_rows(rows: int, vocab: int, k: int, g: torch.Generator, s: float = 1.1)
     return out
 
 
+def shared_candidates(rows: int, vocab: int, g: torch.Generator) -> torch.Tensor:
+    """``[rows, 32]``: the ids any client may keep in each row (64 sets of 32, in turn)."""
+    candidates = torch.sort(torch.stack([torch.randperm(vocab, generator=g)[:32]
+                                         for _ in range(64)]), -1).values
+    return candidates[torch.arange(rows) % 64]
+
+
+def shared_rows(base: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """``k`` of each row's shared candidates (:func:`shared_candidates`), ascending."""
+    pick = torch.rand(base.shape, generator=g).argsort(-1)[:, :k]
+    return torch.sort(base.gather(1, pick), -1).values
+
+
 def write_clients(root: Path, task: str, clients: int, rows: int, vocab: int, classes: int,
                   block: int, shard_bytes: int, overlap: str = "same32") -> int:
     g = torch.Generator().manual_seed(0)
@@ -123,9 +136,7 @@ def write_clients(root: Path, task: str, clients: int, rows: int, vocab: int, cl
                   max_shard_bytes=shard_bytes)
     if task == "token":
         examples = rows // block
-        candidates = torch.sort(torch.stack([torch.randperm(vocab, generator=g)[:32]
-                                             for _ in range(64)]), -1).values
-        base = candidates[torch.arange(rows) % 64]  # [rows, 32]: the ids any client may keep
+        base = shared_candidates(rows, vocab, g)
     total = 0
     for c in range(clients):
         path = root / f"client-{c:03d}"
@@ -136,8 +147,7 @@ def write_clients(root: Path, task: str, clients: int, rows: int, vocab: int, cl
                 if overlap == "zipf":
                     ids = zipf_rows(rows, vocab, 16, g)
                 else:
-                    pick = torch.rand(rows, 32, generator=g).argsort(-1)[:, :16]
-                    ids = torch.sort(base.gather(1, pick), -1).values
+                    ids = shared_rows(base, 16, g)
                 logits = torch.randn(rows, 17, generator=g) * 2
                 logp = torch.log_softmax(logits, -1)
                 w.add_sparse(range(examples), SparseRows(ids, logp[:, :16], logp[:, 16], vocab),

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from aggregate_scale import zipf_rows  # noqa: E402
+from aggregate_scale import shared_candidates, shared_rows, zipf_rows  # noqa: E402
 
 from fdcli import rules  # noqa: E402
 from fdcli.bundle.codecs import topk  # noqa: E402
@@ -63,21 +63,26 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=372,
                     help="rows of one chunk (fd aggregate's at 200 Zipf clients: about 372)")
     ap.add_argument("--vocab", type=int, default=32768)
+    ap.add_argument("--overlap", choices=["zipf", "same32"], default="zipf",
+                    help="each client's 16 ids per row: drawn from a Zipf-like law over the "
+                         "vocabulary, or 16 of the same 32 (as aggregate_scale.py's)")
     ap.add_argument("--rules", default="confidence,median,trimmed-mean")
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     base_rules, base_topk = load_baseline(args.baseline_src)
     g = torch.Generator().manual_seed(0)
     clients = []
+    base = shared_candidates(args.rows, args.vocab, g) if args.overlap == "same32" else None
     for _ in range(args.clients):
         logp = torch.log_softmax(torch.randn(args.rows, 17, generator=g) * 2, -1)
-        clients.append(SparseRows(zipf_rows(args.rows, args.vocab, 16, g), logp[:, :16],
-                                  logp[:, 16], args.vocab))
+        ids = zipf_rows(args.rows, args.vocab, 16, g) if base is None else \
+            shared_rows(base, 16, g)
+        clients.append(SparseRows(ids, logp[:, :16], logp[:, 16], args.vocab))
     present = torch.rand(args.clients, args.rows, generator=g) > 0.1
     present[0] = True
     commit = subprocess.run(["git", "-C", str(args.baseline_src), "rev-parse", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or None
-    out = {"clients": args.clients, "rows": args.rows, "vocab": args.vocab,
+    out = {"clients": args.clients, "rows": args.rows, "vocab": args.vocab, "overlap": args.overlap,
            "baseline": {"source": str(args.baseline_src), "commit": commit},
            "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "rules": {}}
     for rule in [r for r in args.rules.split(",") if r]:

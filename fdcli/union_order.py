@@ -7,7 +7,7 @@ column: in closed form where one client lists it (:func:`_single_lister`); where
 as the row's spread of that rank less the listers' when every lister lists more
 (:class:`_BelowListed`), else by a search over a window of the row's sorted spreads as wide as
 the column's listers (:func:`_order_statistic`, :func:`_next_statistic`); where many do, by
-sorting the column's values (:func:`_sorted_columns`). The values are the dense column's,
+selecting from the column's values (:func:`_sorted_columns`). The values are the dense column's,
 bit for bit. Pure torch, no I/O.
 """
 
@@ -203,16 +203,48 @@ DENSE_LISTERS = 16
 
 
 def _sorted_columns(e: UnionEntries, cols: torch.Tensor, ranks) -> list[torch.Tensor]:
-    """The order statistics ``ranks`` (each per row) of the columns ``cols``, by sorting each
-    column's K values as the dense rule does."""
+    """The order statistics ``ranks`` (each per row) of the columns ``cols``, over each
+    column's K values as the dense rule sorts them, found by selection (:func:`_select`)."""
     k, n = e.present.shape
     u = e.ids.shape[1]
     rows = cols.div(u, rounding_mode="floor")
     values = torch.where(e.present, e.spread, math.inf).T.contiguous().index_select(0, rows)
     ent, at = _entries_of(n * u, e.flat_col, cols)
     values.view(-1).index_copy_(0, at * k + _pick(e.client, ent), _pick(e.prob, ent))
-    values = values.sort(-1).values
-    return [values.gather(1, _pick(r, rows)[:, None]).squeeze(1) for r in ranks]
+    ranks = [_pick(r, rows) for r in ranks]
+    m = _pick(e.spreads.m, rows)
+    if min(_reach(ranks, m)) <= k // 2 + 1:     # one selection serves every rank
+        return _select(values, ranks, m)
+    return [_select(values, [r], m)[0] for r in ranks]
+
+
+def _reach(ranks: list[torch.Tensor], m: torch.Tensor) -> tuple[int, int]:
+    """How many of each column's smallest values, and how many of its largest, hold every
+    one of ``ranks``."""
+    return (max(int(r.max()) for r in ranks) + 1,
+            max(int((m - 1 - r).max()) for r in ranks) + 1)
+
+
+def _select(values: torch.Tensor, ranks: list[torch.Tensor], m: torch.Tensor
+            ) -> list[torch.Tensor]:
+    """The values of ``ranks`` (0-based, per row, below ``m``) of each row of ``values``
+    (``[C, K]``, the ``K - m`` absent ones ``inf``): from the fewer of the row's smallest
+    or largest values that hold every rank (``topk``, unsorted), then the few values between
+    the extreme rank and the other end of the ranks (``topk``, sorted). The same values as a
+    sort's, ties included: both are the row's multiset in order."""
+    if len(values) == 0:
+        return [values[:, 0] for _ in ranks]
+    low, high = _reach(ranks, m)
+    if low <= high:
+        part = values.topk(low, -1, largest=False, sorted=False).values
+        near = part.topk(low - min(int(r.min()) for r in ranks), -1, sorted=True).values
+        return [near.gather(1, (low - 1 - r)[:, None]).squeeze(1) for r in ranks]
+    part = values.masked_fill(values == math.inf, -math.inf)     # the absent ones last
+    part = part.topk(high, -1, largest=True, sorted=False).values
+    down = [m - 1 - r for r in ranks]                             # places from the largest
+    near = part.topk(high - min(int(d.min()) for d in down), -1, largest=False,
+                     sorted=True).values
+    return [near.gather(1, (high - 1 - d)[:, None]).squeeze(1) for d in down]
 
 
 @dataclass

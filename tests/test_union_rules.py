@@ -202,6 +202,29 @@ def test_median_by_hand():
                                                      dtype=torch.float64), atol=1e-7)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_selected_order_statistics_equal_the_sorted_ones(seed):
+    """The wide columns' order statistics by selection from the smallest or the largest
+    values (one selection for several ranks, or one per rank) equal a sort's, with many ties
+    and absent clients (inf) in every row."""
+    g = torch.Generator().manual_seed(seed)
+    c, k = 300, 17 + seed * 7
+    values = torch.randint(0, 5 + seed, (c, k), generator=g).double() / 8
+    m = torch.randint(1, k + 1, (c,), generator=g)
+    values[torch.arange(k)[None] >= m[:, None]] = math.inf
+    values = values.gather(1, torch.rand(c, k, generator=g).argsort(-1))  # absent anywhere
+    want = values.sort(-1).values
+    trim = (m * 0.2).long()
+    for ranks in ([(m - 1) // 2, m // 2], [trim, m - 1 - trim],
+                  [torch.zeros_like(m)], [m - 1],
+                  [(torch.rand(c, generator=g) * m).long() for _ in range(3)]):
+        got = uo._select(values, ranks, m)
+        for r, v in zip(ranks, got):
+            assert torch.equal(v, want.gather(1, r[:, None]).squeeze(1)), seed
+    low, high = uo._reach([m - 1], m)
+    assert (low, high) == (int(m.max()), 1)   # the largest value: one from the top
+
+
 def test_the_aggregated_rows_equal_the_dense_path_after_the_codec(monkeypatch):
     """Through aggregate_sparse and the top-k codec, the teacher's rows are those of the dense
     union support for every rule (here bit for bit: the sums differ below the fp32 rows'
