@@ -14,6 +14,12 @@ second, input rows per second and peak RSS (``ru_maxrss`` of the child). It prin
     python benchmarks/aggregate_scale.py --task classification --clients 200 --rows 20000
     python benchmarks/aggregate_scale.py --task token --overlap zipf --clients 50 \
         --rows 8192 --processes 2,4
+
+With ``--bundles``, it aggregates bundles a real model wrote (``fd emit-logits``) instead of
+writing synthetic ones, and reports their union's width per row (the distinct ids the
+clients list there), which sets the rules' work:
+
+    python benchmarks/aggregate_scale.py --bundles site-*/bundle --baseline-src WORKTREE
 """
 
 from __future__ import annotations
@@ -161,6 +167,26 @@ def write_clients(root: Path, task: str, clients: int, rows: int, vocab: int, cl
     return total
 
 
+def given_bundles(paths: list[Path]) -> tuple[int, dict]:
+    """The bytes of the bundles ``paths``, and what they hold: task, rows, ids, encoding and,
+    for token bundles, the union's width per row (mean, median and largest: the distinct ids
+    the clients list in a row)."""
+    from fdcli.rules import _union
+
+    readers = [read_bundle(p) for p in paths]
+    m = readers[0].manifest
+    info = {"task": "token" if m.task == "token" else "classification", "rows": m.rows,
+            "num_classes": m.num_classes, "encoding": m.encoding,
+            "client_ids": [r.manifest.producer.client_id for r in readers]}
+    if m.task == "token":
+        rows = [r.read_all() for r in readers]
+        width = _union([r.sparse() for r in rows])[2].double()
+        info["union_width"] = {"mean": round(float(width.mean()), 1),
+                               "median": float(width.median()), "max": int(width.max())}
+    size = sum(f.stat().st_size for p in paths for f in p.iterdir())
+    return size, info
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", choices=["token", "classification"], default="token")
@@ -178,6 +204,10 @@ def main() -> None:
                     help="the bundles' shard size (fd's default: 16); aggregate holds one "
                          "decoded shard per bundle")
     ap.add_argument("--keep", type=Path, default=None, help="write the bundles here (kept)")
+    ap.add_argument("--bundles", type=Path, nargs="+", default=None,
+                    help="aggregate these bundles (e.g. a real model's, from fd emit-logits) "
+                         "instead of writing synthetic ones; --task, --clients, --rows, "
+                         "--vocab and --overlap then come from them")
     ap.add_argument("--baseline-src", type=Path, default=None,
                     help="also run fd aggregate from this fd source tree (e.g. a git worktree "
                          "of an earlier commit) on the same bundles, and compare rows, report, "
@@ -193,10 +223,19 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     try:
         t0 = time.perf_counter()
-        size = write_clients(root, args.task, args.clients, args.rows, args.vocab, args.classes,
-                             args.block, int(args.shard_mib * (1 << 20)), args.overlap)
+        if args.bundles:
+            bundles = [str(p.resolve()) for p in args.bundles]
+            size, given = given_bundles(args.bundles)
+            args.task, args.clients, args.rows, args.vocab, args.classes = (
+                given["task"], len(bundles), given["rows"], given["num_classes"],
+                given["num_classes"])
+            args.overlap = "given"
+        else:
+            size = write_clients(root, args.task, args.clients, args.rows, args.vocab,
+                                 args.classes, args.block, int(args.shard_mib * (1 << 20)),
+                                 args.overlap)
+            bundles = sorted(str(p) for p in root.glob("client-*"))
         write_s = time.perf_counter() - t0
-        bundles = sorted(str(p) for p in root.glob("client-*"))
         now = run_aggregate(root, bundles, args.rule, "teacher")
         wall = now["aggregate_s"]
         width = args.vocab if args.task == "token" else args.classes
@@ -209,6 +248,8 @@ def main() -> None:
                   "input_rows_per_s": round(args.rows * args.clients / wall),
                   "peak_rss_mib": now["peak_rss_mib"], "torch_threads":
                   torch.get_num_threads(), "cpus": os.cpu_count()}
+        if args.bundles:
+            result["bundles"] = given
         if args.baseline_src is not None:
             before = run_aggregate(root, bundles, args.rule, "teacher-baseline",
                                    args.baseline_src)

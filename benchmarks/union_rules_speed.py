@@ -11,6 +11,7 @@ times re-sparsifying the combined rows to the top 16 (``TopKCodec.encode_sparse`
 writer does) with each version's codec: the same tensors. It prints JSON.
 
     python benchmarks/union_rules_speed.py --baseline-src WORKTREE --clients 200 --rows 372
+    python benchmarks/union_rules_speed.py --baseline-src WORKTREE --bundles site-*/bundle
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from aggregate_scale import shared_candidates, shared_rows, zipf_rows  # noqa: E402
 
 from fdcli import rules  # noqa: E402
+from fdcli.bundle import read_bundle  # noqa: E402
 from fdcli.bundle.codecs import topk  # noqa: E402
 from fdcli.sparse_rows import SparseRows  # noqa: E402
 
@@ -66,20 +68,30 @@ def main() -> None:
     ap.add_argument("--overlap", choices=["zipf", "same32"], default="zipf",
                     help="each client's 16 ids per row: drawn from a Zipf-like law over the "
                          "vocabulary, or 16 of the same 32 (as aggregate_scale.py's)")
+    ap.add_argument("--bundles", type=Path, nargs="+", default=None,
+                    help="the rows of these token bundles (a real model's, from fd "
+                         "emit-logits), every client present, in one chunk, instead of "
+                         "synthetic ones")
     ap.add_argument("--rules", default="confidence,median,trimmed-mean")
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     base_rules, base_topk = load_baseline(args.baseline_src)
     g = torch.Generator().manual_seed(0)
-    clients = []
-    base = shared_candidates(args.rows, args.vocab, g) if args.overlap == "same32" else None
-    for _ in range(args.clients):
-        logp = torch.log_softmax(torch.randn(args.rows, 17, generator=g) * 2, -1)
-        ids = zipf_rows(args.rows, args.vocab, 16, g) if base is None else \
-            shared_rows(base, 16, g)
-        clients.append(SparseRows(ids, logp[:, :16], logp[:, 16], args.vocab))
-    present = torch.rand(args.clients, args.rows, generator=g) > 0.1
-    present[0] = True
+    if args.bundles:
+        clients = [read_bundle(p).read_all().sparse() for p in args.bundles]
+        args.clients, args.overlap = len(clients), "given"
+        args.rows, args.vocab = clients[0].ids.shape[0], clients[0].num_classes
+        present = torch.ones(args.clients, args.rows, dtype=torch.bool)
+    else:
+        clients = []
+        base = shared_candidates(args.rows, args.vocab, g) if args.overlap == "same32" else None
+        for _ in range(args.clients):
+            logp = torch.log_softmax(torch.randn(args.rows, 17, generator=g) * 2, -1)
+            ids = zipf_rows(args.rows, args.vocab, 16, g) if base is None else \
+                shared_rows(base, 16, g)
+            clients.append(SparseRows(ids, logp[:, :16], logp[:, 16], args.vocab))
+        present = torch.rand(args.clients, args.rows, generator=g) > 0.1
+        present[0] = True
     commit = subprocess.run(["git", "-C", str(args.baseline_src), "rev-parse", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or None
     out = {"clients": args.clients, "rows": args.rows, "vocab": args.vocab, "overlap": args.overlap,

@@ -67,7 +67,8 @@ def with_present(clients, seed):
 
 
 @pytest.fixture(params=["search", "search for the second middle value", "sort",
-                        "sort every listed column", "one recount of the listers"])
+                        "sort every listed column", "one recount of the listers",
+                        "as configured"])
 def median_path(request, monkeypatch):
     """The median of a column that one client lists is in closed form; of one that several
     list it is the row's spread less the listers' where they all list more (the listers
@@ -80,12 +81,11 @@ def median_path(request, monkeypatch):
         monkeypatch.setattr(uo, "NEXT_STEPS", 1)
     elif request.param == "one recount of the listers":
         monkeypatch.setattr(uo, "BELOW_STEPS", 1)
-    elif request.param == "sort":
-        monkeypatch.setattr(uo, "DENSE_LISTERS", 1)
-    elif request.param == "sort every listed column":
-        monkeypatch.setattr(uo, "DENSE_LISTERS", 0)
-    if request.param != "search":
+    if request.param.startswith("sort"):
+        monkeypatch.setattr(uo, "DENSE_LISTERS", 0 if "every" in request.param else 1)
         monkeypatch.setattr(uo, "DENSE_SHARE", 10 ** 6)
+    elif request.param != "as configured":   # these clients are few: no column is searched
+        monkeypatch.setattr(uo, "DENSE_LISTERS", 10 ** 6)
     return request.param
 
 
