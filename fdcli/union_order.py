@@ -6,9 +6,9 @@ probabilities put in. Its order statistic of rank r (per row) is found without t
 column: in closed form where one client lists it (:func:`_single_lister`); where a few do,
 as the row's spread of that rank less the listers' when every lister lists more
 (:class:`_BelowListed`), else by a search over a window of the row's sorted spreads as wide as
-the column's listers (:func:`_order_statistic`, :func:`_next_statistic`); where many do, by
-selecting from the column's values (:func:`_sorted_columns`). The values are the dense column's,
-bit for bit. Pure torch, no I/O.
+the column's listers (:func:`_order_statistic`, :func:`_next_statistic`); where many do
+(with fewer than 16 clients: two or more), by selecting from all the column's values
+(:func:`_wide_columns`). The values are the dense column's, bit for bit. Pure torch, no I/O.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def _next_statistic(e: UnionEntries, value: torch.Tensor, rank: torch.Tensor, sp
 
 #: columns listed by more than this share of the clients (and by more than
 #: :data:`DENSE_LISTERS`) get their order statistics from all their clients' values
-#: (:func:`_sorted_columns`); a search over so wide a window costs more. With few clients
+#: (:func:`_wide_columns`); a search over so wide a window costs more. With few clients
 #: (under 16) that is every column that two or more list: selecting from ten values is cheap,
 #: and the listed probabilities of clients that share a base model are most of the column,
 #: where the search is at its slowest (4x on ten SmolLM2 fine-tunes' bundles)
@@ -205,7 +205,7 @@ DENSE_SHARE = 8
 DENSE_LISTERS = 1
 
 
-def _sorted_columns(e: UnionEntries, cols: torch.Tensor, ranks) -> list[torch.Tensor]:
+def _wide_columns(e: UnionEntries, cols: torch.Tensor, ranks) -> list[torch.Tensor]:
     """The order statistics ``ranks`` (each per row) of the columns ``cols``, over each
     column's K values as the dense rule sorts them, found by selection (:func:`_select`)."""
     k, n = e.present.shape
@@ -255,7 +255,7 @@ class Columns:
     """Which way each union column's order statistics are found (flat ``row * U + column``):
     ``single`` entries (of the columns one client lists; ``single_at`` their columns), the
     ``searched`` columns (with their entries ``ent`` and each one's index ``ecol`` in
-    ``searched``) and the ``wide`` ones (sorted)."""
+    ``searched``) and the ``wide`` ones (selected from all their values)."""
 
     single: torch.Tensor
     single_at: torch.Tensor
@@ -339,6 +339,6 @@ def statistics(e: UnionEntries, ranks: tuple, adjacent: bool = False) -> list[to
                     value[rest] = _order_statistic(e, rank, sp, at, ent, sub_col)
             got[cols.searched] = value
     if len(cols.wide):
-        for got, values in zip(out, _sorted_columns(e, cols.wide, ranks)):
+        for got, values in zip(out, _wide_columns(e, cols.wide, ranks)):
             got[cols.wide] = values
     return out
