@@ -16,6 +16,10 @@ bytes per row (= per token):
   - ``ids_rank_delta``: ids mapped to their rank by frequency in the shard, sorted and
     delta-coded along the row, byte planes, plus the permutation; the codes then follow
     the rank order;
+  - ``probability_order``: each row's entries in the order of their probabilities, the codes
+    as drops from the one before, the ids as their rank by frequency (plus the table); with
+    the conditional entropies of that order (an id given its position, a code given the one
+    before), a bound for coders that use that context;
 - ``decode_rows_per_s``: the reader's rows/s (shards decompressed, checked and decoded to
   sparse rows), best of 3.
 
@@ -66,6 +70,35 @@ def _entropy_bits(a: np.ndarray) -> float:
     _, counts = np.unique(a, return_counts=True)
     p = counts / counts.sum()
     return float(-(p * np.log2(p)).sum())
+
+
+def _conditional_bits(context: np.ndarray, a: np.ndarray) -> float:
+    """H(a | context) in bits, over the pairs' own frequencies."""
+    pairs = context.astype(np.int64) * (int(a.max()) + 1) + a
+    return _entropy_bits(pairs) - _entropy_bits(context)
+
+
+def _probability_order(ids: np.ndarray, codes: np.ndarray, rank_of: np.ndarray,
+                       by_freq: np.ndarray, level: int) -> dict:
+    """Each row in the order of its probabilities (largest first, ties by id): the codes then
+    never increase (stored as the first and the drops), the ids as their rank by frequency in
+    the shard (byte planes, plus the table); and the conditional entropies that a coder with
+    that context could reach: each position's id given the position, each code given the one
+    before."""
+    rows, k = ids.shape
+    order = np.argsort(-codes.astype(np.int64) * (1 << 20) + ids, axis=1, kind="stable")
+    pid = np.take_along_axis(ids, order, 1)
+    pcode = np.take_along_axis(codes, order, 1).astype(np.int64)
+    drops = np.concatenate([pcode[:, :1], pcode[:, :-1] - pcode[:, 1:]], 1).astype(np.uint8)
+    ids_size = (_z(_planes(rank_of[pid].astype(np.uint16)), level)
+                + _z(_planes(by_freq.astype(np.uint16)), level)) / rows
+    codes_size = _z(drops, level) / rows
+    ids_bits = sum(_entropy_bits(pid[:, j]) for j in range(k))
+    codes_bits = _entropy_bits(pcode[:, 0]) + sum(
+        _conditional_bits(pcode[:, j - 1], pcode[:, j]) for j in range(1, k))
+    return {"ids_and_table": round(ids_size, 2), "code_drops": round(codes_size, 2),
+            "ids_given_position_bytes_per_row": round(ids_bits / 8, 2),
+            "codes_given_previous_bytes_per_row": round(codes_bits / 8, 2)}
 
 
 def measure(bundle: Path, level: int) -> dict:
@@ -124,6 +157,7 @@ def measure(bundle: Path, level: int) -> dict:
             "ids_rank_delta": {"ids_and_permutation": r(rank_ids),
                                "codes_in_rank_order": r(rank_codes),
                                "was": r(per["ids"] + per["logp_codes"])},
+            "probability_order": _probability_order(ids, codes, rank_of, by_freq, level),
             "best_total": {"fp_planes+ids_rank_delta": r(both),
                            "saving_vs_sum_alone": r(1 - both / sum(per.values()))},
         },
