@@ -122,6 +122,12 @@ def zipf_rows(rows: int, vocab: int, k: int, g: torch.Generator, s: float = 1.1)
     return out
 
 
+def commit_of(source: Path) -> str | None:
+    """The git commit that the source tree ``source`` is at, if it is a git checkout."""
+    return subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"],
+                          capture_output=True, text=True).stdout.strip() or None
+
+
 def shared_candidates(rows: int, vocab: int, g: torch.Generator) -> torch.Tensor:
     """``[rows, 32]``: the ids any client may keep in each row (64 sets of 32, in turn)."""
     candidates = torch.sort(torch.stack([torch.randperm(vocab, generator=g)[:32]
@@ -179,8 +185,7 @@ def given_bundles(paths: list[Path]) -> tuple[int, dict]:
             "num_classes": m.num_classes, "encoding": m.encoding,
             "client_ids": [r.manifest.producer.client_id for r in readers]}
     if m.task == "token":
-        rows = [r.read_all() for r in readers]
-        width = _union([r.sparse() for r in rows])[2].double()
+        width = _union([r.read_all().sparse() for r in readers])[2].double()
         info["union_width"] = {"mean": round(float(width.mean()), 1),
                                "median": float(width.median()), "max": int(width.max())}
     size = sum(f.stat().st_size for p in paths for f in p.iterdir())
@@ -254,10 +259,8 @@ def main() -> None:
             before = run_aggregate(root, bundles, args.rule, "teacher-baseline",
                                    args.baseline_src)
             same, differences = compare_rows(root / "teacher", root / "teacher-baseline")
-            commit = subprocess.run(["git", "-C", str(args.baseline_src), "rev-parse", "HEAD"],
-                                    capture_output=True, text=True).stdout.strip() or None
             result["baseline"] = {
-                "source": str(args.baseline_src), "commit": commit,
+                "source": str(args.baseline_src), "commit": commit_of(args.baseline_src),
                 "aggregate_s": before["aggregate_s"],
                 "rows_per_s": round(args.rows / before["aggregate_s"]),
                 "peak_rss_mib": before["peak_rss_mib"],

@@ -79,7 +79,7 @@ def _conditional_bits(context: np.ndarray, a: np.ndarray) -> float:
 
 
 def _probability_order(ids: np.ndarray, codes: np.ndarray, rank_of: np.ndarray,
-                       by_freq: np.ndarray, level: int) -> dict:
+                       table_bytes: int, level: int) -> dict:
     """Each row in the order of its probabilities (largest first, ties by id): the codes then
     never increase (stored as the first and the drops), the ids as their rank by frequency in
     the shard (byte planes, plus the table); and the conditional entropies that a coder with
@@ -90,8 +90,7 @@ def _probability_order(ids: np.ndarray, codes: np.ndarray, rank_of: np.ndarray,
     pid = np.take_along_axis(ids, order, 1)
     pcode = np.take_along_axis(codes, order, 1).astype(np.int64)
     drops = np.concatenate([pcode[:, :1], pcode[:, :-1] - pcode[:, 1:]], 1).astype(np.uint8)
-    ids_size = (_z(_planes(rank_of[pid].astype(np.uint16)), level)
-                + _z(_planes(by_freq.astype(np.uint16)), level)) / rows
+    ids_size = (_z(_planes(rank_of[pid].astype(np.uint16)), level) + table_bytes) / rows
     codes_size = _z(drops, level) / rows
     ids_bits = sum(_entropy_bits(pid[:, j]) for j in range(k))
     codes_bits = _entropy_bits(pcode[:, 0]) + sum(
@@ -128,8 +127,9 @@ def measure(bundle: Path, level: int) -> dict:
     ranks = rank_of[ids]
     order = np.argsort(ranks, axis=1)
     sorted_ranks = np.take_along_axis(ranks, order, 1)
+    table_bytes = _z(_planes(by_freq.astype(np.uint16)), level)
     rank_ids = (_z(_planes(np.diff(sorted_ranks, axis=1, prepend=0).astype(np.uint16)), level)
-                + _z(_planes(by_freq.astype(np.uint16)), level)) / rows
+                + table_bytes) / rows
     rank_codes = _z(np.take_along_axis(codes, order, 1), level) / rows
     both = fp + rank_ids + rank_codes + small
 
@@ -157,7 +157,7 @@ def measure(bundle: Path, level: int) -> dict:
             "ids_rank_delta": {"ids_and_permutation": r(rank_ids),
                                "codes_in_rank_order": r(rank_codes),
                                "was": r(per["ids"] + per["logp_codes"])},
-            "probability_order": _probability_order(ids, codes, rank_of, by_freq, level),
+            "probability_order": _probability_order(ids, codes, rank_of, table_bytes, level),
             "best_total": {"fp_planes+ids_rank_delta": r(both),
                            "saving_vs_sum_alone": r(1 - both / sum(per.values()))},
         },

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from aggregate_scale import shared_candidates, shared_rows, zipf_rows  # noqa: E402
+from aggregate_scale import (commit_of, shared_candidates, shared_rows,  # noqa: E402
+                             zipf_rows)
 
 from fdcli import rules  # noqa: E402
 from fdcli.bundle import read_bundle  # noqa: E402
@@ -92,10 +92,9 @@ def main() -> None:
             clients.append(SparseRows(ids, logp[:, :16], logp[:, 16], args.vocab))
         present = torch.rand(args.clients, args.rows, generator=g) > 0.1
         present[0] = True
-    commit = subprocess.run(["git", "-C", str(args.baseline_src), "rev-parse", "HEAD"],
-                            capture_output=True, text=True).stdout.strip() or None
     out = {"clients": args.clients, "rows": args.rows, "vocab": args.vocab, "overlap": args.overlap,
-           "baseline": {"source": str(args.baseline_src), "commit": commit},
+           "baseline": {"source": str(args.baseline_src),
+                        "commit": commit_of(args.baseline_src)},
            "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "rules": {}}
     for rule in [r for r in args.rules.split(",") if r]:
         params = {"trim": 0.2} if rule == "trimmed-mean" else {}

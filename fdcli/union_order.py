@@ -231,23 +231,26 @@ def _reach(ranks: list[torch.Tensor], m: torch.Tensor) -> tuple[int, int]:
 def _select(values: torch.Tensor, ranks: list[torch.Tensor], m: torch.Tensor
             ) -> list[torch.Tensor]:
     """The values of ``ranks`` (0-based, per row, below ``m``) of each row of ``values``
-    (``[C, K]``, the ``K - m`` absent ones ``inf``): from the fewer of the row's smallest
-    or largest values that hold every rank (``topk``, unsorted), then the few values between
-    the extreme rank and the other end of the ranks (``topk``, sorted). The same values as a
-    sort's, ties included: both are the row's multiset in order."""
+    (``[C, K]``, the ``K - m`` absent ones ``inf``), from the fewer of the row's smallest or
+    largest values that hold every rank: the largest are the smallest of the values negated
+    (the absent ones still last), which is exact. The same values as a sort's, ties included:
+    both are the row's multiset in order."""
     if len(values) == 0:
         return [values[:, 0] for _ in ranks]
     low, high = _reach(ranks, m)
     if low <= high:
-        part = values.topk(low, -1, largest=False, sorted=False).values
-        near = part.topk(low - min(int(r.min()) for r in ranks), -1, sorted=True).values
-        return [near.gather(1, (low - 1 - r)[:, None]).squeeze(1) for r in ranks]
-    part = values.masked_fill(values == math.inf, -math.inf)     # the absent ones last
-    part = part.topk(high, -1, largest=True, sorted=False).values
-    down = [m - 1 - r for r in ranks]                             # places from the largest
-    near = part.topk(high - min(int(d.min()) for d in down), -1, largest=False,
-                     sorted=True).values
-    return [near.gather(1, (high - 1 - d)[:, None]).squeeze(1) for d in down]
+        return _smallest(values, ranks)
+    flipped = torch.where(values == math.inf, math.inf, -values)
+    return [-v for v in _smallest(flipped, [m - 1 - r for r in ranks])]
+
+
+def _smallest(values: torch.Tensor, ranks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """:func:`_select` from each row's smallest values: those that hold every rank
+    (``topk``, unsorted), then the few between the ranks (``topk``, sorted)."""
+    low = max(int(r.max()) for r in ranks) + 1
+    part = values.topk(low, -1, largest=False, sorted=False).values
+    near = part.topk(low - min(int(r.min()) for r in ranks), -1, sorted=True).values
+    return [near.gather(1, (low - 1 - r)[:, None]).squeeze(1) for r in ranks]
 
 
 @dataclass
